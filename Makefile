@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned to the CPU build that lies on this machine's disk; an open range can
+# pull a multi-GB CUDA build.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: setup demo test lint docs clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	$(BIN)/pip install --quiet $(TORCH_PIN)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@# Debian's Chromium for the report's browser test; where it cannot be installed (not root,
+	@# no apt) that test skips and says why.
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+		echo "note: Chromium not installed; the report's browser test will be skipped"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/latentseg study studies/quick.yaml --workers 2
+	$(BIN)/latentseg report --study quick
+
+test: setup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+lint: setup
+	$(BIN)/ruff check latentseg tests
+	$(BIN)/ruff format --check latentseg tests
+
+docs: setup
+	$(BIN)/python -m latentseg.docs --write README.md
+
+clean:
+	rm -rf $(VENV) mlruns/* reports

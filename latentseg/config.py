@@ -1,0 +1,448 @@
+"""Frozen, strict config models and the YAML loader with dotted ``--set`` overrides.
+
+Every model refuses unknown keys (a misspelt ``lerning_rate`` must not silently train at the
+default rate) and is frozen. Errors name the file, the line and the key, and suggest close
+matches.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from latentseg.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    # allow_inf_nan=False: `lr: .inf` is a typo, not a learning rate.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class UniqueKeySafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (the second would
+    silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {seen[key]})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str):
+    """``yaml.safe_load`` semantics, duplicate keys refused."""
+    return yaml.load(text, Loader=UniqueKeySafeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+# --------------------------------------------------------------------------- model axes
+
+
+class ModelConfig(StrictModel):
+    """The ablation axes of the latent-attention segmentation model (defaults = the tutorial)."""
+
+    in_channels: int = Field(
+        3, ge=1, le=64, description="Image channels; filled from the dataset when not set."
+    )
+    num_classes: int = Field(
+        2,
+        ge=2,
+        le=1024,
+        description="Output classes incl. background; filled from the dataset when not set.",
+    )
+    feature_dim: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Channels of the encoder's stride-4 feature map (pixel tokens).",
+    )
+    latent_dim: int = Field(
+        64, ge=1, le=4096, description="Width of the latent experts and of both attentions."
+    )
+    num_latents: int = Field(16, ge=1, le=1024, description="Number of learned latent experts.")
+    num_heads: int = Field(4, ge=1, le=64, description="Attention heads; must divide latent_dim.")
+    expert_attention: bool = Field(
+        True,
+        description="Off: pixel tokens go straight to the head and no latent block is built (the 'without expert attention' ablation).",
+    )
+    pixel_residual: bool = Field(
+        False,
+        description="Add the pixel query back to the expert-attention output, as Perceiver IO's decoder does.",
+    )
+    output: Literal["stride4", "full"] = Field(
+        "stride4",
+        description="'stride4': logits at 1/4 resolution (tutorial); 'full': bilinearly upsampled to the input size.",
+    )
+    attention_impl: Literal["reference", "fused"] = Field(
+        "fused",
+        description="'reference': the tutorial's implementation (nn.MultiheadAttention calls, conv-ReLU-pool); 'fused': the fast path over the same parameters and values (F.scaled_dot_product_attention, pool before ReLU).",
+    )
+    encoder: Literal["simple", "deep"] = Field(
+        "simple",
+        description="'simple': the tutorial's two conv stages (10 px receptive field); 'deep': more convs per stage plus dilated context convolutions.",
+    )
+    encoder_width: int = Field(
+        32, ge=1, le=4096, description="Channels of the first encoder stage."
+    )
+    encoder_depth: int = Field(2, ge=1, le=16, description="'deep' only: conv layers per stage.")
+    encoder_dilations: tuple[int, ...] = Field(
+        (2, 4, 8),
+        description="'deep' only: dilations of the residual context convolutions at stride 4 (empty for none).",
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.latent_dim % self.num_heads:
+            raise ValueError(
+                f"latent_dim ({self.latent_dim}) must be divisible by num_heads ({self.num_heads}); "
+                f"allowed num_heads for latent_dim {self.latent_dim}: "
+                f"{[h for h in range(1, self.latent_dim + 1) if self.latent_dim % h == 0][:8]}"
+            )
+        if any(d < 1 for d in self.encoder_dilations):
+            raise ValueError("encoder_dilations must all be >= 1")
+        return self
+
+
+def _spec_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "variant": (
+            str,
+            Field(
+                "seed",
+                description="Registered model variant whose defaults the other keys override (see `latentseg models`).",
+            ),
+        )
+    }
+    for name, field in ModelConfig.model_fields.items():
+        annotation = field.annotation
+        if field.metadata:
+            annotation = Annotated[(annotation, *field.metadata)]  # type: ignore[misc]
+        fields[name] = (Optional[annotation], Field(None, description=field.description))  # noqa: UP045
+    return fields
+
+
+# The experiment's ``model:`` section: a variant name plus any ModelConfig key as an override.
+ModelSpec = create_model("ModelSpec", __base__=StrictModel, **_spec_fields())  # type: ignore[call-overload]
+
+
+def model_overrides(spec: BaseModel) -> dict[str, Any]:
+    """The ModelConfig keys a ``model:`` section sets explicitly."""
+    return {k: v for k, v in spec.model_dump(exclude={"variant"}).items() if v is not None}
+
+
+# --------------------------------------------------------------------------- experiment
+
+
+class DataConfig(StrictModel):
+    dataset: str = Field(
+        "shapes", description="Registered dataset name (see `latentseg datasets`)."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Dataset-specific parameters, validated by the dataset (see below).",
+    )
+    batch_size: int = Field(16, ge=1, le=10_000_000, description="Training batch size.")
+    eval_batch_size: int | None = Field(
+        None, ge=1, description="Batch size for val/test; defaults to 4 x batch_size."
+    )  # noqa: UP045
+    train_size: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Samples in the train split; null = the dataset's default (generated data: 2048; real data: all of them, and a number caps it).",
+    )  # noqa: UP045
+    val_size: int | None = Field(
+        None, ge=1, le=10_000_000, description="Samples in the val split; null as above (256)."
+    )  # noqa: UP045
+    test_size: int | None = Field(
+        None, ge=1, le=10_000_000, description="Samples in the test split; null as above (256)."
+    )  # noqa: UP045
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**32 - 1,
+        description="Seed of the data itself, independent of train.seed so that training seeds see the same data.",
+    )
+
+
+class OptimConfig(StrictModel):
+    name: Literal["adam", "adamw"] = Field("adam", description="Optimizer.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled for adamw).")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="Adam betas, each in [0, 1)."
+    )
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="Learning-rate schedule after warmup."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps from 0 to lr.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine floor as a fraction of lr.")
+    grad_clip: float | None = Field(
+        None, gt=0, description="Clip the global gradient norm to this value; null for none."
+    )  # noqa: UP045
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(10, ge=1, le=10_000_000, description="Training epochs.")
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="Optimizer steps per epoch; null = one pass over the train split."
+    )  # noqa: UP045
+    seed: int = Field(
+        42,
+        ge=0,
+        le=2**32 - 1,
+        description="Seed for initialisation and data order (42 as in the tutorial).",
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="'auto' picks cuda, then mps, then cpu."
+    )
+    threads: int | None = Field(
+        None, ge=1, le=1024, description="torch CPU threads; null = torch's default."
+    )  # noqa: UP045
+    bf16: bool = Field(
+        False,
+        description="bf16 autocast where the device supports it (CUDA; CPUs with AVX512-BF16 or AMX); float32 with a warning elsewhere.",
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many epochs without a better val_miou; null = never.",
+    )  # noqa: UP045
+    plot_samples: int = Field(
+        4, ge=1, le=16, description="Val images in the prediction plots (a fixed batch)."
+    )
+
+
+class TrackingConfig(StrictModel):
+    enabled: bool = Field(
+        True, description="Log the run to MLflow; off = train with local checkpoints only."
+    )
+    experiment: str = Field("latentseg", min_length=1, description="MLflow experiment name.")
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; null = $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db.",
+    )  # noqa: UP045
+    run_name: str | None = Field(
+        None, description="MLflow run name; null = '<variant>-<dataset>-s<seed>'."
+    )  # noqa: UP045
+    log_model: bool = Field(
+        True, description="Log the best model as an MLflow Model (registrable from the UI)."
+    )
+    attention_plots: bool = Field(
+        True, description="Log attention plots at the first, best and last epoch."
+    )
+
+
+class ExperimentConfig(StrictModel):
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Model variant and overrides.")  # type: ignore[valid-type]
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> JSON-able values, e.g. ``{'model.num_latents': 16, ...}``."""
+        return flatten(self.model_dump(mode="json"))
+
+    def config_hash(self, include_seed: bool = True) -> str:
+        """Hash of everything that changes results (not tracking, device or threads);
+        without the seed it identifies a configuration across its seeds."""
+        payload = self.model_dump(mode="json", exclude={"tracking"})
+        for key in ("device", "threads", *(() if include_seed else ("seed",))):
+            payload["train"].pop(key)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+    def with_updates(self, updates: Mapping[str, Any]) -> ExperimentConfig:
+        """A copy with dotted-key updates applied and validated."""
+        data = self.model_dump(mode="json")
+        for key, value in updates.items():
+            set_dotted(data, key, value, source=f"update '{key}'")
+        return validate_experiment(data, source="<updated config>")
+
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "model": ModelSpec,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "tracking": TrackingConfig,
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def parse_override(
+    item: str, flag: str = "--set", example: str = "optim.lr=3e-4"
+) -> tuple[str, Any]:
+    """``'optim.lr=3e-4'`` -> ``('optim.lr', 3e-4)``; the value is read as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} {example}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:  # one line: the problem, not PyYAML's multi-line context
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{flag} {item!r}: value is not valid YAML ({problem})") from None
+    return key.strip(), value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any, source: str) -> None:
+    node = tree
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"{source}: '{'.'.join(parts[: depth + 1])}' is not a section, cannot set '{key}'"
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path in a YAML document to its 1-based line number."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                sub = (*path, str(key_node.value))
+                lines[sub] = key_node.start_mark.line + 1
+                walk(value_node, sub)
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _model_at(root: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (for 'did you mean')."""
+    model: type[BaseModel] | None = root
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return model
+        annotation = model.model_fields[part].annotation
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
+    return model
+
+
+def format_validation_error(
+    exc: ValidationError,
+    root: type[BaseModel],
+    source: str,
+    lines: Mapping[tuple[str, ...], int] | None = None,
+    prefix: Sequence[str] = (),
+) -> str:
+    """One line per problem: ``file:line: key: what is wrong; did you mean ...``."""
+    messages = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        full = (*prefix, *loc)
+        dotted = ".".join(full) or "<top level>"
+        line = (lines or {}).get(tuple(full))
+        where = line if isinstance(line, str) else f"{source}:{line}" if line else source
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(root, err["loc"][:-1])
+            allowed = sorted(owner.model_fields) if owner else []
+            close = difflib.get_close_matches(loc[-1], allowed, n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            messages.append(
+                f"{where}: unknown key '{dotted}'.{hint} Allowed here: {', '.join(allowed)}."
+            )
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            shown = repr(err.get("input"))
+            got = (
+                ""
+                if err["type"] in {"missing"} or f"got {err.get('input')}" in msg
+                else f" (got {shown})"
+            )
+            messages.append(f"{where}: {dotted}: {msg}{got}")
+    return "\n".join(messages)
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config") -> tuple[dict[str, Any], str]:
+    """Read a YAML mapping with ``yaml.safe_load``; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        hint = " (it is a directory)" if path.is_dir() else ""
+        raise ConfigError(f"{what} file not found: {path}{hint}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc}") from None
+    try:
+        data = safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the {what} file is empty; expected a mapping of sections")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}"
+        )
+    return data, text
+
+
+def validate_experiment(
+    data: Mapping[str, Any], source: str, lines: Mapping[tuple[str, ...], int] | None = None
+) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, ExperimentConfig, source, lines)) from None
+
+
+def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Load an experiment YAML and apply ``--set`` overrides (``'model.num_latents=8'``)."""
+    data, text = read_yaml_mapping(path, what="experiment config")
+    lines: dict[tuple[str, ...], int | str] = dict(key_lines(text))
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(data, key, value, source=f"--set {item!r}")
+        lines[tuple(key.split("."))] = f"--set {item}"  # an error there blames the flag
+    return validate_experiment(data, str(path), lines)
+
+
+def apply_overrides(config: ExperimentConfig, overrides: Iterable[str]) -> ExperimentConfig:
+    """Apply ``--set`` overrides to an already loaded config."""
+    return config.with_updates(dict(parse_override(item) for item in overrides))

@@ -1,0 +1,513 @@
+"""``folder``: your own images and masks.
+
+Layout (stems pair an image with its mask)::
+
+    ROOT/images/<stem>.png|.jpg|.jpeg   RGB or grey
+    ROOT/masks/<stem>.png               class indices: single-channel or palette PNG
+                                        (RGB masks too, when classes.yaml lists colours)
+    ROOT/classes.yaml                   optional: names, colours, ignore_index
+    ROOT/splits.yaml                    optional: {train: [stems], val: [...], test: [...]};
+                                        without it, a seeded split by val/test fractions
+
+Every file is read and checked when the dataset opens (before any MLflow run exists), and
+loaded into memory at ``image_size``. ``scan_folder`` is also what ``latentseg datasets
+check`` runs: it collects every problem instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import AliasChoices, Field, ValidationError, model_validator
+
+from latentseg.config import StrictModel, format_validation_error, read_yaml_mapping
+from latentseg.data.base import (
+    SPLITS,
+    DatasetInfo,
+    SegmentationDataset,
+    Split,
+    SplitSizes,
+    cap_split,
+    check_split,
+    validate_params,
+)
+from latentseg.data.images import (
+    Augment,
+    BadMask,
+    ImageSplit,
+    fit_pair,
+    mask_labels,
+    parse_size,
+    to_rgb_or_grey,
+)
+from latentseg.errors import DatasetError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MASK_SUFFIXES = (".png",)
+CLASSES_FILE = "classes.yaml"
+SPLITS_FILE = "splits.yaml"
+SHOWN = 5  # offending files named per kind of problem
+
+
+class ClassesFile(StrictModel):
+    """``classes.yaml``: the class names (index = position), optional colours, ignore index."""
+
+    names: list[str] = Field(min_length=2, description="Class names; index 0 first.")
+    colours: list[tuple[int, int, int]] | None = Field(
+        None,
+        validation_alias=AliasChoices("colours", "colors"),
+        description="One [r, g, b] per class: reads RGB masks, colours plots.",
+    )  # noqa: UP045
+    ignore_index: int | None = Field(
+        None, ge=0, le=65535, description="Mask value excluded from the loss and metrics."
+    )  # noqa: UP045
+
+    @model_validator(mode="after")
+    def _check(self) -> ClassesFile:
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"names must be unique, got {self.names}")
+        if self.colours is not None:
+            if len(self.colours) != len(self.names):
+                raise ValueError(
+                    f"{len(self.colours)} colours for {len(self.names)} names: give one per class"
+                )
+            if any(not 0 <= c <= 255 for colour in self.colours for c in colour):
+                raise ValueError("colour components must be in 0..255")
+            if len(set(self.colours)) != len(self.colours):
+                raise ValueError("colours must be unique: two classes cannot share a colour")
+        if self.ignore_index is not None and self.ignore_index < len(self.names):
+            raise ValueError(
+                f"ignore_index {self.ignore_index} is a class index (0..{len(self.names) - 1})"
+            )
+        return self
+
+
+class SplitsFile(StrictModel):
+    train: list[str | int] = Field(min_length=1)
+    val: list[str | int] = Field(min_length=1)
+    test: list[str | int] = Field(min_length=1)
+
+
+class FolderParams(StrictModel):
+    root: str = Field(
+        description="Directory with images/ and masks/ (relative paths: from the working directory)."
+    )
+    image_size: int | tuple[int, int] | None = Field(
+        None,
+        description="Fixed size, a multiple of 4 or [height, width]; null = the images' own size (then they must all share it).",
+    )  # noqa: UP045
+    fit: Literal["resize", "crop"] = Field(
+        "resize",
+        description="How images reach image_size: resize (stretch) or crop (scale the shorter side, centre-crop).",
+    )
+    channels: Literal[1, 3] | None = Field(
+        None, description="1 (grey) or 3 (RGB); null = 1 when every image is grey, else 3."
+    )  # noqa: UP045
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of images for val when there is no splits.yaml."
+    )
+    test_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of images for test when there is no splits.yaml."
+    )
+    ignore_index: int | None = Field(
+        None, ge=0, le=65535, description="Ignore index; overrides classes.yaml's."
+    )  # noqa: UP045
+    augment: Augment = Field(default_factory=Augment, description="Train-split augmentations.")
+    workers: int = Field(4, ge=1, le=64, description="Threads that decode files.")
+
+    @model_validator(mode="after")
+    def _check(self) -> FolderParams:
+        parse_size(self.image_size, "image_size")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave some images for train")
+        return self
+
+
+@dataclass
+class Problem:
+    kind: str  # e.g. "size mismatch"
+    path: str  # relative to the root
+    detail: str
+
+
+@dataclass
+class FolderScan:
+    """What ``scan_folder`` found; ``problems`` empty means the folder is usable."""
+
+    root: Path
+    classes: ClassesFile | None
+    ignore_index: int | None
+    pairs: int = 0  # stems with both an image and a mask
+    stems: list[str] = field(default_factory=list)  # paired, readable, problem-free, sorted
+    problems: list[Problem] = field(default_factory=list)
+    histogram: Counter = field(default_factory=Counter)  # label value -> pixels
+    splits: dict[str, list[str]] | None = None  # from splits.yaml
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # stem -> native (h, w)
+    grey: dict[str, bool] = field(default_factory=dict)
+    samples: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        if self.classes is not None:
+            return len(self.classes.names)
+        labels = [v for v in self.histogram if v != self.ignore_index]
+        return max(2, max(labels, default=0) + 1)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        if self.classes is not None:
+            return tuple(self.classes.names)
+        return ("background", *(f"class{i}" for i in range(1, self.num_classes)))
+
+    def summary(self, limit: int = SHOWN) -> str:
+        return summarize_problems(self.problems, limit)
+
+
+def summarize_problems(problems: Sequence[Problem], limit: int = SHOWN) -> str:
+    """The problems grouped by kind, naming the first ``limit`` files of each."""
+    by_kind: dict[str, list[Problem]] = {}
+    for problem in problems:
+        by_kind.setdefault(problem.kind, []).append(problem)
+    lines = []
+    for kind, group in by_kind.items():
+        lines.append(f"{kind} ({len(group)}):")
+        lines += [f"  {p.path}: {p.detail}" for p in group[:limit]]
+        if len(group) > limit:
+            lines.append(f"  ... and {len(group) - limit} more")
+    return "\n".join(lines)
+
+
+def _list(directory: Path, suffixes: Sequence[str], what: str, scan: FolderScan) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith("."):
+            continue
+        rel = str(path.relative_to(scan.root))
+        if path.is_dir():
+            scan.problems.append(Problem("unexpected directory", rel, f"{what}/ holds files only"))
+            continue
+        if path.suffix.lower() not in suffixes:
+            lossy = what == "masks" and path.suffix.lower() in (".jpg", ".jpeg")
+            detail = (
+                "masks must be PNG: JPEG's lossy compression changes label values"
+                if lossy
+                else f"not {' or '.join(s.lstrip('.').upper() for s in suffixes)}"
+            )
+            scan.problems.append(Problem("unsupported file", rel, detail))
+            continue
+        if path.stem in found:
+            scan.problems.append(
+                Problem("duplicate stem", rel, f"same stem as {found[path.stem].name}")
+            )
+            continue
+        found[path.stem] = path
+    return found
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
+
+
+def read_classes(root: Path) -> ClassesFile | None:
+    path = root / CLASSES_FILE
+    if not path.exists():
+        return None
+    data, _ = read_yaml_mapping(path, what="classes")
+    try:
+        return ClassesFile.model_validate(data)
+    except ValidationError as exc:
+        raise DatasetError(format_validation_error(exc, ClassesFile, str(path))) from None
+
+
+def _read_splits(root: Path, scan: FolderScan) -> None:
+    path = root / SPLITS_FILE
+    if not path.exists():
+        return
+    data, _ = read_yaml_mapping(path, what="splits")
+    try:
+        splits = SplitsFile.model_validate(data)
+    except ValidationError as exc:
+        raise DatasetError(format_validation_error(exc, SplitsFile, str(path))) from None
+    seen: dict[str, str] = {}
+    scan.splits = {}
+    for name in SPLITS:
+        stems = []
+        for entry in map(str, getattr(splits, name)):  # YAML reads a stem like 7 as a number
+            suffix = Path(entry).suffix.lower()
+            stems.append(Path(entry).stem if suffix in IMAGE_SUFFIXES else entry)
+        for stem in stems:
+            if stem in seen:
+                where = (
+                    f"twice in {name}" if seen[stem] == name else f"in both {seen[stem]} and {name}"
+                )
+                scan.problems.append(Problem("split overlap", SPLITS_FILE, f"'{stem}' is {where}"))
+            seen[stem] = name
+        scan.splits[name] = stems
+
+
+def scan_folder(
+    root: str | Path,
+    *,
+    ignore_index: int | None = None,
+    size: tuple[int, int] | None = None,
+    fit: Literal["resize", "crop"] = "resize",
+    load: bool = False,
+    workers: int = 4,
+) -> FolderScan:
+    """Read and check every file under ``root``; with ``load``, keep each pair fitted to
+    ``size`` (native size when ``None``). Structural errors (no such directory, a malformed
+    classes.yaml) raise ``DatasetError``; problems with individual files are collected."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        where = f"{root} ({root.resolve()})" if not root.is_absolute() else str(root)
+        raise DatasetError(f"data.params.root: {where} is not a directory")
+    missing = [d for d in ("images", "masks") if not (root / d).is_dir()]
+    if missing:
+        raise DatasetError(
+            f"{root} has no {' or '.join(d + '/' for d in missing)} directory: a folder dataset is "
+            f"{root}/images/<stem>.png|jpg and {root}/masks/<stem>.png with matching stems"
+        )
+    classes = read_classes(root)
+    ignore = (
+        ignore_index if ignore_index is not None else (classes.ignore_index if classes else None)
+    )
+    scan = FolderScan(root, classes, ignore)
+    images = _list(root / "images", IMAGE_SUFFIXES, "images", scan)
+    masks = _list(root / "masks", MASK_SUFFIXES, "masks", scan)
+    for stem in sorted(images.keys() - masks.keys()):
+        scan.problems.append(
+            Problem("missing mask", f"images/{images[stem].name}", f"no masks/{stem}.png")
+        )
+    for stem in sorted(masks.keys() - images.keys()):
+        scan.problems.append(
+            Problem("extra mask", f"masks/{masks[stem].name}", f"no images/{stem}.png|jpg")
+        )
+    _read_splits(root, scan)
+    pairs = sorted(images.keys() & masks.keys())
+    scan.pairs = len(pairs)
+    colours = classes.colours if classes else None
+
+    def check(stem: str):
+        image_path, mask_path = images[stem], masks[stem]
+        found: list[Problem] = []
+        try:
+            with Image.open(image_path) as img:
+                image = to_rgb_or_grey(img)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure: a bad file, named
+            return stem, None, [Problem("unreadable", f"images/{image_path.name}", _reason(exc))]
+        try:
+            with Image.open(mask_path) as msk:
+                labels = mask_labels(msk, colours)
+        except BadMask as exc:
+            return stem, None, [Problem("bad mask", f"masks/{mask_path.name}", str(exc))]
+        except Exception as exc:  # noqa: BLE001 - any decoder failure: a bad file, named
+            return stem, None, [Problem("unreadable", f"masks/{mask_path.name}", _reason(exc))]
+        if image.shape[:2] != labels.shape:
+            found.append(
+                Problem(
+                    "size mismatch",
+                    f"masks/{mask_path.name}",
+                    f"mask is {labels.shape[1]}x{labels.shape[0]} but images/{image_path.name} "
+                    f"is {image.shape[1]}x{image.shape[0]} (width x height)",
+                )
+            )
+        values, counts = np.unique(labels, return_counts=True)
+        if classes is not None:
+            bad = [int(v) for v in values if v >= len(classes.names) and v != ignore]
+            if bad:
+                allowed = f"classes 0..{len(classes.names) - 1}" + (
+                    f", ignore {ignore}" if ignore is not None else ""
+                )
+                found.append(
+                    Problem(
+                        "label out of range",
+                        f"masks/{mask_path.name}",
+                        f"value(s) {', '.join(map(str, bad[:8]))} outside {allowed}",
+                    )
+                )
+        histogram = dict(zip(values.tolist(), counts.tolist(), strict=True))
+        sample = None
+        if load and not found:
+            target = size or labels.shape
+            sample = fit_pair(image, labels, target, fit)
+        return stem, (image.shape[:2], image.shape[2] == 1, histogram, sample), found
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(pairs) or 1))) as pool:
+        for stem, result, found in pool.map(check, pairs):
+            scan.problems += found
+            if result is None:
+                continue
+            native, grey, histogram, sample = result
+            scan.histogram.update(histogram)
+            if found:
+                continue
+            scan.stems.append(stem)
+            scan.sizes[stem], scan.grey[stem] = native, grey
+            if sample is not None:
+                scan.samples[stem] = sample
+    if scan.splits is not None:
+        known = set(pairs)
+        for name, stems in scan.splits.items():
+            for stem in stems:
+                if stem not in known:
+                    scan.problems.append(
+                        Problem(
+                            "unknown stem in splits",
+                            SPLITS_FILE,
+                            f"{name}: '{stem}' has no image+mask pair",
+                        )
+                    )
+    if not pairs and not scan.problems:
+        scan.problems.append(Problem("empty", "images/", "no image+mask pairs"))
+    if ignore is not None and ignore < scan.num_classes:
+        source = "data.params.ignore_index" if ignore_index is not None else CLASSES_FILE
+        scan.problems.append(
+            Problem(
+                "ignore index is a class",
+                source,
+                f"ignore_index {ignore} is class {scan.class_names[ignore]!r} "
+                f"(classes 0..{scan.num_classes - 1}); use a value above the classes, e.g. 255",
+            )
+        )
+    return scan
+
+
+def load_folder(p: FolderParams) -> FolderScan:
+    """Scan the folder with ``p`` and keep every clean pair fitted to ``p.image_size``."""
+    size = parse_size(p.image_size, "image_size")
+    return scan_folder(
+        p.root, ignore_index=p.ignore_index, size=size, fit=p.fit, load=True, workers=p.workers
+    )
+
+
+class Folder(SegmentationDataset):
+    """Images and masks from a directory (see the module docs for the layout)."""
+
+    Params = FolderParams
+
+    def __init__(self, *, split_sizes: SplitSizes | None = None, seed: int = 0, **params) -> None:
+        p = validate_params(FolderParams, params, "folder")
+        self._open(load_folder(p), p, split_sizes, seed)
+
+    @classmethod
+    def from_scan(
+        cls, scan: FolderScan, params: FolderParams, split_sizes: SplitSizes | None, seed: int
+    ) -> Folder:
+        """The dataset from a ``load_folder`` scan (``datasets check`` reads each file once)."""
+        dataset = cls.__new__(cls)
+        dataset._open(scan, params, split_sizes, seed)
+        return dataset
+
+    def _open(
+        self, scan: FolderScan, p: FolderParams, split_sizes: SplitSizes | None, seed: int
+    ) -> None:
+        self.params = p
+        sizes = split_sizes or SplitSizes()
+        size = parse_size(p.image_size, "image_size")
+        self.root = scan.root
+        if scan.problems:
+            raise DatasetError(
+                f"folder dataset {scan.root} has {len(scan.problems)} problem(s):\n"
+                f"{scan.summary()}\n"
+                f"`latentseg datasets check {scan.root}` lists them all with the class histogram"
+            )
+        if size is None:
+            native = Counter(scan.sizes.values())
+            if len(native) > 1:
+                (common, _), (other, _) = native.most_common(2)
+                odd = next(s for s, v in scan.sizes.items() if v == other)
+                raise DatasetError(
+                    f"{scan.root}: images differ in size ({common[1]}x{common[0]} and e.g. "
+                    f"images/{odd}: {other[1]}x{other[0]}); set data.params.image_size"
+                )
+            size = next(iter(native))
+            try:
+                parse_size(list(size), "the images' own size")
+            except ValueError as exc:
+                raise DatasetError(f"{scan.root}: {exc}; set data.params.image_size") from None
+        channels = p.channels or (1 if all(scan.grey.values()) else 3)
+        stems = self._split_stems(scan, seed)
+        ignore = scan.ignore_index
+        self.info = DatasetInfo(
+            f"folder:{scan.root.name}",
+            scan.num_classes,
+            channels,
+            scan.class_names,
+            (int(size[0]), int(size[1])),
+            ignore,
+        )
+        self.colours = (
+            tuple(map(tuple, scan.classes.colours))
+            if scan.classes and scan.classes.colours
+            else None
+        )
+        self._splits: dict[str, ImageSplit] = {}
+        for name in SPLITS:
+            chosen = cap_split(stems[name], getattr(sizes, name), name, f"folder {scan.root}")
+            images = (
+                torch.from_numpy(
+                    np.stack([_channels(scan.samples[s][0], channels) for s in chosen])
+                )
+                .permute(0, 3, 1, 2)
+                .contiguous()
+            )
+            masks = torch.from_numpy(
+                np.stack([scan.samples[s][1] for s in chosen]).astype(np.int32)
+            )
+            self._splits[name] = ImageSplit(
+                images,
+                masks,
+                chosen,
+                augment=p.augment if name == "train" else None,
+                pad_label=ignore if ignore is not None else 0,
+            )
+
+    def _split_stems(self, scan: FolderScan, seed: int) -> dict[str, list[str]]:
+        p = self.params
+        if scan.splits is not None:
+            return scan.splits
+        order = [
+            scan.stems[i]
+            for i in torch.randperm(
+                len(scan.stems), generator=torch.Generator().manual_seed(seed)
+            ).tolist()
+        ]
+        n = len(order)
+        n_test = max(1, round(n * p.test_fraction)) if p.test_fraction else 0
+        n_val = max(1, round(n * p.val_fraction)) if p.val_fraction else 0
+        if n - n_val - n_test < 1 or not n_val or not n_test:
+            raise DatasetError(
+                f"{scan.root}: {n} image(s) cannot make train, val and test splits "
+                f"(val_fraction {p.val_fraction}, test_fraction {p.test_fraction}); add images "
+                f"or write {SPLITS_FILE}"
+            )
+        # seeded order (not sorted): a size cap then takes a random subset, not the first names
+        return {
+            "test": order[:n_test],
+            "val": order[n_test : n_test + n_val],
+            "train": order[n_test + n_val :],
+        }
+
+    def split(self, name: str) -> Split:
+        check_split(name)
+        return self._splits[name]
+
+
+def _channels(image: np.ndarray, channels: int) -> np.ndarray:
+    if image.shape[2] == channels:
+        return image
+    if channels == 3:
+        return np.repeat(image, 3, axis=2)
+    weights = np.array([0.299, 0.587, 0.114])
+    return np.clip(image @ weights, 0, 255).astype(np.uint8)[..., None]
+
+
+__all__ = ["ClassesFile", "Folder", "FolderParams", "FolderScan", "Problem", "scan_folder"]

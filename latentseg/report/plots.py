@@ -1,0 +1,250 @@
+"""Report figures (seaborn, one colour-blind-safe palette, sized to read when printed).
+
+Each function takes the frame of finished runs (``params.*``, ``metrics.*`` columns) and
+returns a Figure, or None when the runs do not vary along the axes it needs.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+PALETTE = "colorblind"
+
+
+def _t_interval(values) -> tuple[float, float]:
+    """The same Student-t 95% interval as the report's tables (not seaborn's bootstrap)."""
+    from latentseg.report.stats import mean_ci
+
+    return mean_ci(list(values))[2:]
+
+
+LATENTS, HEADS, EXPERTS = (
+    "params.model.num_latents",
+    "params.model.num_heads",
+    "params.model.expert_attention",
+)
+
+
+def _frame(runs: pd.DataFrame, column: str) -> pd.DataFrame:
+    frame = runs.copy()
+    for axis in (LATENTS, HEADS):
+        if axis in frame:
+            frame[axis] = pd.to_numeric(frame[axis], errors="coerce")
+    frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
+
+
+def _varies(runs: pd.DataFrame, *axes: str) -> bool:
+    return all(a in runs and runs[a].nunique() > 1 for a in axes)
+
+
+def _style() -> None:
+    sns.set_theme(style="whitegrid", palette=PALETTE, context="paper", font_scale=1.2)
+
+
+def metric_vs_latents(runs: pd.DataFrame, column: str, label: str) -> plt.Figure | None:
+    """The metric against the latent count, one line per head count, 95% CI bands over seeds."""
+    if not _varies(runs, LATENTS):
+        return None
+    _style()
+    frame = _frame(runs, column)
+    if EXPERTS in frame:  # latents and heads only matter with expert attention on
+        frame = frame[frame[EXPERTS].astype(str) == "True"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    hue = HEADS if _varies(frame, HEADS) else None
+    sns.lineplot(
+        data=frame,
+        x=LATENTS,
+        y=column,
+        hue=hue,
+        errorbar=_t_interval,
+        marker="o",
+        ax=ax,
+        palette=PALETTE if hue else None,
+    )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(
+        sorted(frame[LATENTS].dropna().unique()),
+        labels=[str(int(v)) for v in sorted(frame[LATENTS].dropna().unique())],
+    )
+    ax.set(
+        xlabel="latent experts (num_latents)",
+        ylabel=label,
+        title=f"{label} vs latent count (95% CI over seeds)",
+    )
+    if hue:
+        ax.legend(title="heads")
+    fig.tight_layout()
+    return fig
+
+
+def expert_attention_effect(runs: pd.DataFrame, column: str, label: str) -> plt.Figure | None:
+    """With vs without expert attention, per latent count (bars: mean, whiskers: 95% CI)."""
+    if not _varies(runs, EXPERTS):
+        return None
+    _style()
+    frame = _frame(runs, column)
+    frame["expert attention"] = frame[EXPERTS].astype(str).map({"True": "on", "False": "off"})
+    x = LATENTS if _varies(frame, LATENTS) else None
+    if x and LATENTS in frame and frame[LATENTS].isna().any():
+        # without experts the latent count is n/a (one model): its bar stands at every count
+        counts = sorted(frame[LATENTS].dropna().unique())
+        inert = frame[frame[LATENTS].isna()]
+        frame = pd.concat(
+            [frame[frame[LATENTS].notna()], *(inert.assign(**{LATENTS: c}) for c in counts)]
+        )
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    sns.barplot(
+        data=frame,
+        x=x,
+        y=column,
+        hue="expert attention",
+        hue_order=["on", "off"],
+        errorbar=_t_interval,
+        ax=ax,
+        palette=PALETTE,
+    )
+    ax.set(
+        xlabel="latent experts (num_latents)" if x else "",
+        ylabel=label,
+        title=f"{label}: with vs without expert attention",
+    )
+    fig.tight_layout()
+    return fig
+
+
+def latents_heads_heatmap(runs: pd.DataFrame, column: str, label: str) -> plt.Figure | None:
+    """Mean metric over latents x heads (expert attention on)."""
+    if not _varies(runs, LATENTS, HEADS):
+        return None
+    _style()
+    frame = _frame(runs, column)
+    if EXPERTS in frame:
+        frame = frame[frame[EXPERTS].astype(str) == "True"]
+    table = frame.pivot_table(index=HEADS, columns=LATENTS, values=column, aggfunc="mean")
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    sns.heatmap(table, annot=True, fmt=".3f", cmap="viridis", ax=ax, cbar_kws={"label": label})
+    ax.set(xlabel="latent experts", ylabel="heads", title=f"mean {label} (expert attention on)")
+    fig.tight_layout()
+    return fig
+
+
+def pareto_front(points: pd.DataFrame, cost: str, value: str) -> pd.Series:
+    """True for the variants no other variant beats on both lower ``cost`` and higher ``value``."""
+    flags = []
+    for _, row in points.iterrows():
+        dominated = (
+            (points[cost] <= row[cost])
+            & (points[value] >= row[value])
+            & ((points[cost] < row[cost]) | (points[value] > row[value]))
+        ).any()
+        flags.append(not dominated)
+    return pd.Series(flags, index=points.index)
+
+
+def accuracy_vs_cost(summary: pd.DataFrame, axes: list[str], label: str) -> plt.Figure | None:
+    """Mean metric against params, FLOPs and time per image; the Pareto front is outlined."""
+    costs = [
+        ("params", "parameters"),
+        ("flops_per_image", "FLOPs per image"),
+        ("seconds_per_image", "training s per image"),
+    ]
+    frame = summary.copy()
+    frame["seconds_per_image"] = 1 / frame["train_images_per_s"]
+    costs = [(c, name) for c, name in costs if frame[c].notna().any()]
+    if len(frame) < 2 or not costs:
+        return None
+    _style()
+    frame["variant"] = frame[axes].astype(str).agg(", ".join, axis=1) if axes else "all"
+    fig, axs = plt.subplots(1, len(costs), figsize=(5.2 * len(costs), 4.2), squeeze=False)
+    for ax, (cost, name) in zip(axs[0], costs, strict=True):
+        front = pareto_front(frame, cost, "mean")
+        sns.scatterplot(
+            data=frame, x=cost, y="mean", ax=ax, color=sns.color_palette(PALETTE)[0], s=50
+        )
+        ordered = frame[front].sort_values(cost)
+        ax.plot(
+            ordered[cost],
+            ordered["mean"],
+            color=sns.color_palette(PALETTE)[3],
+            lw=2,
+            marker="o",
+            label="Pareto front",
+        )
+        ax.set(xlabel=name, ylabel=label)
+        ax.legend()
+    fig.suptitle(f"{label} vs cost")
+    fig.tight_layout()
+    return fig
+
+
+def latent_diagnostics(runs: pd.DataFrame, axes: list[str]) -> plt.Figure | None:
+    """Dead latents and usage entropy (val, best epoch) per variant."""
+    columns = [
+        ("metrics.best_val_dead_latents", "dead latents (< 1% of pixels)"),
+        ("metrics.best_val_latent_usage_entropy", "latent usage entropy (nats)"),
+    ]
+    columns = [(c, name) for c, name in columns if c in runs and runs[c].notna().any()]
+    if not columns or not axes:
+        return None
+    _style()
+    frame = runs.copy()
+    frame["variant"] = frame[axes].astype(str).agg(", ".join, axis=1)
+    frame = frame.dropna(subset=[c for c, _ in columns])
+    if frame.empty:
+        return None
+    fig, axs = plt.subplots(
+        1,
+        len(columns),
+        figsize=(6 * len(columns), 0.35 * frame["variant"].nunique() + 2),
+        squeeze=False,
+    )
+    for ax, (column, name) in zip(axs[0], columns, strict=True):
+        sns.barplot(
+            data=frame,
+            y="variant",
+            x=column,
+            errorbar=_t_interval,
+            ax=ax,
+            color=sns.color_palette(PALETTE)[2],
+        )
+        ax.set(xlabel=name, ylabel=", ".join(a.removeprefix("params.") for a in axes))
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(
+    histories: pd.DataFrame, runs: pd.DataFrame, axes: list[str], label: str, order: list[str]
+) -> plt.Figure | None:
+    """Per-epoch val metric, mean and 95% CI over seeds, for the variants in ``order``."""
+    if histories.empty:
+        return None
+    _style()
+    frame = runs[["run_id", *axes]].copy()
+    frame["variant"] = frame[axes].astype(str).agg(", ".join, axis=1) if axes else "all"
+    data = histories.merge(frame[["run_id", "variant"]], on="run_id")
+    data = data[data["variant"].isin(order)]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    sns.lineplot(
+        data=data,
+        x="step",
+        y="value",
+        hue="variant",
+        hue_order=order,
+        errorbar=_t_interval,
+        ax=ax,
+        palette=PALETTE,
+    )
+    ax.set(
+        xlabel="epoch", ylabel=label, title=f"learning curves ({label}, mean and 95% CI over seeds)"
+    )
+    ax.legend(title=", ".join(a.removeprefix("params.") for a in axes) or None, fontsize=8)
+    fig.tight_layout()
+    return fig

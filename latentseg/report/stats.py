@@ -1,0 +1,197 @@
+"""Statistics of an ablation: group runs by the axes that vary, aggregate over seeds, and
+compare every group with a baseline over seed-paired runs.
+
+Input: one row per finished training run, with ``params.<key>`` columns (the flattened
+config), ``metrics.<key>`` columns and ``wall_time_s``. Pure pandas/scipy: no MLflow here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+SEED = "params.train.seed"
+# Params that never define a variant: the seed pairs runs, the rest only say how it ran.
+NOT_AXES = {SEED, "params.train.threads", "params.train.device", "params.model.attention_impl"}
+CONFIDENCE = 0.95
+
+
+NOT_APPLICABLE = "n/a"
+
+
+def mark_inert(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """Runs whose model ignores some params (e.g. ``num_latents`` without expert attention)
+    get ``n/a`` there, and runs that are then the same configuration with the same seed -
+    replicates of one model - are counted once. Returns the runs and a note saying so."""
+    from latentseg.models import inert_keys
+
+    model_columns = [c for c in runs.columns if c.startswith("params.model.")]
+    if not model_columns:
+        return runs, None
+    runs = runs.copy()
+    masked = np.zeros(len(runs), dtype=bool)
+    for position, (_, row) in enumerate(runs[model_columns].iterrows()):
+        config = {c.removeprefix("params.model."): row[c] for c in model_columns}
+        for key in inert_keys(config):
+            column = f"params.model.{key}"
+            if column in runs and str(row[column]) != NOT_APPLICABLE:
+                runs.iloc[position, runs.columns.get_loc(column)] = NOT_APPLICABLE
+                masked[position] = True
+    if not masked.any():
+        return runs, None
+    identity = [
+        c for c in runs.columns
+        if c.startswith("params.") and not c.startswith("params.tracking.") and c not in NOT_AXES - {SEED}
+    ]  # fmt: skip
+    before = len(runs)
+    key = runs[identity].astype(str).agg("|".join, axis=1)
+    runs = runs[~(key.duplicated() & masked)]
+    dropped = before - len(runs)
+    note = (
+        f"Without expert attention, num_latents and num_heads do not change the model: those "
+        f"runs show n/a there, and {dropped} replicate run(s) of the same model and seed are "
+        "counted once."
+        if dropped
+        else "Without expert attention, num_latents and num_heads do not change the model: n/a."
+    )
+    return runs.reset_index(drop=True), note
+
+
+def ablation_axes(runs: pd.DataFrame) -> list[str]:
+    """The ``params.*`` columns whose values differ between runs (tracking keys excluded)."""
+    axes = []
+    for column in runs.columns:
+        if (
+            not column.startswith("params.")
+            or column in NOT_AXES
+            or column.startswith("params.tracking.")
+        ):
+            continue
+        if runs[column].astype(str).nunique(dropna=False) > 1:
+            axes.append(column)
+    return axes
+
+
+def mean_ci(
+    values: Sequence[float], confidence: float = CONFIDENCE
+) -> tuple[float, float, float, float]:
+    """``(mean, std, low, high)``: a Student-t interval; NaN bounds with fewer than 2 values."""
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if len(x) == 0:
+        return (math.nan,) * 4
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, math.nan, math.nan, math.nan
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1)) * std / math.sqrt(len(x))
+    return mean, std, mean - half, mean + half
+
+
+def summarize(runs: pd.DataFrame, axes: Sequence[str], metric: str) -> pd.DataFrame:
+    """One row per variant (a combination of axis values): n, mean, std and 95% CI of
+    ``metric``, mean best epoch, wall time, params, FLOPs and throughput."""
+    column = f"metrics.{metric}"
+    if column not in runs:
+        raise KeyError(f"no run reports metric {metric!r}")
+    extra = {
+        "best_epoch": "metrics.best_epoch",
+        "wall_time_s": "wall_time_s",
+        "params": "metrics.model_params",
+        "flops_per_image": "metrics.model_flops_per_image",
+        "train_images_per_s": "metrics.train_images_per_s",
+    }
+    rows = []
+    groups = runs.groupby(list(axes), dropna=False, sort=True) if axes else [((), runs)]
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        mean, std, low, high = mean_ci(group[column].tolist())
+        row: dict[str, Any] = {a.removeprefix("params."): v for a, v in zip(axes, key, strict=True)}
+        row.update(n=len(group), mean=mean, std=std, ci_low=low, ci_high=high)
+        for name, source in extra.items():
+            row[name] = float(group[source].mean()) if source in group else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compare(
+    runs: pd.DataFrame, axes: Sequence[str], metric: str, baseline: Mapping[str, Any]
+) -> pd.DataFrame:
+    """Every variant against ``baseline`` (axis -> value, axes without ``params.``), over runs
+    paired by seed: mean difference with a 95% CI, paired t-test and Wilcoxon signed-rank
+    p-values, effect size d_z (mean difference / std of the differences), and
+    ``within_noise`` when the CI of the difference includes 0 (or cannot be computed)."""
+    column = f"metrics.{metric}"
+    keys = [a.removeprefix("params.") for a in axes]
+    is_base = (
+        np.logical_and.reduce([runs[f"params.{k}"].astype(str) == str(baseline[k]) for k in keys])
+        if keys
+        else np.ones(len(runs), bool)
+    )
+    base = runs[is_base].groupby(SEED)[column].mean()
+    rows = []
+    for key, group in runs.groupby(list(axes), dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        values = group.groupby(SEED)[column].mean()
+        seeds = sorted(set(values.index) & set(base.index))
+        diffs = np.array([values[s] - base[s] for s in seeds], dtype=float)
+        mean, std, low, high = mean_ci(diffs.tolist())
+        row: dict[str, Any] = dict(zip(keys, key, strict=True))
+        row["is_baseline"] = all(str(v) == str(baseline[k]) for k, v in row.items())
+        row.update(n_pairs=len(seeds), diff=mean, diff_ci_low=low, diff_ci_high=high)
+        row["t_test_p"] = _paired_t(diffs)
+        row["wilcoxon_p"] = _wilcoxon(diffs)
+        row["effect_size_dz"] = mean / std if std and not math.isnan(std) and std > 0 else math.nan
+        row["within_noise"] = bool(math.isnan(low) or (low <= 0 <= high))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _paired_t(diffs: np.ndarray) -> float:
+    if len(diffs) < 2 or np.allclose(diffs, diffs[0]):
+        return math.nan
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def _wilcoxon(diffs: np.ndarray) -> float:
+    if len(diffs) < 2 or np.all(diffs == 0):
+        return math.nan
+    return float(stats.wilcoxon(diffs).pvalue)
+
+
+def axis_effects(
+    runs: pd.DataFrame, axes: Sequence[str], metric: str, baseline: Mapping[str, Any]
+) -> pd.DataFrame:
+    """The main effect of each axis: for every other value of the axis, the seed-paired
+    difference from the baseline's value, each side averaged over all the other axes."""
+    column = f"metrics.{metric}"
+    rows = []
+    for axis in axes:
+        key = axis.removeprefix("params.")
+        values = runs[axis].astype(str)
+        if str(baseline[key]) == NOT_APPLICABLE:
+            continue
+        base = runs[values == str(baseline[key])].groupby(SEED)[column].mean()
+        # an axis's effect is measured where it applies (num_latents: with expert attention)
+        for value in sorted(set(values) - {str(baseline[key]), NOT_APPLICABLE}):
+            other = runs[values == value].groupby(SEED)[column].mean()
+            seeds = sorted(set(base.index) & set(other.index))
+            diffs = [other[s] - base[s] for s in seeds]
+            mean, _, low, high = mean_ci(diffs)
+            rows.append(
+                {
+                    "axis": key,
+                    "value": value,
+                    "baseline_value": str(baseline[key]),
+                    "n_pairs": len(seeds),
+                    "diff": mean,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "within_noise": bool(math.isnan(low) or low <= 0 <= high),
+                }
+            )
+    return pd.DataFrame(rows)

@@ -1,0 +1,485 @@
+"""``latentseg study``: the parent creates the study, queues its trials and the MLflow parent
+run, then runs W workers on the same storage and summarises the study at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from latentseg.errors import ConfigError, LatentSegError
+from latentseg.study.objective import TrialContext, run_trial
+from latentseg.study.spec import LoadedStudy, load_study_spec, redact
+from latentseg.study.storage import (
+    DEFAULT_JOURNAL,
+    Heartbeat,
+    database_lock,
+    make_storage,
+    pop_waiting_trial,
+    recover_dead_trials,
+    retry,
+    storage_of,
+)
+from latentseg.tracking.store import connect, get_or_create_experiment, resolve_tracking_uri
+from latentseg.tracking.study import (
+    close_dead_study_runs,
+    close_orphans,
+    log_study_summary,
+    start_study_run,
+)
+from latentseg.train import TrainingInterrupted
+from latentseg.train.interrupt import StopSignal, ignore_interrupts
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass
+class StudyResult:
+    study_name: str
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    storage: str
+    summary: dict[str, Any]
+    wall_time_s: float
+
+
+def build_sampler(
+    loaded: LoadedStudy, worker_index: int = 0, offset: int = 0
+) -> optuna.samplers.BaseSampler:
+    """The spec's sampler; each worker gets its own seed (``seed + worker_index``): workers
+    sharing one seed would propose the same points."""
+    sampler = loaded.spec.sampler
+    # ``offset`` (trials already in the study) keeps a resumed launch from replaying the
+    # first launch's random proposals.
+    seed = None if sampler.seed is None else sampler.seed + worker_index + 100_003 * offset
+    if sampler.name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler.n_startup_trials)
+    # grid points are queued explicitly; the sampler never picks one
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def build_pruner(loaded: LoadedStudy) -> optuna.pruners.BasePruner:
+    pruner = loaded.spec.pruner
+    if pruner.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=pruner.n_startup_trials, n_warmup_steps=pruner.n_warmup_steps
+        )
+    if pruner.name == "hyperband":
+        max_resource = loaded.base.train.epochs * len(loaded.seeds)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=pruner.min_resource,
+            max_resource=max_resource,
+            reduction_factor=pruner.reduction_factor,
+        )
+    return optuna.pruners.NopPruner()
+
+
+def _params_key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+
+def queue_trials(study: optuna.Study, loaded: LoadedStudy) -> int:
+    """Queue what the study still needs; returns how many trials were added.
+
+    Grid: every point that has no trial yet, in any state (a failed point was retried when
+    it failed, up to ``max_retry``). Other samplers: empty slots up to ``n_trials``, which
+    the sampler fills when a worker starts them (retries are not counted as slots)."""
+    trials = study.get_trials(deepcopy=False)
+    if loaded.spec.sampler.name == "grid":
+        taken = {_params_key(t.system_attrs.get("fixed_params") or t.params) for t in trials}
+        missing = [p for p in loaded.spec.grid_points() if _params_key(p) not in taken]
+        if loaded.spec.n_trials is not None:
+            missing = missing[: max(0, loaded.spec.n_trials - len(taken))]
+        for point in missing:
+            study.enqueue_trial(point)
+        return len(missing)
+    slots = [t for t in trials if "failed_trial" not in t.system_attrs]
+    needed = max(0, loaded.spec.total_trials() - len(slots))
+    for _ in range(needed):
+        study.enqueue_trial({})
+    return needed
+
+
+def worker_loop(
+    ctx: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int = 0
+) -> int:
+    """Take queued trials until none is left, the deadline passes or a signal arrives;
+    returns the number of trials run. A trial interrupted by a signal is failed and queued
+    again without spending a retry, then the interruption propagates; a trial whose sampled
+    config is invalid is failed and not retried."""
+    import torch
+
+    torch.set_num_threads(ctx.threads)
+    loaded = ctx.study
+    storage = make_storage(storage_url, loaded.spec.max_retry, workers=1)
+    finished = len(
+        optuna.load_study(study_name=loaded.name, storage=storage).get_trials(
+            deepcopy=False, states=FINISHED_STATES
+        )
+    )
+    study = optuna.load_study(
+        study_name=loaded.name,
+        storage=storage,
+        sampler=build_sampler(loaded, worker_index, finished),
+        pruner=build_pruner(loaded),
+    )
+    client = connect(ctx.tracking_uri)
+    done = 0
+    with StopSignal() as stop:
+        while not stop() and (deadline is None or time.time() < deadline):
+            popped = pop_waiting_trial(study)
+            if popped is None:
+                break
+            trial, trial_id = popped
+            with Heartbeat(study, trial_id):
+                try:
+                    value = run_trial(trial, ctx, client)
+                except optuna.TrialPruned:
+                    study.tell(trial, state=TrialState.PRUNED)
+                except (TrainingInterrupted, KeyboardInterrupt):
+                    study.tell(trial, state=TrialState.FAIL)
+                    retry(
+                        study,
+                        storage_of(study).get_trial(trial_id),
+                        loaded.spec.max_retry,
+                        count=False,
+                    )
+                    raise
+                except LatentSegError as exc:  # an invalid sampled config: retrying cannot help
+                    study.tell(trial, state=TrialState.FAIL)
+                    print(f"trial {trial.number} failed: {exc}", file=sys.stderr, flush=True)
+                except Exception as exc:
+                    study.tell(trial, state=TrialState.FAIL)
+                    print(
+                        f"trial {trial.number} failed: {type(exc).__name__}: {exc}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    retry(
+                        study,
+                        storage_of(study).get_trial(trial_id),
+                        max_retry=loaded.spec.max_retry,
+                    )
+                else:
+                    study.tell(trial, value)
+            done += 1
+        if stop():
+            raise TrainingInterrupted(str(stop.received), None)
+    return done
+
+
+def _wait_for_other_launches(
+    study: optuna.Study, max_retry: int, stop, deadline, client, experiment_id: str, name: str
+) -> list:
+    """With a heartbeat storage (shared by machines), poll while other launches hold RUNNING
+    trials: returns the WAITING trials once some are queued again (a dead machine's, failed by
+    its lapsed heartbeat), or [] when none is left running. Journal storages return at once."""
+    storage = storage_of(study)
+    get_interval = getattr(storage, "get_heartbeat_interval", None)
+    interval = get_interval() if get_interval else None
+    if not interval:
+        return []
+    while not stop() and not (deadline and time.time() >= deadline):
+        for trial in recover_dead_trials(study, max_retry):
+            close_orphans(client, experiment_id, name, trial.number, "worker process died")
+        close_dead_study_runs(client, experiment_id, name)  # a dead launch's parent, this host
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if waiting:
+            return waiting
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return []
+        time.sleep(min(interval, 5))
+    return []
+
+
+def worker_devices(workers: int, gpus: int, visible: str | None = None) -> list[str | None]:
+    """``CUDA_VISIBLE_DEVICES`` for each worker: with several GPUs and several workers, one
+    GPU per worker (round-robin when there are more workers than GPUs), taken from the ids
+    already visible; ``None`` (inherit) otherwise."""
+    if workers < 2 or gpus < 2:
+        return [None] * workers
+    ids = [i.strip() for i in visible.split(",") if i.strip()] if visible else []
+    ids = ids[:gpus] or [str(i) for i in range(gpus)]
+    return [ids[i % len(ids)] for i in range(workers)]
+
+
+def _worker_process(
+    ctx: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int
+) -> None:
+    try:
+        worker_loop(ctx, storage_url, deadline, worker_index)
+    except (TrainingInterrupted, KeyboardInterrupt):
+        sys.exit(130)
+
+
+class Progress(threading.Thread):
+    """Polls the storage: a bar over trials with the best value so far."""
+
+    def __init__(self, study: optuna.Study, total: int, direction: str, enabled: bool) -> None:
+        super().__init__(daemon=True)
+        self.study, self.total, self.direction, self.enabled = study, total, direction, enabled
+        self.stop_event = threading.Event()
+
+    def snapshot(self) -> tuple[int, float | None]:
+        trials = self.study.get_trials(deepcopy=False, states=FINISHED_STATES)
+        values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        best = (max if self.direction == "maximize" else min)(values) if values else None
+        return len(trials), best
+
+    def run(self) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        tty = sys.stderr.isatty()
+        bar = tqdm(
+            total=self.total, desc="trials", file=sys.stderr, dynamic_ncols=True, disable=not tty
+        )
+        last = (-1, None)
+        while True:
+            stopping = self.stop_event.wait(2.0)
+            try:
+                finished, best = self.snapshot()
+            except Exception:
+                continue
+            if (finished, best) != last:
+                bar.n = finished
+                bar.set_postfix(best=f"{best:.4f}" if best is not None else "-", refresh=True)
+                if not tty:
+                    print(
+                        f"trials finished {finished}/{self.total}  best {'-' if best is None else f'{best:.4f}'}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                last = (finished, best)
+            if stopping:
+                bar.close()
+                return
+
+
+def run_study(
+    spec_path: str,
+    n_trials: int | None = None,
+    workers: int = 1,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    progress: bool = True,
+) -> StudyResult:
+    """Run (or resume) the study in ``spec_path`` with ``workers`` processes."""
+    started = time.time()
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    loaded = load_study_spec(spec_path, overrides, n_trials)
+    spec = loaded.spec
+    storage_url = storage or spec.storage
+    optuna_storage = make_storage(storage_url, spec.max_retry, workers)
+    # MLflow first: an unreachable tracking server must fail before the study is touched.
+    uri = resolve_tracking_uri(tracking_uri, loaded.base.tracking.tracking_uri)
+    client = connect(uri)
+    direction = spec.objective.resolved_direction
+    try:
+        study = optuna.create_study(
+            study_name=loaded.name,
+            storage=optuna_storage,
+            direction=direction,
+            load_if_exists=True,
+            sampler=build_sampler(loaded),
+            pruner=build_pruner(loaded),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{spec_path}: cannot use study '{loaded.name}': {exc}") from None
+    if study.direction.name.lower() != direction:
+        raise ConfigError(
+            f"{spec_path}: study '{loaded.name}' exists with direction {study.direction.name.lower()}, the spec asks {direction}"
+        )
+
+    _check_fingerprint(study, loaded, spec_path)
+    experiment_id = get_or_create_experiment(client, spec.mlflow_experiment or loaded.name, uri)
+    close_dead_study_runs(client, experiment_id, loaded.name)
+    for dead in recover_dead_trials(study, spec.max_retry):
+        close_orphans(client, experiment_id, loaded.name, dead.number, "worker process died")
+    with queue_lock(storage_url):
+        queue_trials(study, loaded)
+
+    storage_label = redact(storage_url) or f"journal:{DEFAULT_JOURNAL}"
+    spec_params = {
+        f"study.{k}": v
+        for k, v in _flat(spec.model_dump(mode="json", exclude={"search_space"})).items()
+    }
+    spec_params["study.storage"] = storage_label  # never a password
+    spec_params.update(
+        {f"search_space.{k}": p.model_dump(mode="json") for k, p in spec.search_space.items()}
+    )
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    deadline = started + spec.timeout if spec.timeout else None
+    status = "FAILED"
+    # Signals only set a flag from here on, so the parent run is always closed and the
+    # summary written, whatever arrives when.
+    with StopSignal() as stop:
+        parent_run_id = start_study_run(
+            client, experiment_id, loaded.name, storage_label, loaded.path, spec_params, workers
+        )
+        ctx = TrialContext(loaded, uri, experiment_id, parent_run_id, threads)
+        monitor = Progress(study, len(study.get_trials(deepcopy=False)), direction, progress)
+        monitor.start()
+        try:
+            for _ in range(spec.max_retry + 1):  # a round, then more for retries of dead workers
+                _run_workers(ctx, storage_url, deadline, workers, stop)
+                for trial in recover_dead_trials(study, spec.max_retry):
+                    close_orphans(
+                        client, experiment_id, loaded.name, trial.number, "worker process died"
+                    )
+                waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                if not waiting and not stop():
+                    # Trials still RUNNING belong to other launches (other machines): wait
+                    # until they finish or their heartbeat lapses and they come back queued.
+                    waiting = _wait_for_other_launches(
+                        study, spec.max_retry, stop, deadline, client, experiment_id, loaded.name
+                    )
+                if stop() or not waiting or (deadline and time.time() >= deadline):
+                    break
+            status = "KILLED" if stop() else "FINISHED"
+        except (TrainingInterrupted, KeyboardInterrupt):
+            status = "KILLED"
+        finally:
+            monitor.stop_event.set()
+            monitor.join(timeout=10)
+            try:
+                final = optuna.load_study(study_name=loaded.name, storage=optuna_storage)
+                summary = log_study_summary(client, parent_run_id, final, spec.objective.metric)
+            finally:
+                with ignore_interrupts():
+                    client.set_terminated(parent_run_id, status)
+    if status == "KILLED":
+        raise TrainingInterrupted(str(stop.received or "SIGINT"))
+    return StudyResult(
+        loaded.name,
+        parent_run_id,
+        experiment_id,
+        uri,
+        storage_label,
+        summary,
+        time.time() - started,
+    )
+
+
+def _fingerprint(loaded: LoadedStudy) -> str:
+    """What a resumed launch must agree on: the spec (but its budget) and the base config."""
+    import hashlib
+    import json
+
+    spec = loaded.spec.model_dump(mode="json", exclude={"n_trials", "timeout", "storage", "name"})
+    base = loaded.base.config_hash(include_seed=True)
+    return hashlib.sha256(json.dumps([spec, base], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_fingerprint(study: optuna.Study, loaded: LoadedStudy, spec_path: str) -> None:
+    key = "latentseg.fingerprint"
+    current = _fingerprint(loaded)
+    stored = study.user_attrs.get(key)
+    if stored is None:
+        study.set_user_attr(key, current)
+    elif stored != current:
+        raise ConfigError(
+            f"{spec_path}: study '{loaded.name}' was started with a different spec or base experiment; "
+            "resuming would mix configurations. Give the study a new `name`, or restore the original spec "
+            "(only n_trials, timeout and storage may change between launches)."
+        )
+
+
+@contextlib.contextmanager
+def queue_lock(storage_url: str | None):
+    """Serialises queueing between launches that share a storage (two launches must not both
+    queue the same missing grid point): a file lock beside a journal or SQLite file on this
+    machine, a database lock for PostgreSQL or MySQL shared by launches on many machines."""
+    if storage_url is not None and storage_url.startswith(("postgresql", "mysql")):
+        with database_lock(storage_url):
+            yield
+        return
+    import fcntl
+
+    if storage_url is not None and storage_url.startswith("sqlite:///"):
+        path = Path(storage_url.removeprefix("sqlite:///") + ".queue.lock")
+    else:
+        path = Path(
+            storage_url.removeprefix("journal:") if storage_url else DEFAULT_JOURNAL
+        ).with_suffix(".queue.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_workers(
+    ctx: TrialContext, storage_url: str | None, deadline: float | None, workers: int, stop
+) -> None:
+    if workers == 1:
+        worker_loop(ctx, storage_url, deadline)
+        return
+    spawn = multiprocessing.get_context("spawn")
+    processes = [
+        spawn.Process(
+            target=_worker_process,
+            args=(ctx, storage_url, deadline, i),
+            name=f"latentseg-worker-{i}",
+        )
+        for i in range(workers)
+    ]
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = worker_devices(workers, torch.cuda.device_count(), visible)
+    try:
+        for process, device in zip(processes, devices, strict=True):
+            if device is not None:  # a spawned worker sees only its own GPU
+                os.environ["CUDA_VISIBLE_DEVICES"] = device
+            process.start()
+    finally:
+        if visible is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    forwarded = False
+    try:
+        while any(p.is_alive() for p in processes):
+            if stop() and not forwarded:  # e.g. SIGTERM to the parent alone: stop the workers too
+                for process in processes:
+                    if process.is_alive():
+                        process.terminate()
+                forwarded = True
+            for process in processes:
+                process.join(timeout=0.5)
+    finally:
+        for process in processes:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    from latentseg.config import flatten
+
+    return flatten(tree, prefix)
+
+
+def trials_per_hour(result: StudyResult) -> float:
+    finished = result.summary.get("trials", 0)
+    return finished / result.wall_time_s * 3600 if result.wall_time_s > 0 else math.nan

@@ -1,0 +1,300 @@
+"""Study specs (``studies/*.yaml``): a base experiment, a search space over any config key,
+the objective, sampler, pruner and seeds. Validated as strictly as experiment configs."""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
+
+from latentseg.config import (
+    ExperimentConfig,
+    StrictModel,
+    apply_overrides,
+    format_validation_error,
+    key_lines,
+    load_experiment,
+    read_yaml_mapping,
+)
+from latentseg.errors import ConfigError, LatentSegError
+
+Scalar = Union[bool, int, float, str, None]  # noqa: UP007
+
+
+class IntParam(StrictModel):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> IntParam:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high})")
+        if self.log and (self.step != 1 or self.low < 1):
+            raise ValueError("log=true needs step 1 and low >= 1")
+        return self
+
+
+class FloatParam(StrictModel):
+    type: Literal["float"]
+    low: float
+    high: float
+    step: Optional[float] = Field(None, gt=0)  # noqa: UP045
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high})")
+        if self.log and (self.step is not None or self.low <= 0):
+            raise ValueError("log=true needs no step and low > 0")
+        return self
+
+
+class CategoricalParam(StrictModel):
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CategoricalParam:
+        seen = [repr(c) for c in self.choices]
+        if len(set(seen)) != len(seen):
+            raise ValueError(
+                f"choices repeat a value: {self.choices} (a grid would run that point twice)"
+            )
+        return self
+
+
+Param = Annotated[Union[IntParam, FloatParam, CategoricalParam], Field(discriminator="type")]  # noqa: UP007
+
+
+class ObjectiveSpec(StrictModel):
+    metric: str = Field(
+        "val_miou",
+        description="A per-epoch val metric (its value at the best epoch is the objective) or a test_* / best_* summary metric.",
+    )
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="Default: minimize for losses, maximize otherwise."
+    )  # noqa: UP045
+
+    @property
+    def resolved_direction(self) -> str:
+        return self.direction or ("minimize" if "loss" in self.metric else "maximize")
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if not value.startswith(("val_", "test_", "best_val_")):
+            raise ValueError(
+                f"objective metric must be a val_*, best_val_* or test_* metric (e.g. val_miou), got {value!r}"
+            )
+        return value
+
+
+class SamplerSpec(StrictModel):
+    name: Literal["tpe", "random", "grid"] = "tpe"
+    seed: Optional[int] = Field(0, description="Sampler seed (null: random).")  # noqa: UP045
+    n_startup_trials: int = Field(10, ge=0, description="TPE: random trials before modelling.")
+
+
+class PrunerSpec(StrictModel):
+    name: Literal["median", "hyperband", "none"] = "none"
+    n_startup_trials: int = Field(
+        4, ge=0, description="median: trials completed before pruning starts."
+    )
+    n_warmup_steps: int = Field(1, ge=0, description="median: epochs before a trial may be pruned.")
+    min_resource: int = Field(1, ge=1, description="hyperband: smallest number of epochs.")
+    reduction_factor: int = Field(3, ge=2, description="hyperband: reduction factor.")
+
+
+class StudySpec(StrictModel):
+    name: str | None = Field(None, description="Optuna study name; default: the spec file's stem.")  # noqa: UP045
+    experiment: str = Field(description="Base experiment YAML, relative to the spec file.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Dotted-key overrides of the base experiment."
+    )
+    search_space: dict[str, Param] = Field(
+        default_factory=dict,
+        description="Config key -> int / float / categorical (a plain list is categorical).",
+    )
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    seeds: StrictInt | list[StrictInt] = Field(
+        1,
+        description="k (train.seed = base seed + 0..k-1) or an explicit list; the objective is the mean over seeds.",
+    )  # noqa: UP007
+    n_trials: int | None = Field(
+        None, ge=1, description="Trials in total (grid: its size; tpe/random: 20 by default)."
+    )  # noqa: UP045
+    timeout: float | None = Field(
+        None, gt=0, description="Stop starting trials after this many seconds."
+    )  # noqa: UP045
+    mlflow_experiment: str | None = Field(
+        None, description="MLflow experiment; default: the study name."
+    )  # noqa: UP045
+    storage: str | None = Field(
+        None, description="Optuna storage URL; default: a journal file under mlruns/optuna/."
+    )  # noqa: UP045
+    max_retry: int = Field(1, ge=0, description="Retries of a failed trial (crash or dead worker).")
+
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: {"type": "categorical", "choices": v} if isinstance(v, list) else v
+                for k, v in value.items()
+            }
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> StudySpec:
+        if isinstance(self.seeds, list) and (
+            not self.seeds or len(set(self.seeds)) != len(self.seeds)
+        ):
+            raise ValueError("seeds must be a non-empty list of distinct integers")
+        if isinstance(self.seeds, int) and self.seeds < 1:
+            raise ValueError("seeds must be >= 1")
+        if "train.seed" in self.search_space:
+            raise ValueError(
+                "train.seed cannot be searched; use `seeds` (every trial is trained with each seed)"
+            )
+        fixed = [k for k in self.search_space if k == "train.threads" or k.startswith("tracking.")]
+        if fixed:
+            raise ValueError(
+                f"{fixed} cannot be searched: the study sets threads per worker and tracks every trial itself"
+            )
+        if self.sampler.name == "grid":
+            bad = [k for k, p in self.search_space.items() if not isinstance(p, CategoricalParam)]
+            if bad:
+                raise ValueError(
+                    f"a grid is the full factorial of categorical axes; make these categorical (a list of values): {bad}"
+                )
+            if not self.search_space:
+                raise ValueError("a grid needs a search_space")
+        return self
+
+    def seed_list(self, base_seed: int) -> list[int]:
+        return (
+            list(self.seeds)
+            if isinstance(self.seeds, list)
+            else [base_seed + i for i in range(self.seeds)]
+        )
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every point of the full factorial, in a stable order."""
+        keys = list(self.search_space)
+        choices = [self.search_space[k].choices for k in keys]  # type: ignore[union-attr]
+        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*choices)]
+
+    def total_trials(self) -> int:
+        if self.sampler.name == "grid":
+            return self.n_trials or len(self.grid_points())
+        return self.n_trials or 20
+
+
+class LoadedStudy(StrictModel):
+    """A spec with its base experiment loaded and every override applied."""
+
+    spec: StudySpec
+    name: str
+    path: str
+    base: ExperimentConfig
+    seeds: list[int]
+
+
+def load_study_spec(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), n_trials: int | None = None
+) -> LoadedStudy:
+    """Load and validate a study spec; ``overrides`` (``--set``) apply to the base experiment."""
+    path = Path(path)
+    data, text = read_yaml_mapping(path, what="study spec")
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            format_validation_error(exc, StudySpec, str(path), key_lines(text))
+        ) from None
+    if n_trials is not None:
+        spec = spec.model_copy(update={"n_trials": n_trials})
+    base_path = (path.parent / spec.experiment).resolve()
+    if not base_path.is_file():
+        raise ConfigError(
+            f"{path}: experiment: base experiment not found: {spec.experiment} (looked for {base_path})"
+        )
+    base = load_experiment(base_path)
+    try:
+        base = base.with_updates(spec.overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: overrides: {exc}") from None
+    base = apply_overrides(base, overrides)
+    _check_search_space(spec, base, path)
+    name = spec.name or path.stem
+    return LoadedStudy(
+        spec=spec, name=name, path=str(path), base=base, seeds=spec.seed_list(base.train.seed)
+    )
+
+
+def _check_search_space(spec: StudySpec, base: ExperimentConfig, path: Path) -> None:
+    """Every key must be a config key and every value valid there (errors name both); the
+    objective must be a metric the runs report."""
+    from latentseg.train import prepare
+
+    for key, param in spec.search_space.items():
+        if isinstance(param, CategoricalParam):
+            values = param.choices
+        elif (
+            isinstance(param, IntParam)
+            and not param.log
+            and (param.high - param.low) // param.step < 64
+        ):
+            values = list(range(param.low, param.high + 1, param.step))  # small: check them all
+        else:
+            values = [param.low, param.high]
+        for value in values:
+            try:
+                prepare(base.with_updates({key: value}), str(path))
+            except LatentSegError as exc:
+                detail = str(exc).replace("<updated config>: ", "").replace(f"{path}: ", "")
+                raise ConfigError(f"{path}: search_space.{key} = {value!r}: {detail}") from None
+    if spec.sampler.name == "grid":  # a grid is small: check every point resolves
+        for point in spec.grid_points():
+            try:
+                prepare(base.with_updates(point), f"{path} grid point {point}")
+            except LatentSegError as exc:
+                raise ConfigError(f"{exc}") from None
+    classes = prepare(base, str(path)).dataset.info.class_names
+    names = [
+        "loss",
+        "pixel_accuracy",
+        "miou",
+        "mdice",
+        "latent_usage_entropy",
+        "dead_latents",
+        *(f"iou_{c}" for c in classes),
+    ]
+    known = {f"{prefix}_{n}" for prefix in ("val", "best_val", "test") for n in names}
+    metric = spec.objective.metric
+    if metric not in known:
+        close = difflib.get_close_matches(metric, sorted(known), n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"{path}: objective.metric {metric!r} is not a metric the runs report.{hint} Per-epoch: {', '.join(f'val_{n}' for n in names)}; also best_val_* and test_*."
+        )
+
+
+def redact(url: str | None) -> str | None:
+    """A storage or tracking URL with any password replaced by ``***``."""
+    if not url or "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, _, host = rest.rpartition("@")
+    if ":" in credentials:
+        credentials = credentials.split(":", 1)[0] + ":***"
+    return f"{scheme}://{credentials}@{host}"

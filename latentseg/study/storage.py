@@ -1,0 +1,247 @@
+"""Optuna storages, the trial queue and dead-trial recovery.
+
+- Default: a JournalStorage with a file backend under ``mlruns/optuna/``, safe for several
+  worker processes on one machine. ``sqlite:///`` and ``postgresql://`` URLs give an
+  RDBStorage with a heartbeat; a trial whose heartbeat stops is failed and retried.
+- Every trial is created up front in the parent (grid points, or empty slots that the
+  sampler fills when a worker starts them), and workers only *pop* WAITING trials with an
+  atomic WAITING -> RUNNING transition. So a grid runs each point exactly once and a study
+  runs exactly ``n_trials``, however many workers share it.
+- Journal storages have no heartbeat: each running trial records its host, pid and process
+  start time; a trial whose process is gone is failed and retried (``max_retry``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from latentseg.errors import ConfigError
+from latentseg.process import owner_alive, owner_record
+
+DEFAULT_JOURNAL = Path("mlruns") / "optuna" / "journal.log"
+# RDB storages: how often a running trial records a heartbeat, and how long a silent trial
+# is given before another launch fails and retries it (env overrides for slow networks).
+HEARTBEAT_INTERVAL_S = 20
+GRACE_PERIOD_S = 60
+
+
+def env_seconds(name: str, default: int) -> int:
+    """A positive whole number of seconds from the environment, or ``default``."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ConfigError(f"${name}={raw!r}: expected a positive whole number of seconds")
+    return int(raw)
+
+
+OWNER_ATTR = "latentseg_owner"  # {"host", "pid", "start"} of the process running a trial
+
+
+def make_storage(url: str | None, max_retry: int, workers: int = 1) -> optuna.storages.BaseStorage:
+    """The storage for ``url`` (None: the embedded journal file)."""
+    if url is None or url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:")) if url else DEFAULT_JOURNAL
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the study journal folder {path.parent}: {exc.strerror}"
+            ) from None
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:") and workers > 1:
+        raise ConfigError(
+            f"--storage {url}: SQLite is not safe for {workers} concurrent worker processes (writers lock each other "
+            "out and a fresh schema can be created twice); use the default journal storage, or postgresql://"
+        )
+    if not url.startswith(("sqlite:", "postgresql", "mysql")):
+        raise ConfigError(
+            f"--storage {url!r}: expected sqlite:///PATH, postgresql://USER@HOST/DB, or journal:PATH (default: {DEFAULT_JOURNAL})"
+        )
+    interval = env_seconds("LATENTSEG_HEARTBEAT_INTERVAL_S", HEARTBEAT_INTERVAL_S)
+    grace = env_seconds("LATENTSEG_HEARTBEAT_GRACE_S", GRACE_PERIOD_S)
+    try:
+        # Launches on several machines may meet a fresh database: one creates the schema.
+        lock = (
+            database_lock(url)
+            if url.startswith(("postgresql", "mysql"))
+            else contextlib.nullcontext()
+        )
+        with lock:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=lambda study, trial: retry(study, trial, max_retry),
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite:") else None,
+            )
+    except Exception as exc:  # bad URL, server down, driver missing: say which
+        from latentseg.study.spec import redact
+
+        hint = ""
+        if "compatible with the table schema" in str(exc):
+            hint = (
+                " (is this database also an MLflow backend store? MLflow and Optuna both keep an "
+                "alembic_version table: give each its own database)"
+            )
+        raise ConfigError(
+            f"--storage {redact(url)}: cannot open the Optuna storage: {type(exc).__name__}: {exc}{hint}"
+        ) from None
+
+
+QUEUE_LOCK_KEY = 0x1A7E_5E6  # PostgreSQL advisory lock id of latentseg's trial queue
+QUEUE_LOCK_NAME = "latentseg_trial_queue"  # MySQL named lock
+
+
+@contextlib.contextmanager
+def database_lock(storage_url: str):
+    """A session-level lock in the storage's own database, released on exit (and by the
+    server if this process dies): serialises schema creation and trial queueing between
+    launches on many machines."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(storage_url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            if storage_url.startswith("postgresql"):
+                lock = sqlalchemy.text("SELECT pg_advisory_lock(:key)")
+                unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:key)")
+                params = {"key": QUEUE_LOCK_KEY}
+            else:
+                lock = sqlalchemy.text("SELECT GET_LOCK(:name, -1)")
+                unlock = sqlalchemy.text("SELECT RELEASE_LOCK(:name)")
+                params = {"name": QUEUE_LOCK_NAME}
+            connection.execute(lock, params)
+            try:
+                yield
+            finally:
+                connection.execute(unlock, params)
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- ownership
+
+
+# --------------------------------------------------------------------------- queue
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The study's own view of its storage (RDB storages are wrapped in a cache): trials must
+    be read and written through it, as Optuna's own trial queue does."""
+    return study._storage
+
+
+def pop_waiting_trial(study: optuna.Study) -> tuple[optuna.Trial, int] | None:
+    """Atomically take one WAITING trial (WAITING -> RUNNING): ``(trial, trial_id)``, or None
+    when the queue is empty. Never creates a trial."""
+    storage = storage_of(study)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        storage.set_trial_system_attr(trial_id, OWNER_ATTR, owner_record())
+        return optuna.Trial(study, trial_id), trial_id
+    return None
+
+
+def retry(study: optuna.Study, trial: FrozenTrial, max_retry: int, count: bool = True) -> None:
+    """Queue the failed trial's params again, unless ``max_retry`` retries were spent.
+
+    Like Optuna's RetryFailedTrialCallback (same ``failed_trial`` / ``retry_history``
+    system attributes), but the new attempt starts without the old one's user attributes
+    (its MLflow run id, failure reason, per-seed values). ``count=False`` (an interrupted
+    trial) queues it again without spending a retry."""
+    history = [*trial.system_attrs.get("retry_history", [])]
+    if count:
+        history.append(trial.number)
+        if len(history) > max_retry:
+            return
+    system_attrs = {
+        **trial.system_attrs,
+        "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
+        "retry_history": history,
+    }
+    system_attrs.pop(OWNER_ATTR, None)
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            system_attrs=system_attrs,
+        )
+    )
+
+
+def recover_dead_trials(study: optuna.Study, max_retry: int) -> list[FrozenTrial]:
+    """Fail (and retry) RUNNING trials whose process died; returns them."""
+    storage = storage_of(study)
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    with warnings.catch_warnings():  # fail_stale_trials is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # RDB heartbeats; the storage's callback retries
+    recovered = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.number not in before
+    ]
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if owner_alive(frozen.system_attrs.get(OWNER_ATTR)):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", "worker process died")
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process finished or failed it first
+        dead = storage.get_trial(trial_id)
+        retry(study, dead, max_retry)
+        recovered.append(dead)
+    return recovered
+
+
+class Heartbeat:
+    """Records a running trial's heartbeat for RDB storages (a no-op for journals)."""
+
+    def __init__(self, study: optuna.Study, trial_id: int) -> None:
+        self.storage = storage_of(study)
+        self.trial_id = trial_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Heartbeat:
+        get_interval = getattr(self.storage, "get_heartbeat_interval", None)
+        interval = get_interval() if get_interval else None
+        if interval:
+            self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
+            self._thread.start()
+        return self
+
+    def _beat(self, interval: float) -> None:
+        while True:
+            with contextlib.suppress(
+                Exception
+            ):  # a transient database error must not kill training
+                self.storage.record_heartbeat(self.trial_id)
+            if self._stop.wait(interval):
+                return
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

@@ -1,0 +1,310 @@
+"""One training run, tracked: create (or reopen) the MLflow run, train, close it with the
+right status. No run is left RUNNING by a process that exits normally or on a signal."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from latentseg.config import ExperimentConfig, apply_overrides, load_experiment
+from latentseg.errors import CheckpointError, ConfigError, TrackingError
+from latentseg.tracking.store import (
+    DEFAULT_STATE_DIR,
+    connect,
+    get_or_create_experiment,
+    resolve_tracking_uri,
+)
+from latentseg.tracking.tracker import MLflowTracker
+from latentseg.train import (
+    ConsoleProgress,
+    TrainCallback,
+    TrainingInterrupted,
+    TrainingPruned,
+    fit,
+    prepare,
+)
+from latentseg.train.checkpoint import load_model_file, load_training_state
+from latentseg.train.interrupt import StopSignal, ignore_interrupts
+from latentseg.train.loop import resolve_device
+
+# Keys whose change keeps a run resumable: they do not change what is computed.
+RESUMABLE_CHANGES = (
+    "train.epochs",
+    "train.early_stopping_patience",
+    "train.device",
+    "train.threads",
+    "tracking.",
+)
+
+
+@dataclass
+class RunResult:
+    run_id: str | None  # None when tracking is off
+    status: str  # FINISHED, FAILED or KILLED
+    summary: dict[str, float]
+    checkpoint_dir: Path
+    tracking_uri: str | None = None
+    experiment_id: str | None = None
+    tracking_s: float = 0.0  # wall time training spent on tracking: opening, hooks, closing
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=3, check=True
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_tags(config: ExperimentConfig, source: str) -> dict[str, str]:
+    import mlflow
+
+    import latentseg
+
+    tags = {
+        "latentseg.variant": config.model.variant,
+        "latentseg.dataset": config.data.dataset,
+        "latentseg.config_hash": config.config_hash(),
+        "latentseg.config_group": config.config_hash(include_seed=False),  # same across seeds
+        "latentseg.config_source": source,
+        "latentseg.version": latentseg.__version__,
+        "latentseg.torch_version": torch.__version__,
+        "latentseg.mlflow_version": mlflow.__version__,
+        "latentseg.python_version": platform.python_version(),
+        "latentseg.device": str(resolve_device(config.train.device)),
+        "latentseg.seed": str(config.train.seed),
+    }
+    commit = git_commit()
+    if commit:
+        tags["latentseg.git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _check_resumable(old: ExperimentConfig, new: ExperimentConfig, run_id: str) -> None:
+    before, after = old.flat(), new.flat()
+    changed = sorted(
+        k
+        for k in before.keys() | after.keys()
+        if before.get(k) != after.get(k) and not k.startswith(RESUMABLE_CHANGES)
+    )
+    if changed:
+        details = ", ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed[:8])
+        raise ConfigError(
+            f"cannot resume run {run_id}: the config differs in {details}; only train.epochs, train.early_stopping_patience, device, threads and tracking keys may change"
+        )
+
+
+def run_experiment(
+    config: ExperimentConfig | str | Path,
+    overrides: Iterable[str] = (),
+    tracking_uri: str | None = None,
+    resume: str | None = None,
+    callbacks: Sequence[TrainCallback] = (),
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+    progress: bool = True,
+    source: str | None = None,
+) -> RunResult:
+    """Train one experiment with MLflow tracking (unless ``tracking.enabled`` is false).
+
+    ``resume`` is a run id (continue that MLflow run from its last checkpoint) or a path
+    to a ``last.ckpt``. Raises LatentSegError subclasses for bad input before any run
+    exists; :class:`TrainingInterrupted` after closing the run KILLED on Ctrl-C / SIGTERM.
+    """
+    if isinstance(config, (str, Path)):
+        source = source or str(config)
+        config = load_experiment(config, overrides)
+    else:
+        source = source or "<config>"
+        config = apply_overrides(config, overrides)
+    prepared = prepare(config, source)  # every input error surfaces here, before MLflow
+    resolved = prepared.config
+    all_callbacks = [*callbacks, *([ConsoleProgress()] if progress else [])]
+
+    resume_path = Path(resume) if resume and Path(resume).is_file() else None
+    if resume_path is not None:
+        _check_resumable(
+            ExperimentConfig.model_validate_json(
+                load_training_state(resume_path)["experiment_config"]
+            ),
+            resolved,
+            str(resume_path),
+        )
+
+    if not resolved.tracking.enabled:
+        if resume and resume_path is None:
+            raise ConfigError(
+                f"--resume {resume!r}: with tracking.enabled false, give the path of a last.ckpt"
+            )
+        checkpoint_dir = (
+            resume_path.parent
+            if resume_path
+            else DEFAULT_STATE_DIR
+            / "checkpoints"
+            / f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        )
+        with StopSignal() as stop:
+            summary = fit(
+                prepared, checkpoint_dir, all_callbacks, resume_from=resume_path, should_stop=stop
+            )
+        return RunResult(None, "FINISHED", summary, checkpoint_dir)
+
+    uri = resolve_tracking_uri(tracking_uri, resolved.tracking.tracking_uri)
+    opening = time.perf_counter()
+    client = connect(uri)
+    resume_run = resume if resume and resume_path is None else None
+    # Signals are deferred from here on: a Ctrl-C between opening the run and training still
+    # ends with the run closed (KILLED), never left RUNNING.
+    with StopSignal() as stop:
+        if resume_run:
+            run_id, resume_path, experiment_id = _reopen(client, resume_run, resolved)
+        else:
+            experiment_id = get_or_create_experiment(client, resolved.tracking.experiment, uri)
+            tags = run_tags(resolved, source) | (extra_tags or {})
+            if parent_run_id:
+                tags["mlflow.parentRunId"] = parent_run_id
+            run_name = (
+                resolved.tracking.run_name
+                or f"{resolved.model.variant}-{resolved.data.dataset}-s{resolved.train.seed}"
+            )
+            run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+        tracking_s = time.perf_counter() - opening
+        status = "FAILED"
+        tracker = None
+        try:
+            checkpoint_dir = DEFAULT_STATE_DIR / "checkpoints" / run_id
+            if resume_path is not None and resume_path.parent != checkpoint_dir:
+                checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                for name in ("last.ckpt", "best.safetensors"):
+                    if (resume_path.parent / name).exists():
+                        shutil.copyfile(resume_path.parent / name, checkpoint_dir / name)
+                resume_path = checkpoint_dir / "last.ckpt"
+            tracker = MLflowTracker(
+                client,
+                run_id,
+                resumed=bool(resume_run),
+                plots=resolved.tracking.attention_plots,
+                log_model=resolved.tracking.log_model,
+                server=uri if uri.startswith(("http://", "https://")) else None,
+            )
+            summary = fit(
+                prepared,
+                checkpoint_dir,
+                [tracker, *all_callbacks],
+                resume_from=resume_path,
+                should_stop=stop,
+            )
+            status = "FINISHED"
+        except TrainingPruned as exc:
+            status = "KILLED"
+            client.set_tag(run_id, "pruned_at_epoch", str(exc.epoch))
+            raise
+        except (TrainingInterrupted, KeyboardInterrupt):
+            status = "KILLED"
+            raise
+        except BaseException as exc:
+            _tag_error(client, run_id, exc)
+            raise
+        finally:
+            closing = time.perf_counter()
+            if tracker is not None:
+                tracker.close()  # every plot upload done before the run is closed
+                tracking_s += tracker.seconds
+            _terminate(client, run_id, status)
+            tracking_s += time.perf_counter() - closing
+    return RunResult(run_id, status, summary, checkpoint_dir, uri, experiment_id, tracking_s)
+
+
+def _reopen(client, run_id: str, config: ExperimentConfig) -> tuple[str, Path, str]:
+    """Fetch the run's checkpoints (last, and best when there is one) and mark it RUNNING."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise TrackingError(
+            f"--resume {run_id}: no such MLflow run in {client.tracking_uri}"
+        ) from None
+    if run.info.status == "RUNNING":
+        raise TrackingError(
+            f"--resume {run_id}: the run is still RUNNING (another process may own it)"
+        )
+    checkpoint = _download(client, run_id, "checkpoints/last.ckpt")
+    saved = load_training_state(checkpoint)
+    previous = ExperimentConfig.model_validate_json(saved["experiment_config"])
+    _check_resumable(previous, config, run_id)
+    state = saved["state"]
+    more_epochs = config.train.epochs > previous.train.epochs
+    if run.info.status == "FINISHED" and not more_epochs:
+        raise TrackingError(
+            f"--resume {run_id}: the run already FINISHED its {previous.train.epochs} epochs; raise train.epochs (--set train.epochs=N) to train it further"
+        )
+    if state.get("best_epoch"):
+        _download(client, run_id, "checkpoints/best.safetensors", checkpoint.parent)
+    if config.train.epochs != previous.train.epochs:
+        # Params are immutable in MLflow: the change is recorded as a tag. A cosine schedule
+        # is stretched to the new length from the current step on.
+        client.set_tag(
+            run_id,
+            "latentseg.resumed_with",
+            f"train.epochs: {previous.train.epochs} -> {config.train.epochs}",
+        )
+    client.update_run(run_id, status="RUNNING")
+    return run_id, checkpoint, run.info.experiment_id
+
+
+def _download(client, run_id: str, artifact: str, folder: Path | None = None) -> Path:
+    from mlflow.exceptions import MlflowException
+
+    target = folder or Path(tempfile.mkdtemp(prefix="latentseg-"))
+    try:
+        return Path(client.download_artifacts(run_id, artifact, str(target)))
+    except (MlflowException, OSError) as exc:
+        raise CheckpointError(f"run {run_id} has no artifact {artifact}: {exc}") from None
+
+
+def _tag_error(client, run_id: str, exc: BaseException) -> None:
+    message = f"{type(exc).__name__}: {exc}"
+    try:
+        client.set_tag(run_id, "latentseg.error", message[:4900])
+        client.set_tag(
+            run_id,
+            "mlflow.note.content",
+            f"Failed: {message}\n\n```\n{traceback.format_exc()[-3000:]}\n```",
+        )
+    except Exception:  # the store itself may be the failure; the status update still runs
+        pass
+
+
+def _terminate(client, run_id: str, status: str) -> None:
+    try:
+        with ignore_interrupts():  # a second Ctrl-C must not leave the run RUNNING
+            client.set_terminated(run_id, status)
+    except Exception as exc:
+        raise TrackingError(f"could not mark run {run_id} {status}: {exc}") from None
+
+
+def load_model(path_or_run_id: str, tracking_uri: str | None = None, map_location: str = "cpu"):
+    """A model from a checkpoint path, or from the best checkpoint of an MLflow run."""
+    if Path(path_or_run_id).exists():
+        return load_model_file(path_or_run_id, map_location)
+    client = connect(resolve_tracking_uri(tracking_uri))
+    return load_model_file(
+        _download(client, path_or_run_id, "checkpoints/best.safetensors"), map_location
+    )
+
+
+__all__ = ["RunResult", "load_model", "run_experiment"]

@@ -1,0 +1,147 @@
+"""Where runs go: tracking-URI resolution, the client, experiments with local artifacts."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+from latentseg.errors import TrackingError
+
+DEFAULT_STATE_DIR = Path("mlruns")
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+
+def resolve_tracking_uri(explicit: str | None = None, configured: str | None = None) -> str:
+    """``--tracking-uri`` > the config's ``tracking.tracking_uri`` > ``$MLFLOW_TRACKING_URI`` >
+    the embedded default ``sqlite:///mlruns/mlflow.db``."""
+    return explicit or configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifact location for new experiments: ``artifacts/`` beside a SQLite file; the
+    server's own choice for other stores."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        db_path = Path(uri.removeprefix("sqlite:///"))  # 'sqlite:////abs' leaves '/abs'
+        return (db_path.parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def _health_problem(uri: str, timeout_s: float) -> str | None:
+    """Why the tracking server at ``uri`` fails its health check; None when it answers."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))
+    return None
+
+
+def server_reachable(uri: str, timeout_s: float = 2.0) -> bool:
+    """Whether the tracking server at ``uri`` answers its health check within ``timeout_s``."""
+    return _health_problem(uri, timeout_s) is None
+
+
+def _check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (not after minutes of client retries) when a tracking server is down."""
+    problem = _health_problem(uri, timeout_s)
+    if problem is not None:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is not reachable ({problem}); start it or pass another --tracking-uri"
+        )
+
+
+@contextlib.contextmanager
+def _schema_lock(db: Path):
+    """Serialise the first open of a SQLite store across processes: MLflow creates and migrates
+    the schema on open, and two processes doing that at once corrupt it (duplicate tables,
+    half-applied alembic steps). Study workers and a second launch open the store together."""
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def require_store(uri: str) -> None:
+    """For commands that only read (reports, the UI): a SQLite store that does not exist is an
+    error, not a new empty store created as a side effect."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if str(db) != ":memory:" and not db.is_file():
+            raise TrackingError(
+                f"no tracking store at {db}: train something first "
+                "(latentseg train experiments/shapes.yaml) or pass another --tracking-uri"
+            )
+
+
+def connect(uri: str, create: bool = True):
+    """An ``MlflowClient`` for ``uri``; also sets it as MLflow's global URI for this process.
+    ``create=False``: a missing SQLite store is an error (:func:`require_store`)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if not create:
+        require_store(uri)
+    parsed = urlparse(uri)
+    lock = contextlib.nullcontext()
+    if parsed.scheme == "sqlite" and not uri.startswith("sqlite:///"):
+        raise TrackingError(
+            f"tracking URI {uri!r}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    if parsed.scheme == "sqlite":
+        db = uri.removeprefix("sqlite:///")
+        if db and db != ":memory:":
+            try:
+                Path(db).parent.mkdir(parents=True, exist_ok=True)
+                lock = _schema_lock(Path(db))
+            except OSError as exc:
+                raise TrackingError(
+                    f"cannot create the tracking store folder for {uri}: {exc.strerror}"
+                ) from None
+    elif parsed.scheme in {"http", "https"}:
+        _check_reachable(uri)
+    elif parsed.scheme in {"", "file"}:
+        raise TrackingError(
+            f"tracking URI {uri!r}: MLflow 3 no longer accepts a plain file store; use sqlite:///{uri.removeprefix('file://') or 'mlruns'}/mlflow.db"
+        )
+    # MLflow announces its schema migrations at INFO on every open; keep the console for ours.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(uri)
+    try:
+        with lock:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # opens the store: creates or migrates it
+        return client
+    except Exception as exc:
+        raise TrackingError(f"cannot open MLflow tracking store {uri}: {exc}") from None
+
+
+def get_or_create_experiment(client, name: str, uri: str) -> str:
+    """The experiment's id, creating it (safe against a concurrent creator)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                raise TrackingError(
+                    f"MLflow experiment '{name}' is deleted; restore it in the UI or choose another tracking.experiment"
+                )
+            return experiment.experiment_id
+        return client.create_experiment(name, artifact_location=artifact_root(uri))
+    except MlflowException as exc:
+        if (
+            "already exists" in str(exc).lower()
+            or getattr(exc, "error_code", "") == "RESOURCE_ALREADY_EXISTS"
+        ):
+            return client.get_experiment_by_name(name).experiment_id
+        raise TrackingError(f"cannot use MLflow experiment '{name}' at {uri}: {exc}") from None

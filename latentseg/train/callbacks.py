@@ -1,0 +1,125 @@
+"""The training loop's extension point: callbacks observe it; they never change its math.
+
+The loop knows nothing of MLflow or Optuna; trackers and pruners are callbacks.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from latentseg.train.loop import TrainContext
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in ``last.ckpt`` and restored by ``--resume``."""
+
+    epoch: int = 0  # last completed epoch (1-based); 0 before the first
+    global_step: int = 0
+    best_metric: float = float("-inf")  # best val_miou so far
+    best_epoch: int = 0
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False  # early stopping ended training (a resume trains no more)
+    best_metrics: dict[str, float] = field(default_factory=dict)  # val metrics at the best epoch
+    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class TrainingPruned(Exception):
+    """Raised by a callback (e.g. an Optuna pruner) to stop an unpromising run after ``epoch``."""
+
+    def __init__(self, epoch: int, reason: str = "pruned") -> None:
+        super().__init__(f"{reason} at epoch {epoch}")
+        self.epoch = epoch
+
+
+class TrainCallback:
+    """Override what you need. ``ctx`` gives the model, data, config and checkpoint paths."""
+
+    def on_train_start(self, ctx: TrainContext) -> None: ...
+
+    def on_step_end(self, ctx: TrainContext, step_in_epoch: int, loss: Tensor) -> None:
+        """Called every step with the (device) loss tensor; call ``.item()`` sparingly."""
+
+    def on_epoch_end(
+        self, ctx: TrainContext, metrics: dict[str, float], improved: bool
+    ) -> None: ...
+
+    def on_checkpoint(self, ctx: TrainContext, path: Path, kind: str) -> None:
+        """``kind`` is 'last' (training state) or 'best' (weights)."""
+
+    def on_train_end(self, ctx: TrainContext, summary: dict[str, float]) -> None:
+        """``summary`` holds ``best_*`` and ``test_*`` metrics."""
+
+
+class ConsoleProgress(TrainCallback):
+    """A tqdm bar with live loss and val mIoU on a terminal; one plain line per epoch otherwise."""
+
+    def __init__(self, stream=None, refresh_s: float = 0.5) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.refresh_s = refresh_s
+        self.bar = None
+        self.last_miou = float("nan")
+        self._last_refresh = 0.0
+
+    def _open_bar(self, ctx: TrainContext) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=ctx.steps_per_epoch,
+            desc=f"epoch {ctx.state.epoch + 1}/{ctx.config.train.epochs}",
+            file=self.stream,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def on_step_end(self, ctx: TrainContext, step_in_epoch: int, loss: Tensor) -> None:
+        if not self.tty:
+            return
+        if self.bar is None:
+            self._open_bar(ctx)
+            self.bar.update(step_in_epoch)
+        self.bar.update(1)
+        now = time.monotonic()
+        if now - self._last_refresh > self.refresh_s:
+            self._last_refresh = now
+            self.bar.set_postfix(
+                loss=f"{loss.item():.4f}",
+                val_miou="-" if self.last_miou != self.last_miou else f"{self.last_miou:.3f}",
+                refresh=False,
+            )
+
+    def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, float], improved: bool) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.last_miou = metrics["val_miou"]
+        mark = " *" if improved else ""
+        print(
+            f"epoch {ctx.state.epoch}/{ctx.config.train.epochs}  train_loss {metrics['train_loss']:.4f}  "
+            f"val_loss {metrics['val_loss']:.4f}  val_miou {metrics['val_miou']:.4f}  "
+            f"({metrics['epoch_time_s']:.1f}s, {metrics['train_images_per_s']:.0f} img/s){mark}",
+            file=self.stream,
+            flush=True,
+        )
+
+    def on_train_end(self, ctx: TrainContext, summary: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        print(
+            f"best val_miou {summary['best_val_miou']:.4f} at epoch {int(summary['best_epoch'])}; "
+            f"test_miou {summary['test_miou']:.4f}",
+            file=self.stream,
+            flush=True,
+        )

@@ -1,0 +1,146 @@
+"""Shared fixtures: every test runs in its own temporary folder (so ``mlruns/`` state never
+touches the checkout) against a real SQLite MLflow store there."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from latentseg.config import ExperimentConfig
+
+torch.set_num_threads(1)  # two xdist workers share this 2-core machine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "model": {"variant": "seed"},
+    "data": {
+        "dataset": "shapes",
+        "params": {"image_size": 32},
+        "batch_size": 8,
+        "train_size": 64,
+        "val_size": 16,
+        "test_size": 16,
+    },
+    "optim": {"lr": 0.003},
+    "train": {"epochs": 2, "seed": 7, "threads": 1, "plot_samples": 2},
+    "tracking": {"experiment": "tests", "log_model": False},
+}
+
+
+def deep_update(base: dict, updates: dict) -> dict:
+    out = dict(base)
+    for key, value in updates.items():
+        out[key] = deep_update(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+
+
+@pytest.fixture
+def tracking_uri(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tiny():
+    """``tiny(**section_updates)`` -> a small, fast ExperimentConfig."""
+
+    def make(updates: dict | None = None) -> ExperimentConfig:
+        return ExperimentConfig.model_validate(deep_update(TINY, updates or {}))
+
+    return make
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path):
+    """``tiny_yaml(updates)`` -> path of a small experiment YAML."""
+
+    def make(updates: dict | None = None, name: str = "tiny.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(deep_update(TINY, updates or {})))
+        return path
+
+    return make
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+@pytest.fixture
+def study_spec(tmp_path, tiny_yaml):
+    """``study_spec(spec_updates, base_updates)`` -> path of a study YAML over a tiny experiment."""
+
+    def make(spec: dict, base: dict | None = None, name: str = "study.yaml"):
+        base_path = tiny_yaml(
+            {"tracking": {"attention_plots": False}, **(base or {})}, name=f"base-{name}"
+        )
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump({"experiment": base_path.name, **spec}))
+        return path
+
+    return make
+
+
+def _postgres_url():
+    """A fresh database on the local PostgreSQL server, or None (with the reason)."""
+    try:
+        import psycopg
+    except ImportError:
+        return None, "psycopg is not installed (pip install -e '.[postgres]')"
+    try:
+        connection = psycopg.connect(
+            host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3
+        )
+    except psycopg.OperationalError as exc:
+        return None, f"no PostgreSQL server on 127.0.0.1:5432 ({exc})"
+    connection.close()
+    return "postgresql://postgres@127.0.0.1:5432/", None
+
+
+@pytest.fixture
+def make_postgres_db():
+    """``make_postgres_db()`` -> the URL of a fresh database on the local PostgreSQL server,
+    dropped after the test; skips (loudly) where no server is reachable."""
+    import uuid
+
+    base, reason = _postgres_url()
+    if base is None:
+        pytest.skip(f"SKIPPED LOUDLY: PostgreSQL storage test needs a server: {reason}")
+    import psycopg
+
+    names: list[str] = []
+
+    def make() -> str:
+        name = f"latentseg_test_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(
+            host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True
+        ) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        names.append(name)
+        return base + name
+
+    yield make
+    with psycopg.connect(
+        host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True
+    ) as admin:
+        for name in names:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_db(make_postgres_db):
+    return make_postgres_db()

@@ -1,0 +1,219 @@
+"""The fast path (what training runs) is the same model as the tutorial's reference."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latentseg.bench import contenders
+from latentseg.cli import main
+from latentseg.config import OptimConfig
+from latentseg.models import create_model
+from latentseg.train.fastpath import bf16_supported, build_optimizer, prepare_model, to_device
+from latentseg.train.loop import target_at
+from tests.conftest import subprocess_env
+
+CPU = torch.device("cpu")
+
+
+def batch(size=4, image=32, classes=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(size, 3, image, image, generator=gen),
+        torch.randint(0, classes, (size, image, image), generator=gen),
+    )
+
+
+@pytest.mark.parametrize("variant", ["seed", "deep-residual", "no-expert"])
+def test_fast_path_outputs_and_gradients_match_the_reference_in_float32(variant):
+    torch.manual_seed(0)
+    reference = create_model(variant, attention_impl="reference", num_classes=4)
+    fast = create_model(variant, attention_impl="fused", num_classes=4)
+    fast.load_state_dict(reference.state_dict())
+    fast = prepare_model(fast, CPU)
+    images, masks = batch()
+    for model, inputs in ((reference, images), (fast, to_device(images, CPU))):
+        logits = model(inputs)
+        F.cross_entropy(logits, target_at(masks, logits.shape[-2:])).backward()
+        model.logits = logits.detach()
+    assert (
+        fast.logits.is_contiguous(memory_format=torch.channels_last) or fast.logits.shape[-1] == 1
+    )
+    assert torch.allclose(reference.logits, fast.logits, atol=1e-5, rtol=1e-4)
+    for (name, a), (_, b) in zip(
+        reference.named_parameters(), fast.named_parameters(), strict=True
+    ):
+        scale = a.grad.abs().max().clamp(min=1e-6)
+        assert (a.grad - b.grad).abs().max() <= 1e-4 * scale, name
+
+
+def test_the_fused_optimizer_steps_like_the_tutorials_adam():
+    torch.manual_seed(0)
+    reference = create_model("deep-residual", num_classes=4)
+    fast = create_model("deep-residual", num_classes=4)
+    fast.load_state_dict(reference.state_dict())
+    plain = torch.optim.Adam(reference.parameters(), lr=1e-3)  # the tutorial's optimizer
+    fused = build_optimizer(fast, OptimConfig(name="adam", lr=1e-3))
+    assert fused.defaults.get("fused") is True
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):  # the same gradients into both
+        for a, b in zip(reference.parameters(), fast.parameters(), strict=True):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        plain.step()
+        fused.step()
+    for (name, a), (_, b) in zip(
+        reference.named_parameters(), fast.named_parameters(), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
+
+
+@pytest.mark.skipif(not bf16_supported(CPU), reason="this CPU has no bf16 support in oneDNN")
+def test_bf16_logits_stay_within_the_stated_tolerance_of_float32():
+    """bf16 keeps 8 mantissa bits: logits within 5% of their range of float32's."""
+    impls = contenders("seed", bf16=True)
+    images, _ = batch(size=8, image=64)
+    with torch.no_grad():
+        exact = impls["fast"].model.eval()(to_device(images, CPU))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            approx = impls["fast_bf16"].model.eval()(to_device(images, CPU)).float()
+    spread = exact.max() - exact.min()
+    assert (approx - exact).abs().max() <= 0.05 * spread
+    assert (approx.argmax(1) == exact.argmax(1)).float().mean() > 0.95
+
+
+def test_the_stock_reference_process_trains_the_same_model_with_torchs_default_memory_settings():
+    """bench's baseline process: the reference with identical weights and inputs, and none of
+    latentseg's process settings (huge pages, kept freed memory)."""
+    from latentseg.bench import StockReference
+
+    stock = StockReference("seed", batch_size=2, image_size=32, threads=1)
+    try:
+        assert stock.runner("train")(2) > 0 and stock.runner("infer")(1) > 0
+        probe = (
+            "import os, json; from latentseg.train.fastpath import keep_freed_memory; "
+            "print(json.dumps([os.environ['THP_MEM_ALLOC_ENABLE'], keep_freed_memory()]))"
+        )
+        settings = subprocess.run(
+            [sys.executable, "-c", probe], env=stock.env, capture_output=True, text=True, check=True
+        )
+        assert json.loads(settings.stdout) == ["0", False]
+    finally:
+        stock.close()
+    assert stock.process.returncode == 0
+
+
+def test_training_processes_keep_freed_memory_unless_turned_off():
+    probe = "from latentseg.train.fastpath import keep_freed_memory; print(keep_freed_memory())"
+    for value, expected in (("1", "True"), ("0", "False")):
+        env = {**subprocess_env(), "LATENTSEG_MALLOC_TUNING": value}
+        done = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+        )
+        assert done.stdout.strip() == expected
+
+
+def test_bench_writes_every_figure_as_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert (
+        main(
+            [
+                "bench",
+                "--only",
+                "models,data",
+                "--variants",
+                "seed",
+                "--batch-size",
+                "2",
+                "--image-size",
+                "32",
+                "--windows",
+                "1",
+                "--steps",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )  # fmt: skip
+        == 0
+    )
+    result = json.loads(out.read_text())
+    (row,) = result["models"]
+    assert row["variant"] == "seed" and row["params"] == 70_596  # 4 classes: +2 x 65
+    for key in ("reference", "reference_same_process", "fast"):
+        assert row[f"{key}_train_images_per_s"] > 0 and row[f"{key}_infer_images_per_s"] > 0
+        assert row[f"{key}_activation_mb"] > 0
+    # the baseline is the reference in a stock process; the same code in this process is
+    # reported beside it
+    for mode in ("train", "infer"):
+        assert row[f"fast_{mode}_ratio"] == pytest.approx(
+            row[f"fast_{mode}_images_per_s"] / row[f"reference_{mode}_images_per_s"]
+        )
+        assert row[f"fast_{mode}_ratio_same_process"] == pytest.approx(
+            row[f"fast_{mode}_images_per_s"] / row[f"reference_same_process_{mode}_images_per_s"]
+        )
+    assert result["machine"]["matmul_gflops"] > 0
+    assert 0 < result["data"]["read_share_of_step"] < 1
+    assert "seed:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--only", "models,speed"], "sections are"),
+        (["--variants", "nothing-*"], "matches no variant"),
+        (["--json", "/no/such/dir/out.json"], "does not exist"),
+    ],
+)
+def test_bench_bad_flags_exit_2(args, message, capsys):
+    assert main(["bench", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_activation_memory_counts_saved_tensors_once():
+    """Saved activations grow linearly with the batch (weights saved once, not per sample),
+    and the fast path's attention keeps no weight matrices."""
+    from latentseg.bench import activation_megabytes
+
+    impls = contenders("seed", bf16=False)
+    sizes = {
+        n: {k: activation_megabytes(impls[k], batch(size=n, image=32)[0]) for k in impls}
+        for n in (2, 4, 6)
+    }
+    for key in impls:
+        first, second = sizes[4][key] - sizes[2][key], sizes[6][key] - sizes[4][key]
+        assert first > 0 and first == pytest.approx(second, rel=1e-6), key
+    assert sizes[6]["fast"] < sizes[6]["reference"]
+
+
+@pytest.mark.skipif(not bf16_supported(CPU), reason="this CPU has no bf16 support in oneDNN")
+def test_a_bf16_trained_run_reaches_the_float32_val_miou_within_0_01(tmp_path, tiny):
+    from latentseg.tracking.run import run_experiment
+    from tests.data.folders import make_folder
+
+    root = make_folder(tmp_path / "data", count=160)
+    results = {}
+    for bf16 in (False, True):
+        config = tiny(
+            {
+                "data": {
+                    "dataset": "folder",
+                    "params": {"root": str(root)},
+                    "train_size": None,
+                    "val_size": None,
+                    "test_size": None,
+                },
+                "model": {"variant": "deep-residual"},
+                "optim": {"lr": 0.003},
+                "train": {"epochs": 4, "bf16": bf16},
+                "tracking": {"enabled": False},
+            }
+        )
+        results[bf16] = run_experiment(config, progress=False).summary["best_val_miou"]
+    assert results[False] > 0.8, results  # a task both learn, so the comparison means something
+    assert abs(results[True] - results[False]) <= 0.01, results

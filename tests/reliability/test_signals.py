@@ -1,0 +1,58 @@
+"""Item 6: SIGTERM or Ctrl-C (SIGINT) during training: the run ends KILLED, a last checkpoint
+is written, and every epoch logged before the signal is in the store."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from latentseg.train.checkpoint import load_training_state
+from tests.conftest import subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_mid_training_kills_the_run_keeps_a_checkpoint_and_loses_no_metric(
+    sig, tiny_yaml, tracking_uri, tmp_path
+):
+    path = tiny_yaml({"data": {"train_size": 256}, "train": {"epochs": 12}})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "latentseg.cli", "train", str(path), "--tracking-uri",
+         tracking_uri, "--no-progress"],
+        env=subprocess_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    client, run = None, None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        try:
+            client = client or MlflowClient(tracking_uri)
+            (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+        except Exception:  # noqa: BLE001 - the store or the run may not exist yet
+            continue
+        if len(client.get_metric_history(run.info.run_id, "val_miou")) >= 2:
+            break
+    else:
+        process.kill()
+        pytest.fail("training never logged two epochs:\n" + process.communicate()[0])
+    process.send_signal(sig)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 130, output
+
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "KILLED"
+    last = tmp_path / "mlruns" / "checkpoints" / run.info.run_id / "last.ckpt"
+    state = load_training_state(last)["state"]  # the last checkpoint, written on the signal
+    completed = [int(entry["epoch"]) for entry in state["history"]]
+    assert 2 <= len(completed) < 12
+    logged = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_miou"))
+    assert logged == completed  # every epoch finished before the signal is in the store
+    uploaded = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert "checkpoints/last.ckpt" in uploaded

@@ -1,0 +1,148 @@
+"""Study faults (issue 8): many workers on the embedded storages, and a diverging trial.
+
+Item 2 (a trial that always crashes with ``max_retry: 2`` is attempted exactly 3 times, then
+the study goes on) is proven by tests/study/test_study.py::
+test_a_trial_that_always_fails_is_retried_max_retry_times_then_the_study_goes_on."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from latentseg.tracking.store import connect
+from tests.conftest import subprocess_env
+from tests.study.test_study import journal, no_run_left_running, runs_by_type
+
+pytestmark = pytest.mark.slow
+
+# One epoch over one batch: each trial is as small as a real training run gets.
+SMALLEST = {
+    "data": {"train_size": 8, "val_size": 8, "test_size": 8, "batch_size": 8},
+    "train": {"epochs": 1, "plot_samples": 1},
+}
+
+
+def study(path, tracking_uri, cwd, workers: int, timeout_s: int) -> tuple[int, str]:
+    """``latentseg study PATH --workers N`` as a real process: (exit code, all its output).
+    On timeout the whole process group goes (no worker is left behind) and the test fails."""
+    command = [
+        sys.executable, "-m", "latentseg.cli", "study", str(path), "--workers", str(workers),
+        "--tracking-uri", tracking_uri, "--no-progress",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output = process.communicate(timeout=timeout_s)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"`latentseg study` did not end in {timeout_s} s:\n{process.communicate()[0]}")
+    return process.returncode, output
+
+
+def test_eight_workers_on_the_embedded_storages_run_forty_trials_exactly_once(
+    study_spec, tracking_uri, tmp_path
+):
+    """8 worker processes share the journal file and the SQLite MLflow store: every grid
+    point runs once, with its trial and seed runs, and no writer is locked out."""
+    lrs = [round(0.001 * (i + 1), 3) for i in range(40)]
+    path = study_spec(
+        {"name": "many", "search_space": {"optim.lr": lrs}, "sampler": {"name": "grid"}},
+        base=SMALLEST,
+    )
+    code, output = study(path, tracking_uri, tmp_path, workers=8, timeout_s=600)
+    assert code == 0, output
+    assert "database is locked" not in output, output
+
+    trials = optuna.load_study(study_name="many", storage=journal(tmp_path)).trials
+    assert sorted(t.number for t in trials) == list(range(40))
+    assert all(t.state == TrialState.COMPLETE for t in trials), [
+        (t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials
+    ]
+    assert sorted(t.params["optim.lr"] for t in trials) == lrs  # every point once
+
+    client = connect(tracking_uri)
+    runs = runs_by_type(client, "many")
+    (parent,) = runs["study"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["latentseg.workers"] == "8"
+    # The summary is written: fANOVA, exponential in a 40-choice axis, is skipped, not waited on
+    summary = json.loads(
+        Path(
+            client.download_artifacts(parent.info.run_id, "study_summary.json", str(tmp_path))
+        ).read_text()
+    )
+    assert summary["n_complete"] == 40 and summary["importances"]["ped_anova"] == {"optim.lr": 1.0}
+    assert summary["importances"]["fanova"].startswith("not computed: optim.lr has 40 choices")
+    assert len(runs["trial"]) == 40
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs["trial"])
+    assert sorted(int(r.data.tags["latentseg.trial_number"]) for r in runs["trial"]) == list(
+        range(40)
+    )
+    assert all(r.info.status == "FINISHED" for r in runs["trial"])
+    trial_ids = {r.info.run_id for r in runs["trial"]}
+    assert len(runs["seed"]) == 40
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs["seed"]} == trial_ids  # one each
+    assert all(r.info.status == "FINISHED" for r in runs["seed"])
+    assert no_run_left_running(client, "many")
+    # the workers really ran side by side: more than one process ran trials
+    assert len({r.data.tags["latentseg.owner"] for r in runs["trial"]}) > 1
+
+
+def test_a_diverging_trial_fails_with_non_finite_loss_and_the_study_goes_on(
+    study_spec, tracking_uri, tmp_path
+):
+    """README (Studies): a crashed trial, e.g. "non-finite loss at epoch 3", is retried up
+    to ``max_retry`` times, then the study goes on; the exit code is 0 while some trial
+    completed. Here ``max_retry: 0``: one failed attempt, not retried."""
+    path = study_spec(
+        {
+            "name": "diverge",
+            "search_space": {"optim.lr": [1e30, 0.003]},  # the first one diverges
+            "sampler": {"name": "grid"},
+            "max_retry": 0,
+        },
+        # two optimizer steps: the first step's update blows up the second step's loss
+        base={**SMALLEST, "data": {**SMALLEST["data"], "train_size": 16}},
+    )
+    code, output = study(path, tracking_uri, tmp_path, workers=1, timeout_s=300)
+    assert code == 0, output
+    assert "failed: NonFiniteLossError: non-finite loss at epoch 1" in output, output
+    assert "1 complete, 0 pruned, 1 fail" in output, output
+
+    trials = optuna.load_study(study_name="diverge", storage=journal(tmp_path)).trials
+    by_lr = {t.params["optim.lr"]: t for t in trials}
+    assert len(trials) == 2  # max_retry 0: no second attempt
+    assert by_lr[1e30].state == TrialState.FAIL
+    assert "non-finite loss at epoch 1" in by_lr[1e30].user_attrs["fail_reason"]
+    assert by_lr[0.003].state == TrialState.COMPLETE
+
+    client = connect(tracking_uri)
+    runs = runs_by_type(client, "diverge")
+    trial_run = {r.data.tags["latentseg.trial_number"]: r for r in runs["trial"]}
+    failed = trial_run[str(by_lr[1e30].number)]
+    assert failed.info.status == "FAILED" and failed.data.tags["latentseg.optuna_state"] == "FAIL"
+    assert "non-finite loss at epoch 1" in failed.data.tags["latentseg.error"]
+    assert by_lr[1e30].user_attrs["mlflow_run_id"] == failed.info.run_id
+    (failed_seed,) = [
+        r for r in runs["seed"] if r.data.tags["mlflow.parentRunId"] == failed.info.run_id
+    ]
+    assert failed_seed.info.status == "FAILED"
+    assert failed_seed.data.tags["latentseg.error"].startswith(
+        "NonFiniteLossError: non-finite loss at epoch 1"
+    )
+    assert trial_run[str(by_lr[0.003].number)].info.status == "FINISHED"
+    (parent,) = runs["study"]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_fail"] == 1
+    assert no_run_left_running(client, "diverge")

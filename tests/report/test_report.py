@@ -1,0 +1,93 @@
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from latentseg.cli import main
+from latentseg.study import run_study
+
+pytestmark = pytest.mark.slow
+
+
+def test_report_of_a_study_matches_its_seed_runs_and_is_logged_to_the_parent(
+    study_spec, tracking_uri, tmp_path, capsys
+):
+    spec = {
+        "name": "rep",
+        "search_space": {"model.expert_attention": [True, False]},
+        "sampler": {"name": "grid"},
+        "seeds": 2,
+    }
+    result = run_study(
+        str(study_spec(spec, base={"train": {"epochs": 2}, "tracking": {"attention_plots": True}})),
+        tracking_uri=tracking_uri,
+        progress=False,
+    )
+    assert (
+        main(
+            [
+                "report",
+                "--study",
+                "rep",
+                "--tracking-uri",
+                tracking_uri,
+                "-o",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "Left out: none" in out and "the tutorial's configuration (seed)" in out
+
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("model.expert_attention")
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("rep")
+    seeds = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`latentseg.run_type` = 'seed'"
+    )
+    for flag in (True, False):
+        values = sorted(
+            r.data.metrics["best_val_miou"]
+            for r in seeds
+            if r.data.params["model.expert_attention"] == str(flag)
+        )
+        assert summary.loc[flag, "n"] == 2
+        assert summary.loc[flag, "mean"] == pytest.approx(sum(values) / 2)
+    assert summary.loc[True, "is_baseline"] and summary.loc[True, "diff"] == 0
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert (
+        "# Ablation report: rep" in markdown
+        and "paired t-test" in markdown
+        and "| True |" in markdown
+    )
+    logged = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
+    assert logged == {"report/report.md", "report/summary.csv", "report/report.html"}
+
+    # Self-contained HTML: every image embedded, nothing fetched from anywhere, one row per variant.
+    import re
+
+    page = (tmp_path / "out" / "report.html").read_text()
+    sources = re.findall(r'<img[^>]* src="([^"]+)"', page)
+    assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    body = page.split('<table class="sortable" id="summary">', 1)[1].split("</table>", 1)[0]
+    assert body.count("<tr") == 1 + 2  # header + two variants
+    plots = {p.stem for p in (tmp_path / "out" / "plots").glob("*.png")}
+    assert {
+        "expert_attention",
+        "learning_curves",
+        "best_run_predictions",
+        "accuracy_vs_cost",
+    } <= plots
+    assert len(sources) == len(plots)  # every plot is in the page
+
+
+def test_report_bad_input_exits_2(tracking_uri, capsys):
+    from latentseg.tracking.store import connect
+
+    connect(tracking_uri)  # a store that exists, without that experiment
+    assert main(["report", "--experiment", "nope", "--tracking-uri", tracking_uri]) == 2
+    assert "no MLflow experiment named 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["report"])
+    assert info.value.code == 2

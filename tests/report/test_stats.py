@@ -1,0 +1,175 @@
+"""Every number against a hand computation."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from latentseg.report.stats import ablation_axes, compare, mean_ci, summarize
+
+T_975_DF2 = 4.302652729911275  # Student t, 97.5th percentile, 2 degrees of freedom
+
+
+def runs(rows):
+    return pd.DataFrame(
+        [
+            {
+                "params.model.expert_attention": e,
+                "params.train.seed": s,
+                "params.tracking.experiment": "x",
+                "params.model.num_heads": "4",
+                "metrics.val_miou": v,
+                "metrics.best_epoch": b,
+                "wall_time_s": w,
+            }
+            for e, s, v, b, w in rows
+        ]
+    )
+
+
+FRAME = runs(
+    [
+        ("True", "1", 0.5, 3, 10.0),
+        ("True", "2", 0.6, 4, 12.0),
+        ("True", "3", 0.7, 5, 14.0),
+        ("False", "1", 0.6, 2, 8.0),
+        ("False", "2", 0.8, 2, 8.0),
+        ("False", "3", 0.7, 2, 8.0),
+    ]
+)
+
+
+def test_axes_are_the_params_that_vary_excluding_seed_and_tracking():
+    assert ablation_axes(FRAME) == ["params.model.expert_attention"]
+
+
+def test_mean_ci_is_a_student_t_interval():
+    mean, std, low, high = mean_ci([0.5, 0.6, 0.7])
+    half = T_975_DF2 * 0.1 / math.sqrt(3)
+    assert mean == pytest.approx(0.6) and std == pytest.approx(0.1)
+    assert (low, high) == pytest.approx((0.6 - half, 0.6 + half))
+    assert math.isnan(mean_ci([0.4])[2]) and mean_ci([0.4])[0] == 0.4
+
+
+def test_summary_per_variant():
+    table = summarize(FRAME, ["params.model.expert_attention"], "val_miou").set_index(
+        "model.expert_attention"
+    )
+    on = table.loc["True"]
+    assert on["n"] == 3 and on["mean"] == pytest.approx(0.6) and on["std"] == pytest.approx(0.1)
+    assert on["ci_low"] == pytest.approx(0.6 - T_975_DF2 * 0.1 / math.sqrt(3))
+    assert on["best_epoch"] == 4 and on["wall_time_s"] == 12
+    assert table.loc["False", "mean"] == pytest.approx(0.7)
+
+
+def test_paired_comparison_against_the_baseline():
+    table = compare(
+        FRAME, ["params.model.expert_attention"], "val_miou", {"model.expert_attention": "True"}
+    ).set_index("model.expert_attention")
+    off = table.loc["False"]
+    # seed-paired differences: 0.1, 0.2, 0.0 -> mean 0.1, std 0.1
+    assert off["n_pairs"] == 3 and off["diff"] == pytest.approx(0.1)
+    half = T_975_DF2 * 0.1 / math.sqrt(3)
+    assert (off["diff_ci_low"], off["diff_ci_high"]) == pytest.approx((0.1 - half, 0.1 + half))
+    t = 0.1 / (0.1 / math.sqrt(3))
+    p_t = 2 * (1 - (0.5 + t / (2 * math.sqrt(2 + t * t))))  # closed-form t CDF for 2 df
+    assert off["t_test_p"] == pytest.approx(p_t)
+    assert off["effect_size_dz"] == pytest.approx(1.0)
+    assert off["within_noise"]  # the CI includes 0
+    assert 0 < off["wilcoxon_p"] <= 1
+    base = table.loc["True"]
+    assert base["is_baseline"] and base["diff"] == 0 and math.isnan(base["t_test_p"])
+
+
+def test_a_clear_difference_is_not_within_noise():
+    frame = runs(
+        [("True", str(s), 0.5 + 0.01 * s, 1, 1.0) for s in range(5)]
+        + [("False", str(s), 0.8 + 0.011 * s, 1, 1.0) for s in range(5)]
+    )
+    off = (
+        compare(
+            frame, ["params.model.expert_attention"], "val_miou", {"model.expert_attention": "True"}
+        )
+        .set_index("model.expert_attention")
+        .loc["False"]
+    )
+    assert not off["within_noise"] and off["diff_ci_low"] > 0.25 and off["t_test_p"] < 1e-4
+
+
+def test_pareto_front_keeps_the_variants_nothing_beats_on_both_cost_and_metric():
+    from latentseg.report.plots import pareto_front
+
+    points = pd.DataFrame({"params": [100, 200, 150, 300, 200], "mean": [0.5, 0.7, 0.45, 0.8, 0.6]})
+    # (150, 0.45) is beaten by (100, 0.5); (200, 0.6) by (200, 0.7)
+    assert pareto_front(points, "params", "mean").tolist() == [True, True, False, True, False]
+
+
+def test_axis_effects_average_over_the_other_axes_and_pair_by_seed():
+    from latentseg.report.stats import axis_effects
+
+    (row,) = axis_effects(
+        FRAME, ["params.model.expert_attention"], "val_miou", {"model.expert_attention": "True"}
+    ).to_dict("records")
+    assert row["value"] == "False" and row["n_pairs"] == 3 and row["diff"] == pytest.approx(0.1)
+    assert row["within_noise"]
+    two_axes = runs(
+        [
+            ("True", "1", 0.5, 1, 1.0),
+            ("False", "1", 0.7, 1, 1.0),
+            ("True", "2", 0.6, 1, 1.0),
+            ("False", "2", 0.9, 1, 1.0),
+        ]
+    )
+    two_axes["params.model.num_heads"] = ["1", "1", "2", "2"]
+    two_axes["params.train.seed"] = [
+        "1",
+        "1",
+        "1",
+        "1",
+    ]  # one seed: heads 1 vs 2 averaged over attention
+    effects = axis_effects(
+        two_axes,
+        ["params.model.expert_attention", "params.model.num_heads"],
+        "val_miou",
+        {"model.expert_attention": "True", "model.num_heads": "1"},
+    )
+    heads = effects[effects["axis"] == "model.num_heads"].iloc[0]
+    assert (
+        heads["diff"] == pytest.approx((0.6 + 0.9) / 2 - (0.5 + 0.7) / 2) and heads["n_pairs"] == 1
+    )
+
+
+def test_without_experts_latents_and_heads_are_na_and_replicates_count_once():
+    from latentseg.report.stats import axis_effects, mark_inert
+
+    rows = []
+    for experts in ("True", "False"):
+        for latents, heads in (("4", "1"), ("4", "2"), ("16", "1"), ("16", "2")):
+            for seed, base in (("1", 0.50), ("2", 0.60), ("3", 0.70)):
+                on = experts == "True"
+                value = base + (0.01 * int(latents) / 4 if on else 0.05)  # off: one model
+                rows.append(
+                    {
+                        "params.model.expert_attention": experts,
+                        "params.model.num_latents": latents,
+                        "params.model.num_heads": heads,
+                        "params.train.seed": seed,
+                        "metrics.val_miou": value,
+                    }
+                )
+    frame, note = mark_inert(pd.DataFrame(rows))
+    off = frame[frame["params.model.expert_attention"] == "False"]
+    assert len(off) == 3 and set(off["params.model.num_latents"]) == {"n/a"}  # 12 runs -> 3
+    assert "9 replicate run(s)" in note
+    axes = ablation_axes(frame)
+    table = summarize(frame, axes, "val_miou")
+    assert len(table) == 5  # 4 variants with experts + 1 without
+    no_expert = table[table["model.expert_attention"] == "False"].iloc[0]
+    assert no_expert["n"] == 3 and no_expert["mean"] == pytest.approx(0.65)
+    baseline = {"model.expert_attention": "True", "model.num_latents": "16", "model.num_heads": "1"}
+    effects = axis_effects(frame, axes, "val_miou", baseline).set_index(["axis", "value"])
+    # the latent count's effect is measured with experts on only: 4 vs 16 latents = -0.03
+    assert effects.loc[("model.num_latents", "4"), "diff"] == pytest.approx(-0.03)
+    assert ("model.num_latents", "n/a") not in effects.index
+    # expert attention off vs on: 0.05 against the mean of the with-expert variants (0.025)
+    assert effects.loc[("model.expert_attention", "False"), "diff"] == pytest.approx(0.025)

@@ -1,0 +1,522 @@
+"""Real Optuna storages (journal file, SQLite) and a real MLflow SQLite store."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from latentseg.study import run_study
+from latentseg.study.storage import DEFAULT_JOURNAL
+from latentseg.tracking.store import connect
+from tests.conftest import subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+def journal(tmp_path) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / DEFAULT_JOURNAL)))
+
+
+def runs_by_type(client, experiment_name):
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([experiment.experiment_id], max_results=10_000)
+    out: dict[str, list] = {"study": [], "trial": [], "seed": []}
+    for run in runs:
+        out[run.data.tags["latentseg.run_type"]].append(run)
+    return out
+
+
+def no_run_left_running(client, experiment_name):
+    experiment = client.get_experiment_by_name(experiment_name)
+    return not client.search_runs(
+        [experiment.experiment_id], filter_string="attributes.status = 'RUNNING'"
+    )
+
+
+def test_grid_study_runs_each_point_once_with_parent_trial_and_seed_runs(
+    study_spec, tracking_uri, tmp_path
+):
+    path = study_spec(
+        {
+            "name": "grid",
+            "search_space": {"model.num_latents": [4, 8], "model.expert_attention": [True, False]},
+            "sampler": {"name": "grid"},
+            "seeds": 2,
+        }
+    )
+    result = run_study(str(path), tracking_uri=tracking_uri, progress=False)
+    study = optuna.load_study(study_name="grid", storage=journal(tmp_path))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    assert sorted(
+        (t.params["model.num_latents"], t.params["model.expert_attention"]) for t in study.trials
+    ) == [(4, False), (4, True), (8, False), (8, True)]
+
+    client = connect(tracking_uri)
+    runs = runs_by_type(client, "grid")
+    (parent,) = runs["study"]
+    assert parent.info.run_id == result.parent_run_id and parent.info.status == "FINISHED"
+    assert parent.data.tags["latentseg.study"] == "grid" and parent.data.tags[
+        "latentseg.storage"
+    ].startswith("journal:")
+    assert len(runs["trial"]) == len(study.trials) == 4
+    trial_runs = {int(r.data.tags["latentseg.trial_number"]): r for r in runs["trial"]}
+    for trial in study.trials:
+        run = trial_runs[trial.number]
+        assert (
+            run.info.status == "FINISHED"
+            and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        )
+        assert (
+            run.data.tags["latentseg.optuna_state"] == "COMPLETE"
+            and len(run.data.tags["latentseg.config_hash"]) == 12
+        )
+        assert run.data.params["trial.model.num_latents"] == str(trial.params["model.num_latents"])
+        seeds = [r for r in runs["seed"] if r.data.tags["mlflow.parentRunId"] == run.info.run_id]
+        assert sorted(int(r.data.params["train.seed"]) for r in seeds) == [7, 8]
+        per_seed = [r.data.metrics["best_val_miou"] for r in seeds]
+        assert (
+            run.data.metrics["val_miou"]
+            == pytest.approx(sum(per_seed) / 2)
+            == pytest.approx(trial.value)
+        )
+        assert {run.data.metrics["seed_7_val_miou"], run.data.metrics["seed_8_val_miou"]} == set(
+            per_seed
+        )
+        assert (
+            len({r.data.tags["latentseg.config_group"] for r in seeds}) == 1
+        )  # same config, two seeds
+    assert parent.data.metrics["best_val_miou"] == pytest.approx(study.best_value)
+    assert parent.data.params["best.model.num_latents"] == str(
+        study.best_params["model.num_latents"]
+    )
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | {
+        a.path for a in client.list_artifacts(parent.info.run_id, "plots")
+    }
+    assert {
+        "trials.csv",
+        "study_summary.json",
+        "plots/optimization_history.png",
+        "plots/intermediate_values.png",
+        "plots/parallel_coordinate.png",
+    } <= artifacts
+    assert {
+        "plots/param_importances_ped_anova.png",
+        "plots/param_importances_fanova.png",
+    } & artifacts
+
+    # The same command again resumes: nothing is repeated; a new (empty) launch parent.
+    again = run_study(str(path), tracking_uri=tracking_uri, progress=False)
+    assert len(optuna.load_study(study_name="grid", storage=journal(tmp_path)).trials) == 4
+    runs = runs_by_type(client, "grid")
+    assert (
+        len(runs["study"]) == 2
+        and len(runs["trial"]) == 4
+        and again.parent_run_id != result.parent_run_id
+    )
+
+
+def test_two_workers_finish_exactly_the_grid_and_tpe_exactly_n_trials(
+    study_spec, tracking_uri, tmp_path
+):
+    grid = study_spec(
+        {
+            "name": "par",
+            "search_space": {"model.num_latents": [2, 4, 8]},
+            "sampler": {"name": "grid"},
+        },
+        name="par.yaml",
+    )
+    run_study(str(grid), workers=2, tracking_uri=tracking_uri, progress=False)
+    study = optuna.load_study(study_name="par", storage=journal(tmp_path))
+    assert sorted(t.params["model.num_latents"] for t in study.trials) == [2, 4, 8]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    client = connect(tracking_uri)
+    assert len(runs_by_type(client, "par")["trial"]) == 3
+
+    tpe = study_spec(
+        {
+            "name": "tpe",
+            "search_space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+            "n_trials": 3,
+        },
+        name="tpe.yaml",
+    )
+    run_study(str(tpe), workers=2, tracking_uri=tracking_uri, progress=False)
+    study = optuna.load_study(study_name="tpe", storage=journal(tmp_path))
+    assert len(study.trials) == 3 and len({t.params["optim.lr"] for t in study.trials}) == 3, [
+        (t.number, t.params, t.system_attrs) for t in study.trials
+    ]
+    assert len(runs_by_type(client, "tpe")["trial"]) == 3
+    assert no_run_left_running(client, "tpe")
+
+
+def test_pruned_trials_are_killed_and_train_fewer_epochs(study_spec, tracking_uri, tmp_path):
+    spec = {
+        "name": "prune",
+        "search_space": {"optim.lr": [0.003, 1e-9]},  # the second trial cannot improve
+        "sampler": {"name": "grid"},
+        "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        "objective": {"metric": "val_loss"},
+    }
+    run_study(
+        str(study_spec(spec, base={"train": {"epochs": 4}})),
+        tracking_uri=tracking_uri,
+        progress=False,
+    )
+    study = optuna.load_study(study_name="prune", storage=journal(tmp_path))
+    assert study.direction.name == "MINIMIZE"
+    states = {t.params["optim.lr"]: t for t in study.trials}
+    assert states[0.003].state == TrialState.COMPLETE and states[1e-9].state == TrialState.PRUNED
+    client = connect(tracking_uri)
+    runs = runs_by_type(client, "prune")
+    pruned = next(r for r in runs["trial"] if r.data.tags["latentseg.optuna_state"] == "PRUNED")
+    assert pruned.info.status == "KILLED" and pruned.data.tags["pruned_at_epoch"] == "1"
+    (pruned_seed,) = [
+        r for r in runs["seed"] if r.data.tags["mlflow.parentRunId"] == pruned.info.run_id
+    ]
+    (done_seed,) = [
+        r for r in runs["seed"] if r.data.tags["mlflow.parentRunId"] != pruned.info.run_id
+    ]
+    assert pruned_seed.info.status == "KILLED" and pruned_seed.data.tags["pruned_at_epoch"] == "1"
+    epochs = lambda run: len(client.get_metric_history(run.info.run_id, "val_loss"))  # noqa: E731
+    assert epochs(pruned_seed) < epochs(done_seed) == 4
+
+
+def test_a_trial_that_always_fails_is_retried_max_retry_times_then_the_study_goes_on(
+    study_spec, tracking_uri, tmp_path
+):
+    spec = {
+        "name": "crash",
+        "search_space": {"optim.lr": [1e30, 0.003]},
+        "sampler": {"name": "grid"},
+        "max_retry": 2,
+    }
+    run_study(
+        str(study_spec(spec, base={"train": {"epochs": 2}})),
+        tracking_uri=tracking_uri,
+        progress=False,
+    )
+    study = optuna.load_study(study_name="crash", storage=journal(tmp_path))
+    diverging = [t for t in study.trials if t.params["optim.lr"] == 1e30]
+    assert [t.state for t in diverging] == [TrialState.FAIL] * 3  # the attempt and 2 retries
+    assert [t.state for t in study.trials if t.params["optim.lr"] == 0.003] == [TrialState.COMPLETE]
+    client = connect(tracking_uri)
+    failed = [r for r in runs_by_type(client, "crash")["trial"] if r.info.status == "FAILED"]
+    assert len(failed) == 3 and all(
+        "non-finite loss at epoch" in r.data.tags["latentseg.error"] for r in failed
+    )
+    assert no_run_left_running(client, "crash")
+
+
+def test_sqlite_storage_with_heartbeat_works_for_one_worker(study_spec, tracking_uri, tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    path = study_spec(
+        {"name": "lite", "search_space": {"model.num_latents": [2, 4]}, "sampler": {"name": "grid"}}
+    )
+    result = run_study(str(path), storage=storage, tracking_uri=tracking_uri, progress=False)
+    study = optuna.load_study(study_name="lite", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert result.storage == storage
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def launch(path, tracking_uri, cwd) -> tuple[list[str], subprocess.Popen]:
+    """``latentseg study PATH --workers 2`` as a real process."""
+    command = [
+        sys.executable,
+        "-m",
+        "latentseg.cli",
+        "study",
+        str(path),
+        "--workers",
+        "2",
+        "--tracking-uri",
+        tracking_uri,
+        "--no-progress",
+    ]
+    return command, subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_seed_runs(client, experiment_name, ready, process=None, timeout_s=180) -> bool:
+    """Poll the store until ``ready(running_seed_runs)``; False on timeout or once ``process``
+    has exited (there is nothing left to wait for)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        time.sleep(0.5)
+        try:
+            experiment = client.get_experiment_by_name(experiment_name)
+            running = experiment and client.search_runs(
+                [experiment.experiment_id],
+                filter_string="attributes.status = 'RUNNING' and tags.`latentseg.run_type` = 'seed'",
+            )
+        except Exception:  # the store may not exist yet
+            continue
+        if running and ready(running):
+            return True
+    return False
+
+
+def rerun(command, cwd) -> None:
+    done = subprocess.run(
+        command, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_worker_killed_mid_trial_is_recovered_and_the_grid_finishes_without_duplicates(
+    study_spec, tracking_uri, tmp_path
+):
+    spec = {
+        "name": "kill",
+        "search_space": {"model.num_latents": [2, 4, 8, 16]},
+        "sampler": {"name": "grid"},
+        "max_retry": 1,
+    }
+    path = study_spec(spec, base={"data": {"train_size": 256}, "train": {"epochs": 6}})
+    command, parent = launch(path, tracking_uri, tmp_path)
+    client = connect(tracking_uri)
+    # once a seed run has an epoch logged, SIGKILL the worker process training it
+    training = []
+
+    def an_epoch_logged(runs) -> bool:
+        training.extend(r for r in runs if "val_miou" in r.data.metrics)
+        return bool(training)
+
+    if not wait_for_seed_runs(client, "kill", an_epoch_logged, parent):
+        parent.kill()
+        pytest.fail("no worker reached a trial in time:\n" + parent.communicate()[0])
+    trial_run = client.get_run(training[0].data.tags["mlflow.parentRunId"])
+    owner = json.loads(trial_run.data.tags["latentseg.owner"])
+    assert owner["pid"] in _children(parent.pid)  # a worker of this study, tagged on its trial
+    os.kill(owner["pid"], signal.SIGKILL)
+    output = parent.communicate(timeout=300)[0]
+    assert parent.returncode == 0, output
+    rerun(command, tmp_path)
+
+    study = optuna.load_study(study_name="kill", storage=journal(tmp_path))
+    complete = [
+        t.params["model.num_latents"] for t in study.trials if t.state == TrialState.COMPLETE
+    ]
+    assert sorted(complete) == [2, 4, 8, 16]  # every point once, none twice
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"] == "worker process died"
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    runs = runs_by_type(client, "kill")
+    assert len(runs["trial"]) == len(study.trials) == 5
+    assert no_run_left_running(client, "kill")
+    dead_run = next(
+        r for r in runs["trial"] if r.data.tags["latentseg.trial_number"] == str(failed[0].number)
+    )
+    assert dead_run.info.status == "FAILED"
+
+
+def test_postgresql_storage_with_two_workers_finishes_the_grid_once(
+    study_spec, tracking_uri, postgres_db
+):
+    path = study_spec(
+        {
+            "name": "pg",
+            "search_space": {"model.num_latents": [2, 4, 8]},
+            "sampler": {"name": "grid"},
+        },
+        name="pg.yaml",
+    )
+    result = run_study(
+        str(path), workers=2, storage=postgres_db, tracking_uri=tracking_uri, progress=False
+    )
+    study = optuna.load_study(study_name="pg", storage=postgres_db)
+    assert sorted(t.params["model.num_latents"] for t in study.trials) == [2, 4, 8]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert (
+        result.storage == postgres_db
+    )  # no password in this URL; redaction is tested in test_spec
+    client = connect(tracking_uri)
+    assert len(runs_by_type(client, "pg")["trial"]) == 3 and no_run_left_running(client, "pg")
+
+
+def test_two_launches_on_one_postgresql_study_run_each_grid_point_once(
+    study_spec, tracking_uri, postgres_db, tmp_path
+):
+    """Two `latentseg study` processes (as on two machines) share one PostgreSQL study: the
+    queueing is serialised by a database lock, so no grid point is queued or run twice."""
+    path = study_spec(
+        {
+            "name": "pg2",
+            "search_space": {"model.num_latents": [2, 4, 8, 16]},
+            "sampler": {"name": "grid"},
+        },
+        name="pg2.yaml",
+    )
+    connect(tracking_uri).search_experiments()  # the store's schema, created once
+    command = [
+        sys.executable, "-m", "latentseg.cli", "study", str(path), "--storage", postgres_db,
+        "--tracking-uri", tracking_uri, "--no-progress",
+    ]  # fmt: skip
+    launches = [
+        subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    for launch_ in launches:
+        output = launch_.communicate(timeout=300)[0]
+        assert launch_.returncode == 0, output
+    study = optuna.load_study(study_name="pg2", storage=postgres_db)
+    assert sorted(t.params["model.num_latents"] for t in study.trials) == [2, 4, 8, 16]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    client = connect(tracking_uri)
+    runs = runs_by_type(client, "pg2")
+    assert len(runs["study"]) == 2 and len(runs["trial"]) == 4  # a parent per launch
+    assert no_run_left_running(client, "pg2")
+
+
+def test_a_resumed_search_does_not_replay_the_first_launchs_proposals(
+    study_spec, tracking_uri, tmp_path
+):
+    path = study_spec(
+        {
+            "name": "more",
+            "search_space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+            "n_trials": 2,
+        },
+        base={"train": {"epochs": 1}},
+    )
+    run_study(str(path), tracking_uri=tracking_uri, progress=False)
+    run_study(str(path), n_trials=4, tracking_uri=tracking_uri, progress=False)
+    study = optuna.load_study(study_name="more", storage=journal(tmp_path))
+    assert len(study.trials) == 4 and len({t.params["optim.lr"] for t in study.trials}) == 4
+    with pytest.raises(Exception, match="different spec or base experiment"):
+        run_study(
+            str(path), tracking_uri=tracking_uri, overrides=["train.epochs=2"], progress=False
+        )
+
+
+def test_sigterm_to_the_parent_stops_all_workers_and_closes_every_run(
+    study_spec, tracking_uri, tmp_path
+):
+    path = study_spec(
+        {
+            "name": "term",
+            "search_space": {"model.num_latents": [2, 4, 8, 16]},
+            "sampler": {"name": "grid"},
+            "max_retry": 0,
+        },
+        # trials long enough (several seconds each) that both workers are surely training at
+        # once even when a loaded machine starts the second one late
+        base={"data": {"train_size": 512}, "train": {"epochs": 6}},
+    )
+    command, parent = launch(path, tracking_uri, tmp_path)
+    client = connect(tracking_uri)
+    both_training = wait_for_seed_runs(client, "term", lambda runs: len(runs) >= 2, parent)
+    if not both_training:
+        parent.kill()
+    assert both_training, "both workers never trained at once:\n" + parent.communicate()[0]
+    parent.send_signal(signal.SIGTERM)
+    output = parent.communicate(timeout=120)[0]
+    assert parent.returncode == 130, output
+    assert no_run_left_running(client, "term")
+    runs = runs_by_type(client, "term")
+    assert [r.info.status for r in runs["study"]] == ["KILLED"]
+    study = optuna.load_study(study_name="term", storage=journal(tmp_path))
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    # max_retry 0, yet the interrupted points are queued again: an interrupt spends no retry.
+    rerun(command, tmp_path)
+    study = optuna.load_study(study_name="term", storage=journal(tmp_path))
+    assert sorted(
+        t.params["model.num_latents"] for t in study.trials if t.state == TrialState.COMPLETE
+    ) == [2, 4, 8, 16]
+
+
+def test_when_one_machines_launch_dies_mid_trial_another_launch_finishes_its_trial(
+    study_spec, tracking_uri, postgres_db, tmp_path
+):
+    """Two launches share a PostgreSQL study; one dies whole (parent and workers, SIGKILL, as
+    a machine would), its trials recorded as running on another host. The other launch waits
+    until their heartbeat lapses (4 s grace here), fails and reruns them, and the grid ends
+    complete, each point once, with no MLflow run left RUNNING."""
+    path = study_spec(
+        {
+            "name": "machines",
+            "search_space": {"model.num_latents": [2, 4, 8]},
+            "sampler": {"name": "grid"},
+            "max_retry": 1,
+        },
+        base={"data": {"train_size": 512}, "train": {"epochs": 4}},
+        name="machines.yaml",
+    )
+    connect(tracking_uri).search_experiments()  # the store's schema, created once
+    env = subprocess_env() | {
+        "LATENTSEG_HEARTBEAT_INTERVAL_S": "1",
+        "LATENTSEG_HEARTBEAT_GRACE_S": "4",
+    }
+    command = [
+        sys.executable, "-m", "latentseg.cli", "study", str(path), "--storage", postgres_db,
+        "--tracking-uri", tracking_uri, "--no-progress", "--workers", "2",
+    ]  # fmt: skip
+    doomed = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    client = connect(tracking_uri)
+    assert wait_for_seed_runs(
+        client, "machines", lambda runs: any("val_miou" in r.data.metrics for r in runs), doomed
+    ), "the first launch never trained"
+    os.killpg(doomed.pid, signal.SIGKILL)  # the whole machine goes
+    doomed.communicate(timeout=30)
+    # Its trials are recorded as running on another machine: then only their lapsing
+    # heartbeat, not a process check on this host, can tell that they died.
+    from latentseg.study.storage import OWNER_ATTR
+
+    storage = optuna.storages.RDBStorage(postgres_db)
+    running = [
+        t for t in optuna.load_study(study_name="machines", storage=storage).trials
+        if t.state == TrialState.RUNNING
+    ]  # fmt: skip
+    assert running
+    for trial in running:
+        owner = dict(trial.system_attrs[OWNER_ATTR], host="another-machine")
+        storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner)
+    survivor = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    output = survivor.communicate(timeout=400)[0]
+    assert survivor.returncode == 0, output
+    study = optuna.load_study(study_name="machines", storage=postgres_db)
+    complete = sorted(
+        t.params["model.num_latents"] for t in study.trials if t.state == TrialState.COMPLETE
+    )
+    assert complete == [2, 4, 8]
+    dead = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert {t.number for t in dead} >= {t.number for t in running}  # failed by the heartbeat
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert no_run_left_running(client, "machines")

@@ -1,0 +1,194 @@
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from latentseg.cli import main
+from tests.conftest import subprocess_env
+
+
+def test_models_lists_variants_with_params_and_flops(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in out[1:]}
+    assert len(rows) >= 4 and {"seed", "no-expert"} <= set(rows)
+    assert "70,466" in rows["seed"] and "0.247" in rows["seed"]  # params, GFLOP per 128x128 image
+    assert main(["models", "latents-*", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in data] == ["latents-32", "latents-4", "latents-8"]
+    assert all(r["params"] > 0 and r["flops_per_image"] > 0 for r in data)
+
+
+def test_datasets_lists_the_builtins(capsys):
+    assert main(["datasets", "--json"]) == 0
+    names = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert names["shapes"]["classes"] == ["background", "circle", "rectangle", "triangle"]
+    assert names["noise"]["num_classes"] == 2
+
+
+@pytest.mark.parametrize(
+    "yaml_text,args,expected",
+    [
+        ("model:\n  num_latnts: 8\n", [], "Did you mean 'num_latents'"),
+        ("model:\n  variant: sede\n", [], "Unknown model 'sede'"),
+        ("data:\n  dataset: shapez\n", [], "Unknown dataset 'shapez'"),
+        ("data:\n  params: {image_size: 30}\n", [], "multiple of 4"),
+        ("train:\n  epochs: 3\n   seed: 4\n", [], "YAML syntax error"),
+        ("", [], "empty"),
+        ("model:\n  variant: seed\n", ["--set", "optim.lr"], "KEY=VALUE"),
+        ("model:\n  variant: seed\n", ["--set", "optim.lr=-1"], "optim.lr"),
+        ("model:\n  latent_dim: 60\n  num_heads: 8\n", [], "divisible by num_heads"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_error_and_creates_nothing(
+    tmp_path, capsys, yaml_text, args, expected
+):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    assert main(["train", str(path), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err
+    assert not (tmp_path / "mlruns").exists()  # no MLflow store, run or checkpoint
+
+
+def test_missing_config_and_bad_flags_exit_2(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["train"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["models", "--frobnicate"])
+    assert info.value.code == 2
+    assert main(["models", "nothing-matches-*"]) == 2
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["models"], ["datasets"], ["ui"]])
+def test_help_everywhere(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    assert "usage: latentseg" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_train_prints_the_run_id_and_how_to_open_the_ui(tiny_yaml, tracking_uri, capsys):
+    path = tiny_yaml({"tracking": {"attention_plots": False}})
+    assert (
+        main(
+            [
+                "train",
+                str(path),
+                "--tracking-uri",
+                tracking_uri,
+                "--set",
+                "train.epochs=1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "FINISHED" in out and "latentseg ui" in out and "#/experiments/" in out
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ui_serves_the_project_store_on_loopback(tiny, tracking_uri, tmp_path):
+    from latentseg.tracking import run_experiment
+
+    run = run_experiment(
+        tiny({"train": {"epochs": 1}, "tracking": {"attention_plots": False}}),
+        tracking_uri=tracking_uri,
+        progress=False,
+    )
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "latentseg.cli",
+            "ui",
+            "--tracking-uri",
+            tracking_uri,
+            "--port",
+            str(port),
+        ],
+        env=subprocess_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("MLflow UI did not come up")
+        with urllib.request.urlopen(
+            f"{base}/api/2.0/mlflow/runs/get?run_id={run.run_id}", timeout=10
+        ) as response:
+            assert json.load(response)["run"]["info"]["status"] == "FINISHED"
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert f"http://127.0.0.1:{port}" in output
+    with pytest.raises(OSError):  # stopped with every worker it started
+        urllib.request.urlopen(base + "/health", timeout=2)
+
+
+def test_ui_without_a_store_is_a_clear_error(tmp_path, capsys):
+    assert main(["ui", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 2
+    assert "no tracking store" in capsys.readouterr().err
+
+
+def test_report_on_a_missing_store_is_a_clear_error_and_creates_no_store(tmp_path, capsys):
+    store = tmp_path / "typo" / "mlflow.db"
+    assert main(["report", "--study", "quick", "--tracking-uri", f"sqlite:///{store}"]) == 2
+    assert f"no tracking store at {store}" in capsys.readouterr().err
+    assert not store.parent.exists()  # a report only reads: no empty store left behind
+
+
+@pytest.mark.parametrize(
+    "spec,args,expected",
+    [
+        (
+            "experiment: base.yaml\nsearch_space: {model.num_latnts: [4]}\n",
+            [],
+            "Did you mean 'num_latents'",
+        ),
+        ("experiment: missing.yaml\n", [], "base experiment not found"),
+        ("experiment: base.yaml\nsamplr: grid\n", [], "unknown key 'samplr'"),
+        (
+            "experiment: base.yaml\n",
+            ["--workers", "2", "--storage", "sqlite:///o.db"],
+            "SQLite is not safe",
+        ),
+        ("experiment: base.yaml\n", ["--workers", "0"], "--workers must be >= 1"),
+        ("experiment: base.yaml\n", ["--n-trials", "0"], "--n-trials must be >= 1"),
+        ("experiment: base.yaml\n", ["--set", "optim.lr=-1"], "optim.lr"),
+    ],
+)
+def test_bad_study_input_exits_2_and_creates_nothing(tmp_path, capsys, spec, args, expected):
+    (tmp_path / "base.yaml").write_text("model:\n  variant: seed\n")
+    (tmp_path / "study.yaml").write_text(spec)
+    assert main(["study", str(tmp_path / "study.yaml"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err
+    assert not (tmp_path / "mlruns").exists()

@@ -1,0 +1,164 @@
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from latentseg.config import ExperimentConfig, ModelConfig, load_experiment, parse_override
+from latentseg.errors import ConfigError
+from latentseg.train import prepare
+
+
+def write(tmp_path, text: str, name: str = "exp.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_shipped_experiments_load_and_resolve():
+    from tests.conftest import ROOT
+
+    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+        config = load_experiment(path)
+        prepared = prepare(config, str(path))
+        assert prepared.model_config.num_classes == prepared.dataset.info.num_classes
+
+
+def test_misspelt_key_names_file_line_key_and_suggestion(tmp_path):
+    path = write(tmp_path, "model:\n  variant: seed\noptim:\n  lr: 0.01\n  weight_decai: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    message = str(info.value)
+    assert f"{path}:5" in message
+    assert "optim.weight_decai" in message
+    assert "Did you mean 'weight_decay'" in message
+
+
+def test_wrong_type_and_out_of_range_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.epochs: .*integer.*'many'"):
+        load_experiment(write(tmp_path, "train:\n  epochs: many\n"))
+    with pytest.raises(ConfigError, match=r"optim\.lr: .*greater than 0"):
+        load_experiment(write(tmp_path, "optim:\n  lr: -1\n"))
+
+
+def test_heads_must_divide_latent_dim_and_the_error_lists_allowed_heads(tmp_path):
+    config = load_experiment(write(tmp_path, "model:\n  latent_dim: 60\n  num_heads: 8\n"))
+    with pytest.raises(
+        ConfigError,
+        match=r"latent_dim \(60\) must be divisible by num_heads \(8\).*\[1, 2, 3, 4, 5, 6",
+    ):
+        prepare(config, "exp.yaml")
+    with pytest.raises(ValidationError):
+        ModelConfig(latent_dim=60, num_heads=8)
+
+
+def test_yaml_syntax_error_and_empty_file(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"exp.yaml:3: YAML syntax error: mapping values are not allowed"
+    ):
+        load_experiment(write(tmp_path, "train:\n  epochs: 3\n   seed: 4\n"))
+    with pytest.raises(ConfigError, match="empty"):
+        load_experiment(write(tmp_path, ""))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_experiment(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_experiment(tmp_path / "missing.yaml")
+
+
+def test_yaml_is_read_safely(tmp_path):
+    with pytest.raises(ConfigError, match="YAML"):
+        load_experiment(write(tmp_path, "model: !!python/object/apply:os.system ['echo hi']\n"))
+
+
+def test_dotted_overrides_parse_values_as_yaml_and_validate(tmp_path):
+    path = write(tmp_path, "model:\n  variant: seed\n")
+    config = load_experiment(
+        path,
+        [
+            "model.num_latents=8",
+            "optim.lr=3e-4",
+            "model.expert_attention=false",
+            "data.params.image_size=32",
+        ],
+    )
+    assert config.model.num_latents == 8
+    assert config.optim.lr == pytest.approx(3e-4)
+    assert config.model.expert_attention is False
+    assert config.data.params == {"image_size": 32}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("optim.lr")
+    with pytest.raises(ConfigError, match="model.num_latnts.*Did you mean 'num_latents'"):
+        load_experiment(path, ["model.num_latnts=8"])
+
+
+def test_configs_are_frozen():
+    config = ExperimentConfig()
+    with pytest.raises(ValidationError):
+        config.optim.lr = 1.0  # type: ignore[misc]
+
+
+def test_model_axes_from_dataset_and_conflicts(tmp_path):
+    config = load_experiment(
+        write(tmp_path, "data:\n  dataset: shapes\n  params: {shapes: [circle]}\n")
+    )
+    assert prepare(config).model_config.num_classes == 2
+    config = load_experiment(
+        write(tmp_path, "model:\n  num_classes: 5\ndata:\n  dataset: shapes\n")
+    )
+    with pytest.raises(ConfigError, match="model.num_classes is 5 but dataset 'shapes' has 4"):
+        prepare(config, "exp.yaml")
+
+
+def test_unknown_variant_and_dataset_and_dataset_params(tmp_path):
+    with pytest.raises(Exception, match="Unknown model 'sede'. Did you mean 'seed'"):
+        prepare(load_experiment(write(tmp_path, "model:\n  variant: sede\n")))
+    with pytest.raises(Exception, match="Unknown dataset 'shape'. Did you mean 'shapes'"):
+        prepare(load_experiment(write(tmp_path, "data:\n  dataset: shape\n")))
+    with pytest.raises(ConfigError, match=r"data\.params\.image_sise.*Did you mean 'image_size'"):
+        prepare(load_experiment(write(tmp_path, "data:\n  params: {image_sise: 32}\n")))
+
+
+def test_config_hash_ignores_tracking_but_not_hyperparameters():
+    base = ExperimentConfig()
+    assert base.config_hash() == base.with_updates({"tracking.experiment": "other"}).config_hash()
+    assert base.config_hash() != base.with_updates({"optim.lr": 0.5}).config_hash()
+
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 200), st.floats(allow_nan=True), st.text(max_size=8)
+)
+keys = st.sampled_from(
+    [
+        "model",
+        "data",
+        "optim",
+        "train",
+        "tracking",
+        "lr",
+        "epochs",
+        "variant",
+        "num_heads",
+        "params",
+        "batch_size",
+        "x",
+    ]
+)
+trees = st.recursive(
+    scalars,
+    lambda children: st.dictionaries(keys, children, max_size=4) | st.lists(children, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.dictionaries(keys, trees, max_size=5))
+def test_random_yaml_mappings_either_load_or_raise_config_error(tmp_path, data):
+    path = tmp_path / "random.yaml"
+    path.write_text(yaml.safe_dump(data))
+    try:
+        config = load_experiment(path)
+    except ConfigError:
+        return
+    assert isinstance(config, ExperimentConfig)

@@ -1,0 +1,277 @@
+"""`latentseg server`: a real MLflow tracking server on PostgreSQL with served artifacts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from latentseg.cli import build_parser, main, server_command
+from tests.conftest import subprocess_env
+from tests.test_cli import _free_port
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.communicate()[0]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError("server did not become healthy")
+
+
+def command_lines(pid: int) -> list[str]:
+    """The command lines of a process and its descendants."""
+    lines, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        proc = Path(f"/proc/{current}")
+        try:
+            lines.append(proc.joinpath("cmdline").read_text().replace("\0", " "))
+            for task in proc.joinpath("task").iterdir():
+                todo += [int(c) for c in task.joinpath("children").read_text().split()]
+        except OSError:
+            continue
+    return lines
+
+
+def test_a_team_server_on_postgresql_serves_runs_and_artifacts_and_hides_the_password(
+    postgres_db, tiny_yaml, tmp_path
+):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    backend = postgres_db.replace("postgres@", "postgres:s3cret-pw@")  # trust auth ignores it
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "latentseg.cli", "server", "--backend-store-uri", backend,
+            "--artifacts-destination", str(tmp_path / "served"), "--port", str(port),
+            "--workers", "1",
+        ],
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_healthy(url, server)
+        assert not [line for line in command_lines(server.pid) if "s3cret" in line]
+        path = tiny_yaml({"train": {"epochs": 1}})
+        assert main(["train", str(path), "--tracking-uri", url, "--no-progress"]) == 0
+        client = MlflowClient(url)
+        (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+        assert run.info.status == "FINISHED" and "val_miou" in run.data.metrics
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # served, not a local path
+        best = client.download_artifacts(
+            run.info.run_id, "checkpoints/best.safetensors", str(tmp_path)
+        )
+        assert Path(best).stat().st_size > 0
+        assert list((tmp_path / "served").rglob("best.safetensors"))  # stored by the server
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert "s3cret" not in output, [line for line in output.splitlines() if "s3cret" in line]
+    assert "postgresql://postgres:***@127.0.0.1" in output
+
+
+def test_server_binds_localhost_unless_told_and_warns_without_allowed_hosts(capsys):
+    args = build_parser().parse_args(["server"])
+    command, _, warnings = server_command(args)
+    assert command[command.index("--host") + 1] == "127.0.0.1" and not warnings
+    args = build_parser().parse_args(["server", "--host", "0.0.0.0"])
+    assert "without --allowed-hosts" in server_command(args)[2][0]
+    args = build_parser().parse_args(
+        ["server", "--host", "0.0.0.0", "--allowed-hosts", "mlflow.lab:5000"]
+    )
+    command, _, warnings = server_command(args)
+    assert not warnings and command[command.index("--allowed-hosts") + 1] == "mlflow.lab:5000"
+
+
+@pytest.mark.parametrize(
+    "uri,message",
+    [("http://127.0.0.1:5000", "that is a tracking server"), ("mlruns", "expected postgresql")],
+)
+def test_server_bad_backend_exits_2(uri, message, capsys):
+    assert main(["server", "--backend-store-uri", uri]) == 2
+    assert message in capsys.readouterr().err
+
+
+def start_server(backend: str, artifacts: Path, port: int, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "latentseg.cli", "server", "--backend-store-uri", backend,
+            "--artifacts-destination", str(artifacts), "--port", str(port), "--workers", "1",
+        ],
+        cwd=cwd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def stop(server: subprocess.Popen) -> None:
+    import os
+    import signal
+
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def test_a_study_survives_the_tracking_server_going_away_for_a_few_seconds(
+    postgres_db, study_spec, tmp_path
+):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(postgres_db, tmp_path / "served", port, tmp_path)
+    try:
+        wait_healthy(url, server)
+        path = study_spec(
+            {
+                "name": "outage",
+                "search_space": {"model.num_latents": [2, 4]},
+                "sampler": {"name": "grid"},
+            },
+            base={"data": {"train_size": 256}, "train": {"epochs": 4}},
+        )
+        study = subprocess.Popen(
+            [
+                sys.executable, "-m", "latentseg.cli", "study", str(path), "--tracking-uri", url,
+                "--no-progress",
+            ],
+            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        client = MlflowClient(url)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # wait until the first run has logged an epoch
+            experiment = client.get_experiment_by_name("outage")
+            runs = experiment and client.search_runs(
+                [experiment.experiment_id], "tags.`latentseg.run_type` = 'seed'"
+            )
+            if runs and any("val_miou" in r.data.metrics for r in runs):
+                break
+            time.sleep(0.3)
+        stop(server)  # the server goes away mid-run...
+        time.sleep(5)
+        server = start_server(postgres_db, tmp_path / "served", port, tmp_path)  # ...and returns
+        output = study.communicate(timeout=300)[0]
+        assert study.returncode == 0, output
+        experiment_id = client.get_experiment_by_name("outage").experiment_id
+        runs = client.search_runs([experiment_id])
+        by_type: dict[str, list] = {}
+        for run in runs:
+            by_type.setdefault(run.data.tags["latentseg.run_type"], []).append(run)
+        assert len(by_type["study"]) == 1 and len(by_type["trial"]) == 2  # no duplicates
+        assert len(by_type["seed"]) == 2
+        for run in by_type["seed"]:
+            assert run.info.status == "FINISHED"
+            history = client.get_metric_history(run.info.run_id, "val_miou")
+            assert sorted(m.step for m in history) == [1, 2, 3, 4]  # no epoch lost, none twice
+    finally:
+        stop(server)
+
+
+def test_three_workers_on_postgresql_and_a_server_with_one_killed_finish_the_grid_once(
+    make_postgres_db, study_spec, tmp_path
+):
+    """Three worker processes share a PostgreSQL study and a tracking server; one is killed
+    with SIGKILL mid-trial. Its trial is failed and retried by the others, its MLflow run ends
+    FAILED, and every grid point runs to completion exactly once, with its checkpoints and
+    attention images downloadable through the server."""
+    import os
+    import signal
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from latentseg.study.storage import OWNER_ATTR
+
+    # MLflow and Optuna each keep an alembic_version table: one database each
+    mlflow_db, postgres_db = make_postgres_db(), make_postgres_db()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(mlflow_db, tmp_path / "served", port, tmp_path)
+    try:
+        wait_healthy(url, server)
+        path = study_spec(
+            {
+                "name": "team",
+                "search_space": {"model.num_latents": [2, 4, 8, 16]},
+                "sampler": {"name": "grid"},
+                "max_retry": 1,
+            },
+            base={
+                "data": {"train_size": 256},
+                "train": {"epochs": 3},
+                "tracking": {"attention_plots": True},
+            },
+        )
+        study = subprocess.Popen(
+            [
+                sys.executable, "-m", "latentseg.cli", "study", str(path), "--workers", "3",
+                "--storage", postgres_db, "--tracking-uri", url, "--no-progress",
+            ],
+            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        client = MlflowClient(url)
+        deadline = time.monotonic() + 240
+        victim = None
+        while time.monotonic() < deadline and victim is None:
+            time.sleep(0.3)
+            if study.poll() is not None:
+                raise AssertionError(f"the study ended early:\n{study.communicate()[0]}")
+            experiment = client.get_experiment_by_name("team")
+            running = experiment and client.search_runs(
+                [experiment.experiment_id],
+                "attributes.status = 'RUNNING' and tags.`latentseg.run_type` = 'seed'",
+            )
+            if running and any("val_miou" in r.data.metrics for r in running):
+                # the worker that owns a running trial (recorded on the Optuna trial)
+                owners = [
+                    t.system_attrs.get(OWNER_ATTR, {}).get("pid")
+                    for t in optuna.load_study(study_name="team", storage=postgres_db).trials
+                    if t.state == TrialState.RUNNING
+                ]
+                victim = next((pid for pid in owners if pid), None)
+        if victim is None:
+            study.kill()
+            raise AssertionError(f"no worker reached a trial:\n{study.communicate()[0]}")
+        os.kill(victim, signal.SIGKILL)
+        output = study.communicate(timeout=400)[0]
+        assert study.returncode == 0, output
+
+        trials = optuna.load_study(study_name="team", storage=postgres_db).trials
+        complete = sorted(
+            t.params["model.num_latents"] for t in trials if t.state == TrialState.COMPLETE
+        )
+        assert complete == [2, 4, 8, 16]  # each point once
+        assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        experiment_id = client.get_experiment_by_name("team").experiment_id
+        runs = client.search_runs([experiment_id])
+        assert not [r for r in runs if r.info.status == "RUNNING"]
+        by_type: dict[str, list] = {}
+        for run in runs:
+            by_type.setdefault(run.data.tags["latentseg.run_type"], []).append(run)
+        assert len(by_type["study"]) == 1 and len(by_type["trial"]) == len(trials)
+        failed = [t for t in trials if t.state == TrialState.FAIL]
+        assert len(failed) == 1 and failed[0].user_attrs["fail_reason"] == "worker process died"
+        dead = [
+            r for r in by_type["trial"]
+            if r.data.tags["latentseg.trial_number"] == str(failed[0].number)
+        ]  # fmt: skip
+        assert dead[0].info.status in ("FAILED", "KILLED")
+        finished = next(r for r in by_type["seed"] if r.info.status == "FINISHED")
+        paths = [a.path for a in client.list_artifacts(finished.info.run_id, "checkpoints")]
+        assert "checkpoints/best.safetensors" in paths
+        images = [a.path for a in client.list_artifacts(finished.info.run_id, "images")]
+        assert any("predictions" in p for p in images)
+        local = client.download_artifacts(finished.info.run_id, "checkpoints", str(tmp_path / "dl"))
+        assert (Path(local) / "best.safetensors").stat().st_size > 0
+    finally:
+        stop(server)

@@ -1,0 +1,232 @@
+"""Real MLflow (SQLite store under a temp dir): what a user sees in the UI and the client."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+import torch
+from mlflow import MlflowClient
+
+import latentseg
+from latentseg.errors import TrackingError
+from latentseg.tracking import run_experiment
+from latentseg.train import NonFiniteLossError, prepare
+from tests.conftest import subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+def artifact_paths(client, run_id, path=None):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += artifact_paths(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def test_a_tracked_run_logs_params_metrics_checkpoints_plots_and_model(tiny, tracking_uri):
+    config = tiny({"train": {"epochs": 3}, "tracking": {"log_model": True}})
+    started = time.perf_counter()
+    result = run_experiment(config, tracking_uri=tracking_uri, progress=False)
+    elapsed = time.perf_counter() - started
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and result.status == "FINISHED"
+    assert 0 < result.tracking_s < elapsed  # what training waited for tracking
+
+    params = run.data.params
+    assert params["model.variant"] == "seed" and params["model.num_latents"] == "16"
+    assert params["model.num_classes"] == "4"  # resolved from the dataset
+    assert params["data.dataset"] == "shapes" and params["optim.lr"] == "0.003"
+    tags = run.data.tags
+    assert tags["latentseg.variant"] == "seed" and tags["latentseg.dataset"] == "shapes"
+    assert tags["latentseg.config_hash"] == prepare(config).config.config_hash()
+    assert (
+        tags["latentseg.torch_version"] == torch.__version__
+        and tags["latentseg.mlflow_version"] == mlflow.__version__
+    )
+    assert tags["latentseg.version"] == latentseg.__version__ and tags["latentseg.device"] == "cpu"
+
+    history = client.get_metric_history(result.run_id, "val_miou")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    metrics = run.data.metrics
+    assert metrics["best_val_miou"] == max(m.value for m in history)
+    best_epoch = int(metrics["best_epoch"])
+    assert [m.value for m in history if m.step == best_epoch] == [metrics["best_val_miou"]]
+    assert {
+        "test_miou",
+        "test_pixel_accuracy",
+        "test_mdice",
+        "val_iou_circle",
+        "val_latent_usage_entropy",
+        "val_dead_latents",
+        "model_params",
+        "model_flops_per_image",
+    } <= set(metrics)
+    # One log_batch per epoch: every scalar of an epoch carries the same timestamp.
+    epoch_two = {
+        m.timestamp
+        for key in ("train_loss", "val_loss", "val_miou", "lr")
+        for m in client.get_metric_history(result.run_id, key)
+        if m.step == 2
+    }
+    assert len(epoch_two) == 1
+
+    paths = artifact_paths(client, result.run_id)
+    assert {
+        "checkpoints/best.safetensors",
+        "checkpoints/last.ckpt",
+        "config.json",
+        "model_summary.json",
+    } <= set(paths)
+    images = [p for p in paths if p.startswith("images/") and p.endswith(".png")]
+    for key in ("predictions", "latent_attention", "expert_assignment"):
+        steps = {
+            int(p.split("+step+")[1].split("+")[0])
+            for p in images
+            if p.startswith(f"images/{key}+")
+        }
+        assert {1, 3} <= steps, (key, steps)  # first and last epoch (and the best)
+        assert best_epoch in steps
+
+    # The best model: from the checkpoint alone, and as an MLflow Model that MLflow loads.
+    model = latentseg.load_model(result.run_id, tracking_uri=tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    served = mlflow.pytorch.load_model(tags["latentseg.model_uri"])
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(served(images), model(images), rtol=1e-5, atol=1e-5)
+
+
+def test_a_failing_run_ends_failed_with_the_error(tiny, tracking_uri):
+    config = tiny(
+        {"optim": {"lr": 1e30}, "train": {"epochs": 3}, "tracking": {"attention_plots": False}}
+    )
+    with pytest.raises(NonFiniteLossError):
+        run_experiment(config, tracking_uri=tracking_uri, progress=False)
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "non-finite loss at epoch" in run.data.tags["latentseg.error"]
+
+
+def test_sigterm_kills_the_run_after_a_checkpoint_and_resume_matches_an_uninterrupted_run(
+    tiny, tiny_yaml, tracking_uri, tmp_path
+):
+    updates = {
+        "data": {"train_size": 256},
+        "train": {"epochs": 3},
+        "tracking": {"attention_plots": False},
+    }
+    path = tiny_yaml(updates)
+    command = [
+        sys.executable,
+        "-m",
+        "latentseg.cli",
+        "train",
+        str(path),
+        "--tracking-uri",
+        tracking_uri,
+        "--no-progress",
+    ]
+    process = subprocess.Popen(
+        command,
+        env=subprocess_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    client = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for epoch 1's metrics, then stop it mid-run
+        time.sleep(0.3)
+        try:
+            client = client or MlflowClient(tracking_uri)
+            runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+        except Exception:
+            continue
+        if runs and "val_miou" in runs[0].data.metrics:
+            break
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 130, output
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "KILLED"
+    assert "checkpoints/last.ckpt" in artifact_paths(client, run.info.run_id)
+
+    elsewhere = tmp_path / "elsewhere"  # resume from another folder: checkpoints come from MLflow
+    elsewhere.mkdir()
+    resumed = subprocess.run(
+        [*command, "--resume", run.info.run_id],
+        env=subprocess_env(),
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")]
+    assert sorted(steps) == [1, 2, 3]  # every epoch once, none lost, none twice
+
+    again = subprocess.run(
+        [*command, "--resume", run.info.run_id],
+        env=subprocess_env(),
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 2 and "already FINISHED its 3 epochs" in again.stderr
+
+    reference = run_experiment(tiny(updates), tracking_uri=tracking_uri, progress=False)
+    expected = client.get_run(reference.run_id).data.metrics
+    for key in ("best_val_miou", "test_miou", "test_loss", "val_loss", "train_loss"):
+        assert run.data.metrics[key] == expected[key], key
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    """Study workers and parallel launches open a fresh SQLite store together; unserialised,
+    MLflow's schema creation races (duplicate tables, half-applied migrations)."""
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    script = (
+        "import sys; from latentseg.tracking.store import connect; "
+        "connect(sys.argv[1]).create_experiment(sys.argv[2])"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, uri, f"exp{i}"],
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 4, "\n".join(outputs)
+    names = {e.name for e in MlflowClient(uri).search_experiments()}
+    assert {f"exp{i}" for i in range(4)} <= names
+
+
+def test_resume_of_an_unknown_run_is_a_clear_error(tiny, tracking_uri):
+    with pytest.raises(TrackingError, match="no such MLflow run"):
+        run_experiment(tiny(), tracking_uri=tracking_uri, resume="0123456789abcdef", progress=False)
+
+
+def test_unreachable_tracking_server_fails_fast(tiny):
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="not reachable"):
+        run_experiment(tiny(), tracking_uri="http://127.0.0.1:9", progress=False)
+    assert time.monotonic() - started < 30
+
+
+def test_tracking_off_trains_with_local_checkpoints(tiny, tmp_path):
+    result = run_experiment(tiny({"tracking": {"enabled": False}}), progress=False)
+    assert result.run_id is None and (result.checkpoint_dir / "best.safetensors").exists()
+    assert result.tracking_s == 0
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
