@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-from mlflow import MlflowClient
 
+from latentseg.tracking.store import connect
 from latentseg.train.checkpoint import load_training_state
 from tests.conftest import subprocess_env
 
@@ -33,7 +33,7 @@ def test_a_signal_mid_training_kills_the_run_keeps_a_checkpoint_and_loses_no_met
     while time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
         try:
-            client = client or MlflowClient(tracking_uri)
+            client = client or connect(tracking_uri)  # under the schema lock
             (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
         except Exception:  # noqa: BLE001 - the store or the run may not exist yet
             continue

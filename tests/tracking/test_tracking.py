@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 import latentseg
 from latentseg.errors import TrackingError
 from latentseg.tracking import run_experiment
+from latentseg.tracking.store import connect
 from latentseg.train import NonFiniteLossError, prepare
 from tests.conftest import subprocess_env
 
@@ -144,7 +145,7 @@ def test_sigterm_kills_the_run_after_a_checkpoint_and_resume_matches_an_uninterr
     while time.monotonic() < deadline:  # wait for epoch 1's metrics, then stop it mid-run
         time.sleep(0.3)
         try:
-            client = client or MlflowClient(tracking_uri)
+            client = client or connect(tracking_uri)  # under the schema lock
             runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
         except Exception:
             continue
