@@ -376,7 +376,7 @@ def _axes(config, reference) -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from latentseg.config import ModelConfig
-    from latentseg.models import count_flops, count_params, create_model, list_models
+    from latentseg.models import count_flops, count_params, create_model, kv_costs, list_models
 
     names = list_models(args.pattern)
     if not names:
@@ -391,6 +391,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 "name": name,
                 "params": count_params(model),
                 "flops_per_image": count_flops(model.config, (args.image_size, args.image_size)),
+                **kv_costs(model, (args.image_size, args.image_size)),
                 "axes": _axes(model.config, ModelConfig()),
                 "config": model.config.model_dump(mode="json"),
             }
@@ -399,11 +400,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(
-        f"{'variant':<16} {'params':>9} {'GFLOP/img':>9}  axes (vs seed; FLOPs at {args.image_size}x{args.image_size})"
+        f"{'variant':<16} {'params':>9} {'GFLOP/img':>9} {'KV params':>9} {'KV elems':>9}  axes (vs seed; per image at {args.image_size}x{args.image_size})"
     )
     for row in rows:
         print(
-            f"{row['name']:<16} {row['params']:>9,} {row['flops_per_image'] / 1e9:>9.3f}  {row['axes']}"
+            f"{row['name']:<16} {row['params']:>9,} {row['flops_per_image'] / 1e9:>9.3f} "
+            f"{row['kv_params']:>9,} {row['kv_activations']:>9,}  {row['axes']}"
         )
     return 0
 

@@ -103,6 +103,58 @@ class ModelConfig(StrictModel):
         (2, 4, 8),
         description="'deep' only: dilations of the residual context convolutions at stride 4 (empty for none).",
     )
+    position_encoding: Literal["none", "learned", "fourier"] = Field(
+        "none",
+        description="Added to the pixel tokens: 'none' (tutorial: the latent block cannot tell where a pixel is), 'learned' (a 16x16 table resized to the token grid) or 'fourier' (Perceiver IO's 2-D Fourier features through a linear map).",
+    )
+    fourier_bands: int = Field(
+        8, ge=1, le=64, description="'fourier' only: frequency bands per axis, 1 to Nyquist."
+    )
+    latent_depth: int = Field(
+        0,
+        ge=0,
+        le=32,
+        description="Latent self-attention blocks (pre-norm, MLP) after each cross-attention pass; 0: the tutorial's single cross-attention.",
+    )
+    cross_attend_passes: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Times the latents cross-attend to the pixels (Perceiver); passes after the first are pre-norm residual blocks with an MLP.",
+    )
+    share_passes: bool = Field(
+        False,
+        description="Passes after the first share one set of weights (Perceiver's weight sharing).",
+    )
+    mlp_ratio: int = Field(
+        4, ge=1, le=16, description="Hidden width of the latent MLPs, in multiples of latent_dim."
+    )
+    kv_rank: Optional[int] = Field(  # noqa: UP045
+        None,
+        ge=1,
+        le=4096,
+        description="MLA (DeepSeek-V2): keys and values of both cross-attentions are rebuilt by up-projections from a kv_rank-wide compressed latent; null: full-rank keys and values (tutorial).",
+    )
+    moe_experts: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="DeepSeekMoE: the latent MLPs become this many narrow routed experts (0: dense MLP). Needs latent MLPs (latent_depth >= 1 or cross_attend_passes >= 2); without them it changes nothing.",
+    )
+    moe_top_k: int = Field(2, ge=1, le=64, description="MoE: routed experts per latent token.")
+    moe_shared: int = Field(
+        1, ge=0, le=16, description="MoE: always-on shared experts per latent token."
+    )
+    moe_aux_weight: float = Field(
+        0.01,
+        ge=0,
+        le=10,
+        description="MoE: weight of the load-balancing auxiliary loss added to the training loss.",
+    )
+    decoder: Literal["attention", "attention+skip"] = Field(
+        "attention",
+        description="'attention': the tutorial's pixel-to-latent head; 'attention+skip': its logits refined at stride 2 with the encoder's first-stage features, then full resolution (needs output: full).",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -114,6 +166,14 @@ class ModelConfig(StrictModel):
             )
         if any(d < 1 for d in self.encoder_dilations):
             raise ValueError("encoder_dilations must all be >= 1")
+        if self.moe_experts and self.moe_top_k > self.moe_experts:
+            raise ValueError(
+                f"moe_top_k ({self.moe_top_k}) must be at most moe_experts ({self.moe_experts})"
+            )
+        if self.decoder == "attention+skip" and self.output != "full":
+            raise ValueError(
+                "decoder 'attention+skip' produces full-resolution logits: set output: full"
+            )
         return self
 
 

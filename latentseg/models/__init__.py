@@ -13,7 +13,13 @@ from pydantic import ValidationError
 
 from latentseg.config import ModelConfig, format_validation_error
 from latentseg.errors import ConfigError
-from latentseg.models.model import AttentionMaps, LatentSegModel, count_flops, count_params
+from latentseg.models.model import (
+    AttentionMaps,
+    LatentSegModel,
+    count_flops,
+    count_params,
+    kv_costs,
+)
 from latentseg.registry import Registry
 
 MODELS: Registry = Registry("model", entry_point_group="latentseg.models")
@@ -50,11 +56,29 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
 
 def inert_keys(config: dict[str, Any]) -> set[str]:
     """ModelConfig keys that do not change the model given the others (``config``: key ->
-    value, values as Python objects or their string forms): without expert attention there
-    are no latents to count and no attention heads."""
-    if str(config.get("expert_attention")) in ("False", "false", "0"):
-        return {"num_latents", "num_heads"}
-    return set()
+    value, values as Python objects or their string forms; missing keys take their
+    defaults): without expert attention there are no latents, heads or latent stack; without
+    a latent MLP (``latent_depth`` 0, one pass) there is nothing for MoE to replace; and so on."""
+
+    def value(key: str, default: Any) -> str:
+        return str(config.get(key, default)).lower()
+
+    inert: set[str] = set()
+    if value("expert_attention", True) in ("false", "0"):
+        inert |= {"num_latents", "num_heads", "latent_depth", "cross_attend_passes"}
+        inert |= {"share_passes", "kv_rank", "mlp_ratio", *MOE_KEYS}
+    if value("latent_depth", 0) == "0" and value("cross_attend_passes", 1) == "1":
+        inert |= {"mlp_ratio", "share_passes", *MOE_KEYS}  # no latent MLP to replace
+    if value("cross_attend_passes", 1) in ("1", "2"):
+        inert.add("share_passes")  # nothing after the first pass to share
+    if value("moe_experts", 0) == "0":
+        inert |= MOE_KEYS - {"moe_experts"}
+    if value("position_encoding", "none") != "fourier":
+        inert.add("fourier_bands")
+    return inert
+
+
+MOE_KEYS = frozenset({"moe_experts", "moe_top_k", "moe_shared", "moe_aux_weight"})
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -73,6 +97,7 @@ __all__ = [
     "count_params",
     "create_model",
     "inert_keys",
+    "kv_costs",
     "list_models",
     "model_config",
     "register_model",

@@ -19,8 +19,12 @@ class MultiheadCrossAttention(nn.MultiheadAttention):
     materialises the attention matrix in the fused implementation.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, impl: str = "fused") -> None:
-        super().__init__(embed_dim, num_heads, batch_first=True)
+    def __init__(
+        self, embed_dim: int, num_heads: int, impl: str = "fused", kv_dim: int | None = None
+    ) -> None:
+        # kv_dim (MLA): keys and values arrive as a kv_dim-wide compressed latent and the key
+        # and value projections are the up-projections [embed_dim, kv_dim].
+        super().__init__(embed_dim, num_heads, batch_first=True, kdim=kv_dim, vdim=kv_dim)
         self.impl = impl
 
     def forward(  # type: ignore[override]
@@ -39,14 +43,17 @@ class MultiheadCrossAttention(nn.MultiheadAttention):
     def _fused(
         self, query: Tensor, key: Tensor, value: Tensor, need_weights: bool
     ) -> tuple[Tensor, Tensor | None]:
-        dim = self.embed_dim
-        w, b = self.in_proj_weight, self.in_proj_bias
-        q = F.linear(query, w[:dim], b[:dim])
-        if key is value:  # one matmul for keys and values when they share a source
-            k, v = F.linear(key, w[dim:], b[dim:]).chunk(2, dim=-1)
+        (w_q, b_q), (w_k, b_k), (w_v, b_v) = self.in_slices()
+        if query is key and key is value:  # self-attention: one matmul for q, k and v
+            q, k, v = F.linear(query, torch.cat([w_q, w_k, w_v]), torch.cat([b_q, b_k, b_v])).chunk(
+                3, dim=-1
+            )
         else:
-            k = F.linear(key, w[dim : 2 * dim], b[dim : 2 * dim])
-            v = F.linear(value, w[2 * dim :], b[2 * dim :])
+            q = F.linear(query, w_q, b_q)
+            if key is value:  # one matmul for keys and values when they share a source
+                k, v = F.linear(key, torch.cat([w_k, w_v]), torch.cat([b_k, b_v])).chunk(2, dim=-1)
+            else:
+                k, v = F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
         out, weights = self.attend(q, k, v, need_weights)
         return self.out_proj(out), weights
 
@@ -71,8 +78,38 @@ class MultiheadCrossAttention(nn.MultiheadAttention):
     def in_slices(self) -> tuple[tuple[Tensor, Tensor], ...]:
         """The (weight, bias) of the query, key and value input projections."""
         dim = self.embed_dim
-        w, b = self.in_proj_weight, self.in_proj_bias
-        return tuple((w[i * dim : (i + 1) * dim], b[i * dim : (i + 1) * dim]) for i in range(3))
+        b = self.in_proj_bias
+        if self.in_proj_weight is not None:
+            w = self.in_proj_weight
+            weights = (w[:dim], w[dim : 2 * dim], w[2 * dim :])
+        else:
+            weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
+        return tuple((weights[i], b[i * dim : (i + 1) * dim]) for i in range(3))
+
+    def attend_compressed(
+        self, q: Tensor, c: Tensor, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """MLA with the up-projections absorbed (DeepSeek-V2): attention of in-projected
+        ``q [B, Lq, D]`` over the compressed latent ``c [B, N, r]`` without building the
+        ``N x D`` keys and values. Per head, ``q.(W_k c) = (W_k^T q).c`` and
+        ``sum a W_v c = W_v (sum a c)``; the key bias shifts every score of a query equally
+        (softmax ignores it) and the value bias passes through (the weights sum to 1).
+        Same values as :meth:`attend` on ``W_k c + b_k``, ``W_v c + b_v``."""
+        _, (w_k, _), (w_v, b_v) = self.in_slices()
+        batch, len_q, dim = q.shape
+        heads, head_dim, rank = self.num_heads, dim // self.num_heads, c.shape[-1]
+        q = q.view(batch, len_q, heads, head_dim).transpose(1, 2)
+        q = q @ w_k.view(heads, head_dim, rank)  # [B, heads, Lq, r]
+        c = c.unsqueeze(1)  # one compressed latent shared by every head
+        weights = None
+        if need_weights:
+            weights = torch.softmax((q @ c.transpose(-2, -1)) * head_dim**-0.5, dim=-1)
+            out = weights @ c
+        else:
+            c = c.expand(batch, heads, *c.shape[2:])
+            out = F.scaled_dot_product_attention(q, c, c, scale=head_dim**-0.5)
+        out = out @ w_v.view(heads, head_dim, rank).transpose(-2, -1)  # [B, heads, Lq, hd]
+        return out.transpose(1, 2).reshape(batch, len_q, dim) + b_v, weights
 
 
 def compose(outer: tuple[Tensor, Tensor], inner: nn.Linear) -> tuple[Tensor, Tensor]:
@@ -86,33 +123,76 @@ def compose(outer: tuple[Tensor, Tensor], inner: nn.Linear) -> tuple[Tensor, Ten
     return weight @ inner.weight, weight @ inner.bias + bias
 
 
+def attend_tokens(
+    owner: nn.Module,
+    queries: Tensor,
+    tokens: Tensor,
+    need_weights: bool,
+    query_proj: nn.Linear | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """``queries [B or 1, L, D]`` (through ``query_proj`` if given) cross-attend to the pixel
+    ``tokens [B, N, F]`` with ``owner.attention``. Keys and values come from the tutorial's
+    ``owner.key_proj`` / ``owner.value_proj`` or, with MLA, from the compressed latent
+    ``c = owner.kv_down(tokens)`` rebuilt by the attention's up-projections."""
+    attention: MultiheadCrossAttention = owner.attention
+    down = getattr(owner, "kv_down", None)
+    batch = tokens.shape[0]
+    if attention.impl == "reference":
+        if query_proj is not None:
+            queries = query_proj(queries.expand(batch, -1, -1))
+        if down is not None:
+            c = down(tokens)
+            return attention(queries, c, c, need_weights)
+        return attention(queries, owner.key_proj(tokens), owner.value_proj(tokens), need_weights)
+    # Fast path: query_proj folded into the query in-projection (applied once, before the
+    # batch expand); the key/value projections folded into the in-projections and run as one
+    # matmul over the tokens; with MLA, attention over c with the up-projections absorbed.
+    (w_q, b_q), key_in, value_in = attention.in_slices()
+    if query_proj is not None:
+        w_q, b_q = compose((w_q, b_q), query_proj)
+    q = F.linear(queries, w_q, b_q).expand(batch, -1, -1)
+    if down is not None:
+        out, weights = attention.attend_compressed(q, down(tokens), need_weights)
+    else:
+        w_k, b_k = compose(key_in, owner.key_proj)
+        w_v, b_v = compose(value_in, owner.value_proj)
+        k, v = F.linear(tokens, torch.cat([w_k, w_v]), torch.cat([b_k, b_v])).chunk(2, dim=-1)
+        out, weights = attention.attend(q, k, v, need_weights)
+    return attention.out_proj(out), weights
+
+
 class LatentAttention(nn.Module):
-    """Learned latents (queries) cross-attend to the pixel tokens: ``[B, N, F] -> [B, L, D]``."""
+    """Learned latents (queries) cross-attend to the pixel tokens: ``[B, N, F] -> [B, L, D]``.
+
+    ``kv_rank`` (MLA, DeepSeek-V2): instead of the full-rank ``key_proj`` and ``value_proj``,
+    the tokens are compressed to ``c = kv_down(tokens)`` (``kv_rank`` wide) and the keys and
+    values are rebuilt from ``c`` by the attention's up-projections.
+    """
 
     def __init__(
-        self, feature_dim: int, latent_dim: int, num_latents: int, num_heads: int, impl: str
+        self,
+        feature_dim: int,
+        latent_dim: int,
+        num_latents: int,
+        num_heads: int,
+        impl: str,
+        kv_rank: int | None = None,
     ) -> None:
         super().__init__()
         # Creation order follows the tutorial so that seeded initialisation matches it.
         self.latents = nn.Parameter(torch.randn(num_latents, latent_dim))
-        self.key_proj = nn.Linear(feature_dim, latent_dim)
-        self.value_proj = nn.Linear(feature_dim, latent_dim)
+        if kv_rank is None:
+            self.key_proj = nn.Linear(feature_dim, latent_dim)
+            self.value_proj = nn.Linear(feature_dim, latent_dim)
+        else:
+            self.kv_down = nn.Linear(feature_dim, kv_rank)
         self.query_proj = nn.Linear(latent_dim, latent_dim)
-        self.attention = MultiheadCrossAttention(latent_dim, num_heads, impl)
+        self.attention = MultiheadCrossAttention(latent_dim, num_heads, impl, kv_dim=kv_rank)
 
     def forward(self, tokens: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        queries = self.query_proj(self.latents.expand(tokens.shape[0], -1, -1))
-        attention = self.attention
-        if attention.impl == "reference":
-            return attention(queries, self.key_proj(tokens), self.value_proj(tokens), need_weights)
-        # Fast path: key_proj then the key in-projection (and the same for values) as one
-        # matmul over the tokens, keys and values together.
-        (w_q, b_q), key_in, value_in = attention.in_slices()
-        w_k, b_k = compose(key_in, self.key_proj)
-        w_v, b_v = compose(value_in, self.value_proj)
-        k, v = F.linear(tokens, torch.cat([w_k, w_v]), torch.cat([b_k, b_v])).chunk(2, dim=-1)
-        out, weights = attention.attend(F.linear(queries, w_q, b_q), k, v, need_weights)
-        return attention.out_proj(out), weights
+        return attend_tokens(
+            self, self.latents.unsqueeze(0), tokens, need_weights, query_proj=self.query_proj
+        )
 
 
 class ExpertSegmentation(nn.Module):
@@ -131,12 +211,20 @@ class ExpertSegmentation(nn.Module):
         impl: str,
         experts: bool,
         pixel_residual: bool,
+        kv_rank: int | None = None,
     ) -> None:
         super().__init__()
         self.pixel_proj = nn.Linear(feature_dim, latent_dim)
-        self.attention = MultiheadCrossAttention(latent_dim, num_heads, impl) if experts else None
+        self.attention = (
+            MultiheadCrossAttention(latent_dim, num_heads, impl, kv_dim=kv_rank)
+            if experts
+            else None
+        )
         self.segmentation_head = nn.Linear(latent_dim, num_classes)
         self.pixel_residual = pixel_residual
+        # MLA: the experts (keys and values) are compressed to kv_rank and rebuilt by the
+        # attention's up-projections.
+        self.kv_down = nn.Linear(latent_dim, kv_rank) if experts and kv_rank else None
 
     def forward(
         self, tokens: Tensor, experts: Tensor | None, need_weights: bool = False
@@ -144,6 +232,8 @@ class ExpertSegmentation(nn.Module):
         attention = self.attention
         if attention is None:
             return self.segmentation_head(self.pixel_proj(tokens)), None
+        if self.kv_down is not None:
+            experts = self.kv_down(experts)
         if attention.impl == "reference":
             pixels = self.pixel_proj(tokens)
             attended, weights = attention(pixels, experts, experts, need_weights)

@@ -26,11 +26,15 @@ class SimpleEncoder(nn.Module):
         self.pool_first = pool_first
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.stages(x)[1]
+
+    def stages(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(first-stage features [B, width, H/2, W/2], features [B, F, H/4, W/4])``."""
         if self.pool_first:
             x = F.relu(self.pool(self.conv1(x)), inplace=True)
-            return F.relu(self.pool(self.conv2(x)), inplace=True)
+            return x, F.relu(self.pool(self.conv2(x)), inplace=True)
         x = self.pool(F.relu(self.conv1(x)))
-        return self.pool(F.relu(self.conv2(x)))
+        return x, self.pool(F.relu(self.conv2(x)))
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Sequential:
@@ -70,7 +74,12 @@ class DeepEncoder(nn.Module):
         self.context = nn.Sequential(*(ContextBlock(feature_dim, d) for d in dilations))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.context(self.stage2(self.stage1(x)))
+        return self.stages(x)[1]
+
+    def stages(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(first-stage features [B, width, H/2, W/2], features [B, F, H/4, W/4])``."""
+        first = self.stage1(x)
+        return first, self.context(self.stage2(first))
 
 
 def build_encoder(config: ModelConfig) -> nn.Module:

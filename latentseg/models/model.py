@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from latentseg.config import ModelConfig
 from latentseg.models.attention import ExpertSegmentation, LatentAttention
 from latentseg.models.encoder import build_encoder
+from latentseg.models.latent import LatentStack, PositionEncoding, RouterStats, moe_layers
 
 STRIDE = 4  # the encoder's two 2x2 poolings
 
@@ -50,7 +51,12 @@ class LatentSegModel(nn.Module):
         self.encoder = build_encoder(c)
         self.latent_attention = (
             LatentAttention(
-                c.feature_dim, c.latent_dim, c.num_latents, c.num_heads, c.attention_impl
+                c.feature_dim,
+                c.latent_dim,
+                c.num_latents,
+                c.num_heads,
+                c.attention_impl,
+                c.kv_rank,
             )
             if c.expert_attention
             else None
@@ -63,19 +69,43 @@ class LatentSegModel(nn.Module):
             c.attention_impl,
             c.expert_attention,
             c.pixel_residual,
+            c.kv_rank,
+        )
+        # Beyond the tutorial (each None at its default, so `seed` is the tutorial exactly).
+        self.position = (
+            PositionEncoding(c.position_encoding, c.feature_dim, c.fourier_bands)
+            if c.position_encoding != "none"
+            else None
+        )
+        self.latent_stack = (
+            LatentStack(c)
+            if c.expert_attention and (c.latent_depth or c.cross_attend_passes > 1)
+            else None
+        )
+        self.skip = (
+            SkipRefiner(c.num_classes, c.encoder_width) if c.decoder == "attention+skip" else None
         )
 
     def forward(self, images: Tensor, return_attention: bool = False):
-        features = self.encoder(images)
+        if self.skip is not None:
+            first, features = self.encoder.stages(images)
+        else:
+            first, features = None, self.encoder(images)
         batch, channels, h, w = features.shape
         # [B, h*w, F]: a view (no copy) when the features are channels_last
         tokens = features.permute(0, 2, 3, 1).reshape(batch, h * w, channels)
+        if self.position is not None:
+            tokens = self.position(tokens, h, w)
         experts, latent_weights = None, None
         if self.latent_attention is not None:
             experts, latent_weights = self.latent_attention(tokens, return_attention)
+            if self.latent_stack is not None:
+                experts = self.latent_stack(experts, tokens)
         logits, pixel_weights = self.expert_segmentation(tokens, experts, return_attention)
         logits = logits.view(batch, h, w, -1).permute(0, 3, 1, 2)  # NCHW shape, NHWC memory
-        if self.config.output == "full":
+        if self.skip is not None:
+            logits = self.skip(logits, first, images.shape[-2:])
+        elif self.config.output == "full":
             logits = F.interpolate(
                 logits, size=images.shape[-2:], mode="bilinear", align_corners=False
             )
@@ -86,14 +116,86 @@ class LatentSegModel(nn.Module):
         )
         return logits, maps
 
+    def aux_loss(self) -> Tensor | None:
+        """The weighted MoE load-balancing loss of the last training forward (None without
+        MoE), taken from the layers: a second call returns None until the next forward."""
+        losses = []
+        for layer in moe_layers(self):
+            if layer.aux_loss is not None:
+                losses.append(layer.aux_loss)
+                layer.aux_loss = None  # no autograd graph left on the module (deepcopy, pickling)
+        if not losses:
+            return None
+        return self.config.moe_aux_weight * torch.stack(losses).sum()
+
+    def router_stats(self, reset: bool = False) -> RouterStats | None:
+        """Routing load over all MoE layers since the last reset (None without MoE)."""
+        layers = moe_layers(self)
+        if not layers:
+            return None
+        stats = RouterStats(sum(m.stats.counts for m in layers).clone())
+        if reset:
+            for m in layers:
+                m.stats.counts.zero_()
+        return stats
+
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         if self.config.output == "full":
             return height, width
         return height // STRIDE, width // STRIDE
 
 
+class SkipRefiner(nn.Module):
+    """The 'attention+skip' decoder: the stride-4 logits, upsampled to the encoder's first
+    stage (stride 2), are refined by a small conv over them and those features (residual),
+    then upsampled to the input size."""
+
+    def __init__(self, num_classes: int, skip_channels: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_classes + skip_channels, hidden, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, num_classes, 1)
+
+    def forward(self, logits: Tensor, first: Tensor, size) -> Tensor:
+        up = F.interpolate(logits, size=first.shape[-2:], mode="bilinear", align_corners=False)
+        refined = up + self.conv2(F.relu(self.conv1(torch.cat([up, first.to(up.dtype)], 1))))
+        return F.interpolate(refined, size=size, mode="bilinear", align_corners=False)
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def kv_costs(model: LatentSegModel, image_size: tuple[int, int] = (128, 128)) -> dict[str, int]:
+    """What the keys and values of the cross-attentions cost, to compare MLA (``kv_rank``)
+    with full-rank keys and values:
+
+    - ``kv_params``: parameters that produce keys and values (the tutorial's ``key_proj`` /
+      ``value_proj`` and the attentions' key/value in-projections; with MLA the
+      down-projection and the up-projections);
+    - ``kv_activations``: key/value elements one image's forward builds (its "KV cache"): full
+      rank, ``2 * latent_dim`` per pixel token and per expert; MLA, ``kv_rank`` per pixel
+      token (the up-projections are absorbed, see ``attend_compressed``) and
+      ``kv_rank + 2 * latent_dim`` per expert (there are few; they are rebuilt).
+    """
+    from latentseg.models.latent import CrossAttendBlock
+
+    c = model.config
+    tokens = (image_size[0] // STRIDE) * (image_size[1] // STRIDE)
+    params = activations = 0
+    for module in model.modules():
+        if isinstance(module, (LatentAttention, CrossAttendBlock, ExpertSegmentation)):
+            if getattr(module, "attention", None) is None:
+                continue
+            _, key_in, value_in = module.attention.in_slices()
+            params += sum(t.numel() for t in (*key_in, *value_in))
+            for name in ("key_proj", "value_proj", "kv_down"):
+                part = getattr(module, name, None)
+                params += count_params(part) if part is not None else 0
+    if c.expert_attention:
+        per_token = c.kv_rank if c.kv_rank else 2 * c.latent_dim
+        activations += c.cross_attend_passes * tokens * per_token
+        activations += c.num_latents * (2 * c.latent_dim + (c.kv_rank or 0))
+    return {"kv_params": params, "kv_activations": activations}
 
 
 def count_flops(config: ModelConfig, image_size: tuple[int, int] = (128, 128)) -> int:

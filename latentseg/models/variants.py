@@ -70,3 +70,85 @@ def deep_residual(**overrides: Any) -> LatentSegModel:
 def deep_no_expert(**overrides: Any) -> LatentSegModel:
     """The deep encoder without expert attention: does the latent block still matter?"""
     return _create({"encoder": "deep", "expert_attention": False, "output": "full"}, overrides)
+
+
+# Beyond the tutorial: the ideas its title borrows (Perceiver, MLA, DeepSeekMoE), each on
+# the tutorial's model so that an ablation isolates it.
+
+
+@register_model
+def fourier(**overrides: Any) -> LatentSegModel:
+    """The tutorial's model with Perceiver IO's 2-D Fourier position features on the pixels."""
+    return _create({"position_encoding": "fourier"}, overrides)
+
+
+@register_model
+def learned_pos(**overrides: Any) -> LatentSegModel:
+    """The tutorial's model with a learned position table on the pixel tokens."""
+    return _create({"position_encoding": "learned"}, overrides)
+
+
+@register_model
+def perceiver_d2(**overrides: Any) -> LatentSegModel:
+    """Perceiver-style: Fourier positions and 2 latent self-attention blocks after the
+    cross-attention."""
+    return _create({"position_encoding": "fourier", "latent_depth": 2}, overrides)
+
+
+@register_model
+def perceiver_p3(**overrides: Any) -> LatentSegModel:
+    """Perceiver-style: 3 cross-attention passes, one latent block each, passes 2 and 3
+    sharing weights."""
+    return _create(
+        {
+            "position_encoding": "fourier",
+            "latent_depth": 1,
+            "cross_attend_passes": 3,
+            "share_passes": True,
+        },
+        overrides,
+    )
+
+
+@register_model
+def mla_r16(**overrides: Any) -> LatentSegModel:
+    """DeepSeek-V2 MLA: keys and values of both cross-attentions from a rank-16 latent."""
+    return _create({"kv_rank": 16}, overrides)
+
+
+@register_model
+def mla_r8(**overrides: Any) -> LatentSegModel:
+    """DeepSeek-V2 MLA with rank-8 keys and values."""
+    return _create({"kv_rank": 8}, overrides)
+
+
+@register_model
+def moe_8x2_s1(**overrides: Any) -> LatentSegModel:
+    """DeepSeekMoE: 2 latent blocks whose MLPs are 8 narrow experts, top-2 routed + 1 shared."""
+    return _create(
+        {"latent_depth": 2, "moe_experts": 8, "moe_top_k": 2, "moe_shared": 1}, overrides
+    )
+
+
+@register_model
+def skip(**overrides: Any) -> LatentSegModel:
+    """The tutorial's head refined at stride 2 with the encoder's first-stage features."""
+    return _create({"decoder": "attention+skip", "output": "full"}, overrides)
+
+
+@register_model
+def beyond_all(**overrides: Any) -> LatentSegModel:
+    """Everything at once: Fourier positions, 2 MoE latent blocks, MLA rank 16, skip decoder."""
+    return _create(
+        {
+            "position_encoding": "fourier",
+            "latent_depth": 2,
+            "kv_rank": 16,
+            "moe_experts": 8,
+            "moe_top_k": 2,
+            "moe_shared": 1,
+            "decoder": "attention+skip",
+            "output": "full",
+        },
+        overrides,
+    )

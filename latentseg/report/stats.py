@@ -35,6 +35,7 @@ def mark_inert(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
         return runs, None
     runs = runs.copy()
     masked = np.zeros(len(runs), dtype=bool)
+    names: set[str] = set()
     for position, (_, row) in enumerate(runs[model_columns].iterrows()):
         config = {c.removeprefix("params.model."): row[c] for c in model_columns}
         for key in inert_keys(config):
@@ -42,6 +43,7 @@ def mark_inert(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
             if column in runs and str(row[column]) != NOT_APPLICABLE:
                 runs.iloc[position, runs.columns.get_loc(column)] = NOT_APPLICABLE
                 masked[position] = True
+                names.add(key)
     if not masked.any():
         return runs, None
     identity = [
@@ -52,12 +54,15 @@ def mark_inert(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     key = runs[identity].astype(str).agg("|".join, axis=1)
     runs = runs[~(key.duplicated() & masked)]
     dropped = before - len(runs)
+    why = (
+        f"Some params do not change the model given the others ({', '.join(sorted(names))}; "
+        "e.g. num_latents without expert attention, MoE without a latent MLP)"
+    )
     note = (
-        f"Without expert attention, num_latents and num_heads do not change the model: those "
-        f"runs show n/a there, and {dropped} replicate run(s) of the same model and seed are "
-        "counted once."
+        f"{why}: those runs show n/a there, and {dropped} replicate run(s) of the same model "
+        "and seed are counted once."
         if dropped
-        else "Without expert attention, num_latents and num_heads do not change the model: n/a."
+        else f"{why}: n/a."
     )
     return runs.reset_index(drop=True), note
 

@@ -115,6 +115,8 @@ class MLflowTracker(TrainCallback):
                     {
                         "model_params": ctx.stats["params"],
                         "model_flops_per_image": ctx.stats["flops_per_image"],
+                        "model_kv_params": ctx.stats["kv_params"],
+                        "model_kv_activations_per_image": ctx.stats["kv_activations"],
                     },
                     0,
                 ),
@@ -344,6 +346,8 @@ def model_summary(ctx: TrainContext) -> dict[str, Any]:
         "variant": ctx.prepared.variant,
         "params": int(ctx.stats["params"]),
         "flops_per_image": int(ctx.stats["flops_per_image"]),
+        "kv_params": int(ctx.stats["kv_params"]),
+        "kv_activations_per_image": int(ctx.stats["kv_activations"]),
         "image_size": list(ctx.prepared.dataset.info.image_size),
         "params_by_module": {
             name: sum(p.numel() for p in child.parameters())

@@ -19,7 +19,7 @@ from latentseg.config import ExperimentConfig, OptimConfig
 from latentseg.data import Split
 from latentseg.data.base import sample_seed
 from latentseg.errors import CheckpointError
-from latentseg.models import LatentSegModel, count_flops, count_params, create_model
+from latentseg.models import LatentSegModel, count_flops, count_params, create_model, kv_costs
 from latentseg.train.callbacks import TrainCallback, TrainState
 from latentseg.train.checkpoint import (
     load_training_state,
@@ -163,6 +163,7 @@ def evaluate(
     pixels = 0
     usage = None
     diagnostics = model.latent_attention is not None
+    model.router_stats(reset=True)  # count this split's routing only
     for images, masks in split.batches(batch_size):
         if should_stop():
             model.train(was_training)
@@ -191,6 +192,12 @@ def evaluate(
     }
     if usage is not None:
         metrics.update({f"{prefix}_{k}": v for k, v in latent_usage(usage).items()})
+    router = model.router_stats(reset=True)
+    if router is not None:
+        metrics[f"{prefix}_router_entropy"] = router.entropy
+        metrics.update(
+            {f"{prefix}_router_load_e{i}": float(v) for i, v in enumerate(router.load.tolist())}
+        )
     return metrics
 
 
@@ -269,6 +276,7 @@ def fit(
     ctx.stats = {
         "params": float(count_params(model)),
         "flops_per_image": float(count_flops(model.config, info.image_size)),
+        **{k: float(v) for k, v in kv_costs(model, info.image_size).items()},
     }
     for cb in callbacks:
         cb.on_train_start(ctx)
@@ -315,6 +323,9 @@ def fit(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = model(images)
                 loss = loss_fn(logits.float(), target_at(masks, logits.shape[-2:]))
+                aux = model.aux_loss()  # MoE load balancing (None without MoE)
+                if aux is not None:
+                    loss = loss + aux
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.optim.grad_clip is not None:

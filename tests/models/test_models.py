@@ -37,7 +37,16 @@ def test_seed_reproduces_the_tutorial_model_from_the_same_seed(impl):
         {"pixel_residual": True},
         {"num_heads": 1, "num_latents": 4},
         {"encoder": "deep", "output": "full"},
+        {"position_encoding": "fourier"},
+        {"position_encoding": "learned"},
+        {"latent_depth": 2},
+        {"latent_depth": 1, "cross_attend_passes": 3, "share_passes": True},
+        {"cross_attend_passes": 2, "kv_rank": 8},
+        {"kv_rank": 16, "pixel_residual": True},
+        {"latent_depth": 1, "moe_experts": 4, "moe_top_k": 2, "moe_shared": 1},
+        {"decoder": "attention+skip", "output": "full"},
     ],
+    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "seed",
 )
 def test_fused_and_reference_agree_on_outputs_gradients_and_attention(overrides):
     torch.manual_seed(0)
