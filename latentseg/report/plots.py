@@ -12,6 +12,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -162,7 +163,7 @@ def accuracy_vs_cost(summary: pd.DataFrame, axes: list[str], label: str) -> plt.
     if len(frame) < 2 or not costs:
         return None
     _style()
-    frame["variant"] = frame[axes].astype(str).agg(", ".join, axis=1) if axes else "all"
+    frame["variant"] = frame[axes].map(str).agg(", ".join, axis=1) if axes else "all"
     fig, axs = plt.subplots(1, len(costs), figsize=(5.2 * len(costs), 4.2), squeeze=False)
     for ax, (cost, name) in zip(axs[0], costs, strict=True):
         front = pareto_front(frame, cost, "mean")
@@ -196,7 +197,7 @@ def latent_diagnostics(runs: pd.DataFrame, axes: list[str]) -> plt.Figure | None
         return None
     _style()
     frame = runs.copy()
-    frame["variant"] = frame[axes].astype(str).agg(", ".join, axis=1)
+    frame["variant"] = frame[axes].map(str).agg(", ".join, axis=1)
     frame = frame.dropna(subset=[c for c, _ in columns])
     if frame.empty:
         return None
@@ -220,6 +221,44 @@ def latent_diagnostics(runs: pd.DataFrame, axes: list[str]) -> plt.Figure | None
     return fig
 
 
+def router_load(runs: pd.DataFrame, axes: list[str]) -> plt.Figure | None:
+    """MoE variants: the share of routed assignments per expert (val, best epoch, mean over
+    seeds); a dashed line marks the balanced load 1/E. With the load entropy in the title."""
+    loads = sorted(
+        (c for c in runs.columns if c.startswith("metrics.best_val_router_load_e")),
+        key=lambda c: int(c.rsplit("_e", 1)[1]),
+    )
+    if not loads:
+        return None
+    frame = runs.dropna(subset=loads[:1]).copy()
+    if frame.empty:
+        return None
+    _style()
+    shown = [a for a in axes if frame[a].astype(str).nunique() > 1] or axes
+    frame["variant"] = frame[shown].map(str).agg(", ".join, axis=1) if shown else "all"
+    long = frame.melt(id_vars=["variant"], value_vars=loads, var_name="expert", value_name="load")
+    long["expert"] = long["expert"].str.rsplit("_e", n=1).str[1].astype(int)
+    long = long.dropna(subset=["load"])
+    variants = sorted(long["variant"].unique())
+    fig, ax = plt.subplots(
+        figsize=(max(6.0, 0.5 * len(loads) * max(1, len(variants)) ** 0.5 + 4), 4.5)
+    )
+    sns.barplot(data=long, x="expert", y="load", hue="variant", errorbar=None, ax=ax)
+    ax.axhline(1 / len(loads), color="black", ls="--", lw=1, label="balanced 1/E")
+    entropy = "metrics.best_val_router_entropy"
+    if entropy in frame:
+        ax.set_title(
+            f"router load per expert (val); mean entropy {frame[entropy].mean():.2f} nats "
+            f"of {np.log(len(loads)):.2f} when balanced"
+        )
+    ax.set(xlabel="routed expert", ylabel="share of routed assignments")
+    ax.legend(
+        fontsize=7, title=", ".join(a.removeprefix("params.") for a in shown), title_fontsize=7
+    )
+    fig.tight_layout()
+    return fig
+
+
 def learning_curves(
     histories: pd.DataFrame, runs: pd.DataFrame, axes: list[str], label: str, order: list[str]
 ) -> plt.Figure | None:
@@ -228,7 +267,7 @@ def learning_curves(
         return None
     _style()
     frame = runs[["run_id", *axes]].copy()
-    frame["variant"] = frame[axes].astype(str).agg(", ".join, axis=1) if axes else "all"
+    frame["variant"] = frame[axes].map(str).agg(", ".join, axis=1) if axes else "all"
     data = histories.merge(frame[["run_id", "variant"]], on="run_id")
     data = data[data["variant"].isin(order)]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))

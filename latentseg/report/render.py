@@ -15,9 +15,11 @@ from latentseg.errors import ConfigError
 from latentseg.io import atomic_write_bytes
 from latentseg.report.collect import Collected
 from latentseg.report.stats import (
+    NOT_APPLICABLE,
     ablation_axes,
     axis_effects,
     compare,
+    is_stratum,
     mark_inert,
     mean_ci,
     summarize,
@@ -62,13 +64,17 @@ def choose_baseline(
             )
         return {k: rows.iloc[0][k] for k in keys}, "given with --baseline"
     tutorial = ModelConfig()
-    if keys and all(
-        k.startswith("model.") and hasattr(tutorial, k.removeprefix("model.")) for k in keys
+    variant_keys = [k for k in keys if not is_stratum(k)]
+    if variant_keys and all(
+        k.startswith("model.") and hasattr(tutorial, k.removeprefix("model.")) for k in variant_keys
     ):
-        wanted = {k: getattr(tutorial, k.removeprefix("model.")) for k in keys}
+        wanted = {k: getattr(tutorial, k.removeprefix("model.")) for k in variant_keys}
         for _, row in table.iterrows():
-            if all(str(row[k]) == str(wanted[k]) for k in keys):
-                return {k: row[k] for k in keys}, "the tutorial's configuration (seed)"
+            if all(str(row[k]) in (str(wanted[k]), NOT_APPLICABLE) for k in variant_keys):
+                return {k: row[k] for k in keys}, (
+                    "the tutorial's configuration (seed)"
+                    + (" on each dataset" if len(variant_keys) < len(keys) else "")
+                )
     best = table.sort_values("mean", ascending=False).iloc[0]
     return {k: best[k] for k in keys}, "the best variant (no tutorial configuration among the runs)"
 
@@ -130,15 +136,20 @@ def _findings(runs, axes, keys, column, table, baseline) -> list[str]:
     from latentseg.report.plots import pareto_front
 
     lines = []
-    if axes:
-        for _, row in axis_effects(runs, axes, column, baseline).iterrows():
+    strata = [a for a in axes if is_stratum(a)]
+    scopes = [("", runs)]
+    for stratum in strata:  # the effects on each task too, not only averaged over tasks
+        for value in sorted(runs[stratum].astype(str).unique()):
+            scopes.append((f"On {value}: ", runs[runs[stratum].astype(str) == value]))
+    for prefix, subset in scopes if axes else []:
+        for _, row in axis_effects(subset, axes, column, baseline).iterrows():
             verdict = (
                 "within noise"
                 if row["within_noise"]
                 else ("better" if row["diff"] > 0 else "worse")
             )
             lines.append(
-                f"`{row['axis']}` = {row['value']} instead of {row['baseline_value']}: {column} {row['diff']:+.4f} "
+                f"{prefix}`{row['axis']}` = {row['value']} instead of {row['baseline_value']}: {column} {row['diff']:+.4f} "
                 f"(95% CI [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}], {int(row['n_pairs'])} seed pairs, averaged over the other axes): {verdict}."
             )
     if len(table) > 1 and table["params"].notna().all():
@@ -165,7 +176,7 @@ def _curves(client, runs, table, axes, keys, metric, baseline) -> dict[str, Any]
     base = ", ".join(str(baseline[k]) for k in keys) if keys else "all"
     if base not in order:
         order.append(base)
-    labelled = runs.assign(variant=runs[axes].astype(str).agg(", ".join, axis=1) if axes else "all")
+    labelled = runs.assign(variant=runs[axes].map(str).agg(", ".join, axis=1) if axes else "all")
     # At most CURVE_SEEDS runs per variant: the curves stay cheap for studies of thousands of runs.
     chosen = (
         labelled[labelled["variant"].isin(order)].groupby("variant", sort=False).head(CURVE_SEEDS)
@@ -228,6 +239,7 @@ def _figures(runs, table, axes, keys, column, metric) -> dict[str, Any]:
         "latents_heads_heatmap": plots.latents_heads_heatmap(runs, f"metrics.{column}", label),
         "accuracy_vs_cost": plots.accuracy_vs_cost(table, keys, label),
         "latent_diagnostics": plots.latent_diagnostics(runs, axes),
+        "router_load": plots.router_load(runs, axes),
     }
     return {name: fig for name, fig in made.items() if fig is not None}
 

@@ -17,8 +17,34 @@ from scipy import stats
 
 SEED = "params.train.seed"
 # Params that never define a variant: the seed pairs runs, the rest only say how it ran.
-NOT_AXES = {SEED, "params.train.threads", "params.train.device", "params.model.attention_impl"}
+NOT_AXES = {
+    SEED,
+    "params.train.threads",
+    "params.train.device",
+    "params.model.attention_impl",
+    # filled from the dataset: they follow the data.dataset axis, they are not one themselves
+    "params.model.num_classes",
+    "params.model.in_channels",
+}
 CONFIDENCE = 0.95
+# Axes that change the task, not the model: runs are compared only within one value of them
+# (a variant on digits is paired with the baseline on digits, same seed).
+STRATA = ("params.data.dataset",)
+
+
+def pairing(runs: pd.DataFrame, axes: Sequence[str]) -> pd.Series:
+    """The key that pairs runs: the seed, within each task (dataset) when the task varies."""
+    key = runs[SEED].astype(str)
+    for column in STRATA:
+        if column in axes:
+            key = runs[column].astype(str) + "|" + key
+    return key
+
+
+def is_stratum(axis: str) -> bool:
+    return axis in STRATA or axis.removeprefix("params.") in {
+        a.removeprefix("params.") for a in STRATA
+    }
 
 
 NOT_APPLICABLE = "n/a"
@@ -51,7 +77,7 @@ def mark_inert(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
         if c.startswith("params.") and not c.startswith("params.tracking.") and c not in NOT_AXES - {SEED}
     ]  # fmt: skip
     before = len(runs)
-    key = runs[identity].astype(str).agg("|".join, axis=1)
+    key = runs[identity].map(str).agg("|".join, axis=1)
     runs = runs[~(key.duplicated() & masked)]
     dropped = before - len(runs)
     why = (
@@ -68,7 +94,8 @@ def mark_inert(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
 
 
 def ablation_axes(runs: pd.DataFrame) -> list[str]:
-    """The ``params.*`` columns whose values differ between runs (tracking keys excluded)."""
+    """The ``params.*`` columns whose values differ between runs (tracking keys excluded;
+    a column that is only ``n/a`` beside a single value is not an axis)."""
     axes = []
     for column in runs.columns:
         if (
@@ -77,7 +104,8 @@ def ablation_axes(runs: pd.DataFrame) -> list[str]:
             or column.startswith("params.tracking.")
         ):
             continue
-        if runs[column].astype(str).nunique(dropna=False) > 1:
+        values = set(runs[column].map(str)) - {NOT_APPLICABLE}
+        if len(values) > 1:  # n/a beside one value: a key some runs ignore, not an axis
             axes.append(column)
     return axes
 
@@ -132,21 +160,25 @@ def compare(
     ``within_noise`` when the CI of the difference includes 0 (or cannot be computed)."""
     column = f"metrics.{metric}"
     keys = [a.removeprefix("params.") for a in axes]
+    variant_keys = [k for k in keys if not is_stratum(k)]  # the baseline on every task
     is_base = (
-        np.logical_and.reduce([runs[f"params.{k}"].astype(str) == str(baseline[k]) for k in keys])
-        if keys
+        np.logical_and.reduce(
+            [runs[f"params.{k}"].astype(str) == str(baseline[k]) for k in variant_keys]
+        )
+        if variant_keys
         else np.ones(len(runs), bool)
     )
-    base = runs[is_base].groupby(SEED)[column].mean()
+    runs = runs.assign(_pair=pairing(runs, axes))
+    base = runs[is_base].groupby("_pair")[column].mean()
     rows = []
     for key, group in runs.groupby(list(axes), dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        values = group.groupby(SEED)[column].mean()
+        values = group.groupby("_pair")[column].mean()
         seeds = sorted(set(values.index) & set(base.index))
         diffs = np.array([values[s] - base[s] for s in seeds], dtype=float)
         mean, std, low, high = mean_ci(diffs.tolist())
         row: dict[str, Any] = dict(zip(keys, key, strict=True))
-        row["is_baseline"] = all(str(v) == str(baseline[k]) for k, v in row.items())
+        row["is_baseline"] = all(str(row[k]) == str(baseline[k]) for k in variant_keys)
         row.update(n_pairs=len(seeds), diff=mean, diff_ci_low=low, diff_ci_high=high)
         row["t_test_p"] = _paired_t(diffs)
         row["wilcoxon_p"] = _wilcoxon(diffs)
@@ -172,18 +204,20 @@ def axis_effects(
     runs: pd.DataFrame, axes: Sequence[str], metric: str, baseline: Mapping[str, Any]
 ) -> pd.DataFrame:
     """The main effect of each axis: for every other value of the axis, the seed-paired
-    difference from the baseline's value, each side averaged over all the other axes."""
+    difference from the baseline's value, each side averaged over all the other axes (pairs
+    are formed within a dataset when the dataset varies; it is not an effect itself)."""
     column = f"metrics.{metric}"
     rows = []
+    runs = runs.assign(_pair=pairing(runs, axes))
     for axis in axes:
         key = axis.removeprefix("params.")
         values = runs[axis].astype(str)
-        if str(baseline[key]) == NOT_APPLICABLE:
+        if str(baseline[key]) == NOT_APPLICABLE or is_stratum(axis):
             continue
-        base = runs[values == str(baseline[key])].groupby(SEED)[column].mean()
+        base = runs[values == str(baseline[key])].groupby("_pair")[column].mean()
         # an axis's effect is measured where it applies (num_latents: with expert attention)
         for value in sorted(set(values) - {str(baseline[key]), NOT_APPLICABLE}):
-            other = runs[values == value].groupby(SEED)[column].mean()
+            other = runs[values == value].groupby("_pair")[column].mean()
             seeds = sorted(set(base.index) & set(other.index))
             diffs = [other[s] - base[s] for s in seeds]
             mean, _, low, high = mean_ci(diffs)

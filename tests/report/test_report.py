@@ -91,3 +91,41 @@ def test_report_bad_input_exits_2(tracking_uri, capsys):
     with pytest.raises(SystemExit) as info:
         main(["report"])
     assert info.value.code == 2
+
+
+def test_report_plots_the_router_load_of_moe_runs_and_reports_effects_per_dataset(
+    tiny, tracking_uri
+):
+    from latentseg.report.collect import collect
+    from latentseg.report.render import build
+    from latentseg.tracking import run_experiment
+    from latentseg.tracking.store import connect
+
+    for dataset in ("shapes", "digits"):
+        for experts in (0, 4):
+            for seed in (1, 2):
+                config = tiny(
+                    {
+                        "model": {"latent_depth": 1, "moe_experts": experts, "moe_top_k": 2},
+                        "data": {"dataset": dataset},
+                        "train": {"epochs": 1, "seed": seed},
+                        "tracking": {"attention_plots": False},
+                    }
+                )
+                run_experiment(config, tracking_uri=tracking_uri)
+    client = connect(tracking_uri)
+    runs = collect(client, experiment="tests").runs
+    moe = runs[runs["params.model.moe_experts"] == "4"]
+    loads = moe[[f"metrics.best_val_router_load_e{i}" for i in range(4)]]
+    assert loads.notna().all().all() and (loads.sum(axis=1) - 1).abs().max() < 1e-9
+    assert runs[runs["params.model.moe_experts"] == "0"]["metrics.best_val_miou"].notna().all()
+    assert "metrics.best_val_router_entropy" in runs
+    report = build(collect(client, experiment="tests"), "tests", client=None)
+    assert "router_load" in report.figures
+    assert report.axes == ["data.dataset", "model.moe_experts"]
+    findings = "\n".join(report.notes)
+    assert "On shapes: `model.moe_experts` = 4 instead of 0" in findings
+    assert "On digits: `model.moe_experts` = 4 instead of 0" in findings
+    assert "`data.dataset`" not in findings  # a task, not an effect
+    baseline_rows = report.summary[report.summary["is_baseline"].astype(bool)]
+    assert sorted(baseline_rows["data.dataset"]) == ["digits", "shapes"]

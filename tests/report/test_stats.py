@@ -173,3 +173,52 @@ def test_without_experts_latents_and_heads_are_na_and_replicates_count_once():
     assert ("model.num_latents", "n/a") not in effects.index
     # expert attention off vs on: 0.05 against the mean of the with-expert variants (0.025)
     assert effects.loc[("model.expert_attention", "False"), "diff"] == pytest.approx(0.025)
+
+
+def test_datasets_are_strata_runs_pair_within_a_dataset_and_it_is_not_an_effect():
+    """kv_rank=16 is +0.1 on shapes and -0.05 on digits; digits sit 0.5 lower overall. Each
+    diff must pair with the baseline of its own dataset and seed."""
+    from latentseg.report.stats import axis_effects
+
+    rows = []
+    for dataset, offset, effect in (("shapes", 0.6, 0.1), ("digits", 0.1, -0.05)):
+        for seed, noise in (("1", 0.0), ("2", 0.02), ("3", -0.01)):
+            for rank, bump in (("None", 0.0), ("16", effect)):
+                rows.append(
+                    {
+                        "params.data.dataset": dataset,
+                        "params.model.kv_rank": rank,
+                        "params.train.seed": seed,
+                        "metrics.val_miou": offset + noise + bump,
+                    }
+                )
+    frame = pd.DataFrame(rows)
+    axes = ablation_axes(frame)
+    assert axes == ["params.data.dataset", "params.model.kv_rank"]
+    baseline = {"data.dataset": "shapes", "model.kv_rank": "None"}
+    table = compare(frame, axes, "val_miou", baseline).set_index(["data.dataset", "model.kv_rank"])
+    assert table.loc[("shapes", "16"), "diff"] == pytest.approx(0.1)
+    assert table.loc[("digits", "16"), "diff"] == pytest.approx(-0.05)
+    assert table.loc[("digits", "None"), "diff"] == pytest.approx(0.0)  # not 0.1 - 0.6
+    assert (
+        table.loc[("digits", "None"), "is_baseline"]
+        and table.loc[("shapes", "None"), "is_baseline"]
+    )
+    assert table.loc[("shapes", "16"), "n_pairs"] == 3
+    effects = axis_effects(frame, axes, "val_miou", baseline)
+    assert list(effects["axis"]) == ["model.kv_rank"]  # the dataset is not an effect
+    assert effects.iloc[0]["diff"] == pytest.approx(0.025)  # (0.1 - 0.05) / 2
+    assert effects.iloc[0]["n_pairs"] == 6
+
+
+def test_a_key_that_is_only_na_beside_one_value_is_not_an_axis():
+    frame = pd.DataFrame(
+        {
+            "params.model.moe_top_k": ["n/a", "2", "n/a", "2"],
+            "params.model.moe_experts": ["n/a", "8", "n/a", "8"],
+            "params.model.latent_depth": ["0", "2", "0", "2"],
+            "params.train.seed": ["1", "1", "2", "2"],
+            "metrics.val_miou": [0.1, 0.2, 0.1, 0.2],
+        }
+    )
+    assert ablation_axes(frame) == ["params.model.latent_depth"]
