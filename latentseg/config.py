@@ -448,12 +448,15 @@ def format_validation_error(
         else:
             msg = err["msg"].removeprefix("Value error, ")
             shown = repr(err.get("input"))
+            whole = not loc  # a check across keys: the input is the whole section
             got = (
                 ""
-                if err["type"] in {"missing"} or f"got {err.get('input')}" in msg
+                if whole or err["type"] in {"missing"} or f"got {err.get('input')}" in msg
                 else f" (got {shown})"
             )
-            messages.append(f"{where}: {dotted}: {msg}{got}")
+            messages.append(
+                f"{where}: {msg}" if where == dotted else f"{where}: {dotted}: {msg}{got}"
+            )
     return "\n".join(messages)
 
 

@@ -316,3 +316,23 @@ def test_inert_keys_of_the_new_axes():
     assert {"kv_rank", "latent_depth"} <= inert_keys({"expert_attention": "False"})
     assert "fourier_bands" in inert_keys({"position_encoding": "learned"})
     assert "kv_rank" not in inert_keys({})
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("model.moe_top_k=9", "model: moe_top_k (9) must be at most moe_experts (4)"),
+        ("model.kv_rank=-3", "--set model.kv_rank=-3: model.kv_rank:"),
+        ("model.position_encoding=rope", "model.position_encoding"),
+    ],
+)
+def test_cli_refuses_bad_new_axes_with_exit_2_and_one_clear_line(
+    flag, message, tiny_yaml, tracking_uri, capsys
+):
+    from latentseg.cli import main
+
+    path = tiny_yaml({"model": {"moe_experts": 4, "latent_depth": 1}})
+    code = main(["train", str(path), "--set", flag, "--tracking-uri", tracking_uri])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert "model: model:" not in err and "Traceback" not in err
