@@ -152,14 +152,19 @@ def _findings(runs, axes, keys, column, table, baseline) -> list[str]:
                 f"{prefix}`{row['axis']}` = {row['value']} instead of {row['baseline_value']}: {column} {row['diff']:+.4f} "
                 f"(95% CI [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}], {int(row['n_pairs'])} seed pairs, averaged over the other axes): {verdict}."
             )
-    if len(table) > 1 and table["params"].notna().all():
-        front = table[pareto_front(table, "params", "mean")].sort_values("params")
+    task_keys = [a.removeprefix("params.") for a in strata]
+    groups = table.groupby(task_keys, sort=True) if task_keys else [((), table)]
+    for task, part in groups:  # a front per task: params and metric compare within one
+        if len(part) < 2 or not part["params"].notna().all():
+            continue
+        front = part[pareto_front(part, "params", "mean")].sort_values("params")
         names = "; ".join(
-            ", ".join(f"{k}={r[k]}" for k in keys)
+            ", ".join(f"{k}={r[k]}" for k in keys if k not in task_keys)
             + f" ({int(r['params']):,} params, {r['mean']:.4f})"
             for _, r in front.iterrows()
         )
-        lines.append(f"Pareto front (fewest parameters for the metric): {names}.")
+        where = f" on {', '.join(map(str, task))}" if task_keys else ""
+        lines.append(f"Pareto front{where} (fewest parameters for the metric): {names}.")
     return lines
 
 

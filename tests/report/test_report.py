@@ -122,10 +122,11 @@ def test_report_plots_the_router_load_of_moe_runs_and_reports_effects_per_datase
     assert "metrics.best_val_router_entropy" in runs
     report = build(collect(client, experiment="tests"), "tests", client=None)
     assert "router_load" in report.figures
-    assert report.axes == ["data.dataset", "model.moe_experts"]
+    assert sorted(report.axes) == ["data.dataset", "model.moe_experts"]
     findings = "\n".join(report.notes)
     assert "On shapes: `model.moe_experts` = 4 instead of 0" in findings
     assert "On digits: `model.moe_experts` = 4 instead of 0" in findings
     assert "`data.dataset`" not in findings  # a task, not an effect
+    assert "Pareto front on digits" in findings and "Pareto front on shapes" in findings
     baseline_rows = report.summary[report.summary["is_baseline"].astype(bool)]
     assert sorted(baseline_rows["data.dataset"]) == ["digits", "shapes"]
