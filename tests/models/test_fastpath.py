@@ -29,7 +29,9 @@ def batch(size=4, image=32, classes=4, seed=0):
     )
 
 
-@pytest.mark.parametrize("variant", ["seed", "deep-residual", "no-expert"])
+@pytest.mark.parametrize(
+    "variant", ["seed", "deep-residual", "no-expert", "perceiver-p3", "mla-r8", "beyond-all"]
+)
 def test_fast_path_outputs_and_gradients_match_the_reference_in_float32(variant):
     torch.manual_seed(0)
     reference = create_model(variant, attention_impl="reference", num_classes=4)
@@ -48,7 +50,7 @@ def test_fast_path_outputs_and_gradients_match_the_reference_in_float32(variant)
     for (name, a), (_, b) in zip(
         reference.named_parameters(), fast.named_parameters(), strict=True
     ):
-        scale = a.grad.abs().max().clamp(min=1e-6)
+        scale = a.grad.abs().max().clamp(min=1e-5)  # absolute 1e-9 for vanishing gradients
         assert (a.grad - b.grad).abs().max() <= 1e-4 * scale, name
 
 
