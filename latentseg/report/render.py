@@ -150,7 +150,9 @@ def _findings(runs, axes, keys, column, table, baseline) -> list[str]:
             )
             lines.append(
                 f"{prefix}`{row['axis']}` = {row['value']} instead of {row['baseline_value']}: {column} {row['diff']:+.4f} "
-                f"(95% CI [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}], {int(row['n_pairs'])} seed pairs, averaged over the other axes): {verdict}."
+                f"(95% CI [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}], {int(row['n_pairs'])} seed pairs, averaged over the other axes): {verdict}"
+                + _cost(row)
+                + "."
             )
     task_keys = [a.removeprefix("params.") for a in strata]
     groups = table.groupby(task_keys, sort=True) if task_keys else [((), table)]
@@ -231,6 +233,16 @@ def _run_images(client, runs, column, collected) -> dict[str, bytes]:
                 for path in download_artifacts(client, parents[0].info.run_id, paths, tmp):
                     images[Path(path).stem] = Path(path).read_bytes()
     return images
+
+
+def _cost(row) -> str:
+    """``; FLOPs x1.05, training time per image x1.31`` (what the change costs)."""
+    parts = [
+        f"{name} x{row[key]:.2f}"
+        for key, name in (("flops_ratio", "FLOPs"), ("time_ratio", "training time per image"))
+        if key in row and not math.isnan(row[key])
+    ]
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def _figures(runs, table, axes, keys, column, metric) -> dict[str, Any]:

@@ -205,19 +205,34 @@ def axis_effects(
 ) -> pd.DataFrame:
     """The main effect of each axis: for every other value of the axis, the seed-paired
     difference from the baseline's value, each side averaged over all the other axes (pairs
-    are formed within a dataset when the dataset varies; it is not an effect itself)."""
+    are formed within a dataset when the dataset varies; it is not an effect itself).
+
+    Where the baseline does not use an axis (``n/a``: MoE without a latent MLP), the axis is
+    measured where it applies, against the tutorial's value of it. With the cost of the
+    change: ``flops_ratio`` and ``time_ratio`` (training seconds per image), other / base."""
+    from latentseg.config import ModelConfig
+
     column = f"metrics.{metric}"
     rows = []
     runs = runs.assign(_pair=pairing(runs, axes))
+    defaults = ModelConfig()
     for axis in axes:
         key = axis.removeprefix("params.")
-        values = runs[axis].astype(str)
-        if str(baseline[key]) == NOT_APPLICABLE or is_stratum(axis):
+        values = runs[axis].map(str)
+        if is_stratum(axis):
             continue
-        base = runs[values == str(baseline[key])].groupby("_pair")[column].mean()
+        reference = str(baseline[key])
+        if reference == NOT_APPLICABLE:
+            default = getattr(defaults, key.removeprefix("model."), NOT_APPLICABLE)
+            if not key.startswith("model.") or str(default) not in set(values):
+                continue
+            reference = str(default)
+        base_runs = runs[values == reference]
+        base = base_runs.groupby("_pair")[column].mean()
         # an axis's effect is measured where it applies (num_latents: with expert attention)
-        for value in sorted(set(values) - {str(baseline[key]), NOT_APPLICABLE}):
-            other = runs[values == value].groupby("_pair")[column].mean()
+        for value in sorted(set(values) - {reference, NOT_APPLICABLE}):
+            other_runs = runs[values == value]
+            other = other_runs.groupby("_pair")[column].mean()
             seeds = sorted(set(base.index) & set(other.index))
             diffs = [other[s] - base[s] for s in seeds]
             mean, _, low, high = mean_ci(diffs)
@@ -225,12 +240,24 @@ def axis_effects(
                 {
                     "axis": key,
                     "value": value,
-                    "baseline_value": str(baseline[key]),
+                    "baseline_value": reference,
                     "n_pairs": len(seeds),
                     "diff": mean,
                     "ci_low": low,
                     "ci_high": high,
                     "within_noise": bool(math.isnan(low) or low <= 0 <= high),
+                    "flops_ratio": _ratio(other_runs, base_runs, "metrics.model_flops_per_image"),
+                    "time_ratio": _ratio(
+                        base_runs, other_runs, "metrics.train_images_per_s"
+                    ),  # seconds per image: the inverse of throughput
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _ratio(top: pd.DataFrame, bottom: pd.DataFrame, column: str) -> float:
+    """Mean of ``column`` over ``top`` / over ``bottom`` (NaN when either is missing)."""
+    if column not in top or column not in bottom:
+        return math.nan
+    a, b = top[column].mean(), bottom[column].mean()
+    return float(a / b) if b and not (math.isnan(a) or math.isnan(b)) else math.nan

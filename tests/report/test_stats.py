@@ -222,3 +222,39 @@ def test_a_key_that_is_only_na_beside_one_value_is_not_an_axis():
         }
     )
     assert ablation_axes(frame) == ["params.model.latent_depth"]
+
+
+def test_an_axis_the_baseline_does_not_use_is_measured_where_it_applies_with_its_cost():
+    """MoE only exists at latent depth 2; the tutorial baseline (depth 0) shows n/a there.
+    Its effect is MoE 8 vs 0 among the depth-2 runs, with the FLOPs and time ratios."""
+    from latentseg.report.stats import axis_effects
+
+    rows = []
+    for seed, noise in (("1", 0.0), ("2", 0.01), ("3", -0.01)):
+        for depth, experts, value, flops, speed in (
+            ("0", "n/a", 0.50, 100.0, 400.0),
+            ("2", "0", 0.55, 110.0, 300.0),
+            ("2", "8", 0.58, 121.0, 200.0),
+        ):
+            rows.append(
+                {
+                    "params.model.latent_depth": depth,
+                    "params.model.moe_experts": experts,
+                    "params.train.seed": seed,
+                    "metrics.val_miou": value + noise,
+                    "metrics.model_flops_per_image": flops,
+                    "metrics.train_images_per_s": speed,
+                }
+            )
+    frame = pd.DataFrame(rows)
+    axes = ablation_axes(frame)
+    baseline = {"model.latent_depth": "0", "model.moe_experts": "n/a"}
+    effects = axis_effects(frame, axes, "val_miou", baseline).set_index("axis")
+    moe = effects.loc["model.moe_experts"]
+    assert (moe["value"], moe["baseline_value"]) == ("8", "0")
+    assert moe["diff"] == pytest.approx(0.03) and moe["n_pairs"] == 3
+    assert moe["flops_ratio"] == pytest.approx(121 / 110)
+    assert moe["time_ratio"] == pytest.approx(300 / 200)
+    depth = effects.loc["model.latent_depth"]
+    assert depth["diff"] == pytest.approx((0.55 + 0.58) / 2 - 0.50)
+    assert depth["flops_ratio"] == pytest.approx((110 + 121) / 2 / 100)
