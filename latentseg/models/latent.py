@@ -66,12 +66,13 @@ class PositionEncoding(nn.Module):
                     table, size=(height, width), mode="bilinear", align_corners=False
                 )
             return table[0].flatten(1).t()
-        key = (height, width, self.proj.weight.device)
+        weight = self.proj.weight
+        key = (height, width, weight.device, weight.dtype)
         features = self._cache.get(key)
         if features is None:
-            features = self._cache[key] = fourier_features(
-                height, width, self.bands, self.proj.weight.device
-            )
+            features = fourier_features(height, width, self.bands, weight.device).to(weight.dtype)
+            if not torch.is_inference_mode_enabled():  # an inference tensor cannot train later
+                self._cache[key] = features
         return self.proj(features)
 
     def forward(self, tokens: Tensor, height: int, width: int) -> Tensor:
@@ -118,10 +119,10 @@ class MoE(nn.Module):
     what the dense MLP costs: the ablation compares at equal active compute. The shared
     experts are one MLP of ``num_shared`` times that width (the same function as their sum).
 
-    In training, ``aux_loss`` holds the expert-level balance loss of the last forward,
+    In training, ``aux_losses`` collects the expert-level balance loss of each call,
     ``sum_i f_i P_i`` with ``f_i = E / (K T) * (tokens routed to i)`` and ``P_i`` the mean
-    score of expert ``i``: 1 for a uniform load, up to ``E / K`` when all tokens pick the
-    same experts.
+    score of expert ``i``: 1 for a uniform load, ``E / K`` when all tokens pick the same
+    experts. In evaluation, ``stats`` counts the routed assignments per expert.
     """
 
     def __init__(self, dim: int, hidden: int, num_experts: int, top_k: int, num_shared: int):
@@ -135,7 +136,9 @@ class MoE(nn.Module):
         self.w2 = nn.Parameter(torch.empty(num_experts, dim, width).uniform_(-scale2, scale2))
         self.b2 = nn.Parameter(torch.empty(num_experts, dim).uniform_(-scale2, scale2))
         self.shared = MLP(dim, width * num_shared) if num_shared else None
-        self.aux_loss: Tensor | None = None
+        # one balance loss per call in training (a layer shared across passes runs more than
+        # once per forward); LatentSegModel.aux_loss() takes and clears them
+        self.aux_losses: list[Tensor] = []
         self.stats = RouterStats(torch.zeros(num_experts, dtype=torch.float64))
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -158,11 +161,11 @@ class MoE(nn.Module):
             y = self.expert(e, tokens[rows])
             y = y * gates[rows, slots].unsqueeze(-1).to(y.dtype)
             out = out.index_add(0, rows, y.to(out.dtype))
-        if not torch.compiler.is_compiling():  # statistics, not part of an exported graph
-            with torch.no_grad():
-                self.stats.counts += counts.to("cpu", torch.float64)
         if self.training:
-            self.aux_loss = balance_loss(scores, counts, self.top_k)
+            self.aux_losses.append(balance_loss(scores, counts, self.top_k))
+        elif not torch.compiler.is_compiling():  # routing statistics of evaluation (no
+            with torch.no_grad():  # device sync per training step; not in an exported graph)
+                self.stats.counts += counts.to("cpu", torch.float64)
         return out.view(shape)
 
 

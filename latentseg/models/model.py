@@ -121,15 +121,15 @@ class LatentSegModel(nn.Module):
         MoE), taken from the layers: a second call returns None until the next forward."""
         losses = []
         for layer in moe_layers(self):
-            if layer.aux_loss is not None:
-                losses.append(layer.aux_loss)
-                layer.aux_loss = None  # no autograd graph left on the module (deepcopy, pickling)
+            losses += layer.aux_losses
+            layer.aux_losses = []  # no autograd graph left on the module (deepcopy, pickling)
         if not losses:
             return None
         return self.config.moe_aux_weight * torch.stack(losses).sum()
 
     def router_stats(self, reset: bool = False) -> RouterStats | None:
-        """Routing load over all MoE layers since the last reset (None without MoE)."""
+        """Routing load over all MoE layers in evaluation since the last reset (None without
+        MoE)."""
         layers = moe_layers(self)
         if not layers:
             return None

@@ -57,7 +57,7 @@ def metric_vs_latents(runs: pd.DataFrame, column: str, label: str) -> plt.Figure
     _style()
     frame = _frame(runs, column)
     if EXPERTS in frame:  # latents and heads only matter with expert attention on
-        frame = frame[frame[EXPERTS].astype(str) == "True"]
+        frame = frame[frame[EXPERTS].map(str) == "True"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     hue = HEADS if _varies(frame, HEADS) else None
     sns.lineplot(
@@ -92,7 +92,7 @@ def expert_attention_effect(runs: pd.DataFrame, column: str, label: str) -> plt.
         return None
     _style()
     frame = _frame(runs, column)
-    frame["expert attention"] = frame[EXPERTS].astype(str).map({"True": "on", "False": "off"})
+    frame["expert attention"] = frame[EXPERTS].map(str).map({"True": "on", "False": "off"})
     x = LATENTS if _varies(frame, LATENTS) else None
     if x and LATENTS in frame and frame[LATENTS].isna().any():
         # without experts the latent count is n/a (one model): its bar stands at every count
@@ -128,7 +128,7 @@ def latents_heads_heatmap(runs: pd.DataFrame, column: str, label: str) -> plt.Fi
     _style()
     frame = _frame(runs, column)
     if EXPERTS in frame:
-        frame = frame[frame[EXPERTS].astype(str) == "True"]
+        frame = frame[frame[EXPERTS].map(str) == "True"]
     table = frame.pivot_table(index=HEADS, columns=LATENTS, values=column, aggfunc="mean")
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     sns.heatmap(table, annot=True, fmt=".3f", cmap="viridis", ax=ax, cbar_kws={"label": label})
@@ -234,7 +234,7 @@ def router_load(runs: pd.DataFrame, axes: list[str]) -> plt.Figure | None:
     if frame.empty:
         return None
     _style()
-    shown = [a for a in axes if frame[a].astype(str).nunique() > 1] or axes
+    shown = [a for a in axes if frame[a].map(str).nunique() > 1] or axes
     frame["variant"] = frame[shown].map(str).agg(", ".join, axis=1) if shown else "all"
     long = frame.melt(id_vars=["variant"], value_vars=loads, var_name="expert", value_name="load")
     long["expert"] = long["expert"].str.rsplit("_e", n=1).str[1].astype(int)

@@ -55,14 +55,24 @@ def choose_baseline(
             raise ConfigError(
                 f"--baseline {unknown[0]}: not an ablation axis here; axes: {', '.join(keys) or '(none)'}"
             )
+        tasks = [k for k in keys if is_stratum(k)]
+        if set(given) & set(tasks):
+            raise ConfigError(
+                f"--baseline {sorted(set(given) & set(tasks))[0]}: a dataset is not a variant; "
+                "each variant is compared with the baseline on the same dataset"
+            )
         rows = table[
             [all(str(row[k]) == str(given[k]) for k in given) for _, row in table.iterrows()]
         ]
-        if len(rows) != 1:
+        per_task = rows.groupby(tasks).size() if tasks else pd.Series([len(rows)])
+        if rows.empty or (per_task != 1).any():
+            variant_axes = [k for k in keys if k not in tasks]
             raise ConfigError(
-                f"--baseline {given}: matches {len(rows)} variants; give a value for each axis: {', '.join(keys)}"
+                f"--baseline {given}: matches {len(rows)} variants; give a value for each axis: {', '.join(variant_axes)}"
             )
-        return {k: rows.iloc[0][k] for k in keys}, "given with --baseline"
+        return {k: rows.iloc[0][k] for k in keys}, "given with --baseline" + (
+            " (on each dataset)" if tasks else ""
+        )
     tutorial = ModelConfig()
     variant_keys = [k for k in keys if not is_stratum(k)]
     if variant_keys and all(
@@ -139,8 +149,8 @@ def _findings(runs, axes, keys, column, table, baseline) -> list[str]:
     strata = [a for a in axes if is_stratum(a)]
     scopes = [("", runs)]
     for stratum in strata:  # the effects on each task too, not only averaged over tasks
-        for value in sorted(runs[stratum].astype(str).unique()):
-            scopes.append((f"On {value}: ", runs[runs[stratum].astype(str) == value]))
+        for value in sorted(runs[stratum].map(str).unique()):
+            scopes.append((f"On {value}: ", runs[runs[stratum].map(str) == value]))
     for prefix, subset in scopes if axes else []:
         for _, row in axis_effects(subset, axes, column, baseline).iterrows():
             verdict = (

@@ -34,10 +34,10 @@ STRATA = ("params.data.dataset",)
 
 def pairing(runs: pd.DataFrame, axes: Sequence[str]) -> pd.Series:
     """The key that pairs runs: the seed, within each task (dataset) when the task varies."""
-    key = runs[SEED].astype(str)
+    key = runs[SEED].map(str)
     for column in STRATA:
         if column in axes:
-            key = runs[column].astype(str) + "|" + key
+            key = runs[column].map(str) + "|" + key
     return key
 
 
@@ -163,7 +163,7 @@ def compare(
     variant_keys = [k for k in keys if not is_stratum(k)]  # the baseline on every task
     is_base = (
         np.logical_and.reduce(
-            [runs[f"params.{k}"].astype(str) == str(baseline[k]) for k in variant_keys]
+            [runs[f"params.{k}"].map(str) == str(baseline[k]) for k in variant_keys]
         )
         if variant_keys
         else np.ones(len(runs), bool)

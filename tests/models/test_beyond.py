@@ -222,7 +222,7 @@ def test_moe_sends_each_token_to_exactly_k_routed_experts_plus_all_shared(shared
     assert indices.shape == (11, 2)
     assert all(len(set(row.tolist())) == 2 for row in indices)  # k distinct experts
     torch.testing.assert_close(moe(x), reference_moe(moe, x), atol=1e-5, rtol=1e-5)
-    assert moe.stats.counts.sum() == 11 * 2
+    assert moe.stats.counts.sum() == 11 * 2  # evaluation: routing counted
     if shared:
         assert moe.shared.fc1.out_features == shared * (24 // (2 + shared))
         with torch.no_grad():  # routed experts off: every token still gets the shared ones
@@ -240,29 +240,60 @@ def test_the_balance_loss_is_minimal_for_a_uniform_load():
     collapsed_scores[:, :2] = 0.5
     collapsed_counts = torch.tensor([tokens, tokens] + [0] * (experts - 2))
     assert balance_loss(collapsed_scores, collapsed_counts, k) == pytest.approx(experts / k)
-    torch.manual_seed(0)
-    for _ in range(20):  # any routing the router can produce: never below the uniform load
-        moe = MoE(4, 16, experts, k, 1).train()
-        with torch.no_grad():
-            moe.router.weight.mul_(5 * torch.rand(()))
-        moe(torch.randn(tokens, 4))
-        assert float(moe.aux_loss.detach()) >= 1.0 - 1e-6
+    # between the two, a partly skewed load costs more than the balanced one
+    skewed_scores = torch.full((tokens, experts), 0.5 / (experts - 1))
+    skewed_scores[:, 0] = 0.5
+    skewed_counts = torch.tensor([tokens] + [tokens // (experts - 1)] * (experts - 1))
+    assert 1.0 < balance_loss(skewed_scores, skewed_counts, k) < experts / k
 
 
 def test_the_training_loss_includes_the_balance_loss_and_it_trains_the_router():
     torch.manual_seed(0)
     model = create_model("moe-8x2-s1", num_classes=3).train()
-    model(torch.randn(2, 3, 32, 32))
+    images = torch.randn(2, 3, 32, 32)
+    model(images)
     aux = model.aux_loss()
     assert aux is not None and float(aux.detach()) > 0
+    assert model.aux_loss() is None  # taken: no autograd graph stays on the model
     aux.backward()
     routers = [m.router.weight.grad for m in model.modules() if isinstance(m, MoE)]
     assert len(routers) == 2 and all(g is not None and g.abs().sum() > 0 for g in routers)
     assert create_model("seed").aux_loss() is None
+    assert model.router_stats().counts.sum() == 0  # training steps are not counted
+    with torch.no_grad():
+        model.eval()(images)
     stats = model.router_stats(reset=True)
     assert stats.counts.sum() == 2 * 2 * 16 * 2  # 2 layers x 2 images x 16 latents x top-2
     assert 0 < stats.entropy <= math.log(8) + 1e-9
     assert model.router_stats().counts.sum() == 0  # reset
+
+
+def test_a_moe_layer_shared_across_passes_adds_a_balance_loss_per_call():
+    torch.manual_seed(0)
+    model = create_model(
+        "seed", latent_depth=1, cross_attend_passes=3, share_passes=True, moe_experts=4
+    ).train()
+    calls = []
+    for layer in model.modules():
+        if isinstance(layer, MoE):
+            layer.register_forward_hook(lambda *_: calls.append(1))
+    model(torch.randn(1, 3, 32, 32))
+    terms = sum(len(m.aux_losses) for m in model.modules() if isinstance(m, MoE))
+    assert len(calls) == 5 and terms == 5  # first block + 2 x (cross block + latent block)
+    expected = model.config.moe_aux_weight * sum(
+        float(t.detach()) for m in model.modules() if isinstance(m, MoE) for t in m.aux_losses
+    )
+    assert float(model.aux_loss().detach()) == pytest.approx(expected)
+
+
+def test_fourier_positions_first_used_in_inference_mode_still_train():
+    encoding = PositionEncoding("fourier", feature_dim=4, bands=2)
+    with torch.inference_mode():
+        encoding(torch.zeros(1, 6, 4), 2, 3)
+    encoding(torch.zeros(1, 6, 4), 2, 3).sum().backward()
+    assert encoding.proj.weight.grad is not None
+    double = PositionEncoding("fourier", feature_dim=4, bands=2).double()
+    assert double(torch.zeros(1, 6, 4, dtype=torch.float64), 2, 3).dtype == torch.float64
 
 
 def test_skip_decoder_refines_the_upsampled_head_at_full_resolution():

@@ -258,3 +258,23 @@ def test_an_axis_the_baseline_does_not_use_is_measured_where_it_applies_with_its
     depth = effects.loc["model.latent_depth"]
     assert depth["diff"] == pytest.approx((0.55 + 0.58) / 2 - 0.50)
     assert depth["flops_ratio"] == pytest.approx((110 + 121) / 2 / 100)
+
+
+def test_a_given_baseline_applies_on_each_dataset():
+    from latentseg.errors import ConfigError
+    from latentseg.report.render import choose_baseline
+
+    table = pd.DataFrame(
+        {
+            "data.dataset": ["shapes", "shapes", "digits", "digits"],
+            "model.kv_rank": ["None", "16", "None", "16"],
+            "mean": [0.5, 0.6, 0.3, 0.2],
+        }
+    )
+    axes = ["params.data.dataset", "params.model.kv_rank"]
+    chosen, reason = choose_baseline(table, axes, {"model.kv_rank": "16"})
+    assert chosen["model.kv_rank"] == "16" and "on each dataset" in reason
+    with pytest.raises(ConfigError, match="a dataset is not a variant"):
+        choose_baseline(table, axes, {"data.dataset": "shapes", "model.kv_rank": "16"})
+    with pytest.raises(ConfigError, match="matches 0 variants"):
+        choose_baseline(table, axes, {"model.kv_rank": "8"})
