@@ -253,7 +253,11 @@ def router_load(runs: pd.DataFrame, axes: list[str]) -> plt.Figure | None:
         )
     ax.set(xlabel="routed expert", ylabel="share of routed assignments")
     ax.legend(
-        fontsize=7, title=", ".join(a.removeprefix("params.") for a in shown), title_fontsize=7
+        fontsize=7,
+        title=", ".join(a.removeprefix("params.") for a in shown),
+        title_fontsize=7,
+        bbox_to_anchor=(1.01, 1),
+        loc="upper left",
     )
     fig.tight_layout()
     return fig
