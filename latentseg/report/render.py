@@ -135,6 +135,8 @@ def build(
     markdown += "\n## Findings\n\n" + "\n".join(f"- {line}" for line in findings) + "\n"
     if control:
         markdown += "\n" + control + "\n"
+    if inert_note:
+        markdown += "\n" + inert_note + "\n"
     shown = [*figures, *images]
     if shown:
         markdown += "\n## Plots\n\n" + "\n\n".join(f"![{n}](plots/{n}.png)" for n in shown) + "\n"
@@ -329,7 +331,7 @@ def _markdown(name, metric, column, collected, keys, table, baseline, reason) ->
     ]
     lines += [
         f"Ablation axes (params that vary): {', '.join(f'`{k}`' for k in keys) or 'none'}.",
-        f"Baseline: {baseline} — {reason}.",
+        f"Baseline: { {k: v for k, v in baseline.items() if not is_stratum(k)} } — {reason}.",
         "",
     ]
     header = [
