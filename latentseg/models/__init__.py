@@ -66,9 +66,9 @@ def inert_keys(config: dict[str, Any]) -> set[str]:
     inert: set[str] = set()
     if value("expert_attention", True) in ("false", "0"):
         inert |= {"num_latents", "num_heads", "latent_depth", "cross_attend_passes"}
-        inert |= {"share_passes", "kv_rank", "mlp_ratio", *MOE_KEYS}
+        inert |= {"share_passes", "kv_rank", "mlp_ratio", *MOE_KEYS}  # no latent block at all
     if value("latent_depth", 0) == "0" and value("cross_attend_passes", 1) == "1":
-        inert |= {"mlp_ratio", "share_passes", *MOE_KEYS}  # no latent MLP to replace
+        inert |= {"mlp_ratio", *MOE_KEYS}  # no latent MLP to replace
     if value("cross_attend_passes", 1) in ("1", "2"):
         inert.add("share_passes")  # nothing after the first pass to share
     if value("moe_experts", 0) == "0":

@@ -43,17 +43,15 @@ class MultiheadCrossAttention(nn.MultiheadAttention):
     def _fused(
         self, query: Tensor, key: Tensor, value: Tensor, need_weights: bool
     ) -> tuple[Tensor, Tensor | None]:
-        (w_q, b_q), (w_k, b_k), (w_v, b_v) = self.in_slices()
-        if query is key and key is value:  # self-attention: one matmul for q, k and v
-            q, k, v = F.linear(query, torch.cat([w_q, w_k, w_v]), torch.cat([b_q, b_k, b_v])).chunk(
-                3, dim=-1
-            )
-        else:
-            q = F.linear(query, w_q, b_q)
-            if key is value:  # one matmul for keys and values when they share a source
-                k, v = F.linear(key, torch.cat([w_k, w_v]), torch.cat([b_k, b_v])).chunk(2, dim=-1)
-            else:
-                k, v = F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+        dim, w, b = self.embed_dim, self.in_proj_weight, self.in_proj_bias
+        if w is not None and query is key and key is value:  # self-attention: one matmul
+            q, k, v = F.linear(query, w, b).chunk(3, dim=-1)
+        elif w is not None and key is value:  # one matmul for keys and values
+            q = F.linear(query, w[:dim], b[:dim])
+            k, v = F.linear(key, w[dim:], b[dim:]).chunk(2, dim=-1)
+        else:  # separate sources, or MLA's separate up-projections
+            (w_q, b_q), (w_k, b_k), (w_v, b_v) = self.in_slices()
+            q, k, v = F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
         out, weights = self.attend(q, k, v, need_weights)
         return self.out_proj(out), weights
 

@@ -11,7 +11,13 @@ from torch import Tensor, nn
 from latentseg.config import ModelConfig
 from latentseg.models.attention import ExpertSegmentation, LatentAttention
 from latentseg.models.encoder import build_encoder
-from latentseg.models.latent import LatentStack, PositionEncoding, RouterStats, moe_layers
+from latentseg.models.latent import (
+    CrossAttendBlock,
+    LatentStack,
+    PositionEncoding,
+    RouterStats,
+    moe_layers,
+)
 
 STRIDE = 4  # the encoder's two 2x2 poolings
 
@@ -85,6 +91,8 @@ class LatentSegModel(nn.Module):
         self.skip = (
             SkipRefiner(c.num_classes, c.encoder_width) if c.decoder == "attention+skip" else None
         )
+        # looked up once, not per training step (aux_loss) or per evaluation (router_stats)
+        self._moe = tuple(moe_layers(self))
 
     def forward(self, images: Tensor, return_attention: bool = False):
         if self.skip is not None:
@@ -119,8 +127,10 @@ class LatentSegModel(nn.Module):
     def aux_loss(self) -> Tensor | None:
         """The weighted MoE load-balancing loss of the last training forward (None without
         MoE), taken from the layers: a second call returns None until the next forward."""
+        if not self._moe:
+            return None
         losses = []
-        for layer in moe_layers(self):
+        for layer in self._moe:
             losses += layer.aux_losses
             layer.aux_losses = []  # no autograd graph left on the module (deepcopy, pickling)
         if not losses:
@@ -130,12 +140,11 @@ class LatentSegModel(nn.Module):
     def router_stats(self, reset: bool = False) -> RouterStats | None:
         """Routing load over all MoE layers in evaluation since the last reset (None without
         MoE)."""
-        layers = moe_layers(self)
-        if not layers:
+        if not self._moe:
             return None
-        stats = RouterStats(sum(m.stats.counts for m in layers).clone())
+        stats = RouterStats(sum(m.stats.counts for m in self._moe).clone())
         if reset:
-            for m in layers:
+            for m in self._moe:
                 m.stats.counts.zero_()
         return stats
 
@@ -177,8 +186,6 @@ def kv_costs(model: LatentSegModel, image_size: tuple[int, int] = (128, 128)) ->
       token (the up-projections are absorbed, see ``attend_compressed``) and
       ``kv_rank + 2 * latent_dim`` per expert (there are few; they are rebuilt).
     """
-    from latentseg.models.latent import CrossAttendBlock
-
     c = model.config
     tokens = (image_size[0] // STRIDE) * (image_size[1] // STRIDE)
     params = activations = 0

@@ -42,9 +42,8 @@ def pairing(runs: pd.DataFrame, axes: Sequence[str]) -> pd.Series:
 
 
 def is_stratum(axis: str) -> bool:
-    return axis in STRATA or axis.removeprefix("params.") in {
-        a.removeprefix("params.") for a in STRATA
-    }
+    """``data.dataset`` or ``params.data.dataset``: a task, not a variant."""
+    return "params." + axis.removeprefix("params.") in STRATA
 
 
 NOT_APPLICABLE = "n/a"
