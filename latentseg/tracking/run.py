@@ -124,13 +124,16 @@ def run_experiment(
     to a ``last.ckpt``. Raises LatentSegError subclasses for bad input before any run
     exists; :class:`TrainingInterrupted` after closing the run KILLED on Ctrl-C / SIGTERM.
     """
+    overrides = list(overrides)
     if isinstance(config, (str, Path)):
         source = source or str(config)
         config = load_experiment(config, overrides)
     else:
         source = source or "<config>"
         config = apply_overrides(config, overrides)
-    prepared = prepare(config, source)  # every input error surfaces here, before MLflow
+    # every input error surfaces here, before MLflow; a value the flags set is blamed on them
+    blamed = f"{source} with --set {' '.join(overrides)}" if overrides else source
+    prepared = prepare(config, blamed)
     resolved = prepared.config
     all_callbacks = [*callbacks, *([ConsoleProgress()] if progress else [])]
 
@@ -235,8 +238,11 @@ def _reopen(client, run_id: str, config: ExperimentConfig) -> tuple[str, Path, s
     try:
         run = client.get_run(run_id)
     except MlflowException:
+        looks_like_path = "/" in run_id or run_id.endswith(".ckpt")
         raise TrackingError(
-            f"--resume {run_id}: no such MLflow run in {client.tracking_uri}"
+            f"--resume {run_id}: "
+            + ("no such checkpoint file, and " if looks_like_path else "")
+            + f"no such MLflow run in {client.tracking_uri}"
         ) from None
     if run.info.status == "RUNNING":
         raise TrackingError(

@@ -217,6 +217,8 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
 def test_resume_of_an_unknown_run_is_a_clear_error(tiny, tracking_uri):
     with pytest.raises(TrackingError, match="no such MLflow run"):
         run_experiment(tiny(), tracking_uri=tracking_uri, resume="0123456789abcdef", progress=False)
+    with pytest.raises(TrackingError, match="no such checkpoint file, and no such MLflow run"):
+        run_experiment(tiny(), tracking_uri=tracking_uri, resume="/nope/last.ckpt", progress=False)
 
 
 def test_unreachable_tracking_server_fails_fast(tiny):
@@ -231,3 +233,12 @@ def test_tracking_off_trains_with_local_checkpoints(tiny, tmp_path):
     assert result.run_id is None and (result.checkpoint_dir / "best.safetensors").exists()
     assert result.tracking_s == 0
     assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+def test_a_bad_value_given_with_set_is_blamed_on_the_flag(tiny_yaml, tracking_uri, capsys):
+    from latentseg.cli import main
+
+    path = tiny_yaml()
+    code = main(["train", str(path), "--set", "data.dataset=nope", "--tracking-uri", tracking_uri])
+    err = capsys.readouterr().err
+    assert code == 2 and "with --set data.dataset=nope: data: Unknown dataset 'nope'" in err
