@@ -103,10 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "report",
-        help="compare the variants of a study or experiment across seeds (Markdown + CSV)",
-        description="Group finished runs by the params that vary, aggregate over seeds (mean, 95%% CI) and compare "
-        "each variant with a baseline over seed-paired runs (paired t-test, Wilcoxon, d_z). Writes report.md and "
-        "summary.csv; for a study also logs them to its latest parent run.",
+        help="verdicts for the variants of a study or experiment: better, worse, equivalent or inconclusive",
+        description="Group finished runs by the params that vary, pair each variant with a baseline by seed, and "
+        "give each variant and each axis's main effect a verdict (better, worse, equivalent, inconclusive) with "
+        "the family-wise error controlled over all of them (Holm by default). The metric is the test split at "
+        "each run's best-validation checkpoint. Writes report.md, report.html and summary.csv (plus "
+        "effects.csv, interactions.csv); for a study also logs them to its latest parent run.",
     )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--study", help="study name (its seed runs)")
@@ -115,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output folder (default reports/<name>/)")
     p.add_argument(
         "--metric",
-        default="val_miou",
-        help="metric to compare (default val_miou, each run's value at its best epoch)",
+        default="miou",
+        help="metric to compare (default miou: test_miou, the test split at each run's best-validation checkpoint)",
     )
     p.add_argument(
         "--baseline",
@@ -124,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="baseline variant, one value per axis (default: the tutorial's configuration, else the best)",
+    )
+    p.add_argument(
+        "--sesoi",
+        type=float,
+        help="smallest effect of interest: a difference within +-SESOI is 'equivalent' "
+        "(default: the study spec's report.sesoi, else 0.01 for metrics in [0, 1])",
+    )
+    p.add_argument(
+        "--alpha", type=float, help="family-wise error rate (default: the spec's, else 0.05)"
+    )
+    p.add_argument(
+        "--correction",
+        choices=["holm", "bonferroni", "bh"],
+        help="multiple-comparison control: holm (default), bonferroni, or bh (false discovery "
+        "rate, for exploratory sweeps)",
     )
     p.set_defaults(func=cmd_report)
 
@@ -348,21 +365,60 @@ def cmd_report(args: argparse.Namespace) -> int:
     client = connect(resolve_tracking_uri(args.tracking_uri), create=False)
     name = args.study or args.experiment
     collected = collect(client, experiment=args.experiment, study=args.study)
-    report = build(collected, name, args.metric, baseline, client=client)
+    parent = _latest_parent(client, collected.experiment_ids, name) if args.study else None
+    decision = _decision(args, parent.data.params if parent else {})
+    report = build(collected, name, args.metric, baseline, client=client, decision=decision)
     paths = write(report, args.output or Path("reports") / name)
-    if args.study:
-        parents = client.search_runs(
-            collected.experiment_ids,
-            filter_string=f"tags.`latentseg.study` = '{name}' and tags.`latentseg.run_type` = 'study'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
+    if parent is not None:
         for path in paths:
-            client.log_artifact(parents[0].info.run_id, str(path), "report")
+            client.log_artifact(parent.info.run_id, str(path), "report")
     print(collected.left_out_line())
-    print(f"baseline {report.baseline} ({report.baseline_reason}); {len(report.summary)} variants")
+    print(
+        f"baseline: {_plain(report.baseline)} ({report.baseline_reason}); {len(report.summary)} variants"
+    )
+    _print_verdicts(report)
     print(f"report: {paths[0]}  {paths[2]}  summary: {paths[1]}")
     return 0
+
+
+def _latest_parent(client, experiment_ids, study: str):
+    parents = client.search_runs(
+        experiment_ids,
+        filter_string=f"tags.`latentseg.study` = '{study}' and tags.`latentseg.run_type` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return parents[0] if parents else None
+
+
+def _decision(args: argparse.Namespace, spec_params: dict[str, str]):
+    """The report's decision rule: flags first, then the study spec's ``report:`` section
+    (logged on its parent run as ``study.report.*``), then the defaults."""
+    from latentseg.report.render import Decision
+
+    def from_spec(key: str):
+        value = spec_params.get(f"study.report.{key}")
+        return None if value in (None, "None") else value
+
+    sesoi = args.sesoi if args.sesoi is not None else from_spec("sesoi")
+    alpha = args.alpha if args.alpha is not None else from_spec("alpha")
+    return Decision(
+        sesoi=None if sesoi is None else float(sesoi),
+        alpha=0.05 if alpha is None else float(alpha),
+        correction=args.correction or from_spec("correction") or "holm",
+    )
+
+
+def _plain(values: dict) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in values.items()) or "all runs"
+
+
+def _print_verdicts(report) -> None:
+    """The verdict table and the seeds that would decide what is still open."""
+    from latentseg.report.render import verdict_lines
+
+    for line in verdict_lines(report):
+        print(line)
 
 
 def _axes(config, reference) -> str:

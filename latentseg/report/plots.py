@@ -19,11 +19,21 @@ import seaborn as sns  # noqa: E402
 PALETTE = "colorblind"
 
 
-def _t_interval(values) -> tuple[float, float]:
-    """The same Student-t 95% interval as the report's tables (not seaborn's bootstrap)."""
+FEW_SEEDS = 5  # with this many runs per point or fewer, every run is drawn as a dot
+
+
+def _t_interval(bounds: tuple[float, float] = (-np.inf, np.inf)):
+    """The same Student-t 95% interval as the report's tables (not seaborn's bootstrap),
+    clipped to the metric's range: an error bar for seaborn's ``errorbar``."""
     from latentseg.report.stats import mean_ci
 
-    return mean_ci(list(values))[2:]
+    return lambda values: mean_ci(list(values), bounds=bounds)[2:]
+
+
+def _few_seeds(frame: pd.DataFrame, by: list[str]) -> bool:
+    by = [b for b in by if b]
+    counts = frame.groupby(by, dropna=False).size() if by else pd.Series([len(frame)])
+    return bool(counts.max() <= FEW_SEEDS)
 
 
 LATENTS, HEADS, EXPERTS = (
@@ -50,8 +60,11 @@ def _style() -> None:
     sns.set_theme(style="whitegrid", palette=PALETTE, context="paper", font_scale=1.2)
 
 
-def metric_vs_latents(runs: pd.DataFrame, column: str, label: str) -> plt.Figure | None:
-    """The metric against the latent count, one line per head count, 95% CI bands over seeds."""
+def metric_vs_latents(
+    runs: pd.DataFrame, column: str, label: str, bounds=(-np.inf, np.inf)
+) -> plt.Figure | None:
+    """The metric against the latent count, one line per head count, 95% CI bands over seeds
+    (each seed a dot when there are few)."""
     if not _varies(runs, LATENTS):
         return None
     _style()
@@ -65,11 +78,16 @@ def metric_vs_latents(runs: pd.DataFrame, column: str, label: str) -> plt.Figure
         x=LATENTS,
         y=column,
         hue=hue,
-        errorbar=_t_interval,
+        errorbar=_t_interval(bounds),
         marker="o",
         ax=ax,
         palette=PALETTE if hue else None,
     )
+    if _few_seeds(frame, [LATENTS, hue]):
+        sns.scatterplot(
+            data=frame, x=LATENTS, y=column, hue=hue, ax=ax, palette=PALETTE if hue else None,
+            legend=False, s=14, alpha=0.6, color=None if hue else "black",
+        )  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_xticks(
         sorted(frame[LATENTS].dropna().unique()),
@@ -86,8 +104,11 @@ def metric_vs_latents(runs: pd.DataFrame, column: str, label: str) -> plt.Figure
     return fig
 
 
-def expert_attention_effect(runs: pd.DataFrame, column: str, label: str) -> plt.Figure | None:
-    """With vs without expert attention, per latent count (bars: mean, whiskers: 95% CI)."""
+def expert_attention_effect(
+    runs: pd.DataFrame, column: str, label: str, bounds=(-np.inf, np.inf)
+) -> plt.Figure | None:
+    """With vs without expert attention, per latent count (bars: mean, whiskers: 95% CI,
+    each seed a dot when there are few)."""
     if not _varies(runs, EXPERTS):
         return None
     _style()
@@ -108,10 +129,15 @@ def expert_attention_effect(runs: pd.DataFrame, column: str, label: str) -> plt.
         y=column,
         hue="expert attention",
         hue_order=["on", "off"],
-        errorbar=_t_interval,
+        errorbar=_t_interval(bounds),
         ax=ax,
         palette=PALETTE,
     )
+    if _few_seeds(frame, [x, "expert attention"]):
+        sns.stripplot(
+            data=frame, x=x, y=column, hue="expert attention", hue_order=["on", "off"],
+            dodge=True, ax=ax, palette="dark:black", size=3, legend=False,
+        )  # fmt: skip
     ax.set(
         xlabel="latent experts (num_latents)" if x else "",
         ylabel=label,
@@ -212,10 +238,12 @@ def latent_diagnostics(runs: pd.DataFrame, axes: list[str]) -> plt.Figure | None
             data=frame,
             y="variant",
             x=column,
-            errorbar=_t_interval,
+            errorbar=_t_interval((0.0, np.inf)),  # counts and entropies are >= 0
             ax=ax,
             color=sns.color_palette(PALETTE)[2],
         )
+        if _few_seeds(frame, ["variant"]):
+            sns.stripplot(data=frame, y="variant", x=column, ax=ax, color="black", size=3)
         ax.set(xlabel=name, ylabel=", ".join(a.removeprefix("params.") for a in axes))
     fig.tight_layout()
     return fig
@@ -264,9 +292,15 @@ def router_load(runs: pd.DataFrame, axes: list[str]) -> plt.Figure | None:
 
 
 def learning_curves(
-    histories: pd.DataFrame, runs: pd.DataFrame, axes: list[str], label: str, order: list[str]
+    histories: pd.DataFrame,
+    runs: pd.DataFrame,
+    axes: list[str],
+    label: str,
+    order: list[str],
+    bounds=(-np.inf, np.inf),
 ) -> plt.Figure | None:
-    """Per-epoch val metric, mean and 95% CI over seeds, for the variants in ``order``."""
+    """Per-epoch val metric, mean and 95% CI over seeds (clipped to the metric's range), for
+    the variants in ``order``."""
     if histories.empty:
         return None
     _style()
@@ -281,7 +315,7 @@ def learning_curves(
         y="value",
         hue="variant",
         hue_order=order,
-        errorbar=_t_interval,
+        errorbar=_t_interval(bounds),
         ax=ax,
         palette=PALETTE,
     )
@@ -289,5 +323,55 @@ def learning_curves(
         xlabel="epoch", ylabel=label, title=f"learning curves ({label}, mean and 95% CI over seeds)"
     )
     ax.legend(title=", ".join(a.removeprefix("params.") for a in axes) or None, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+VERDICT_COLOURS = {
+    "better": "#1a7f37",
+    "worse": "#b42318",
+    "equivalent": "#1f5fa8",
+    "inconclusive": "#8c8c8c",
+}
+
+
+def forest(rows: pd.DataFrame, family, label: str) -> plt.Figure | None:
+    """Each compared variant and main effect: its difference from the baseline with the
+    adjusted interval behind its verdict (coloured by verdict), and the band of the smallest
+    effect of interest around 0."""
+    if rows.empty:
+        return None
+    _style()
+    height = 0.32 * len(rows) + 1.6
+    longest = max(
+        len(str(n)) + len(str(v)) for n, v in zip(rows["name"], rows["verdict"], strict=True)
+    )
+    fig, ax = plt.subplots(figsize=(6.5 + 0.075 * longest, height))
+    positions = np.arange(len(rows))[::-1]
+    sesoi = getattr(family, "sesoi", np.nan)
+    if sesoi == sesoi:  # not NaN
+        ax.axvspan(-sesoi, sesoi, color="#1f5fa8", alpha=0.12, lw=0, label=f"±{sesoi:g} (SESOI)")
+    ax.axvline(0, color="black", lw=1)
+    effects = (rows["group"] == "main effect").to_numpy()
+    if effects.any() and not effects.all():  # a rule between the variants and the main effects
+        ax.axhline(positions[effects.argmax()] + 0.5, color="#bbbbbb", lw=1, ls=":")
+    for y, (_, row) in zip(positions, rows.iterrows(), strict=True):
+        colour = VERDICT_COLOURS.get(row["verdict"], "#8c8c8c")
+        if row["diff_ci_low"] == row["diff_ci_low"]:
+            ax.plot([row["diff_ci_low"], row["diff_ci_high"]], [y, y], color=colour, lw=2)
+        ax.plot(row["diff"], y, "o", color=colour, ms=5)
+    ax.set_yticks(
+        positions,
+        labels=[f"{n}  [{v}]" for n, v in zip(rows["name"], rows["verdict"], strict=True)],
+    )
+    for tick, verdict in zip(ax.get_yticklabels(), rows["verdict"], strict=True):
+        tick.set_color(VERDICT_COLOURS.get(verdict, "#222222"))
+    level = f"{100 * family.level:.1f}%" if family is not None else "95%"
+    ax.set(
+        xlabel=f"difference from the baseline ({label}); adjusted {level} intervals",
+        title="verdicts: differences from the baseline",
+    )
+    if sesoi == sesoi:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
     return fig

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from latentseg.config import ModelConfig
@@ -16,33 +17,76 @@ from latentseg.io import atomic_write_bytes
 from latentseg.report.collect import Collected
 from latentseg.report.stats import (
     NOT_APPLICABLE,
+    Family,
     ablation_axes,
+    apply_verdicts,
     axis_effects,
     compare,
+    deduplicate,
+    interactions,
     is_stratum,
     mark_inert,
     mean_ci,
+    metric_bounds,
     summarize,
 )
+from latentseg.report.verdicts import ALPHA, DEFAULT_SESOI, METHODS
 
 
 @dataclass
 class Report:
     name: str
-    metric: str
+    metric: str  # the column compared, e.g. test_miou
     axes: list[str]
     baseline: dict[str, Any]
     baseline_reason: str
-    summary: pd.DataFrame  # per variant: statistics and the comparison with the baseline
+    summary: pd.DataFrame  # per variant: statistics, the comparison with the baseline, verdict
     markdown: str
     figures: dict[str, Any]  # name -> matplotlib Figure
-    notes: list[str]  # left-out runs, the negative control
+    notes: list[str]  # merged and left-out runs, the negative control, findings
     images: dict[str, bytes] = field(default_factory=dict)  # name -> PNG bytes from MLflow
+    effects: pd.DataFrame = field(default_factory=pd.DataFrame)  # main effects, with verdicts
+    interactions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    family: Family | None = None
+    findings: list[str] = field(default_factory=list)  # main effects and Pareto fronts
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How a report decides (``latentseg report --sesoi/--alpha/--correction``, or a
+    study spec's ``report:`` section)."""
+
+    sesoi: float | None = None  # None: 0.01 for a metric in [0, 1], else no equivalence
+    alpha: float = ALPHA
+    correction: str = "holm"
+
+    def __post_init__(self) -> None:
+        if self.correction not in METHODS:
+            raise ConfigError(
+                f"--correction {self.correction}: must be one of {', '.join(METHODS)}"
+            )
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"--alpha {self.alpha}: must be between 0 and 1")
+        if self.sesoi is not None and not self.sesoi > 0:
+            raise ConfigError(f"--sesoi {self.sesoi}: must be > 0")
+
+    def resolved_sesoi(self, metric: str) -> float:
+        if self.sesoi is not None:
+            return float(self.sesoi)
+        return DEFAULT_SESOI if metric_bounds(metric) == (0.0, 1.0) else math.nan
 
 
 def run_metric(metric: str) -> str:
-    """A per-epoch ``val_x`` is compared at each run's best epoch (``best_val_x``)."""
-    return f"best_{metric}" if metric.startswith("val_") else metric
+    """The column a report compares: the test split at each run's best-validation
+    checkpoint (validation picks the epoch, test scores it). ``miou``, ``val_miou`` and
+    ``test_miou`` all name ``test_miou``; ``best_val_*`` is refused, since validation would
+    then score its own choice."""
+    if metric.startswith("best_val_"):
+        raise ConfigError(
+            f"--metric {metric}: validation picked that epoch, so it cannot also score it; "
+            f"use {metric.removeprefix('best_val_')} (compared on the test split at the best-validation checkpoint)"
+        )
+    return "test_" + metric.removeprefix("val_").removeprefix("test_")
 
 
 def choose_baseline(
@@ -96,13 +140,15 @@ CURVE_SEEDS = 20  # runs per variant whose metric history is fetched for the cur
 def build(
     collected: Collected,
     name: str,
-    metric: str = "val_miou",
+    metric: str = "miou",
     baseline: dict[str, Any] | None = None,
     client=None,
+    decision: Decision | None = None,
 ) -> Report:
-    """The report's numbers and figures. With an MLflow ``client`` it also draws learning
-    curves from the metric histories and shows the best run's attention maps and, for a
-    study, the parameter importances."""
+    """The report's numbers, verdicts and figures. With an MLflow ``client`` it also draws
+    learning curves from the metric histories and shows the best run's attention maps and,
+    for a study, the parameter importances."""
+    decision = decision or Decision()
     runs = collected.runs
     if runs.empty:
         raise ConfigError(
@@ -111,70 +157,150 @@ def build(
     column = run_metric(metric)
     if f"metrics.{column}" not in runs:
         raise ConfigError(f"--metric {metric}: the runs report no {column}")
+    bounds = metric_bounds(column)
     runs, inert_note = mark_inert(runs)
+    runs, merged = deduplicate(runs)
+    missing = int(runs[f"metrics.{column}"].isna().sum())
+    runs = runs[runs[f"metrics.{column}"].notna()].reset_index(drop=True)
+    if runs.empty:
+        raise ConfigError(f"'{name}': no finished run reports {column}")
     axes = ablation_axes(runs)
-    table = summarize(runs, axes, column)
+    table = summarize(runs, axes, column, bounds)
+    if axes and table["n"].max() <= SEED_VALUES_UP_TO:  # a few seeds: show each value
+        values = runs.groupby(axes, dropna=False, sort=True)[f"metrics.{column}"].agg(
+            lambda v: ", ".join(f"{x:.3f}" for x in v)
+        )
+        table["seed_values"] = values.to_numpy()
     chosen, reason = choose_baseline(table, axes, baseline)
     keys = [a.removeprefix("params.") for a in axes]
+    effects = interaction_table = pd.DataFrame()
+    family = None
     if axes:
-        table = table.merge(compare(runs, axes, column, chosen), on=keys, how="left")
+        comparisons = compare(runs, axes, column, chosen, bounds)
+        effects = _effects(runs, axes, column, chosen, bounds)
+        (comparisons, effects), family = apply_verdicts(
+            [comparisons, effects],
+            sesoi=decision.resolved_sesoi(column),
+            alpha=decision.alpha,
+            method=decision.correction,
+            bounds=bounds,
+        )
+        table = table.merge(comparisons, on=keys, how="left")
+        table = _cost_ratios(table, axes, keys)
+        interaction_table = interactions(runs, axes, column)
+    else:
+        table["verdict"] = "baseline"
     control = negative_control(runs)
     notes = [
         collected.left_out_line(),
+        *([_merged_note(merged)] if merged else []),
+        *([f"{missing} finished run(s) report no {column} and are left out."] if missing else []),
         *([control] if control else []),
         *([inert_note] if inert_note else []),
     ]
-    figures = _figures(runs, table, axes, keys, column, metric)
+    figures = _figures(runs, table, effects, axes, keys, column, family, chosen)
     images: dict[str, bytes] = {}
     if client is not None:
-        figures.update(_curves(client, runs, table, axes, keys, metric, chosen))
+        figures.update(_curves(client, runs, table, axes, keys, column, chosen))
         images = _run_images(client, runs, column, collected)
-    markdown = _markdown(name, metric, column, collected, keys, table, chosen, reason)
-    findings = _findings(runs, axes, keys, column, table, chosen)
-    notes += findings
-    markdown += "\n## Findings\n\n" + "\n".join(f"- {line}" for line in findings) + "\n"
-    if control:
-        markdown += "\n" + control + "\n"
-    if inert_note:
-        markdown += "\n" + inert_note + "\n"
-    shown = [*figures, *images]
-    if shown:
-        markdown += "\n## Plots\n\n" + "\n\n".join(f"![{n}](plots/{n}.png)" for n in shown) + "\n"
-    return Report(name, metric, keys, chosen, reason, table, markdown, figures, notes, images)
+    findings = _findings(axes, keys, column, table, effects)
+    report = Report(
+        name, column, keys, chosen, reason, table, "", figures, notes, images,
+        effects, interaction_table, family, findings,
+    )  # fmt: skip
+    report.markdown = _markdown(report, collected, findings, [*figures, *images])
+    return report
 
 
-def _findings(runs, axes, keys, column, table, baseline) -> list[str]:
-    """One sentence per axis effect (with its CI) and the variants on the Pareto front."""
+def _merged_note(merged: int) -> str:
+    return (
+        f"{merged} run(s) repeat a configuration and seed already counted (re-runs, retried "
+        "trials, or one model under params it ignores): each configuration and seed counts "
+        "once, the latest run kept."
+    )
+
+
+def _effects(runs, axes, column, baseline, bounds) -> pd.DataFrame:
+    """Main effects over all runs and, when the dataset varies, on each dataset too."""
+    scopes = [("all", runs)]
+    for stratum in (a for a in axes if is_stratum(a)):
+        for value in sorted(runs[stratum].map(str).unique()):
+            scopes.append((value, runs[runs[stratum].map(str) == value]))
+    frames = [
+        axis_effects(subset, axes, column, baseline, bounds).assign(scope=scope)
+        for scope, subset in scopes
+    ]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _cost_ratios(table: pd.DataFrame, axes: list[str], keys: list[str]) -> pd.DataFrame:
+    """``flops_ratio`` and ``time_ratio`` of each variant against the baseline of its dataset."""
+    tasks = [k for k in keys if is_stratum(k)]
+    base = table[table["is_baseline"].astype(bool)]
+    if tasks:
+        merged = table.merge(
+            base[[*tasks, "flops_per_image", "train_images_per_s"]],
+            on=tasks, how="left", suffixes=("", "_base"),
+        )  # fmt: skip
+    else:
+        merged = table.assign(
+            flops_per_image_base=base["flops_per_image"].mean() if len(base) else math.nan,
+            train_images_per_s_base=base["train_images_per_s"].mean() if len(base) else math.nan,
+        )
+    table = table.copy()
+    table["flops_ratio"] = (merged["flops_per_image"] / merged["flops_per_image_base"]).to_numpy()
+    table["time_ratio"] = (
+        merged["train_images_per_s_base"] / merged["train_images_per_s"]
+    ).to_numpy()
+    return table
+
+
+def label(row, keys: list[str], skip: tuple[str, ...] = ()) -> str:
+    """``num_latents 16, expert_attention True``: a variant in plain words."""
+    parts = [f"{k.split('.')[-1]} {row[k]}" for k in keys if k not in skip]
+    return ", ".join(parts) or "all runs"
+
+
+def _on(row, keys: list[str]) -> str:
+    tasks = [k for k in keys if is_stratum(k)]
+    return f" (on {row[tasks[0]]})" if tasks else ""
+
+
+def change(row, keys: list[str], baseline: dict[str, Any]) -> str:
+    """A variant by what it changes from the baseline: ``kv_rank 16, latent_depth 2``."""
+    parts = [
+        f"{k.split('.')[-1]} {row[k]}"
+        for k in keys
+        if not is_stratum(k) and str(row[k]) != str(baseline[k])
+    ]
+    return ", ".join(parts) or "the baseline"
+
+
+def _findings(axes, keys, column, table, effects) -> list[str]:
+    """One sentence per main effect (with its verdict and adjusted interval) and the variants
+    on the Pareto front."""
     from latentseg.report.plots import pareto_front
 
     lines = []
-    strata = [a for a in axes if is_stratum(a)]
-    scopes = [("", runs)]
-    for stratum in strata:  # the effects on each task too, not only averaged over tasks
-        for value in sorted(runs[stratum].map(str).unique()):
-            scopes.append((f"On {value}: ", runs[runs[stratum].map(str) == value]))
-    for prefix, subset in scopes if axes else []:
-        for _, row in axis_effects(subset, axes, column, baseline).iterrows():
-            verdict = (
-                "within noise"
-                if row["within_noise"]
-                else ("better" if row["diff"] > 0 else "worse")
-            )
-            lines.append(
-                f"{prefix}`{row['axis']}` = {row['value']} instead of {row['baseline_value']}: {column} {row['diff']:+.4f} "
-                f"(95% CI [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}], {int(row['n_pairs'])} seed pairs, averaged over the other axes): {verdict}"
-                + _cost(row)
-                + "."
-            )
-    task_keys = [a.removeprefix("params.") for a in strata]
+    for _, row in effects.iterrows():
+        prefix = "" if row["scope"] == "all" else f"On {row['scope']}: "
+        lines.append(
+            f"{prefix}{row['axis']} {row['value']} instead of {row['baseline_value']}: "
+            f"**{row['verdict']}**, {column} {_signed(row['diff'])} "
+            f"[{_signed(row['diff_ci_low'])}, {_signed(row['diff_ci_high'])}], "
+            f"adjusted p {_fmt(row['p_adjusted'], 3)}, {int(row['n_pairs'])} seed blocks"
+            + _cost(row)
+            + "."
+        )
+    task_keys = [a.removeprefix("params.") for a in axes if is_stratum(a)]
     groups = table.groupby(task_keys, sort=True) if task_keys else [((), table)]
     for task, part in groups:  # a front per task: params and metric compare within one
         if len(part) < 2 or not part["params"].notna().all():
             continue
         front = part[pareto_front(part, "params", "mean")].sort_values("params")
         names = "; ".join(
-            ", ".join(f"{k}={r[k]}" for k in keys if k not in task_keys)
-            + f" ({int(r['params']):,} params, {r['mean']:.4f})"
+            label(r, keys, tuple(task_keys)) + f" ({int(r['params']):,} params, {r['mean']:.4f})"
             for _, r in front.iterrows()
         )
         where = f" on {', '.join(map(str, task))}" if task_keys else ""
@@ -182,13 +308,11 @@ def _findings(runs, axes, keys, column, table, baseline) -> list[str]:
     return lines
 
 
-def _curves(client, runs, table, axes, keys, metric, baseline) -> dict[str, Any]:
+def _curves(client, runs, table, axes, keys, column, baseline) -> dict[str, Any]:
     from latentseg.report import plots
     from latentseg.report.collect import metric_histories
 
-    per_epoch = metric.removeprefix("best_") if metric.startswith("best_val_") else metric
-    if not per_epoch.startswith("val_"):
-        return {}
+    per_epoch = "val_" + column.removeprefix("test_")  # validation curves: what picked the epoch
     variants = table.sort_values("mean", ascending=False)
     label = lambda row: ", ".join(str(row[k]) for k in keys) if keys else "all"  # noqa: E731
     order = [label(row) for _, row in variants.head(MAX_CURVES).iterrows()]
@@ -201,7 +325,9 @@ def _curves(client, runs, table, axes, keys, metric, baseline) -> dict[str, Any]
         labelled[labelled["variant"].isin(order)].groupby("variant", sort=False).head(CURVE_SEEDS)
     )
     histories = metric_histories(client, chosen["run_id"].tolist(), per_epoch)
-    figure = plots.learning_curves(histories, runs, axes, per_epoch.replace("_", " "), order)
+    figure = plots.learning_curves(
+        histories, runs, axes, per_epoch.replace("_", " "), order, metric_bounds(per_epoch)
+    )
     return {"learning_curves": figure} if figure is not None else {}
 
 
@@ -257,20 +383,50 @@ def _cost(row) -> str:
     return "; " + ", ".join(parts) if parts else ""
 
 
-def _figures(runs, table, axes, keys, column, metric) -> dict[str, Any]:
+def _figures(runs, table, effects, axes, keys, column, family, baseline) -> dict[str, Any]:
     from latentseg.report import plots
 
-    label = metric.removeprefix("val_").removeprefix("best_val_")
-    label = f"val {label}" if metric.startswith(("val_", "best_val_")) else metric
+    label_ = column.replace("_", " ")
+    bounds = metric_bounds(column)
+    metric_column = f"metrics.{column}"
     made = {
-        "metric_vs_latents": plots.metric_vs_latents(runs, f"metrics.{column}", label),
-        "expert_attention": plots.expert_attention_effect(runs, f"metrics.{column}", label),
-        "latents_heads_heatmap": plots.latents_heads_heatmap(runs, f"metrics.{column}", label),
-        "accuracy_vs_cost": plots.accuracy_vs_cost(table, keys, label),
+        "forest": plots.forest(_forest_rows(table, effects, keys, baseline), family, label_),
+        "metric_vs_latents": plots.metric_vs_latents(runs, metric_column, label_, bounds),
+        "expert_attention": plots.expert_attention_effect(runs, metric_column, label_, bounds),
+        "latents_heads_heatmap": plots.latents_heads_heatmap(runs, metric_column, label_),
+        "accuracy_vs_cost": plots.accuracy_vs_cost(table, keys, label_),
         "latent_diagnostics": plots.latent_diagnostics(runs, axes),
         "router_load": plots.router_load(runs, axes),
     }
     return {name: fig for name, fig in made.items() if fig is not None}
+
+
+def _forest_rows(
+    table: pd.DataFrame, effects: pd.DataFrame, keys: list[str], baseline: dict[str, Any]
+) -> pd.DataFrame:
+    """The compared rows of the verdict table and the main effects, for the forest plot."""
+    columns = ["name", "diff", "diff_ci_low", "diff_ci_high", "verdict", "group"]
+    if "diff" not in table:
+        return pd.DataFrame(columns=columns)
+    variants = table[table["verdict"] != "baseline"].sort_values("diff", ascending=False)
+    rows = [
+        [
+            change(r, keys, baseline) + _on(r, keys),
+            r["diff"],
+            r["diff_ci_low"],
+            r["diff_ci_high"],
+            r["verdict"],
+            "variant",
+        ]  # fmt: skip
+        for _, r in variants.iterrows()
+    ]
+    for _, r in effects.iterrows():
+        scope = "" if r["scope"] == "all" else f" (on {r['scope']})"
+        name = f"{r['axis'].split('.')[-1]} {r['value']} vs {r['baseline_value']}{scope}"
+        rows.append(
+            [name, r["diff"], r["diff_ci_low"], r["diff_ci_high"], r["verdict"], "main effect"]
+        )
+    return pd.DataFrame(rows, columns=columns)
 
 
 CHANCE_TOLERANCE = 0.02  # pixel accuracy within this of 1/num_classes counts as chance
@@ -278,7 +434,7 @@ CHANCE_TOLERANCE = 0.02  # pixel accuracy within this of 1/num_classes counts as
 
 def negative_control(runs: pd.DataFrame) -> str | None:
     """For runs on ``noise`` data (random labels): is val pixel accuracy at chance?"""
-    column, dataset = "metrics.best_val_pixel_accuracy", "params.data.dataset"
+    column, dataset = "metrics.test_pixel_accuracy", "params.data.dataset"
     if dataset not in runs or column not in runs:
         return None
     noise = runs[runs[dataset] == "noise"]
@@ -288,7 +444,7 @@ def negative_control(runs: pd.DataFrame) -> str | None:
     if len(classes) != 1:
         return "Negative control (noise data): runs with different class counts; not checked."
     chance = 1 / float(classes[0])
-    mean, _, low, high = mean_ci(noise[column].tolist())
+    mean, _, low, high = mean_ci(noise[column].tolist(), bounds=(0.0, 1.0))
     at_chance = abs(mean - chance) <= CHANCE_TOLERANCE or (
         not math.isnan(low) and low <= chance <= high
     )
@@ -298,96 +454,175 @@ def negative_control(runs: pd.DataFrame) -> str | None:
         else "NOT at chance: the model learns random labels, so something leaks (check the data and the split)"
     )
     return (
-        f"Negative control (noise data, {len(noise)} runs): val pixel accuracy {mean:.4f} "
+        f"Negative control (noise data, {len(noise)} runs): test pixel accuracy {mean:.4f} "
         f"(95% CI [{_fmt(low)}, {_fmt(high)}]) against chance {chance:.4f}: {verdict}."
     )
 
 
-def _verdict(row) -> str:
-    """baseline / within noise / better / worse, for one row of the comparison."""
-    if row.get("is_baseline"):
-        return "baseline"
-    if row.get("within_noise", True):
-        return "within noise"
-    return "better" if row["diff"] > 0 else "worse"
-
-
 def _fmt(value: Any, digits: int = 4) -> str:
-    if isinstance(value, float):
+    if isinstance(value, (float, np.floating)):
+        if math.isinf(value):
+            return "∞" if value > 0 else "-∞"
         return "–" if math.isnan(value) else f"{value:.{digits}f}"
     return str(value)
 
 
-def _markdown(name, metric, column, collected, keys, table, baseline, reason) -> str:
+def _signed(value: float, digits: int = 4) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:+.{digits}f}"
+
+
+def _interval(row, low="diff_ci_low", high="diff_ci_high") -> str:
+    return f"{_signed(row.get('diff', math.nan))} [{_signed(row.get(low, math.nan))}, {_signed(row.get(high, math.nan))}]"
+
+
+def _ratio_cell(value: float) -> str:
+    return "–" if value is None or math.isnan(value) else f"x{value:.2f}"
+
+
+def _seeds_cell(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return "> 1000" if math.isinf(value) else str(int(value))
+
+
+SEED_VALUES_UP_TO = 5  # with this many seeds or fewer, each seed's value is shown
+
+
+def _sections(report: Report) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """The report's tables, in order: (title, id, header, rows); shared by Markdown and HTML."""
+    keys, table = report.axes, report.summary
+    tasks = [k for k in keys if is_stratum(k)]
+    order = table.assign(_base=table["verdict"] != "baseline").sort_values(
+        [*tasks, "_base", "diff"], ascending=[*([True] * len(tasks)), True, False]
+    ) if "diff" in table else table  # fmt: skip
+    head = [*(["dataset"] if tasks else []), "change from the baseline", "verdict"]
+    head += ["difference [adjusted CI]"]
+    head += ["adjusted p", "pairs", "MDE", "seeds to decide", "FLOPs", "time/img"]
+    verdicts = []
+    for _, row in order.iterrows():
+        base = row["verdict"] == "baseline"
+        verdicts.append(
+            [*([str(row[tasks[0]])] if tasks else []),
+             "(baseline)" if base else change(row, keys, report.baseline),
+             str(row["verdict"]), "–" if base else _interval(row),
+             "–" if base else _fmt(row.get("p_adjusted", math.nan), 3),
+             str(int(row.get("n_pairs", row["n"]) or 0)),
+             "–" if base else _fmt(row.get("mde", math.nan)),
+             "–" if base else _seeds_cell(row.get("seeds_needed", math.nan)),
+             "–" if base else _ratio_cell(row.get("flops_ratio", math.nan)),
+             "–" if base else _ratio_cell(row.get("time_ratio", math.nan))]
+        )  # fmt: skip
+    sections = [("Verdicts", "verdicts", head, verdicts)]
+    if not report.effects.empty:
+        rows = [
+            [str(r["axis"]), f"{r['value']} vs {r['baseline_value']}",
+             "all" if r["scope"] == "all" else str(r["scope"]), str(r["verdict"]), _interval(r),
+             _fmt(r["p_adjusted"], 3), str(int(r["n_pairs"])), _fmt(r["mde"]),
+             _seeds_cell(r["seeds_needed"]), _ratio_cell(r["flops_ratio"]),
+             _ratio_cell(r["time_ratio"])]
+            for _, r in report.effects.iterrows()
+        ]  # fmt: skip
+        head = ["axis", "change", "datasets", "verdict", "difference [adjusted CI]"]
+        head += ["adjusted p", "seed blocks", "MDE", "seeds to decide", "FLOPs", "time/img"]
+        sections.append(("Main effects", "effects", head, rows))
+    if not report.interactions.empty:
+        rows = []
+        for _, r in report.interactions.iterrows():
+            contrast = (
+                f"{_signed(r['contrast'])} [{_signed(r['contrast_ci95_low'])}, {_signed(r['contrast_ci95_high'])}]"
+                if "contrast" in r and not pd.isna(r.get("contrast"))
+                else "–"
+            )
+            rows.append(
+                [f"{r['axis_a']} x {r['axis_b']}", str(r["levels"]), _fmt(r["F"], 2),
+                 f"{int(r['df_num'])}, {int(r['df_den'])}", _fmt(r["p"], 3),
+                 _fmt(r["p_adjusted"], 3), contrast]
+            )  # fmt: skip
+        head = ["axes", "levels", "F", "df", "p", "Holm p", "interaction [95% CI]"]
+        sections.append(("Interactions", "interactions", head, rows))
+    details = table.sort_values("mean", ascending=False)
+    show_values = "seed_values" in details and details["n"].max() <= SEED_VALUES_UP_TO
+    head = [*keys, "n", "mean", "95% CI", *(["per seed"] if show_values else [])]
+    head += ["diff", "95% CI of diff (unadjusted)", "p (unadjusted)", "Hedges g"]
+    head += ["Wilcoxon p", "params", "GFLOP/img", "wall s"]
+    rows = []
+    for _, row in details.iterrows():
+        rows.append(
+            [*(str(row[k]) for k in keys), str(int(row["n"])), _fmt(row["mean"]),
+             f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
+             *([str(row["seed_values"])] if show_values else []),
+             _signed(row.get("diff", math.nan)),
+             f"[{_signed(row.get('diff_ci95_low', math.nan))}, {_signed(row.get('diff_ci95_high', math.nan))}]",
+             _fmt(row.get("p", math.nan), 3), _fmt(row.get("hedges_g", math.nan), 2),
+             _fmt(row.get("wilcoxon_p", math.nan), 3), _fmt(row["params"], 0),
+             _fmt(row["flops_per_image"] / 1e9, 3), _fmt(row["wall_time_s"], 0)]
+        )  # fmt: skip
+    sections.append(("Details per variant", "summary", head, rows))
+    return sections
+
+
+def _lead(report: Report) -> list[str]:
+    """The sentences above the verdict table: metric, baseline, decision rule, counts."""
+    base = label(report.baseline, [k for k in report.axes if not is_stratum(k)])
     lines = [
-        f"# Ablation report: {name}",
-        "",
-        f"Metric: `{column}` (each run's `{metric}` at its best epoch)."
-        if column != metric
-        else f"Metric: `{metric}`.",
-        "",
-        collected.left_out_line(),
-        "",
+        f"Metric: {report.metric}, the test split at each run's best-validation checkpoint "
+        "(validation picks the epoch, test scores it).",
+        f"Baseline: {base} ({report.baseline_reason}).",
     ]
-    lines += [
-        f"Ablation axes (params that vary): {', '.join(f'`{k}`' for k in keys) or 'none'}.",
-        f"Baseline: { {k: v for k, v in baseline.items() if not is_stratum(k)} } — {reason}.",
-        "",
-    ]
-    header = [
-        *keys,
-        "n",
-        "mean",
-        "95% CI",
-        "diff vs baseline",
-        "95% CI of diff",
-        "paired t p",
-        "Wilcoxon p",
-        "d_z",
-        "verdict",
-        "params",
-        "GFLOP/img",
-        "wall s",
-    ]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, row in table.sort_values("mean", ascending=False).iterrows():
-        verdict = _verdict(row)
-        cells = [
-            *(str(row[k]) for k in keys),
-            str(int(row["n"])),
-            _fmt(row["mean"]),
-            f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
+    if report.family is not None:
+        lines.append("Decision rule: " + report.family.describe(report.metric) + ".")
+        counts = pd.concat(
+            [report.summary["verdict"], report.effects.get("verdict", pd.Series(dtype=str))]
+        ).value_counts()
+        shown = [
+            f"{counts.get(v, 0)} {v}" for v in ("better", "worse", "equivalent", "inconclusive")
         ]
-        cells += [
-            _fmt(row.get("diff", math.nan)),
-            f"[{_fmt(row.get('diff_ci_low', math.nan))}, {_fmt(row.get('diff_ci_high', math.nan))}]",
-        ]
-        cells += [
-            _fmt(row.get("t_test_p", math.nan), 3),
-            _fmt(row.get("wilcoxon_p", math.nan), 3),
-            _fmt(row.get("effect_size_dz", math.nan), 2),
-            verdict,
-        ]
-        cells += [
-            _fmt(row["params"], 0),
-            _fmt(row["flops_per_image"] / 1e9, 3),
-            _fmt(row["wall_time_s"], 0),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "CIs are Student-t 95% intervals over seeds. Differences pair each variant's run with the "
-        "baseline's run of the same seed; the tests are the paired t-test and the Wilcoxon signed-rank "
-        "test on those differences, d_z is their mean over their standard deviation. A difference "
-        "whose CI includes 0 is marked *within noise*.",
-        "",
-    ]
+        lines.append("Verdicts (variants and main effects): " + ", ".join(shown) + ".")
+    return lines
+
+
+def _method(report: Report) -> str:
+    family = report.family
+    sesoi = _fmt(family.sesoi, 4) if family else "–"
+    return (
+        "How to read it. Each variant is compared with the baseline over runs paired by seed "
+        "(within a dataset); each main effect comes from a linear model with the seed as a "
+        "block (statsmodels OLS), averaged over the other axes. All of them form one family: "
+        "the adjusted p-values and intervals control the chance of any false better/worse "
+        "verdict across the whole report. better/worse: the adjusted interval excludes 0. "
+        f"equivalent: it lies within ±{sesoi}, the smallest effect of interest. inconclusive: "
+        "neither; more seeds would tell (see seeds to decide). MDE: the smallest true "
+        "difference this design detects with 80% power, with the observed spread. Intervals "
+        "never leave the metric's range. Interactions: F-tests of the two-way terms against "
+        "the additive model, Holm-adjusted among themselves. Details: per-variant Student-t "
+        "95% intervals and unadjusted per-comparison statistics (Hedges g is bias-corrected; "
+        "Wilcoxon appears only from 6 pairs, where it can reject at 5%)."
+    )
+
+
+def _markdown(report: Report, collected: Collected, findings: list[str], shown: list[str]) -> str:
+    lines = [f"# Ablation report: {report.name}", "", *(f"{x}\n" for x in _lead(report))]
+    for title, _, head, rows in _sections(report):
+        lines += [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+        lines.append("")
+        if title == "Verdicts" and "forest" in shown:
+            lines += ["![forest](plots/forest.png)", ""]
+    lines += [_method(report), ""]
+    if findings:
+        lines += ["## Findings", "", *(f"- {line}" for line in findings), ""]
+    lines += ["## Notes", "", *(f"- {n}" for n in report.notes), ""]
+    plots = [n for n in shown if n != "forest"]
+    if plots:
+        lines += ["## Plots", "", "\n\n".join(f"![{n}](plots/{n}.png)" for n in plots), ""]
     return "\n".join(lines)
 
 
 def write(report: Report, out_dir: str | Path) -> list[Path]:
-    """``report.md``, ``report.html``, ``summary.csv`` and ``plots/*.png`` in ``out_dir``
-    (written atomically); returns the paths of the three documents."""
+    """``report.md``, ``report.html``, ``summary.csv`` (and ``effects.csv`` and
+    ``interactions.csv`` when there are any) and ``plots/*.png`` in ``out_dir``, written
+    atomically; returns the paths of the documents, report.md, summary.csv and report.html
+    first."""
     import base64
     import io
 
@@ -407,11 +642,26 @@ def write(report: Report, out_dir: str | Path) -> list[Path]:
     images.update(report.images)
     for name, data in images.items():
         atomic_write_bytes(out / "plots" / f"{name}.png", data)
-    csv = atomic_write_bytes(out / "summary.csv", report.summary.to_csv(index=False).encode())
+    csv = atomic_write_bytes(out / "summary.csv", _summary_csv(report).to_csv(index=False).encode())
     md = atomic_write_bytes(out / "report.md", report.markdown.encode())
     embedded = {name: base64.b64encode(data).decode() for name, data in images.items()}
     html = atomic_write_bytes(out / "report.html", _html(report, embedded).encode())
-    return [md, csv, html]
+    tables = [
+        atomic_write_bytes(out / f"{name}.csv", frame.to_csv(index=False).encode())
+        for name, frame in (("effects", report.effects), ("interactions", report.interactions))
+        if not frame.empty
+    ]
+    return [md, csv, html, *tables]
+
+
+SUMMARY_LEAD = ["verdict", "diff", "diff_ci_low", "diff_ci_high", "p_adjusted", "n_pairs", "mde"]
+
+
+def _summary_csv(report: Report) -> pd.DataFrame:
+    """The variants' table with the verdict columns first after the axes."""
+    table = report.summary.drop(columns=["_base"], errors="ignore")
+    lead = [*report.axes, *(c for c in SUMMARY_LEAD if c in table)]
+    return table[lead + [c for c in table.columns if c not in lead]]
 
 
 _SORT_SCRIPT = """
@@ -439,61 +689,103 @@ th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
 th { background: #f0f0f0; cursor: pointer; user-select: none; }
 th[data-order="asc"]::after { content: " \\25B2"; } th[data-order="desc"]::after { content: " \\25BC"; }
 tr.baseline td { font-weight: bold; } td.worse { color: #b00; } td.better { color: #060; }
+td.equivalent { color: #036; } td.inconclusive { color: #777; }
 img { max-width: 100%; display: block; margin: 1rem 0; }
 """
+
+
+def _inline(text: str) -> str:
+    """Escaped HTML of a line of the report's prose: **bold** and `code` become tags."""
+    import html
+    import re
+
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
 def _html(report: Report, images: dict[str, str]) -> str:
     import html
 
-    table = report.summary.sort_values("mean", ascending=False)
-    columns = [
-        *report.axes,
-        "n",
-        "mean",
-        "ci_low",
-        "ci_high",
-        "diff",
-        "diff_ci_low",
-        "diff_ci_high",
-        "t_test_p",
-        "wilcoxon_p",
-        "effect_size_dz",
-        "verdict",
-        "params",
-        "flops_per_image",
-        "wall_time_s",
-    ]
-    rows = []
-    for _, row in table.iterrows():
-        verdict = _verdict(row)
-        cells = []
-        for column in columns:
-            value = verdict if column == "verdict" else row.get(column, "")
-            shown = _fmt(value) if isinstance(value, float) else str(value)
-            css = f' class="{verdict}"' if column == "verdict" else ""
-            cells.append(
-                f'<td data-value="{html.escape(str(value))}"{css}>{html.escape(shown)}</td>'
-            )
-        rows.append(
-            f'<tr class="{"baseline" if verdict == "baseline" else ""}">' + "".join(cells) + "</tr>"
+    def image(name: str) -> str:
+        return (
+            f"<h3>{html.escape(name.replace('_', ' '))}</h3>"
+            f'<img alt="{html.escape(name)}" src="data:image/png;base64,{images[name]}">'
         )
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    notes = "".join(f"<p>{html.escape(n)}</p>" for n in report.notes)
-    figures = "".join(
-        f'<h3>{html.escape(n.replace("_", " "))}</h3><img alt="{html.escape(n)}" src="data:image/png;base64,{data}">'
-        for n, data in images.items()
-    )
+
+    parts = [f"<p>{_inline(line)}</p>" for line in _lead(report)]
+    for title, table_id, head, rows in _sections(report):
+        verdict_at = head.index("verdict") if "verdict" in head else -1
+        body = []
+        for cells in rows:
+            tds = []
+            for i, cell in enumerate(cells):
+                css = f' class="{html.escape(cell)}"' if i == verdict_at else ""
+                tds.append(f'<td data-value="{html.escape(cell)}"{css}>{html.escape(cell)}</td>')
+            base = (
+                ' class="baseline"' if verdict_at >= 0 and cells[verdict_at] == "baseline" else ""
+            )
+            body.append(f"<tr{base}>" + "".join(tds) + "</tr>")
+        parts.append(
+            f'<h2>{html.escape(title)}</h2><div style="overflow-x: auto">'
+            f'<table class="sortable" id="{table_id}"><thead><tr>'
+            + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+            + f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+        )
+        if table_id == "verdicts" and "forest" in images:
+            parts.append(image("forest"))
+    parts.append(f"<p>{_inline(_method(report))} Click a column to sort.</p>")
+    if report.findings:
+        items = "".join(f"<li>{_inline(n)}</li>" for n in report.findings)
+        parts.append(f"<h2>Findings</h2><ul>{items}</ul>")
+    items = "".join(f"<li>{_inline(n)}</li>" for n in report.notes)
+    parts.append(f"<h2>Notes</h2><ul>{items}</ul>")
+    plots = [n for n in images if n != "forest"]
+    if plots:
+        parts.append("<h2>Plots</h2>" + "".join(image(n) for n in plots))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Ablation report: {html.escape(report.name)}</title><style>{_STYLE}</style></head>
 <body>
 <h1>Ablation report: {html.escape(report.name)}</h1>
-<p>Metric: <code>{html.escape(run_metric(report.metric))}</code>. Axes: {html.escape(", ".join(report.axes) or "none")}.
-Baseline: {html.escape(str(report.baseline))} ({html.escape(report.baseline_reason)}).</p>
-{notes}
-<div style="overflow-x: auto"><table class="sortable" id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>
-<p>95% Student-t intervals over seeds; differences are seed-paired against the baseline (paired t-test, Wilcoxon signed-rank, effect size d_z); a difference whose CI includes 0 is within noise. Click a column to sort.</p>
-<h2>Plots</h2>{figures}
+{"".join(parts)}
 <script>{_SORT_SCRIPT}</script>
 </body></html>
 """
+
+
+def verdict_lines(report: Report) -> list[str]:
+    """The verdicts as terminal lines: the decision rule, one line per compared variant and
+    main effect, and what deciding the open ones would take."""
+    if report.family is None:
+        return ["no axis varies: nothing to compare"]
+    lines = [report.family.describe(report.metric)]
+    rows = []
+    keys = report.axes
+    for _, row in report.summary[report.summary["verdict"] != "baseline"].iterrows():
+        rows.append((change(row, keys, report.baseline) + _on(row, keys), row))
+    for _, row in report.effects.iterrows():
+        scope = "" if row["scope"] == "all" else f" on {row['scope']}"
+        rows.append(
+            (
+                f"main effect: {row['axis'].split('.')[-1]} {row['value']} vs {row['baseline_value']}{scope}",
+                row,
+            )
+        )
+    width = min(60, max((len(name) for name, _ in rows), default=10))
+    lines.append(
+        f"  {'compared with the baseline':<{width}}  {'verdict':<12}  {'difference [adjusted CI]':<30}  adj p  pairs  seeds to decide"
+    )
+    for name, row in rows:
+        lines.append(
+            f"  {name[:width]:<{width}}  {row['verdict']:<12}  {_interval(row):<30}  "
+            f"{_fmt(row['p_adjusted'], 3):>5}  {int(row['n_pairs']):>5}  {_seeds_cell(row['seeds_needed']):>15}"
+        )
+    open_rows = [row for _, row in rows if row["verdict"] == "inconclusive"]
+    if open_rows:
+        needed = [row["seeds_needed"] for row in open_rows if not math.isnan(row["seeds_needed"])]
+        most = _seeds_cell(max(needed)) if needed else "an unknown number of"
+        lines.append(
+            f"{len(open_rows)} inconclusive: deciding them at ±{_fmt(report.family.sesoi)} "
+            f"would take up to {most} seeds (80% power at the planned level)."
+        )
+    return lines

@@ -2,18 +2,20 @@
 compare every group with a baseline over seed-paired runs.
 
 Input: one row per finished training run, with ``params.<key>`` columns (the flattened
-config), ``metrics.<key>`` columns and ``wall_time_s``. Pure pandas/scipy: no MLflow here.
+config), ``metrics.<key>`` columns and ``wall_time_s``. Pure pandas, scipy and statsmodels: no MLflow here.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 SEED = "params.train.seed"
 # Params that never define a variant: the seed pairs runs, the rest only say how it ran.
@@ -51,15 +53,14 @@ NOT_APPLICABLE = "n/a"
 
 def mark_inert(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """Runs whose model ignores some params (e.g. ``num_latents`` without expert attention)
-    get ``n/a`` there, and runs that are then the same configuration with the same seed -
-    replicates of one model - are counted once. Returns the runs and a note saying so."""
+    get ``n/a`` there, so that runs of one model with one seed look the same (and
+    :func:`deduplicate` counts them once). Returns the runs and a note naming those keys."""
     from latentseg.models import inert_keys
 
     model_columns = [c for c in runs.columns if c.startswith("params.model.")]
     if not model_columns:
         return runs, None
     runs = runs.copy()
-    masked = np.zeros(len(runs), dtype=bool)
     names: set[str] = set()
     for position, (_, row) in enumerate(runs[model_columns].iterrows()):
         config = {c.removeprefix("params.model."): row[c] for c in model_columns}
@@ -67,29 +68,53 @@ def mark_inert(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
             column = f"params.model.{key}"
             if column in runs and str(row[column]) != NOT_APPLICABLE:
                 runs.iloc[position, runs.columns.get_loc(column)] = NOT_APPLICABLE
-                masked[position] = True
                 names.add(key)
-    if not masked.any():
+    if not names:
         return runs, None
-    identity = [
+    return runs, (
+        f"Some params do not change the model given the others ({', '.join(sorted(names))}; "
+        "e.g. num_latents without expert attention, MoE without a latent MLP): those runs "
+        "show n/a there."
+    )
+
+
+def identity_columns(runs: pd.DataFrame) -> list[str]:
+    """The params that identify a configuration and seed (not tracking, threads, device)."""
+    return [
         c for c in runs.columns
         if c.startswith("params.") and not c.startswith("params.tracking.") and c not in NOT_AXES - {SEED}
     ]  # fmt: skip
-    before = len(runs)
+
+
+def deduplicate(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One run per configuration and seed: re-runs, retried trials and replicates of one
+    model under params it ignores (after :func:`mark_inert`) count once, the latest kept.
+    Returns the runs and how many were merged away."""
+    identity = identity_columns(runs)
+    if not identity or runs.empty:
+        return runs, 0
+    if "end_time" in runs:
+        runs = runs.sort_values("end_time", ascending=False, kind="stable")
     key = runs[identity].map(str).agg("|".join, axis=1)
-    runs = runs[~(key.duplicated() & masked)]
-    dropped = before - len(runs)
-    why = (
-        f"Some params do not change the model given the others ({', '.join(sorted(names))}; "
-        "e.g. num_latents without expert attention, MoE without a latent MLP)"
-    )
-    note = (
-        f"{why}: those runs show n/a there, and {dropped} replicate run(s) of the same model "
-        "and seed are counted once."
-        if dropped
-        else f"{why}: n/a."
-    )
-    return runs.reset_index(drop=True), note
+    kept = runs[~key.duplicated()]
+    return kept.sort_index().reset_index(drop=True), len(runs) - len(kept)
+
+
+def metric_bounds(metric: str) -> tuple[float, float]:
+    """The range a metric lives in: [0, 1] for IoU, Dice and accuracies; >= 0 for losses,
+    counts and entropies; unbounded otherwise. Intervals are clipped to it."""
+    name = metric.removeprefix("best_").removeprefix("val_").removeprefix("test_")
+    if name in ("miou", "mdice", "pixel_accuracy") or name.startswith(("iou_", "dice_")):
+        return 0.0, 1.0
+    if "loss" in name or name in ("dead_latents", "latent_usage_entropy", "router_entropy"):
+        return 0.0, math.inf
+    return -math.inf, math.inf
+
+
+def difference_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
+    """The range of a difference of two values in ``bounds``."""
+    low, high = bounds
+    return low - high, high - low
 
 
 def ablation_axes(runs: pd.DataFrame) -> list[str]:
@@ -110,9 +135,12 @@ def ablation_axes(runs: pd.DataFrame) -> list[str]:
 
 
 def mean_ci(
-    values: Sequence[float], confidence: float = CONFIDENCE
+    values: Sequence[float],
+    confidence: float = CONFIDENCE,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
 ) -> tuple[float, float, float, float]:
-    """``(mean, std, low, high)``: a Student-t interval; NaN bounds with fewer than 2 values."""
+    """``(mean, std, low, high)``: a Student-t interval clipped to ``bounds`` (a mean of
+    values in [0, 1] lies in [0, 1]); NaN bounds with fewer than 2 values."""
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     if len(x) == 0:
         return (math.nan,) * 4
@@ -120,13 +148,19 @@ def mean_ci(
     if len(x) < 2:
         return mean, math.nan, math.nan, math.nan
     std = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1)) * std / math.sqrt(len(x))
-    return mean, std, mean - half, mean + half
+    half = float(special.stdtrit(len(x) - 1, 0.5 + confidence / 2)) * std / math.sqrt(len(x))
+    return mean, std, max(mean - half, bounds[0]), min(mean + half, bounds[1])
 
 
-def summarize(runs: pd.DataFrame, axes: Sequence[str], metric: str) -> pd.DataFrame:
-    """One row per variant (a combination of axis values): n, mean, std and 95% CI of
-    ``metric``, mean best epoch, wall time, params, FLOPs and throughput."""
+def summarize(
+    runs: pd.DataFrame,
+    axes: Sequence[str],
+    metric: str,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+) -> pd.DataFrame:
+    """One row per variant (a combination of axis values): n (runs with a value of
+    ``metric``), mean, std and 95% CI of ``metric`` (clipped to ``bounds``), mean best
+    epoch, wall time, params, FLOPs and throughput."""
     column = f"metrics.{metric}"
     if column not in runs:
         raise KeyError(f"no run reports metric {metric!r}")
@@ -141,122 +175,378 @@ def summarize(runs: pd.DataFrame, axes: Sequence[str], metric: str) -> pd.DataFr
     groups = runs.groupby(list(axes), dropna=False, sort=True) if axes else [((), runs)]
     for key, group in groups:
         key = key if isinstance(key, tuple) else (key,)
-        mean, std, low, high = mean_ci(group[column].tolist())
+        mean, std, low, high = mean_ci(group[column].tolist(), bounds=bounds)
         row: dict[str, Any] = {a.removeprefix("params."): v for a, v in zip(axes, key, strict=True)}
-        row.update(n=len(group), mean=mean, std=std, ci_low=low, ci_high=high)
+        row.update(n=int(group[column].notna().sum()), mean=mean, std=std, ci_low=low, ci_high=high)
         for name, source in extra.items():
             row[name] = float(group[source].mean()) if source in group else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def baseline_mask(
+    runs: pd.DataFrame, axes: Sequence[str], baseline: Mapping[str, Any]
+) -> np.ndarray:
+    """The runs of the baseline variant (on every dataset when the dataset varies)."""
+    keys = [a.removeprefix("params.") for a in axes if not is_stratum(a)]
+    if not keys:
+        return np.ones(len(runs), bool)
+    return np.logical_and.reduce([runs[f"params.{k}"].map(str) == str(baseline[k]) for k in keys])
+
+
 def compare(
-    runs: pd.DataFrame, axes: Sequence[str], metric: str, baseline: Mapping[str, Any]
+    runs: pd.DataFrame,
+    axes: Sequence[str],
+    metric: str,
+    baseline: Mapping[str, Any],
+    bounds: tuple[float, float] = (-math.inf, math.inf),
 ) -> pd.DataFrame:
     """Every variant against ``baseline`` (axis -> value, axes without ``params.``), over runs
-    paired by seed: mean difference with a 95% CI, paired t-test and Wilcoxon signed-rank
-    p-values, effect size d_z (mean difference / std of the differences), and
-    ``within_noise`` when the CI of the difference includes 0 (or cannot be computed)."""
+    paired by seed (within a dataset). Per variant: ``n_pairs`` (pairs with a value on both
+    sides), the mean difference ``diff`` with its standard error ``se``, ``df`` and the
+    per-comparison 95% interval ``diff_ci95_low/high`` (unadjusted), the paired t-test's
+    unadjusted ``p``, Hedges' ``hedges_g``, ``sd_diff`` and the Wilcoxon signed-rank p where
+    it can reject at 5% (6 pairs or more; NaN below). Verdicts need the whole family:
+    :func:`apply_verdicts`."""
     column = f"metrics.{metric}"
     keys = [a.removeprefix("params.") for a in axes]
     variant_keys = [k for k in keys if not is_stratum(k)]  # the baseline on every task
-    is_base = (
-        np.logical_and.reduce(
-            [runs[f"params.{k}"].map(str) == str(baseline[k]) for k in variant_keys]
-        )
-        if variant_keys
-        else np.ones(len(runs), bool)
-    )
     runs = runs.assign(_pair=pairing(runs, axes))
-    base = runs[is_base].groupby("_pair")[column].mean()
+    base = runs[baseline_mask(runs, axes, baseline)].groupby("_pair")[column].mean().dropna()
+    diff_bounds = difference_bounds(bounds)
     rows = []
     for key, group in runs.groupby(list(axes), dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        values = group.groupby("_pair")[column].mean()
+        values = group.groupby("_pair")[column].mean().dropna()
         seeds = sorted(set(values.index) & set(base.index))
         diffs = np.array([values[s] - base[s] for s in seeds], dtype=float)
-        mean, std, low, high = mean_ci(diffs.tolist())
         row: dict[str, Any] = dict(zip(keys, key, strict=True))
         row["is_baseline"] = all(str(row[k]) == str(baseline[k]) for k in variant_keys)
-        row.update(n_pairs=len(seeds), diff=mean, diff_ci_low=low, diff_ci_high=high)
-        row["t_test_p"] = _paired_t(diffs)
-        row["wilcoxon_p"] = _wilcoxon(diffs)
-        row["effect_size_dz"] = mean / std if std and not math.isnan(std) and std > 0 else math.nan
-        row["within_noise"] = bool(math.isnan(low) or (low <= 0 <= high))
+        row.update(_paired(diffs, diff_bounds))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _paired_t(diffs: np.ndarray) -> float:
-    if len(diffs) < 2 or np.allclose(diffs, diffs[0]):
-        return math.nan
-    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+def _paired(diffs: np.ndarray, bounds: tuple[float, float]) -> dict[str, Any]:
+    from latentseg.report.verdicts import hedges_g, wilcoxon_can_reject
+
+    n = len(diffs)
+    mean, sd, low, high = mean_ci(diffs.tolist(), bounds=bounds)
+    se = sd / math.sqrt(n) if n >= 2 else math.nan
+    exact = n >= 2 and np.allclose(diffs, diffs[0])  # no spread: no test
+    return {
+        "n_pairs": n,
+        "diff": mean,
+        "se": math.nan if exact else se,
+        "df": float(n - 1) if n >= 2 else math.nan,
+        "sd_diff": sd,
+        "diff_ci95_low": low,
+        "diff_ci95_high": high,
+        "p": math.nan if exact or n < 2 else float(2 * special.stdtr(n - 1, -abs(mean / se))),
+        "hedges_g": hedges_g(diffs),
+        "wilcoxon_p": float(stats.wilcoxon(diffs).pvalue)
+        if wilcoxon_can_reject(n) and not np.all(diffs == 0)
+        else math.nan,
+    }
 
 
-def _wilcoxon(diffs: np.ndarray) -> float:
-    if len(diffs) < 2 or np.all(diffs == 0):
-        return math.nan
-    return float(stats.wilcoxon(diffs).pvalue)
+def _labels(runs: pd.DataFrame, axes: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each axis's values as strings, once (the models below index them many times)."""
+    return {a: runs[a].map(str).to_numpy(dtype=str) for a in axes}
+
+
+def _context(
+    labels: dict[str, np.ndarray], mask: np.ndarray, axes: Sequence[str], exclude: Sequence[str]
+) -> np.ndarray:
+    """The combination of the other axes that apply to every run in ``mask``; an axis that
+    is n/a for some of them is nested in the compared ones and is averaged over instead."""
+    others = [
+        a for a in axes
+        if a not in exclude and not is_stratum(a) and bool((labels[a][mask] != NOT_APPLICABLE).all())
+    ]  # fmt: skip
+    if not others:
+        return np.full(int(mask.sum()), "all")
+    return np.array(["|".join(t) for t in zip(*(labels[a][mask] for a in others), strict=True)])
+
+
+def _dummies(values: np.ndarray, reference: str | None = None) -> np.ndarray:
+    """Treatment-coded indicator columns of ``values`` (the ``reference`` level dropped),
+    one per other level in sorted order."""
+    levels, inverse = np.unique(values, return_inverse=True)
+    reference = reference if reference is not None else levels[0]
+    keep = np.flatnonzero(levels != reference)
+    return (inverse[:, None] == keep[None, :]).astype(float)
+
+
+def _fit(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Least squares: coefficients, their covariance (pseudo-inverse where the design is
+    rank-deficient), the residual degrees of freedom and the residual sum of squares."""
+    import statsmodels.api as sm
+
+    with warnings.catch_warnings():  # rank deficiency is expected; _estimable checks it
+        warnings.simplefilter("ignore")
+        fit = sm.OLS(y, x).fit()
+    rank = int(np.linalg.matrix_rank(x))
+    df = len(y) - rank
+    rss = float(np.sum(fit.resid**2))
+    cov = fit.normalized_cov_params * (rss / df) if df > 0 else np.full((x.shape[1],) * 2, np.nan)
+    return np.asarray(fit.params), np.asarray(cov), df, rss
+
+
+def _estimable(x: np.ndarray, column: int) -> bool:
+    """Whether the coefficient of ``column`` is identified by the design ``x``."""
+    unit = np.zeros((1, x.shape[1]))
+    unit[0, column] = 1.0
+    return np.linalg.matrix_rank(np.vstack([x, unit])) == np.linalg.matrix_rank(x)
 
 
 def axis_effects(
-    runs: pd.DataFrame, axes: Sequence[str], metric: str, baseline: Mapping[str, Any]
+    runs: pd.DataFrame,
+    axes: Sequence[str],
+    metric: str,
+    baseline: Mapping[str, Any],
+    bounds: tuple[float, float] = (-math.inf, math.inf),
 ) -> pd.DataFrame:
-    """The main effect of each axis: for every other value of the axis, the seed-paired
-    difference from the baseline's value, each side averaged over all the other axes (pairs
-    are formed within a dataset when the dataset varies; it is not an effect itself).
+    """The main effect of each axis, from a linear model with the seed as a block:
+    ``metric ~ block + context + axis`` over the runs where the axis applies, where the block
+    is the seed (within a dataset, so datasets are absorbed, never an effect) and the context
+    the combination of the other axes that apply to all those runs (axes nested in this one,
+    n/a on some runs, are averaged over). Each other value of the axis is compared with the
+    baseline's value; on a balanced design the estimate is the seed-paired difference
+    averaged over the other axes, and on an unbalanced one it compares like with like.
 
     Where the baseline does not use an axis (``n/a``: MoE without a latent MLP), the axis is
-    measured where it applies, against the tutorial's value of it. With the cost of the
-    change: ``flops_ratio`` and ``time_ratio`` (training seconds per image), other / base."""
+    measured where it applies, against the tutorial's value of it. Columns as
+    :func:`compare` (``diff``, ``se``, ``df``, ``p``, ``diff_ci95_*``; ``n_pairs``: blocks
+    with both values) and the cost of the change: ``flops_ratio`` and ``time_ratio``
+    (training seconds per image), other / base."""
     from latentseg.config import ModelConfig
 
     column = f"metrics.{metric}"
-    rows = []
-    runs = runs.assign(_pair=pairing(runs, axes))
+    runs = runs[runs[column].notna()]
+    labels = _labels(runs, axes)
+    pairs = pairing(runs, axes).to_numpy(dtype=str)
+    outcome = runs[column].to_numpy(float)
     defaults = ModelConfig()
+    diff_bounds = difference_bounds(bounds)
+    rows = []
     for axis in axes:
         key = axis.removeprefix("params.")
-        values = runs[axis].map(str)
         if is_stratum(axis):
             continue
         reference = str(baseline[key])
+        values = labels[axis]
         if reference == NOT_APPLICABLE:
             default = getattr(defaults, key.removeprefix("model."), NOT_APPLICABLE)
             if not key.startswith("model.") or str(default) not in set(values):
                 continue
             reference = str(default)
-        base_runs = runs[values == reference]
-        base = base_runs.groupby("_pair")[column].mean()
         # an axis's effect is measured where it applies (num_latents: with expert attention)
-        for value in sorted(set(values) - {reference, NOT_APPLICABLE}):
-            other_runs = runs[values == value]
-            other = other_runs.groupby("_pair")[column].mean()
-            seeds = sorted(set(base.index) & set(other.index))
-            diffs = [other[s] - base[s] for s in seeds]
-            mean, _, low, high = mean_ci(diffs)
+        mask = values != NOT_APPLICABLE
+        level = values[mask]
+        if reference not in set(level):
+            continue
+        others = sorted(set(level) - {reference})
+        design = np.column_stack(
+            [
+                np.ones(int(mask.sum())),
+                _dummies(pairs[mask]),
+                _dummies(_context(labels, mask, axes, [axis])),
+                _dummies(level, reference),
+            ]
+        )
+        coef, cov, df, _ = _fit(outcome[mask], design)
+        flops, speed = (
+            runs[c].to_numpy(float)[mask] if c in runs else np.full(len(level), np.nan)
+            for c in ("metrics.model_flops_per_image", "metrics.train_images_per_s")
+        )
+        first = design.shape[1] - len(others)
+        for offset, value in enumerate(others):
+            j = first + offset
+            at, base = level == value, level == reference
+            both = set(pairs[mask][at]) & set(pairs[mask][base])
+            estimable = _estimable(design, j)
+            estimate = float(coef[j]) if estimable else math.nan
+            se = float(math.sqrt(cov[j, j])) if estimable and df > 0 and cov[j, j] > 0 else math.nan
             rows.append(
                 {
                     "axis": key,
                     "value": value,
                     "baseline_value": reference,
-                    "n_pairs": len(seeds),
-                    "diff": mean,
-                    "ci_low": low,
-                    "ci_high": high,
-                    "within_noise": bool(math.isnan(low) or low <= 0 <= high),
-                    "flops_ratio": _ratio(other_runs, base_runs, "metrics.model_flops_per_image"),
-                    "time_ratio": _ratio(
-                        base_runs, other_runs, "metrics.train_images_per_s"
-                    ),  # seconds per image: the inverse of throughput
+                    "n_pairs": len(both),
+                    **_coefficient(estimate, se, df, diff_bounds),
+                    "flops_ratio": _mean_ratio(flops[at], flops[base]),
+                    # seconds per image: the inverse of throughput
+                    "time_ratio": _mean_ratio(speed[base], speed[at]),
                 }
             )
     return pd.DataFrame(rows)
 
 
-def _ratio(top: pd.DataFrame, bottom: pd.DataFrame, column: str) -> float:
-    """Mean of ``column`` over ``top`` / over ``bottom`` (NaN when either is missing)."""
-    if column not in top or column not in bottom:
+def _coefficient(
+    estimate: float, se: float, df: float, bounds: tuple[float, float]
+) -> dict[str, float]:
+    """``diff``, ``se``, ``df``, ``p`` and the unadjusted 95% interval of a coefficient."""
+    if math.isnan(se) or df < 1:
+        return {"diff": estimate, "se": math.nan, "df": math.nan, "p": math.nan,
+                "diff_ci95_low": math.nan, "diff_ci95_high": math.nan}  # fmt: skip
+    half = float(special.stdtrit(df, 0.5 + CONFIDENCE / 2)) * se
+    return {
+        "diff": estimate,
+        "se": se,
+        "df": float(df),
+        "p": float(2 * special.stdtr(df, -abs(estimate / se))),
+        "diff_ci95_low": max(estimate - half, bounds[0]),
+        "diff_ci95_high": min(estimate + half, bounds[1]),
+    }
+
+
+def interactions(runs: pd.DataFrame, axes: Sequence[str], metric: str) -> pd.DataFrame:
+    """Two-way interactions of the variant axes: for each pair, over the runs where both
+    apply, an F-test of ``block + context + a + b + a:b`` against the additive model (exact
+    on unbalanced designs: the interaction is the highest-order term). ``p_adjusted`` is
+    Holm's over the pairs (a family of its own). For two two-level axes, ``contrast`` is the
+    interaction itself: (effect of a at b's second value) - (at its first), with its 95%
+    interval."""
+    from latentseg.report.verdicts import adjust
+
+    column = f"metrics.{metric}"
+    runs = runs[runs[column].notna()]
+    labels = _labels(runs, axes)
+    pairs = pairing(runs, axes).to_numpy(dtype=str)
+    outcome = runs[column].to_numpy(float)
+    variant_axes = [a for a in axes if not is_stratum(a)]
+    rows = []
+    for i, a in enumerate(variant_axes):
+        for b in variant_axes[i + 1 :]:
+            mask = (labels[a] != NOT_APPLICABLE) & (labels[b] != NOT_APPLICABLE)
+            la, lb = labels[a][mask], labels[b][mask]
+            if len(set(la)) < 2 or len(set(lb)) < 2:
+                continue
+            y = outcome[mask]
+            da, db = _dummies(la), _dummies(lb)
+            additive = np.column_stack(
+                [np.ones(len(y)), _dummies(pairs[mask]),
+                 _dummies(_context(labels, mask, axes, [a, b])), da, db]
+            )  # fmt: skip
+            product = np.column_stack(
+                [da[:, [p]] * db[:, [q]] for p in range(da.shape[1]) for q in range(db.shape[1])]
+            )
+            full = np.column_stack([additive, product])
+            _, _, df0, rss0 = _fit(y, additive)
+            coef, cov, df1, rss1 = _fit(y, full)
+            df_num = df0 - df1
+            row: dict[str, Any] = {
+                "axis_a": a.removeprefix("params."),
+                "axis_b": b.removeprefix("params."),
+                "levels": f"{len(set(la))}x{len(set(lb))}",
+                "n_runs": len(y),
+                "df_num": df_num,
+                "df_den": df1,
+                "F": math.nan,
+                "p": math.nan,
+            }
+            if df_num > 0 and df1 > 0 and rss1 > 0:
+                f = ((rss0 - rss1) / df_num) / (rss1 / df1)
+                row.update(F=float(f), p=float(stats.f.sf(f, df_num, df1)))
+            if product.shape[1] == 1 and df1 > 0 and _estimable(full, full.shape[1] - 1):
+                c = coef[-1]
+                se = math.sqrt(cov[-1, -1]) if cov[-1, -1] > 0 else math.nan
+                half = float(stats.t.ppf(0.975, df1)) * se
+                row.update(
+                    contrast=float(c), contrast_ci95_low=c - half, contrast_ci95_high=c + half
+                )
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table["p_adjusted"] = adjust(table["p"].to_numpy(), "holm")
+    return table
+
+
+def _mean_ratio(top: np.ndarray, bottom: np.ndarray) -> float:
+    """Mean of ``top`` / mean of ``bottom``, NaNs skipped (NaN when either has no value)."""
+    if not (np.isfinite(top).any() and np.isfinite(bottom).any()):
         return math.nan
-    a, b = top[column].mean(), bottom[column].mean()
-    return float(a / b) if b and not (math.isnan(a) or math.isnan(b)) else math.nan
+    a, b = float(np.nanmean(top)), float(np.nanmean(bottom))
+    return a / b if b else math.nan
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one report decides: every comparison it makes is one family."""
+
+    sesoi: float  # the smallest effect of interest (NaN: equivalence is never claimed)
+    alpha: float
+    method: str  # holm | bonferroni | bh
+    size: int  # comparisons that could be tested
+    level: float  # the confidence level of every adjusted interval
+
+    def describe(self, metric: str) -> str:
+        from latentseg.report.verdicts import METHODS
+
+        sesoi = (
+            f"smallest effect of interest ±{self.sesoi:g} {metric}"
+            if not math.isnan(self.sesoi)
+            else "no smallest effect of interest (give --sesoi to decide equivalence)"
+        )
+        return (
+            f"{self.size} comparison{'s form' if self.size != 1 else ' forms'} one family; "
+            f"{METHODS[self.method]} at "
+            f"alpha {self.alpha:g}; intervals at {100 * self.level:.2f}%; {sesoi}"
+        )
+
+
+def apply_verdicts(
+    tables: Sequence[pd.DataFrame],
+    *,
+    sesoi: float,
+    alpha: float,
+    method: str,
+    bounds: tuple[float, float],
+) -> tuple[list[pd.DataFrame], Family]:
+    """Decide every non-baseline row of ``tables`` (frames of :func:`compare` and
+    :func:`axis_effects`) as one family. Adds ``verdict``, ``p_adjusted``, ``diff_ci_low``
+    and ``diff_ci_high`` (the adjusted interval behind the verdict), ``mde`` (the minimal
+    detectable effect at 80% power, at the family's first-step level alpha/m, with the
+    observed spread and n) and ``seeds_needed`` (seed pairs for 80% power at the smallest
+    effect of interest, at the same level)."""
+    from latentseg.report.verdicts import decide, mde, seeds_needed
+
+    parts = []
+    for index, table in enumerate(tables):
+        if table.empty:
+            continue
+        compared = ~table["is_baseline"].astype(bool) if "is_baseline" in table else None
+        rows = table.index[compared] if compared is not None else table.index
+        parts.append((index, rows))
+    estimate = np.concatenate([tables[i].loc[r, "diff"].to_numpy(float) for i, r in parts] or [[]])
+    se = np.concatenate([tables[i].loc[r, "se"].to_numpy(float) for i, r in parts] or [[]])
+    df = np.concatenate([tables[i].loc[r, "df"].to_numpy(float) for i, r in parts] or [[]])
+    decided = decide(
+        estimate, se, df, sesoi=sesoi, alpha=alpha, method=method,
+        bounds=difference_bounds(bounds),
+    )  # fmt: skip
+    planning = alpha / max(decided.family_size, 1)
+    out = [table.copy() for table in tables]
+    start = 0
+    for index, rows in parts:
+        stop = start + len(rows)
+        table = out[index]
+        table["verdict"] = "baseline"
+        for name, values in (
+            ("verdict", decided.verdict[start:stop]),
+            ("p_adjusted", decided.p_adjusted[start:stop]),
+            ("diff_ci_low", decided.ci_low[start:stop]),
+            ("diff_ci_high", decided.ci_high[start:stop]),
+        ):
+            table.loc[rows, name] = values
+        n = table.loc[rows, "n_pairs"].to_numpy(float)
+        table.loc[rows, "mde"] = [
+            mde(s, d, planning) for s, d in zip(se[start:stop], df[start:stop], strict=True)
+        ]
+        table.loc[rows, "seeds_needed"] = [
+            seeds_needed(s * math.sqrt(k), sesoi, planning) if k > 0 else math.nan
+            for s, k in zip(se[start:stop], n, strict=True)
+        ]
+        start = stop
+    return out, Family(sesoi, alpha, method, decided.family_size, decided.level)

@@ -39,11 +39,7 @@ def suggest(trial: optuna.Trial, key: str, param) -> Any:
 
 def epoch_metric(metric: str) -> str:
     """The per-epoch val metric that stands for ``metric`` (fed to the pruner)."""
-    if metric.startswith("best_val_"):
-        return metric.removeprefix("best_")
-    if metric.startswith("test_"):
-        return "val_" + metric.removeprefix("test_")
-    return metric
+    return metric.removeprefix("best_")
 
 
 class ReportToOptuna(TrainCallback):
@@ -74,7 +70,7 @@ def objective_value(
     summary: dict[str, float], metric: str, epochs: list[float], direction: str
 ) -> float:
     """``val_x``: the best per-epoch value in ``direction``; ``best_val_x`` (at the best-mIoU
-    epoch) and ``test_x`` (of the best checkpoint): as the run reports them."""
+    epoch): as the run reports it. Never ``test_x``: the spec refuses it."""
     if metric.startswith("val_"):
         if not epochs:
             raise KeyError(f"objective metric {metric!r} was never reported")

@@ -382,7 +382,9 @@ def _fingerprint(loaded: LoadedStudy) -> str:
     import hashlib
     import json
 
-    spec = loaded.spec.model_dump(mode="json", exclude={"n_trials", "timeout", "storage", "name"})
+    spec = loaded.spec.model_dump(
+        mode="json", exclude={"n_trials", "timeout", "storage", "name", "report"}
+    )
     base = loaded.base.config_hash(include_seed=True)
     return hashlib.sha256(json.dumps([spec, base], sort_keys=True).encode()).hexdigest()[:16]
 

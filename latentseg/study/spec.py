@@ -76,7 +76,7 @@ Param = Annotated[Union[IntParam, FloatParam, CategoricalParam], Field(discrimin
 class ObjectiveSpec(StrictModel):
     metric: str = Field(
         "val_miou",
-        description="A per-epoch val metric (its value at the best epoch is the objective) or a test_* / best_* summary metric.",
+        description="A per-epoch val metric (its value at the best epoch is the objective) or a best_val_* summary metric; never test_* (the report scores the test split).",
     )
     direction: Literal["maximize", "minimize"] | None = Field(
         None, description="Default: minimize for losses, maximize otherwise."
@@ -89,11 +89,31 @@ class ObjectiveSpec(StrictModel):
     @field_validator("metric")
     @classmethod
     def _known(cls, value: str) -> str:
-        if not value.startswith(("val_", "test_", "best_val_")):
+        if value.startswith("test_"):
             raise ValueError(
-                f"objective metric must be a val_*, best_val_* or test_* metric (e.g. val_miou), got {value!r}"
+                f"{value!r}: a study must not tune on the test split, which the report scores; "
+                f"use {'val_' + value.removeprefix('test_')!r} (validation picks, test scores)"
+            )
+        if not value.startswith(("val_", "best_val_")):
+            raise ValueError(
+                f"objective metric must be a val_* or best_val_* metric (e.g. val_miou), got {value!r}"
             )
         return value
+
+
+class ReportSpec(StrictModel):
+    """How the study's report decides (``latentseg report`` flags override these)."""
+
+    sesoi: float | None = Field(
+        None,
+        gt=0,
+        description="Smallest effect of interest: a difference within ± this is `equivalent`. Default 0.01 for metrics in [0, 1] (mIoU, accuracy, Dice); none otherwise.",
+    )  # noqa: UP045
+    alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise error rate (or FDR with bh).")
+    correction: Literal["holm", "bonferroni", "bh"] = Field(
+        "holm",
+        description="holm (default) or bonferroni control the family-wise error; bh the false discovery rate (exploratory sweeps).",
+    )
 
 
 class SamplerSpec(StrictModel):
@@ -123,6 +143,9 @@ class StudySpec(StrictModel):
         description="Config key -> int / float / categorical (a plain list is categorical).",
     )
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    report: ReportSpec = Field(
+        default_factory=ReportSpec, description="How the report decides its verdicts."
+    )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     seeds: StrictInt | list[StrictInt] = Field(
@@ -279,13 +302,13 @@ def _check_search_space(spec: StudySpec, base: ExperimentConfig, path: Path) -> 
         "dead_latents",
         *(f"iou_{c}" for c in classes),
     ]
-    known = {f"{prefix}_{n}" for prefix in ("val", "best_val", "test") for n in names}
+    known = {f"{prefix}_{n}" for prefix in ("val", "best_val") for n in names}
     metric = spec.objective.metric
     if metric not in known:
         close = difflib.get_close_matches(metric, sorted(known), n=1, cutoff=0.6)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(
-            f"{path}: objective.metric {metric!r} is not a metric the runs report.{hint} Per-epoch: {', '.join(f'val_{n}' for n in names)}; also best_val_* and test_*."
+            f"{path}: objective.metric {metric!r} is not a metric the runs report.{hint} Per-epoch: {', '.join(f'val_{n}' for n in names)}; also best_val_*."
         )
 
 

@@ -100,8 +100,8 @@ def test_the_negative_control_must_sit_at_chance(tracking_uri, accuracies, verdi
             experiment_id,
             "FINISHED",
             params,
-            {"best_val_pixel_accuracy": accuracy, "best_val_miou": 0.3},
+            {"test_pixel_accuracy": accuracy, "test_miou": 0.3},
         )
     report = build(collect(client, experiment="control"), "control")
-    assert "Negative control (noise data, 3 runs): val pixel accuracy" in report.markdown
+    assert "Negative control (noise data, 3 runs): test pixel accuracy" in report.markdown
     assert "against chance 0.5000" in report.markdown and verdict in report.markdown

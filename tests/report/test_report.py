@@ -47,21 +47,35 @@ def test_report_of_a_study_matches_its_seed_runs_and_is_logged_to_the_parent(
     )
     for flag in (True, False):
         values = sorted(
-            r.data.metrics["best_val_miou"]
+            r.data.metrics["test_miou"]  # validation picks the checkpoint, test scores it
             for r in seeds
             if r.data.params["model.expert_attention"] == str(flag)
         )
         assert summary.loc[flag, "n"] == 2
         assert summary.loc[flag, "mean"] == pytest.approx(sum(values) / 2)
     assert summary.loc[True, "is_baseline"] and summary.loc[True, "diff"] == 0
+    assert summary.loc[True, "verdict"] == "baseline"
+    assert summary.loc[False, "verdict"] in ("better", "worse", "equivalent", "inconclusive")
+    assert summary.loc[False, "n_pairs"] == 2
+    assert list(summary.columns[:7]) == [
+        "verdict", "diff", "diff_ci_low", "diff_ci_high", "p_adjusted", "n_pairs", "mde",
+    ]  # fmt: skip
+    # the verdict printed at the end agrees with the file
+    import re
+
+    assert re.search(rf"\n  expert_attention False +{summary.loc[False, 'verdict']} ", out), out
     markdown = (tmp_path / "out" / "report.md").read_text()
-    assert (
-        "# Ablation report: rep" in markdown
-        and "paired t-test" in markdown
-        and "| True |" in markdown
-    )
+    assert markdown.startswith("# Ablation report: rep")
+    assert markdown.index("## Verdicts") < markdown.index("## Details per variant")
+    assert re.search(r"Decision rule: [12] comparisons? forms? one family; Holm", markdown)
+    assert "| expert_attention False |" in markdown and "| True |" in markdown
     logged = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
-    assert logged == {"report/report.md", "report/summary.csv", "report/report.html"}
+    assert logged == {
+        "report/report.md",
+        "report/summary.csv",
+        "report/report.html",
+        "report/effects.csv",
+    }
 
     # Self-contained HTML: every image embedded, nothing fetched from anywhere, one row per variant.
     import re
@@ -70,6 +84,10 @@ def test_report_of_a_study_matches_its_seed_runs_and_is_logged_to_the_parent(
     sources = re.findall(r'<img[^>]* src="([^"]+)"', page)
     assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
     assert not re.search(r'(src|href)="(https?:)?//', page)
+    # plain words: no Python reprs, no raw Markdown; the verdicts lead
+    text = re.sub(r"<[^>]+>", "", page.split("<script>")[0])
+    assert "{'" not in text and "**" not in text and "`" not in text
+    assert page.index('id="verdicts"') < page.index('alt="forest"') < page.index('id="summary"')
     body = page.split('<table class="sortable" id="summary">', 1)[1].split("</table>", 1)[0]
     assert body.count("<tr") == 1 + 2  # header + two variants
     plots = {p.stem for p in (tmp_path / "out" / "plots").glob("*.png")}
@@ -78,6 +96,7 @@ def test_report_of_a_study_matches_its_seed_runs_and_is_logged_to_the_parent(
         "learning_curves",
         "best_run_predictions",
         "accuracy_vs_cost",
+        "forest",
     } <= plots
     assert len(sources) == len(plots)  # every plot is in the page
 
@@ -123,10 +142,54 @@ def test_report_plots_the_router_load_of_moe_runs_and_reports_effects_per_datase
     report = build(collect(client, experiment="tests"), "tests", client=None)
     assert "router_load" in report.figures
     assert sorted(report.axes) == ["data.dataset", "model.moe_experts"]
-    findings = "\n".join(report.notes)
-    assert "On shapes: `model.moe_experts` = 4 instead of 0" in findings
-    assert "On digits: `model.moe_experts` = 4 instead of 0" in findings
-    assert "`data.dataset`" not in findings  # a task, not an effect
+    findings = "\n".join(report.findings)
+    assert "On shapes: model.moe_experts 4 instead of 0" in findings
+    assert "On digits: model.moe_experts 4 instead of 0" in findings
+    assert "data.dataset" not in findings  # a task, not an effect
     assert "Pareto front on digits" in findings and "Pareto front on shapes" in findings
     baseline_rows = report.summary[report.summary["is_baseline"].astype(bool)]
     assert sorted(baseline_rows["data.dataset"]) == ["digits", "shapes"]
+
+
+@pytest.fixture
+def twin_variant():
+    """``residual-twin``: the ``residual`` model under a second name, initialised from the
+    next random numbers of the same seed (the same model, trained with other randomness)."""
+    import torch
+
+    from latentseg.models import MODELS, create_model, register_model
+
+    @register_model
+    def residual_twin(**overrides):
+        torch.rand(1)  # one draw: other initial weights, same distribution
+        return create_model("residual", **overrides)
+
+    yield "residual-twin"
+    MODELS.unregister("residual-twin")
+
+
+def test_an_a_a_study_gives_no_better_or_worse_verdict(study_spec, tracking_uri, twin_variant):
+    """The same model under two names, trained for real: whatever the noise between seeds,
+    the report must not call one better or worse than the other."""
+    from latentseg.report.collect import collect
+    from latentseg.report.render import build
+    from latentseg.tracking.store import connect
+
+    spec = {
+        "name": "aa",
+        "search_space": {"model.variant": ["residual", twin_variant]},
+        "sampler": {"name": "grid"},
+        "seeds": 4,
+    }
+    run_study(
+        # a run long enough to learn (about 2 s each): seeds then differ for real
+        str(study_spec(spec, base={"train": {"epochs": 4}, "data": {"train_size": 256}})),
+        tracking_uri=tracking_uri,
+        progress=False,
+    )
+    report = build(collect(connect(tracking_uri), study="aa"), "aa")
+    compared = report.summary[report.summary["verdict"] != "baseline"]
+    assert len(compared) == 1 and compared["n_pairs"].item() == 4
+    assert compared["diff"].abs().item() > 0  # the twins did train differently
+    verdicts = {*compared["verdict"], *report.effects["verdict"]}
+    assert not verdicts & {"better", "worse"}, report.markdown

@@ -70,15 +70,16 @@ def test_paired_comparison_against_the_baseline():
     # seed-paired differences: 0.1, 0.2, 0.0 -> mean 0.1, std 0.1
     assert off["n_pairs"] == 3 and off["diff"] == pytest.approx(0.1)
     half = T_975_DF2 * 0.1 / math.sqrt(3)
-    assert (off["diff_ci_low"], off["diff_ci_high"]) == pytest.approx((0.1 - half, 0.1 + half))
+    assert (off["diff_ci95_low"], off["diff_ci95_high"]) == pytest.approx((0.1 - half, 0.1 + half))
+    assert off["se"] == pytest.approx(0.1 / math.sqrt(3)) and off["df"] == 2
     t = 0.1 / (0.1 / math.sqrt(3))
     p_t = 2 * (1 - (0.5 + t / (2 * math.sqrt(2 + t * t))))  # closed-form t CDF for 2 df
-    assert off["t_test_p"] == pytest.approx(p_t)
-    assert off["effect_size_dz"] == pytest.approx(1.0)
-    assert off["within_noise"]  # the CI includes 0
-    assert 0 < off["wilcoxon_p"] <= 1
+    assert off["p"] == pytest.approx(p_t)
+    # d_z = 1, with Hedges' correction 1 - 3 / (4 * 2 - 1) at 3 pairs
+    assert off["hedges_g"] == pytest.approx(4 / 7)
+    assert math.isnan(off["wilcoxon_p"])  # 3 pairs: its smallest p is 0.25, it cannot reject
     base = table.loc["True"]
-    assert base["is_baseline"] and base["diff"] == 0 and math.isnan(base["t_test_p"])
+    assert base["is_baseline"] and base["diff"] == 0 and math.isnan(base["p"])
 
 
 def test_a_clear_difference_is_not_within_noise():
@@ -93,7 +94,7 @@ def test_a_clear_difference_is_not_within_noise():
         .set_index("model.expert_attention")
         .loc["False"]
     )
-    assert not off["within_noise"] and off["diff_ci_low"] > 0.25 and off["t_test_p"] < 1e-4
+    assert off["diff_ci95_low"] > 0.25 and off["p"] < 1e-4
 
 
 def test_pareto_front_keeps_the_variants_nothing_beats_on_both_cost_and_metric():
@@ -111,7 +112,6 @@ def test_axis_effects_average_over_the_other_axes_and_pair_by_seed():
         FRAME, ["params.model.expert_attention"], "val_miou", {"model.expert_attention": "True"}
     ).to_dict("records")
     assert row["value"] == "False" and row["n_pairs"] == 3 and row["diff"] == pytest.approx(0.1)
-    assert row["within_noise"]
     two_axes = runs(
         [
             ("True", "1", 0.5, 1, 1.0),
@@ -140,7 +140,7 @@ def test_axis_effects_average_over_the_other_axes_and_pair_by_seed():
 
 
 def test_without_experts_latents_and_heads_are_na_and_replicates_count_once():
-    from latentseg.report.stats import axis_effects, mark_inert
+    from latentseg.report.stats import axis_effects, deduplicate, mark_inert
 
     rows = []
     for experts in ("True", "False"):
@@ -158,9 +158,11 @@ def test_without_experts_latents_and_heads_are_na_and_replicates_count_once():
                     }
                 )
     frame, note = mark_inert(pd.DataFrame(rows))
+    assert "num_heads, num_latents" in note
+    frame, merged = deduplicate(frame)
     off = frame[frame["params.model.expert_attention"] == "False"]
     assert len(off) == 3 and set(off["params.model.num_latents"]) == {"n/a"}  # 12 runs -> 3
-    assert "9 replicate run(s)" in note
+    assert merged == 9
     axes = ablation_axes(frame)
     table = summarize(frame, axes, "val_miou")
     assert len(table) == 5  # 4 variants with experts + 1 without

@@ -61,6 +61,10 @@ def test_plain_lists_are_categorical_and_overrides_apply(study_spec):
         ({"sampler": {"name": "bayes"}}, r"sampler.name"),
         ({"samplr": "tpe"}, "unknown key 'samplr'.*Did you mean 'sampler'"),
         ({"objective": {"metric": "miou"}}, "val_"),
+        # the report scores the test split: tuning on it would select on the scored data
+        ({"objective": {"metric": "test_miou"}}, "must not tune on the test split"),
+        ({"report": {"sesoi": -0.01}}, "report.sesoi"),
+        ({"report": {"correction": "fdr"}}, "report.correction"),
         (
             {
                 "search_space": {"model.latent_dim": [60]},
@@ -122,10 +126,10 @@ def test_mistakes_that_would_only_fail_after_training_starts_are_caught_at_load(
 def test_objective_metrics_and_the_pruned_metric():
     from latentseg.study.objective import epoch_metric, objective_value
 
-    assert epoch_metric("best_val_loss") == "val_loss" and epoch_metric("test_miou") == "val_miou"
+    assert epoch_metric("best_val_loss") == "val_loss" and epoch_metric("val_miou") == "val_miou"
     assert objective_value({}, "val_loss", [0.9, 0.4, 0.6], "minimize") == 0.4
     assert objective_value({}, "val_miou", [0.2, 0.7, 0.5], "maximize") == 0.7
-    assert objective_value({"test_miou": 0.55}, "test_miou", [], "maximize") == 0.55
+    assert objective_value({"best_val_miou": 0.55}, "best_val_miou", [], "maximize") == 0.55
 
 
 def test_each_worker_gets_its_own_gpu_when_there_are_several():

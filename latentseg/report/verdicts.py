@@ -1,0 +1,201 @@
+"""Verdicts for a family of comparisons, with the family-wise error controlled.
+
+Each comparison is an estimate of a difference (variant minus baseline) with its standard
+error and degrees of freedom (a paired t over seeds, or a coefficient of a linear model).
+All comparisons of one report form one family:
+
+- ``holm`` (default): Holm's step-down procedure controls the family-wise error rate (the
+  chance of any false ``better``/``worse``) at ``alpha``. Every interval is a t-interval at
+  level ``1 - alpha / (m - R)``, where ``m`` is the family size and ``R`` the number Holm
+  rejects: the level of Holm's first step that stopped. An interval then excludes 0 exactly
+  when Holm rejects, so intervals and verdicts agree. With no rejection it is Bonferroni's
+  simultaneous interval.
+- ``bonferroni``: single-step, every interval at ``1 - alpha / m`` (simultaneous).
+- ``bh``: Benjamini-Hochberg, for exploratory sweeps: it controls the false discovery
+  rate, not the family-wise rate; intervals at ``1 - R * alpha / m`` (Benjamini & Yekutieli
+  2005, false-coverage-rate intervals; ``alpha / m`` when nothing is selected).
+
+The verdict follows from the interval alone: ``better`` or ``worse`` when it excludes 0,
+``equivalent`` when it lies inside ``(-sesoi, +sesoi)`` (the smallest effect of interest),
+``inconclusive`` otherwise. Equivalence is thus a two one-sided tests (TOST) decision at
+half the interval's error rate on each side.
+
+Pure numpy/scipy/statsmodels: no pandas, no MLflow. ``tests/report/test_calibration.py``
+measures the error rates, coverage and power of this module by simulation.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, special, stats
+
+METHODS = {
+    "holm": "Holm step-down (family-wise error rate)",
+    "bonferroni": "Bonferroni (family-wise error rate, simultaneous intervals)",
+    "bh": "Benjamini-Hochberg (false discovery rate; exploratory)",
+}
+ALPHA = 0.05
+POWER = 0.8  # the power at which the minimal detectable effect is stated
+# Default smallest effect of interest for metrics bounded in [0, 1] (mIoU, accuracy, Dice):
+# one point. Smaller differences between seeds-averaged segmentation scores rarely change a
+# design decision, and a few seeds can resolve them on the tasks latentseg ships.
+DEFAULT_SESOI = 0.01
+VERDICTS = ("better", "worse", "equivalent", "inconclusive", "baseline")
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """One entry per comparison (NaN/``inconclusive`` where it could not be tested)."""
+
+    p: np.ndarray  # unadjusted two-sided p-value
+    p_adjusted: np.ndarray
+    ci_low: np.ndarray  # the adjusted interval the verdict is based on
+    ci_high: np.ndarray
+    verdict: np.ndarray  # of str
+    level: float  # the confidence level of every interval, e.g. 0.9964
+    family_size: int  # comparisons that could be tested (standard error > 0, df >= 1)
+
+
+def adjust(p, method: str = "holm") -> np.ndarray:
+    """Adjusted p-values; NaN stays NaN and is outside the family. The same numbers as
+    statsmodels' ``multipletests`` (``holm``, ``bonferroni``, ``fdr_bh``; a test checks),
+    written out because that function runs a full garbage collection on every call, which
+    costs a tenth of a second in a process that holds torch and makes simulation slow."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    p = np.asarray(p, dtype=float)
+    out = np.full_like(p, np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    m = len(tested)
+    if not m:
+        return out
+    order = tested[np.argsort(p[tested], kind="stable")]
+    ranked = p[order]
+    if method == "bonferroni":
+        adjusted = ranked * m
+    elif method == "holm":  # step-down: running maximum of (m - i) p_(i)
+        adjusted = np.maximum.accumulate(ranked * (m - np.arange(m)))
+    else:  # bh, step-up: running minimum from the largest of m p_(i) / i
+        adjusted = np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1]
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def interval_level(rejected: int, family_size: int, alpha: float, method: str) -> float:
+    """The error rate left to every interval of the family (see the module docstring)."""
+    m = max(family_size, 1)
+    if method == "bonferroni":
+        return alpha / m
+    if method == "holm":
+        return alpha / (m - rejected) if rejected < m else alpha
+    return rejected * alpha / m if rejected else alpha / m  # bh
+
+
+def decide(
+    estimate,
+    se,
+    df,
+    *,
+    sesoi: float,
+    alpha: float = ALPHA,
+    method: str = "holm",
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+) -> Decisions:
+    """Verdicts for a family of differences ``estimate`` with standard errors ``se`` and
+    ``df`` degrees of freedom (arrays of one length). ``bounds`` clip the intervals to the
+    range a difference can take (``(-1, 1)`` for a metric in [0, 1])."""
+    estimate, se, df = (np.atleast_1d(np.asarray(a, dtype=float)) for a in (estimate, se, df))
+    tested = (se > 0) & np.isfinite(se) & (df >= 1) & np.isfinite(estimate)
+    p = np.full_like(estimate, np.nan)
+    p[tested] = 2 * special.stdtr(df[tested], -np.abs(estimate[tested] / se[tested]))
+    p_adjusted = adjust(p, method)
+    rejected = tested & (p_adjusted <= alpha)
+    m = int(tested.sum())
+    error = interval_level(int(rejected.sum()), m, alpha, method)
+    half = np.full_like(estimate, np.nan)
+    half[tested] = special.stdtrit(df[tested], 1 - error / 2) * se[tested]
+    low = np.clip(estimate - half, *bounds)
+    high = np.clip(estimate + half, *bounds)
+    verdict = np.full(estimate.shape, "inconclusive", dtype=object)
+    verdict[rejected & (estimate > 0)] = "better"
+    verdict[rejected & (estimate < 0)] = "worse"
+    verdict[tested & ~rejected & (low > -sesoi) & (high < sesoi)] = "equivalent"
+    return Decisions(p, p_adjusted, low, high, verdict, 1 - error, m)
+
+
+def power(effect: float, se: float, df: float, error: float) -> float:
+    """Chance that a two-sided t-test at level ``error`` rejects when the true difference is
+    ``effect`` and its estimate has standard error ``se``: the noncentral t, integrated over
+    the chi-square of the variance estimate on a quantile grid (scipy's ``nct`` loses its
+    accuracy at the 2 to 4 degrees of freedom of a few seeds)."""
+    critical = special.stdtrit(df, 1 - error / 2)
+    noncentrality = abs(effect) / se
+    scale = np.sqrt(_chi2_grid(float(df)) / df)
+    hit = special.ndtr(noncentrality - critical * scale) + special.ndtr(
+        -noncentrality - critical * scale
+    )
+    return float(hit.mean())
+
+
+@functools.lru_cache(maxsize=256)
+def _chi2_grid(df: float, points: int = 4000) -> np.ndarray:
+    return stats.chi2.ppf((np.arange(points) + 0.5) / points, df)
+
+
+def mde(se: float, df: float, error: float, target: float = POWER) -> float:
+    """The minimal detectable effect: the true difference that a two-sided t-test at level
+    ``error`` detects with probability ``target``, given the standard error ``se`` of the
+    estimate and its degrees of freedom. NaN when ``se`` or ``df`` cannot say."""
+    if not (se > 0 and math.isfinite(se) and df >= 1):
+        return math.nan
+    upper = se * (special.stdtrit(df, 1 - error / 2) + special.stdtrit(df, target))
+    for _ in range(60):  # widen until the bracket holds the answer
+        if power(upper, se, df, error) >= target:
+            break
+        upper *= 2
+    return float(optimize.brentq(lambda d: power(d, se, df, error) - target, 0.0, upper))
+
+
+def seeds_needed(
+    sd: float, sesoi: float, error: float, target: float = POWER, limit: int = 1000
+) -> float:
+    """Seed pairs needed for an effect of ``sesoi`` to be detected with probability
+    ``target`` (paired t at level ``error``), given the standard deviation ``sd`` of one
+    pair's difference. NaN when ``sd`` is unknown, ``inf`` past ``limit``."""
+    if not (sd > 0 and math.isfinite(sd)) or not sesoi > 0:
+        return math.nan
+
+    def enough(n: int) -> bool:
+        return power(sesoi, sd / math.sqrt(n), n - 1, error) >= target
+
+    low, high = 1, 2  # enough(low) is false (one pair has no spread to test with)
+    while not enough(high):  # double, then bisect: power grows with n
+        if high >= limit:
+            return math.inf
+        low, high = high, min(2 * high, limit)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return float(high)
+
+
+def hedges_g(diffs: np.ndarray) -> float:
+    """The paired standardized mean difference d_z with Hedges' small-sample correction
+    ``1 - 3 / (4 * (n - 1) - 1)`` (d_z overstates the effect at a few seeds)."""
+    n = len(diffs)
+    if n < 3:
+        return math.nan
+    sd = float(np.std(diffs, ddof=1))
+    if not sd > 0:
+        return math.nan
+    return float(np.mean(diffs) / sd * (1 - 3 / (4 * (n - 1) - 1)))
+
+
+def wilcoxon_can_reject(n: int, alpha: float = ALPHA) -> bool:
+    """The exact two-sided signed-rank test's smallest p-value is ``2 / 2**n``: below 6
+    pairs it cannot reach 0.05, whatever the data."""
+    return n > 0 and 2.0 / 2**n <= alpha

@@ -1,0 +1,221 @@
+"""The verdicts' error rates, coverage and power, measured by simulation against known truth.
+
+Each simulated study has a baseline and ``m`` variants trained with ``n`` seeds. A run's
+metric is its variant's true value + the seed's effect (shared by every variant, which
+pairing removes) + the run's own noise: normal, or skewed (a centred gamma with shape 2,
+skewness 1.4, like scores that sometimes land well above the rest). The seeded generator
+makes every rate below a fixed number; the bounds allow three Monte-Carlo standard errors.
+
+Run ``pytest tests/report/test_calibration.py -s`` to see the measured rates.
+"""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from latentseg.report.stats import apply_verdicts, axis_effects, mean_ci
+from latentseg.report.verdicts import ALPHA, decide, mde, seeds_needed
+
+NOISE_SD = 0.02  # of one run's metric around its variant's mean
+SEED_SD = 0.05  # the seed's effect, common to all variants
+DIFF_SD = NOISE_SD * math.sqrt(2)  # of one seed-paired difference
+SESOI = 0.01
+FAMILIES = (1, 7, 30)
+SEEDS = (3, 5, 10)
+
+
+def noise(rng, kind: str, size) -> np.ndarray:
+    if kind == "normal":
+        return rng.normal(0.0, NOISE_SD, size)
+    shape = 2.0  # gamma(2): mean 2 theta, sd sqrt(2) theta
+    theta = NOISE_SD / math.sqrt(shape)
+    return rng.gamma(shape, theta, size) - shape * theta
+
+
+def study(rng, effects: np.ndarray, n: int, kind: str = "normal", sd_scale: float = 1.0):
+    """Paired differences of ``len(effects)`` variants from a baseline: (m, n)."""
+    seed = rng.normal(0.0, SEED_SD, n)
+    baseline = 0.6 + seed + sd_scale * noise(rng, kind, n)
+    runs = 0.6 + effects[:, None] + seed[None, :] + sd_scale * noise(rng, kind, (len(effects), n))
+    return runs - baseline[None, :]
+
+
+def decided(diffs: np.ndarray, method: str = "holm", sesoi: float = SESOI):
+    n = diffs.shape[1]
+    estimate = diffs.mean(axis=1)
+    se = diffs.std(axis=1, ddof=1) / math.sqrt(n)
+    return decide(
+        estimate, se, np.full(len(estimate), n - 1.0), sesoi=sesoi, method=method, bounds=(-1, 1)
+    )
+
+
+def limit(rate: float, simulations: int) -> float:
+    """``rate`` plus three Monte-Carlo standard errors."""
+    return rate + 3 * math.sqrt(rate * (1 - rate) / simulations)
+
+
+@pytest.mark.parametrize("kind", ["normal", "skewed"])
+def test_95_percent_intervals_cover_the_true_difference(kind):
+    """The per-comparison 95% intervals cover 93.5-96.5% of true differences, at 3, 5 and 10
+    seeds; the adjusted intervals cover every difference of a family at least 95% of the
+    time (they are simultaneous)."""
+    rng = np.random.default_rng(1)
+    simulations = 300
+    for n in SEEDS:
+        covered = total = families_covered = families = 0
+        for m in FAMILIES:
+            for _ in range(simulations):
+                truth = rng.choice([0.0, 0.01, -0.02, 0.05], size=m)
+                diffs = study(rng, truth, n, kind)
+                for row, true in zip(diffs, truth, strict=True):
+                    _, _, low, high = mean_ci(row.tolist(), bounds=(-1, 1))
+                    covered += low <= true <= high
+                total += m
+                result = decided(diffs)
+                families_covered += bool(
+                    np.all((result.ci_low <= truth) & (truth <= result.ci_high))
+                )
+                families += 1
+        coverage, simultaneous = covered / total, families_covered / families
+        print(f"{kind} n={n}: 95% intervals cover {coverage:.3f}; families {simultaneous:.3f}")
+        assert 0.935 <= coverage <= 0.965, (kind, n, coverage)
+        assert simultaneous >= 0.95 - 3 * math.sqrt(0.05 * 0.95 / families), (n, simultaneous)
+
+
+@pytest.mark.parametrize("method", ["holm", "bonferroni", "bh"])
+@pytest.mark.parametrize("kind", ["normal", "skewed"])
+def test_no_true_effect_gives_a_false_better_or_worse_at_most_5_percent_of_families(method, kind):
+    """Families of 1 to 30 variants with no true effect: the chance of any better/worse
+    verdict is at most alpha (for bh, which controls the false discovery rate, this is the
+    global null, where FDR equals the family-wise rate)."""
+    rng = np.random.default_rng(2)
+    simulations = 700
+    for m in FAMILIES:
+        for n in (3, 10):
+            false = sum(
+                bool(np.isin(decided(study(rng, np.zeros(m), n, kind), method).verdict, ["better", "worse"]).any())
+                for _ in range(simulations)
+            )  # fmt: skip
+            rate = false / simulations
+            print(f"{method} {kind} m={m} n={n}: any false better/worse in {rate:.3f}")
+            assert rate <= limit(ALPHA, simulations), (m, n, rate)
+
+
+def test_equivalent_is_wrongly_given_at_most_5_percent_when_the_effect_is_the_sesoi():
+    """When every true difference sits exactly at +-SESOI, `equivalent` is a wrong verdict;
+    it comes at most 5% of the time per comparison and per family, at a spread where a
+    true difference of 0 is found equivalent most of the time (so the test has teeth)."""
+    rng = np.random.default_rng(3)
+    simulations = 600
+    scale = 0.15  # noise small against the SESOI, so equivalence is within reach
+    for m in FAMILIES:
+        for n in SEEDS:
+            wrong = families_wrong = 0
+            for _ in range(simulations):
+                truth = SESOI * rng.choice([-1.0, 1.0], size=m)
+                verdict = decided(study(rng, truth, n, sd_scale=scale)).verdict
+                wrong += int((verdict == "equivalent").sum())
+                families_wrong += bool((verdict == "equivalent").any())
+            per_comparison = wrong / (simulations * m)
+            per_family = families_wrong / simulations
+            print(
+                f"m={m} n={n}: equivalent at +-SESOI {per_comparison:.3f}, families {per_family:.3f}"
+            )
+            assert per_comparison <= limit(ALPHA, simulations * m)
+            assert per_family <= limit(ALPHA, simulations)
+    # the same design with no true effect: equivalence is found (the rule is not just shy)
+    found = np.mean(
+        [
+            (decided(study(rng, np.zeros(7), 10, sd_scale=scale)).verdict == "equivalent").mean()
+            for _ in range(200)
+        ]
+    )
+    print(f"m=7 n=10, no true effect: equivalent {found:.3f}")
+    assert found >= 0.5
+
+
+def test_power_for_a_planted_effect_matches_the_mde_prediction():
+    """A variant whose true difference is the minimal detectable effect (80% power at the
+    family's first-step level) is found better 70-90% of the time, in families of 1 to 30
+    at 3 to 10 seeds; and seeds_needed seeds detect an effect of SESOI that often too."""
+    rng = np.random.default_rng(4)
+    simulations = 500
+    for m in FAMILIES:
+        for n in SEEDS:
+            effect = mde(DIFF_SD / math.sqrt(n), n - 1, ALPHA / m)
+            truth = np.zeros(m)
+            truth[0] = effect
+            hits = sum(
+                decided(study(rng, truth, n)).verdict[0] == "better" for _ in range(simulations)
+            )
+            print(f"m={m} n={n}: MDE {effect:.4f}, power {hits / simulations:.3f}")
+            assert abs(hits / simulations - 0.8) <= 0.1, (m, n, effect, hits / simulations)
+    needed = int(seeds_needed(DIFF_SD, 0.03, ALPHA / 7))
+    truth = np.array([0.03, 0, 0, 0, 0, 0, 0])
+    hits = sum(decided(study(rng, truth, needed)).verdict[0] == "better" for _ in range(400))
+    print(f"seeds_needed for 0.03 in a family of 7: {needed}; power {hits / 400:.3f}")
+    assert abs(hits / 400 - 0.8) <= 0.1
+
+
+def factorial_runs(rng, seeds: int, effects: dict[str, float]) -> pd.DataFrame:
+    """A 2x2x2 grid (expert attention, heads, position encoding) with seed blocks."""
+    rows = []
+    for seed in range(seeds):
+        block = rng.normal(0.0, SEED_SD)
+        for attention in ("True", "False"):
+            for heads in ("1", "4"):
+                for position in ("none", "fourier"):
+                    value = 0.6 + block + rng.normal(0.0, NOISE_SD)
+                    value += effects.get("attention", 0.0) * (attention == "False")
+                    value += effects.get("heads", 0.0) * (heads == "4")
+                    rows.append(
+                        {
+                            "params.model.expert_attention": attention,
+                            "params.model.num_heads": heads,
+                            "params.model.position_encoding": position,
+                            "params.train.seed": str(seed),
+                            "metrics.test_miou": value,
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+AXES = ["params.model.expert_attention", "params.model.num_heads", "params.model.position_encoding"]
+BASELINE = {
+    "model.expert_attention": "True",
+    "model.num_heads": "1",
+    "model.position_encoding": "none",
+}
+
+
+def test_main_effects_of_a_factorial_keep_the_error_rate_and_cover_the_truth():
+    """Main effects from the blocked linear model: with no true effect no family of three
+    gets a false verdict more than 5% of the time, and with effects planted on two axes
+    their 95% intervals cover the truth 93.5-96.5% of the time."""
+    rng = np.random.default_rng(5)
+    simulations = 300
+    false = covered = total = 0
+    for i in range(simulations):
+        null = axis_effects(factorial_runs(rng, 3 + i % 3, {}), AXES, "test_miou", BASELINE)
+        (decided_null,), _ = apply_verdicts(
+            [null], sesoi=SESOI, alpha=ALPHA, method="holm", bounds=(0.0, 1.0)
+        )
+        false += bool(decided_null["verdict"].isin(["better", "worse"]).any())
+        truth = {"attention": -0.03, "heads": 0.01}
+        planted = axis_effects(factorial_runs(rng, 3 + i % 3, truth), AXES, "test_miou", BASELINE)
+        expected = planted["axis"].map(
+            {
+                "model.expert_attention": -0.03,
+                "model.num_heads": 0.01,
+                "model.position_encoding": 0.0,
+            }
+        )
+        covered += int(
+            ((planted["diff_ci95_low"] <= expected) & (expected <= planted["diff_ci95_high"])).sum()
+        )
+        total += len(planted)
+    print(f"factorial: false verdict in {false / simulations:.3f}; coverage {covered / total:.3f}")
+    assert false / simulations <= limit(ALPHA, simulations)
+    assert 0.935 <= covered / total <= 0.965
