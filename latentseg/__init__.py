@@ -3,7 +3,7 @@
 Public API::
 
     from latentseg import create_model, list_models, create_dataset, list_datasets
-    from latentseg import load_experiment, train, load_model
+    from latentseg import load_experiment, train, load_model, ablation_report
 """
 
 from __future__ import annotations
@@ -37,6 +37,14 @@ def train(config, **kwargs):
     return run_experiment(config, **kwargs)
 
 
+def ablation_report(study: str | None = None, experiment: str | None = None, **kwargs):
+    """Verdicts for a study's or experiment's variants; see
+    :func:`latentseg.report.ablation_report`."""
+    from latentseg.report import ablation_report as _report
+
+    return _report(study=study, experiment=experiment, **kwargs)
+
+
 def load_model(
     path_or_run_id: str, tracking_uri: str | None = None, map_location: str = "cpu"
 ) -> LatentSegModel:
@@ -57,6 +65,7 @@ __all__ = [
     "RegistryError",
     "TrackingError",
     "__version__",
+    "ablation_report",
     "create_dataset",
     "create_model",
     "list_datasets",

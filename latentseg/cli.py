@@ -346,6 +346,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(
         f"open it: latentseg ui   then http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
     )
+    if s.get("n_complete"):
+        _study_verdicts(result)
     if not s.get("n_complete") and s.get("n_fail"):
         print(
             "error: no trial completed; see the failed trial runs' latentseg.error tags",
@@ -357,56 +359,58 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from latentseg.config import parse_override
-    from latentseg.report.collect import collect
-    from latentseg.report.render import build, write
-    from latentseg.tracking.store import connect, resolve_tracking_uri
+    from latentseg.report import ablation_report
+    from latentseg.tracking.store import connect
 
-    baseline = dict(parse_override(item) for item in args.baseline) if args.baseline else None
-    client = connect(resolve_tracking_uri(args.tracking_uri), create=False)
     name = args.study or args.experiment
-    collected = collect(client, experiment=args.experiment, study=args.study)
-    parent = _latest_parent(client, collected.experiment_ids, name) if args.study else None
-    decision = _decision(args, parent.data.params if parent else {})
-    report = build(collected, name, args.metric, baseline, client=client, decision=decision)
-    paths = write(report, args.output or Path("reports") / name)
-    if parent is not None:
-        for path in paths:
-            client.log_artifact(parent.info.run_id, str(path), "report")
-    print(collected.left_out_line())
+    report = ablation_report(
+        study=args.study,
+        experiment=args.experiment,
+        tracking_uri=args.tracking_uri,
+        metric=args.metric,
+        baseline=dict(parse_override(item) for item in args.baseline) if args.baseline else None,
+        sesoi=args.sesoi,
+        alpha=args.alpha,
+        correction=args.correction,
+        output=args.output or Path("reports") / name,
+    )
+    if report.parent_run_id is not None:
+        client = connect(report.tracking_uri, create=False)
+        for path in report.paths:
+            client.log_artifact(report.parent_run_id, str(path), "report")
+    print(report.notes[0])  # the runs left out
     print(
         f"baseline: {_plain(report.baseline)} ({report.baseline_reason}); {len(report.summary)} variants"
     )
     _print_verdicts(report)
-    print(f"report: {paths[0]}  {paths[2]}  summary: {paths[1]}")
+    print(f"report: {report.paths[0]}  {report.paths[2]}  summary: {report.paths[1]}")
     return 0
 
 
-def _latest_parent(client, experiment_ids, study: str):
-    parents = client.search_runs(
-        experiment_ids,
-        filter_string=f"tags.`latentseg.study` = '{study}' and tags.`latentseg.run_type` = 'study'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return parents[0] if parents else None
+def _study_verdicts(result) -> None:
+    """An ablation grid ends with its verdicts and what deciding the open ones would take."""
+    from latentseg.report.collect import collect
+    from latentseg.report.render import build, decision_for, verdict_lines
+    from latentseg.tracking.store import connect
 
-
-def _decision(args: argparse.Namespace, spec_params: dict[str, str]):
-    """The report's decision rule: flags first, then the study spec's ``report:`` section
-    (logged on its parent run as ``study.report.*``), then the defaults."""
-    from latentseg.report.render import Decision
-
-    def from_spec(key: str):
-        value = spec_params.get(f"study.report.{key}")
-        return None if value in (None, "None") else value
-
-    sesoi = args.sesoi if args.sesoi is not None else from_spec("sesoi")
-    alpha = args.alpha if args.alpha is not None else from_spec("alpha")
-    return Decision(
-        sesoi=None if sesoi is None else float(sesoi),
-        alpha=0.05 if alpha is None else float(alpha),
-        correction=args.correction or from_spec("correction") or "holm",
-    )
+    client = connect(result.tracking_uri, create=False)
+    parent = client.get_run(result.parent_run_id)
+    if parent.data.params.get("study.sampler.name") != "grid":
+        return  # a search: its answer is the best trial, printed above
+    try:
+        report = build(
+            collect(client, study=result.study_name),
+            result.study_name,
+            decision=decision_for({}, parent.data.params),
+            figures=False,
+        )
+    except LatentSegError as exc:
+        print(f"no verdicts yet: {exc}")
+        return
+    print("verdicts against the baseline (" + _plain(report.baseline) + "):")
+    for line in verdict_lines(report):
+        print(line)
+    print(f"the whole report: latentseg report --study {result.study_name}")
 
 
 def _plain(values: dict) -> str:

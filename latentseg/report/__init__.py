@@ -1,0 +1,49 @@
+"""Ablation reports: runs from MLflow, verdicts with the family-wise error controlled, and
+the documents (``report.md``, ``report.html``, ``summary.csv``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def ablation_report(
+    study: str | None = None,
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+    metric: str = "miou",
+    baseline: dict[str, Any] | None = None,
+    sesoi: float | None = None,
+    alpha: float | None = None,
+    correction: str | None = None,
+    output: str | Path | None = None,
+):
+    """The report on a ``study``'s seed runs or an MLflow ``experiment``'s training runs.
+
+    ``metric`` is compared on the test split at each run's best-validation checkpoint.
+    ``sesoi`` (smallest effect of interest), ``alpha`` and ``correction`` (holm,
+    bonferroni, bh) default to the study spec's ``report:`` section, then to 0.01 (for
+    metrics in [0, 1]), 0.05 and holm. With ``output`` the documents are written there.
+    Returns a :class:`latentseg.report.render.Report`: ``summary`` (one row per variant, with
+    ``verdict``, ``diff``, ``diff_ci_low/high``, ``p_adjusted``, ``n_pairs``, ``mde``),
+    ``effects``, ``interactions``, ``family`` and ``markdown``.
+    """
+    from latentseg.report.collect import collect, latest_study_run
+    from latentseg.report.render import build, decision_for, write
+    from latentseg.tracking.store import connect, resolve_tracking_uri
+
+    client = connect(resolve_tracking_uri(tracking_uri), create=False)
+    collected = collect(client, experiment=experiment, study=study)
+    parent = latest_study_run(client, collected.experiment_ids, study) if study else None
+    decision = decision_for(
+        {"sesoi": sesoi, "alpha": alpha, "correction": correction},
+        parent.data.params if parent else {},
+    )
+    report = build(
+        collected, study or experiment, metric, baseline, client=client, decision=decision
+    )
+    report.parent_run_id = parent.info.run_id if parent else None
+    report.tracking_uri = client.tracking_uri
+    if output is not None:
+        report.paths = write(report, output)
+    return report

@@ -73,6 +73,17 @@ def collect(client, experiment: str | None = None, study: str | None = None) -> 
     return Collected(finished.reset_index(drop=True), left_out, ids)
 
 
+def latest_study_run(client, experiment_ids: list[str], study: str):
+    """The latest parent run of ``study`` (its spec's params are logged there), or None."""
+    parents = client.search_runs(
+        experiment_ids,
+        filter_string=f"tags.`latentseg.study` = '{study}' and tags.`latentseg.run_type` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return parents[0] if parents else None
+
+
 def metric_histories(client, run_ids: list[str], key: str, threads: int = 8) -> pd.DataFrame:
     """``run_id, step, value`` of ``key`` for each run, fetched concurrently (one request a run)."""
     from concurrent.futures import ThreadPoolExecutor

@@ -49,6 +49,9 @@ class Report:
     interactions: pd.DataFrame = field(default_factory=pd.DataFrame)
     family: Family | None = None
     findings: list[str] = field(default_factory=list)  # main effects and Pareto fronts
+    tracking_uri: str | None = None
+    parent_run_id: str | None = None  # a study's latest parent run, where the files are logged
+    paths: list[Path] = field(default_factory=list)  # the documents, once written
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,24 @@ class Decision:
         if self.sesoi is not None:
             return float(self.sesoi)
         return DEFAULT_SESOI if metric_bounds(metric) == (0.0, 1.0) else math.nan
+
+
+def decision_for(given: dict[str, Any], spec_params: dict[str, str]) -> Decision:
+    """The decision rule: values ``given`` (None: not given) first, then a study spec's
+    ``report:`` section (logged on its parent run as ``study.report.*``), then the defaults."""
+
+    def pick(key: str):
+        if given.get(key) is not None:
+            return given[key]
+        value = spec_params.get(f"study.report.{key}")
+        return None if value in (None, "None") else value
+
+    sesoi, alpha = pick("sesoi"), pick("alpha")
+    return Decision(
+        sesoi=None if sesoi is None else float(sesoi),
+        alpha=ALPHA if alpha is None else float(alpha),
+        correction=pick("correction") or "holm",
+    )
 
 
 def run_metric(metric: str) -> str:
@@ -144,10 +165,11 @@ def build(
     baseline: dict[str, Any] | None = None,
     client=None,
     decision: Decision | None = None,
+    figures: bool = True,
 ) -> Report:
-    """The report's numbers, verdicts and figures. With an MLflow ``client`` it also draws
-    learning curves from the metric histories and shows the best run's attention maps and,
-    for a study, the parameter importances."""
+    """The report's numbers, verdicts and (unless ``figures`` is false) figures. With an
+    MLflow ``client`` it also draws learning curves from the metric histories and shows the
+    best run's attention maps and, for a study, the parameter importances."""
     decision = decision or Decision()
     runs = collected.runs
     if runs.empty:
@@ -198,17 +220,17 @@ def build(
         *([control] if control else []),
         *([inert_note] if inert_note else []),
     ]
-    figures = _figures(runs, table, effects, axes, keys, column, family, chosen)
+    drawn = _figures(runs, table, effects, axes, keys, column, family, chosen) if figures else {}
     images: dict[str, bytes] = {}
-    if client is not None:
-        figures.update(_curves(client, runs, table, axes, keys, column, chosen))
+    if client is not None and figures:
+        drawn.update(_curves(client, runs, table, axes, keys, column, chosen))
         images = _run_images(client, runs, column, collected)
     findings = _findings(axes, keys, column, table, effects)
     report = Report(
-        name, column, keys, chosen, reason, table, "", figures, notes, images,
+        name, column, keys, chosen, reason, table, "", drawn, notes, images,
         effects, interaction_table, family, findings,
     )  # fmt: skip
-    report.markdown = _markdown(report, collected, findings, [*figures, *images])
+    report.markdown = _markdown(report, collected, findings, [*drawn, *images])
     return report
 
 

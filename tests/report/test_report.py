@@ -1,3 +1,5 @@
+import re
+
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -61,8 +63,6 @@ def test_report_of_a_study_matches_its_seed_runs_and_is_logged_to_the_parent(
         "verdict", "diff", "diff_ci_low", "diff_ci_high", "p_adjusted", "n_pairs", "mde",
     ]  # fmt: skip
     # the verdict printed at the end agrees with the file
-    import re
-
     assert re.search(rf"\n  expert_attention False +{summary.loc[False, 'verdict']} ", out), out
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert markdown.startswith("# Ablation report: rep")
@@ -78,8 +78,6 @@ def test_report_of_a_study_matches_its_seed_runs_and_is_logged_to_the_parent(
     }
 
     # Self-contained HTML: every image embedded, nothing fetched from anywhere, one row per variant.
-    import re
-
     page = (tmp_path / "out" / "report.html").read_text()
     sources = re.findall(r'<img[^>]* src="([^"]+)"', page)
     assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
@@ -168,9 +166,12 @@ def twin_variant():
     MODELS.unregister("residual-twin")
 
 
-def test_an_a_a_study_gives_no_better_or_worse_verdict(study_spec, tracking_uri, twin_variant):
+def test_an_a_a_study_gives_no_better_or_worse_verdict(
+    study_spec, tracking_uri, twin_variant, capsys
+):
     """The same model under two names, trained for real: whatever the noise between seeds,
-    the report must not call one better or worse than the other."""
+    the report must not call one better or worse than the other. The study prints the same
+    verdicts when it ends."""
     from latentseg.report.collect import collect
     from latentseg.report.render import build
     from latentseg.tracking.store import connect
@@ -181,15 +182,16 @@ def test_an_a_a_study_gives_no_better_or_worse_verdict(study_spec, tracking_uri,
         "sampler": {"name": "grid"},
         "seeds": 4,
     }
-    run_study(
-        # a run long enough to learn (about 2 s each): seeds then differ for real
-        str(study_spec(spec, base={"train": {"epochs": 4}, "data": {"train_size": 256}})),
-        tracking_uri=tracking_uri,
-        progress=False,
-    )
+    # a run long enough to learn (about 2 s each): seeds then differ for real
+    path = study_spec(spec, base={"train": {"epochs": 4}, "data": {"train_size": 256}})
+    assert main(["study", str(path), "--tracking-uri", tracking_uri, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
     report = build(collect(connect(tracking_uri), study="aa"), "aa")
     compared = report.summary[report.summary["verdict"] != "baseline"]
     assert len(compared) == 1 and compared["n_pairs"].item() == 4
     assert compared["diff"].abs().item() > 0  # the twins did train differently
     verdicts = {*compared["verdict"], *report.effects["verdict"]}
     assert not verdicts & {"better", "worse"}, report.markdown
+    assert "verdicts against the baseline (model.variant = " in printed
+    assert "2 comparisons form one family; Holm" in printed
+    assert re.search(rf"variant \S+ +{compared['verdict'].item()} ", printed), printed
