@@ -366,6 +366,7 @@ def forest(rows: pd.DataFrame, family, label: str) -> plt.Figure | None:
     )
     for tick, verdict in zip(ax.get_yticklabels(), rows["verdict"], strict=True):
         tick.set_color(VERDICT_COLOURS.get(verdict, "#222222"))
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))
     level = f"{100 * family.level:.1f}%" if family is not None else "95%"
     ax.set(
         xlabel=f"difference from the baseline ({label}); adjusted {level} intervals",

@@ -367,7 +367,13 @@ def axis_effects(
             both = set(pairs[mask][at]) & set(pairs[mask][base])
             estimable = _estimable(design, j)
             estimate = float(coef[j]) if estimable else math.nan
-            se = float(math.sqrt(cov[j, j])) if estimable and df > 0 and cov[j, j] > 0 else math.nan
+            # no spread at all (every run the same value) leaves nothing to test with
+            spread = float(np.std(outcome[mask])) > 1e-12
+            se = (
+                float(math.sqrt(cov[j, j]))
+                if estimable and df > 0 and spread and cov[j, j] > 1e-24
+                else math.nan
+            )
             rows.append(
                 {
                     "axis": key,
