@@ -280,3 +280,20 @@ def test_a_given_baseline_applies_on_each_dataset():
         choose_baseline(table, axes, {"data.dataset": "shapes", "model.kv_rank": "16"})
     with pytest.raises(ConfigError, match="matches 0 variants"):
         choose_baseline(table, axes, {"model.kv_rank": "8"})
+
+
+def test_without_the_tutorial_among_the_runs_the_baseline_is_not_chosen_by_its_score():
+    from latentseg.report.render import choose_baseline
+
+    table = pd.DataFrame(
+        {
+            "model.num_latents": ["4", "8", "16"],
+            "model.variant": ["a", "b", "c"],
+            "mean": [0.1, 0.9, 0.5],
+        }
+    )
+    axes = ["params.model.num_latents", "params.model.variant"]
+    chosen, reason = choose_baseline(table, axes, None)
+    # 16 latents is the tutorial's; the best-scoring variant (8 latents) is not picked
+    assert chosen == {"model.num_latents": "16", "model.variant": "c"}
+    assert "without looking at the metric" in reason
