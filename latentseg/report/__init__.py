@@ -29,9 +29,13 @@ def ablation_report(
     ``effects``, ``interactions``, ``family`` and ``markdown``.
     """
     from latentseg.report.collect import collect, latest_study_run
-    from latentseg.report.render import build, decision_for, write
+    from latentseg.report.render import Decision, build, decision_for, run_metric, write
+    from latentseg.report.verdicts import ALPHA
     from latentseg.tracking.store import connect, resolve_tracking_uri
 
+    # bad options fail before any store is opened
+    Decision(sesoi, ALPHA if alpha is None else alpha, correction or "holm")
+    run_metric(metric)
     client = connect(resolve_tracking_uri(tracking_uri), create=False)
     collected = collect(client, experiment=experiment, study=study)
     parent = latest_study_run(client, collected.experiment_ids, study) if study else None

@@ -150,6 +150,7 @@ def choose_baseline(
                     "the tutorial's configuration (seed)"
                     + (" on each dataset" if len(variant_keys) < len(keys) else "")
                 )
+
     # Not the best-scoring variant: choosing the reference on the scored data would bias
     # every comparison against it. The one closest to the tutorial, by its axes alone.
     def closeness(row) -> int:

@@ -108,6 +108,18 @@ def test_report_bad_input_exits_2(tracking_uri, capsys):
     with pytest.raises(SystemExit) as info:
         main(["report"])
     assert info.value.code == 2
+    capsys.readouterr()
+    for flags, message in (
+        (["--sesoi", "-1"], "--sesoi -1.0: must be > 0"),
+        (["--alpha", "1.5"], "--alpha 1.5: must be between 0 and 1"),
+        (["--metric", "best_val_miou"], "validation picked that epoch, so it cannot also score it"),
+    ):
+        assert main(["report", "--experiment", "nope", "--tracking-uri", tracking_uri, *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(SystemExit) as info:
+        main(["report", "--experiment", "x", "--correction", "fdr"])
+    assert info.value.code == 2
 
 
 def test_report_plots_the_router_load_of_moe_runs_and_reports_effects_per_dataset(
