@@ -278,6 +278,13 @@ def _dummies(values: np.ndarray, reference: str | None = None) -> np.ndarray:
     return (inverse[:, None] == keep[None, :]).astype(float)
 
 
+def _crossed(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Every product of a column of ``x`` with a column of ``y``."""
+    if not x.shape[1] or not y.shape[1]:
+        return np.zeros((len(x), 0))
+    return (x[:, :, None] * y[:, None, :]).reshape(len(x), -1)
+
+
 def _fit(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, float]:
     """Least squares: coefficients, their covariance (pseudo-inverse where the design is
     rank-deficient), the residual degrees of freedom and the residual sum of squares."""
@@ -307,19 +314,21 @@ def axis_effects(
     baseline: Mapping[str, Any],
     bounds: tuple[float, float] = (-math.inf, math.inf),
 ) -> pd.DataFrame:
-    """The main effect of each axis, from a linear model with the seed as a block:
-    ``metric ~ block + context + axis`` over the runs where the axis applies, where the block
-    is the seed (within a dataset, so datasets are absorbed, never an effect) and the context
-    the combination of the other axes that apply to all those runs (axes nested in this one,
-    n/a on some runs, are averaged over). Each other value of the axis is compared with the
-    baseline's value; on a balanced design the estimate is the seed-paired difference
-    averaged over the other axes, and on an unbalanced one it compares like with like.
+    """The main effect of each axis, with the seed as a block, in two stages. Within each
+    block (the seed, within a dataset: datasets are absorbed, never an effect), a least-
+    squares fit ``metric ~ context + axis`` over the runs where the axis applies gives the
+    axis's effect in that block; the context is the combination of the other axes that apply
+    to all those runs (axes nested in this one, n/a on some runs, are averaged over). The
+    block effects are then compared with 0 like seed-paired differences (:func:`compare`):
+    the seed-to-seed variation of the effect itself is the error term, so the verdict holds
+    for new seeds, not only for the ones run. On a balanced design a block's effect is the
+    difference of its means over the other axes; on an unbalanced one it compares like with
+    like.
 
     Where the baseline does not use an axis (``n/a``: MoE without a latent MLP), the axis is
     measured where it applies, against the tutorial's value of it. Columns as
-    :func:`compare` (``diff``, ``se``, ``df``, ``p``, ``diff_ci95_*``; ``n_pairs``: blocks
-    with both values) and the cost of the change: ``flops_ratio`` and ``time_ratio``
-    (training seconds per image), other / base."""
+    :func:`compare` (``n_pairs``: blocks with both values) and the cost of the change:
+    ``flops_ratio`` and ``time_ratio`` (training seconds per image), other / base."""
     from latentseg.config import ModelConfig
 
     column = f"metrics.{metric}"
@@ -347,40 +356,21 @@ def axis_effects(
         if reference not in set(level):
             continue
         others = sorted(set(level) - {reference})
-        design = np.column_stack(
-            [
-                np.ones(int(mask.sum())),
-                _dummies(pairs[mask]),
-                _dummies(_context(labels, mask, axes, [axis])),
-                _dummies(level, reference),
-            ]
+        per_block = _block_effects(
+            outcome[mask], pairs[mask], level, reference, _context(labels, mask, axes, [axis])
         )
-        coef, cov, df, _ = _fit(outcome[mask], design)
         flops, speed = (
             runs[c].to_numpy(float)[mask] if c in runs else np.full(len(level), np.nan)
             for c in ("metrics.model_flops_per_image", "metrics.train_images_per_s")
         )
-        first = design.shape[1] - len(others)
-        for offset, value in enumerate(others):
-            j = first + offset
+        for value in others:
             at, base = level == value, level == reference
-            both = set(pairs[mask][at]) & set(pairs[mask][base])
-            estimable = _estimable(design, j)
-            estimate = float(coef[j]) if estimable else math.nan
-            # no spread at all (every run the same value) leaves nothing to test with
-            spread = float(np.std(outcome[mask])) > 1e-12
-            se = (
-                float(math.sqrt(cov[j, j]))
-                if estimable and df > 0 and spread and cov[j, j] > 1e-24
-                else math.nan
-            )
             rows.append(
                 {
                     "axis": key,
                     "value": value,
                     "baseline_value": reference,
-                    "n_pairs": len(both),
-                    **_coefficient(estimate, se, df, diff_bounds),
+                    **_paired(np.asarray(per_block[value], dtype=float), diff_bounds),
                     "flops_ratio": _mean_ratio(flops[at], flops[base]),
                     # seconds per image: the inverse of throughput
                     "time_ratio": _mean_ratio(speed[base], speed[at]),
@@ -389,28 +379,39 @@ def axis_effects(
     return pd.DataFrame(rows)
 
 
-def _coefficient(
-    estimate: float, se: float, df: float, bounds: tuple[float, float]
-) -> dict[str, float]:
-    """``diff``, ``se``, ``df``, ``p`` and the unadjusted 95% interval of a coefficient."""
-    if math.isnan(se) or df < 1:
-        return {"diff": estimate, "se": math.nan, "df": math.nan, "p": math.nan,
-                "diff_ci95_low": math.nan, "diff_ci95_high": math.nan}  # fmt: skip
-    half = float(special.stdtrit(df, 0.5 + CONFIDENCE / 2)) * se
-    return {
-        "diff": estimate,
-        "se": se,
-        "df": float(df),
-        "p": float(2 * special.stdtr(df, -abs(estimate / se))),
-        "diff_ci95_low": max(estimate - half, bounds[0]),
-        "diff_ci95_high": min(estimate + half, bounds[1]),
-    }
+def _block_effects(
+    outcome: np.ndarray, blocks: np.ndarray, level: np.ndarray, reference: str, context: np.ndarray
+) -> dict[str, list[float]]:
+    """Each other level's effect against ``reference`` within each block (seed), from the
+    least-squares fit ``outcome ~ context + level`` on that block's runs: like is compared
+    with like even where cells are missing. A block that lacks a level gives it nothing."""
+    effects: dict[str, list[float]] = {v: [] for v in set(level) - {reference}}
+    for block in np.unique(blocks):
+        inside = blocks == block
+        present = sorted(set(level[inside]) - {reference})
+        if reference not in set(level[inside]) or not present:
+            continue
+        design = np.column_stack(
+            [
+                np.ones(int(inside.sum())),
+                _dummies(context[inside]),
+                _dummies(level[inside], reference),
+            ]
+        )
+        coef = np.linalg.lstsq(design, outcome[inside], rcond=None)[0]
+        first = design.shape[1] - len(present)
+        for offset, value in enumerate(present):
+            if _estimable(design, first + offset):
+                effects[value].append(float(coef[first + offset]))
+    return effects
 
 
 def interactions(runs: pd.DataFrame, axes: Sequence[str], metric: str) -> pd.DataFrame:
     """Two-way interactions of the variant axes: for each pair, over the runs where both
-    apply, an F-test of ``block + context + a + b + a:b`` against the additive model (exact
-    on unbalanced designs: the interaction is the highest-order term). ``p_adjusted`` is
+    apply, an F-test of the ``a:b`` term against ``block + context + a + b + block:a +
+    block:b`` (the seed as a block, with the seed-to-seed variation of each main effect
+    kept out of the error term; exact on unbalanced designs, the interaction being the
+    highest-order term). ``p_adjusted`` is
     Holm's over the pairs (a family of its own). For two two-level axes, ``contrast`` is the
     interaction itself: (effect of a at b's second value) - (at its first), with its 95%
     interval."""
@@ -431,13 +432,14 @@ def interactions(runs: pd.DataFrame, axes: Sequence[str], metric: str) -> pd.Dat
                 continue
             y = outcome[mask]
             da, db = _dummies(la), _dummies(lb)
+            block = _dummies(pairs[mask])
+            # block x a and block x b: the seed-to-seed variation of each main effect stays
+            # out of the error term, which is then the block x interaction variation
             additive = np.column_stack(
-                [np.ones(len(y)), _dummies(pairs[mask]),
-                 _dummies(_context(labels, mask, axes, [a, b])), da, db]
+                [np.ones(len(y)), block, _dummies(_context(labels, mask, axes, [a, b])),
+                 da, db, _crossed(block, da), _crossed(block, db)]
             )  # fmt: skip
-            product = np.column_stack(
-                [da[:, [p]] * db[:, [q]] for p in range(da.shape[1]) for q in range(db.shape[1])]
-            )
+            product = _crossed(da, db)
             full = np.column_stack([additive, product])
             _, _, df0, rss0 = _fit(y, additive)
             coef, cov, df1, rss1 = _fit(y, full)
