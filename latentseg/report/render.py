@@ -723,6 +723,7 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; font-size: 0.9rem; margin: 1rem 0; }
 th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
+#verdicts td:nth-child(-n+2), #effects td:nth-child(-n+3) { text-align: left; }
 th { background: #f0f0f0; cursor: pointer; user-select: none; }
 th[data-order="asc"]::after { content: " \\25B2"; } th[data-order="desc"]::after { content: " \\25BC"; }
 tr.baseline td { font-weight: bold; } td.worse { color: #b00; } td.better { color: #060; }
