@@ -572,10 +572,10 @@ def _sections(report: Report) -> list[tuple[str, str, list[str], list[list[str]]
             )
             rows.append(
                 [f"{r['axis_a']} x {r['axis_b']}", str(r["levels"]), _fmt(r["F"], 2),
-                 f"{int(r['df_num'])}, {int(r['df_den'])}", _fmt(r["p"], 3),
+                 f"{int(r['df_num'])}, {int(r['df_den'])}", str(int(r["n_blocks"])), _fmt(r["p"], 3),
                  _fmt(r["p_adjusted"], 3), contrast]
             )  # fmt: skip
-        head = ["axes", "levels", "F", "df", "p", "Holm p", "interaction [95% CI]"]
+        head = ["axes", "levels", "F", "df", "seed blocks", "p", "Holm p", "interaction [95% CI]"]
         sections.append(("Interactions", "interactions", head, rows))
     details = table.sort_values("mean", ascending=False)
     show_values = "seed_values" in details and details["n"].max() <= SEED_VALUES_UP_TO
@@ -623,15 +623,16 @@ def _method(report: Report) -> str:
     sesoi = _fmt(family.sesoi, 4) if family else "–"
     return (
         "How to read it. Each variant is compared with the baseline over runs paired by seed "
-        "(within a dataset); each main effect comes from a linear model with the seed as a "
-        "block (statsmodels OLS), averaged over the other axes. All of them form one family: "
-        "the adjusted p-values and intervals control the chance of any false better/worse "
-        "verdict across the whole report. better/worse: the adjusted interval excludes 0. "
-        f"equivalent: it lies within ±{sesoi}, the smallest effect of interest. inconclusive: "
-        "neither; more seeds would tell (see seeds to decide). MDE: the smallest true "
-        "difference this design detects with 80% power, with the observed spread. Intervals "
-        "never leave the metric's range. Interactions: F-tests of the two-way terms against "
-        "the additive model, Holm-adjusted among themselves. Details: per-variant Student-t "
+        "(within a dataset); each main effect is estimated within each seed by least squares "
+        "over the other axes, then compared across seeds like a paired difference. All of them "
+        "form one family: the adjusted p-values and intervals control the chance of any false "
+        "better/worse verdict across the whole report. better/worse: the adjusted interval "
+        f"excludes 0. equivalent: it lies within ±{sesoi}, the smallest effect of interest. "
+        "inconclusive: neither; more seeds would tell (see seeds to decide). MDE: the smallest "
+        "true difference this design detects with 80% power, with the observed spread. "
+        "Intervals never leave the metric's range. Interactions: the two-way terms estimated "
+        "within each seed and tested across seeds (t-test, or Hotelling's T-squared for more "
+        "than two levels), Holm-adjusted among themselves. Details: per-variant Student-t "
         "95% intervals and unadjusted per-comparison statistics (Hedges g is bias-corrected; "
         "Wilcoxon appears only from 6 pairs, where it can reject at 5%)."
     )

@@ -2,13 +2,12 @@
 compare every group with a baseline over seed-paired runs.
 
 Input: one row per finished training run, with ``params.<key>`` columns (the flattened
-config), ``metrics.<key>`` columns and ``wall_time_s``. Pure pandas, scipy and statsmodels: no MLflow here.
+config), ``metrics.<key>`` columns and ``wall_time_s``. Pure numpy, pandas and scipy: no MLflow here.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -278,28 +277,6 @@ def _dummies(values: np.ndarray, reference: str | None = None) -> np.ndarray:
     return (inverse[:, None] == keep[None, :]).astype(float)
 
 
-def _crossed(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Every product of a column of ``x`` with a column of ``y``."""
-    if not x.shape[1] or not y.shape[1]:
-        return np.zeros((len(x), 0))
-    return (x[:, :, None] * y[:, None, :]).reshape(len(x), -1)
-
-
-def _fit(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """Least squares: coefficients, their covariance (pseudo-inverse where the design is
-    rank-deficient), the residual degrees of freedom and the residual sum of squares."""
-    import statsmodels.api as sm
-
-    with warnings.catch_warnings():  # rank deficiency is expected; _estimable checks it
-        warnings.simplefilter("ignore")
-        fit = sm.OLS(y, x).fit()
-    rank = int(np.linalg.matrix_rank(x))
-    df = len(y) - rank
-    rss = float(np.sum(fit.resid**2))
-    cov = fit.normalized_cov_params * (rss / df) if df > 0 else np.full((x.shape[1],) * 2, np.nan)
-    return np.asarray(fit.params), np.asarray(cov), df, rss
-
-
 def _estimable(x: np.ndarray, column: int) -> bool:
     """Whether the coefficient of ``column`` is identified by the design ``x``."""
     unit = np.zeros((1, x.shape[1]))
@@ -407,14 +384,14 @@ def _block_effects(
 
 
 def interactions(runs: pd.DataFrame, axes: Sequence[str], metric: str) -> pd.DataFrame:
-    """Two-way interactions of the variant axes: for each pair, over the runs where both
-    apply, an F-test of the ``a:b`` term against ``block + context + a + b + block:a +
-    block:b`` (the seed as a block, with the seed-to-seed variation of each main effect
-    kept out of the error term; exact on unbalanced designs, the interaction being the
-    highest-order term). ``p_adjusted`` is
-    Holm's over the pairs (a family of its own). For two two-level axes, ``contrast`` is the
-    interaction itself: (effect of a at b's second value) - (at its first), with its 95%
-    interval."""
+    """Two-way interactions of the variant axes, with the seed as a block. For each pair,
+    over the runs where both apply, each block (seed) gives its interaction terms from the
+    least-squares fit ``metric ~ context + a + b + a:b`` on its runs; the terms are then
+    tested against 0 across blocks (a t-test for two two-level axes, Hotelling's T-squared
+    for more levels), so the seed-to-seed variation of the interaction is the error term.
+    ``p_adjusted`` is Holm's over the pairs (a family of its own). For two two-level axes,
+    ``contrast`` is the interaction itself: (effect of a at b's second value) - (at its
+    first), with its 95% interval."""
     from latentseg.report.verdicts import adjust
 
     column = f"metrics.{metric}"
@@ -430,45 +407,67 @@ def interactions(runs: pd.DataFrame, axes: Sequence[str], metric: str) -> pd.Dat
             la, lb = labels[a][mask], labels[b][mask]
             if len(set(la)) < 2 or len(set(lb)) < 2:
                 continue
-            y = outcome[mask]
-            da, db = _dummies(la), _dummies(lb)
-            block = _dummies(pairs[mask])
-            # block x a and block x b: the seed-to-seed variation of each main effect stays
-            # out of the error term, which is then the block x interaction variation
-            additive = np.column_stack(
-                [np.ones(len(y)), block, _dummies(_context(labels, mask, axes, [a, b])),
-                 da, db, _crossed(block, da), _crossed(block, db)]
-            )  # fmt: skip
-            product = _crossed(da, db)
-            full = np.column_stack([additive, product])
-            _, _, df0, rss0 = _fit(y, additive)
-            coef, cov, df1, rss1 = _fit(y, full)
-            df_num = df0 - df1
+            terms = _block_interactions(
+                outcome[mask], pairs[mask], la, lb, _context(labels, mask, axes, [a, b])
+            )
             row: dict[str, Any] = {
                 "axis_a": a.removeprefix("params."),
                 "axis_b": b.removeprefix("params."),
                 "levels": f"{len(set(la))}x{len(set(lb))}",
-                "n_runs": len(y),
-                "df_num": df_num,
-                "df_den": df1,
-                "F": math.nan,
-                "p": math.nan,
+                "n_blocks": len(terms),
+                **_hotelling(terms),
             }
-            if df_num > 0 and df1 > 0 and rss1 > 0:
-                f = ((rss0 - rss1) / df_num) / (rss1 / df1)
-                row.update(F=float(f), p=float(stats.f.sf(f, df_num, df1)))
-            if product.shape[1] == 1 and df1 > 0 and _estimable(full, full.shape[1] - 1):
-                c = coef[-1]
-                se = math.sqrt(cov[-1, -1]) if cov[-1, -1] > 0 else math.nan
-                half = float(stats.t.ppf(0.975, df1)) * se
+            if terms.shape[1] == 1:
+                paired = _paired(terms[:, 0], (-math.inf, math.inf))
                 row.update(
-                    contrast=float(c), contrast_ci95_low=c - half, contrast_ci95_high=c + half
+                    contrast=paired["diff"],
+                    contrast_ci95_low=paired["diff_ci95_low"],
+                    contrast_ci95_high=paired["diff_ci95_high"],
                 )
             rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
         table["p_adjusted"] = adjust(table["p"].to_numpy(), "holm")
     return table
+
+
+def _block_interactions(
+    outcome: np.ndarray, blocks: np.ndarray, la: np.ndarray, lb: np.ndarray, context: np.ndarray
+) -> np.ndarray:
+    """One row per block that holds every level of both axes: its ``a:b`` coefficients."""
+    levels_a, levels_b = set(la), set(lb)
+    terms = []
+    for block in np.unique(blocks):
+        inside = blocks == block
+        if set(la[inside]) != levels_a or set(lb[inside]) != levels_b:
+            continue
+        da, db = _dummies(la[inside]), _dummies(lb[inside])
+        product = (da[:, :, None] * db[:, None, :]).reshape(len(da), -1)
+        design = np.column_stack(
+            [np.ones(int(inside.sum())), _dummies(context[inside]), da, db, product]
+        )
+        q = product.shape[1]
+        if all(_estimable(design, design.shape[1] - 1 - k) for k in range(q)):
+            terms.append(np.linalg.lstsq(design, outcome[inside], rcond=None)[0][-q:])
+    q = (len(levels_a) - 1) * (len(levels_b) - 1)
+    return np.array(terms, dtype=float).reshape(-1, q)
+
+
+def _hotelling(terms: np.ndarray) -> dict[str, float]:
+    """Hotelling's T-squared test of a zero mean for the rows of ``terms`` (blocks), as an
+    F statistic with (q, n - q) degrees of freedom; the squared t-test when q is 1."""
+    n, q = terms.shape
+    out = {"F": math.nan, "df_num": float(q), "df_den": float(n - q), "p": math.nan}
+    if n <= q:
+        return out
+    mean = terms.mean(axis=0)
+    covariance = np.atleast_2d(np.cov(terms, rowvar=False))
+    if not np.all(np.isfinite(covariance)) or np.linalg.matrix_rank(covariance) < q:
+        return out
+    t2 = n * float(mean @ np.linalg.solve(covariance, mean))
+    f = t2 * (n - q) / (q * (n - 1))
+    out.update(F=f, p=float(stats.f.sf(f, q, n - q)))
+    return out
 
 
 def _mean_ratio(top: np.ndarray, bottom: np.ndarray) -> float:

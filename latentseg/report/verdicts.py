@@ -1,7 +1,7 @@
 """Verdicts for a family of comparisons, with the family-wise error controlled.
 
 Each comparison is an estimate of a difference (variant minus baseline) with its standard
-error and degrees of freedom (a paired t over seeds, or a coefficient of a linear model).
+error and degrees of freedom (a paired t over seeds, of variant runs or of per-seed effects).
 All comparisons of one report form one family:
 
 - ``holm`` (default): Holm's step-down procedure controls the family-wise error rate (the
@@ -20,7 +20,7 @@ The verdict follows from the interval alone: ``better`` or ``worse`` when it exc
 ``inconclusive`` otherwise. Equivalence is thus a two one-sided tests (TOST) decision at
 half the interval's error rate on each side.
 
-Pure numpy/scipy/statsmodels: no pandas, no MLflow. ``tests/report/test_calibration.py``
+Pure numpy/scipy: no pandas, no MLflow. ``tests/report/test_calibration.py``
 measures the error rates, coverage and power of this module by simulation.
 """
 

@@ -205,3 +205,22 @@ def test_one_family_decides_the_variants_and_the_main_effects_together():
     assert comparisons.loc[1, "mde"] == pytest.approx(mde(0.01, 4, 0.05 / 3))
     assert effects.loc[0, "seeds_needed"] == seeds_needed(0.03 * math.sqrt(5), 0.01, 0.05 / 3)
     assert math.isnan(comparisons.loc[0, "p_adjusted"])
+
+
+def test_a_blocks_effect_is_the_least_squares_coefficient_statsmodels_finds():
+    """One seed's runs on an unbalanced 3x2 design: the per-block effect equals the
+    treatment-coded coefficient of statsmodels' OLS ``y ~ C(context) + C(level)``."""
+    import statsmodels.formula.api as smf
+
+    from latentseg.report.stats import _block_effects
+
+    rng = np.random.default_rng(3)
+    level = np.array(["a", "b", "c", "a", "b", "c", "a", "c"])
+    context = np.array(["x", "x", "x", "y", "y", "y", "z", "z"])
+    y = rng.normal(size=len(level))
+    effects = _block_effects(y, np.zeros(len(y), dtype=str), level, "a", context)
+    fit = smf.ols(
+        "y ~ C(context) + C(level)", pd.DataFrame({"y": y, "level": level, "context": context})
+    ).fit()
+    assert effects["b"] == pytest.approx([fit.params["C(level)[T.b]"]])
+    assert effects["c"] == pytest.approx([fit.params["C(level)[T.c]"]])
