@@ -130,7 +130,7 @@ def ablation_axes(runs: pd.DataFrame) -> list[str]:
         values = set(runs[column].map(str)) - {NOT_APPLICABLE}
         if len(values) > 1:  # n/a beside one value: a key some runs ignore, not an axis
             axes.append(column)
-    return axes
+    return sorted(axes)  # a stable order, whatever order the store returns columns in
 
 
 def mean_ci(
