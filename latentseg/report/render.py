@@ -572,7 +572,7 @@ def _sections(report: Report) -> list[tuple[str, str, list[str], list[list[str]]
             )
             rows.append(
                 [f"{r['axis_a']} x {r['axis_b']}", str(r["levels"]), _fmt(r["F"], 2),
-                 f"{int(r['df_num'])}, {int(r['df_den'])}", str(int(r["n_blocks"])), _fmt(r["p"], 3),
+                 f"{_fmt(r['df_num'], 0)}, {_fmt(r['df_den'], 0)}", str(int(r["n_blocks"])), _fmt(r["p"], 3),
                  _fmt(r["p_adjusted"], 3), contrast]
             )  # fmt: skip
         head = ["axes", "levels", "F", "df", "seed blocks", "p", "Holm p", "interaction [95% CI]"]

@@ -457,8 +457,9 @@ def _hotelling(terms: np.ndarray) -> dict[str, float]:
     """Hotelling's T-squared test of a zero mean for the rows of ``terms`` (blocks), as an
     F statistic with (q, n - q) degrees of freedom; the squared t-test when q is 1."""
     n, q = terms.shape
-    out = {"F": math.nan, "df_num": float(q), "df_den": float(n - q), "p": math.nan}
-    if n <= q:
+    out = {"F": math.nan, "df_num": float(q), "df_den": float(n - q) if n > q else math.nan}
+    out["p"] = math.nan
+    if n <= q:  # more terms than seeds: nothing left to estimate their spread with
         return out
     mean = terms.mean(axis=0)
     covariance = np.atleast_2d(np.cov(terms, rowvar=False))
