@@ -497,6 +497,11 @@ class Family:
             if not math.isnan(self.sesoi)
             else "no smallest effect of interest (give --sesoi to decide equivalence)"
         )
+        if self.size == 0:
+            return (
+                "no comparison could be tested: each needs 2 or more seed pairs that differ; "
+                f"every verdict is inconclusive; {sesoi}"
+            )
         return (
             f"{self.size} comparison{'s form' if self.size != 1 else ' forms'} one family; "
             f"{METHODS[self.method]} at "

@@ -67,7 +67,11 @@ def test_report_of_a_study_matches_its_seed_runs_and_is_logged_to_the_parent(
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert markdown.startswith("# Ablation report: rep")
     assert markdown.index("## Verdicts") < markdown.index("## Details per variant")
-    assert re.search(r"Decision rule: [12] comparisons? forms? one family; Holm", markdown)
+    # two seeds of a short run may not differ at all: then nothing can be tested
+    assert re.search(
+        r"Decision rule: ([12] comparisons? forms? one family; Holm|no comparison could be tested)",
+        markdown,
+    )
     assert "| expert_attention False |" in markdown and "| True |" in markdown
     logged = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
     assert logged == {
