@@ -309,7 +309,8 @@ def change(row, keys: list[str], baseline: dict[str, Any]) -> str:
     parts = [
         f"{k.split('.')[-1]} {row[k]}"
         for k in keys
-        if not is_stratum(k) and str(row[k]) != str(baseline[k])
+        # n/a: a key this variant ignores (num_latents without expert attention) is no change
+        if not is_stratum(k) and str(row[k]) not in (str(baseline[k]), NOT_APPLICABLE)
     ]
     return ", ".join(parts) or "the baseline"
 
