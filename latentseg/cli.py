@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="baseline variant, one value per axis (default: the tutorial's configuration, else the best)",
+        help="baseline variant, one value per axis (default: the tutorial's configuration, else the "
+        "variant closest to it; never chosen by its score)",
     )
     p.add_argument(
         "--sesoi",
@@ -360,6 +361,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from latentseg.config import parse_override
     from latentseg.report import ablation_report
+    from latentseg.report.render import verdict_lines
     from latentseg.tracking.store import connect
 
     name = args.study or args.experiment
@@ -382,47 +384,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(
         f"baseline: {_plain(report.baseline)} ({report.baseline_reason}); {len(report.summary)} variants"
     )
-    _print_verdicts(report)
+    print("\n".join(verdict_lines(report)))
     print(f"report: {report.paths[0]}  {report.paths[2]}  summary: {report.paths[1]}")
     return 0
 
 
 def _study_verdicts(result) -> None:
     """An ablation grid ends with its verdicts and what deciding the open ones would take."""
-    from latentseg.report.collect import collect
-    from latentseg.report.render import build, decision_for, verdict_lines
+    from latentseg.report import ablation_report
+    from latentseg.report.render import verdict_lines
     from latentseg.tracking.store import connect
 
-    client = connect(result.tracking_uri, create=False)
-    parent = client.get_run(result.parent_run_id)
+    parent = connect(result.tracking_uri, create=False).get_run(result.parent_run_id)
     if parent.data.params.get("study.sampler.name") != "grid":
         return  # a search: its answer is the best trial, printed above
     try:
-        report = build(
-            collect(client, study=result.study_name),
-            result.study_name,
-            decision=decision_for({}, parent.data.params),
-            figures=False,
+        report = ablation_report(
+            study=result.study_name, tracking_uri=result.tracking_uri, figures=False
         )
     except LatentSegError as exc:
         print(f"no verdicts yet: {exc}")
         return
     print("verdicts against the baseline (" + _plain(report.baseline) + "):")
-    for line in verdict_lines(report):
-        print(line)
+    print("\n".join(verdict_lines(report)))
     print(f"the whole report: latentseg report --study {result.study_name}")
 
 
 def _plain(values: dict) -> str:
     return ", ".join(f"{k} = {v}" for k, v in values.items()) or "all runs"
-
-
-def _print_verdicts(report) -> None:
-    """The verdict table and the seeds that would decide what is still open."""
-    from latentseg.report.render import verdict_lines
-
-    for line in verdict_lines(report):
-        print(line)
 
 
 def _axes(config, reference) -> str:

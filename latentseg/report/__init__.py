@@ -17,13 +17,15 @@ def ablation_report(
     alpha: float | None = None,
     correction: str | None = None,
     output: str | Path | None = None,
+    figures: bool = True,
 ):
     """The report on a ``study``'s seed runs or an MLflow ``experiment``'s training runs.
 
     ``metric`` is compared on the test split at each run's best-validation checkpoint.
     ``sesoi`` (smallest effect of interest), ``alpha`` and ``correction`` (holm,
     bonferroni, bh) default to the study spec's ``report:`` section, then to 0.01 (for
-    metrics in [0, 1]), 0.05 and holm. With ``output`` the documents are written there.
+    metrics in [0, 1]), 0.05 and holm. With ``output`` the documents are written there;
+    ``figures=False`` skips the plots (the numbers only).
     Returns a :class:`latentseg.report.render.Report`: ``summary`` (one row per variant, with
     ``verdict``, ``diff``, ``diff_ci_low/high``, ``p_adjusted``, ``n_pairs``, ``mde``),
     ``effects``, ``interactions``, ``family`` and ``markdown``.
@@ -44,8 +46,9 @@ def ablation_report(
         parent.data.params if parent else {},
     )
     report = build(
-        collected, study or experiment, metric, baseline, client=client, decision=decision
-    )
+        collected, study or experiment, metric, baseline, client=client, decision=decision,
+        figures=figures,
+    )  # fmt: skip
     report.parent_run_id = parent.info.run_id if parent else None
     report.tracking_uri = client.tracking_uri
     if output is not None:

@@ -698,7 +698,7 @@ SUMMARY_LEAD = ["verdict", "diff", "diff_ci_low", "diff_ci_high", "p_adjusted", 
 
 def _summary_csv(report: Report) -> pd.DataFrame:
     """The variants' table with the verdict columns first after the axes."""
-    table = report.summary.drop(columns=["_base"], errors="ignore")
+    table = report.summary
     lead = [*report.axes, *(c for c in SUMMARY_LEAD if c in table)]
     return table[lead + [c for c in table.columns if c not in lead]]
 
