@@ -15,6 +15,7 @@ from latentseg.config import ModelConfig
 from latentseg.errors import ConfigError
 from latentseg.io import atomic_write_bytes
 from latentseg.report.collect import Collected
+from latentseg.report.rounds import complete_blocks, sequential
 from latentseg.report.stats import (
     NOT_APPLICABLE,
     Family,
@@ -52,6 +53,8 @@ class Report:
     tracking_uri: str | None = None
     parent_run_id: str | None = None  # a study's latest parent run, where the files are logged
     paths: list[Path] = field(default_factory=list)  # the documents, once written
+    # adaptive seeds: per look, {round, seeds, alpha, open, decided}
+    rounds: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ class Decision:
     sesoi: float | None = None  # None: 0.01 for a metric in [0, 1], else no equivalence
     alpha: float = ALPHA
     correction: str = "holm"
+    # Adaptive seeds: seeds per point at each planned look (a study's ``study.seeds.looks``);
+    # empty for a fixed design, decided once at ``alpha``.
+    looks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.correction not in METHODS:
@@ -90,10 +96,12 @@ def decision_for(given: dict[str, Any], spec_params: dict[str, str]) -> Decision
         return None if value in (None, "None") else value
 
     sesoi, alpha = pick("sesoi"), pick("alpha")
+    looks = spec_params.get("study.seeds.looks")
     return Decision(
         sesoi=None if sesoi is None else float(sesoi),
         alpha=ALPHA if alpha is None else float(alpha),
         correction=pick("correction") or "holm",
+        looks=tuple(int(n) for n in looks.split(",")) if looks else (),
     )
 
 
@@ -212,19 +220,32 @@ def build(
     keys = [a.removeprefix("params.") for a in axes]
     effects = interaction_table = pd.DataFrame()
     family = None
+    rounds: list[dict] = []
     if axes:
-        comparisons = compare(runs, axes, column, chosen, bounds)
-        effects = _effects(runs, axes, column, chosen, bounds)
-        (comparisons, effects), family = apply_verdicts(
-            [comparisons, effects],
-            sesoi=decision.resolved_sesoi(column),
-            alpha=decision.alpha,
-            method=decision.correction,
-            bounds=bounds,
-        )
+
+        def decide_look(subset, complete, alpha):
+            return apply_verdicts(
+                [
+                    compare(subset, axes, column, chosen, bounds),
+                    _effects(complete, axes, column, chosen, bounds),
+                ],
+                sesoi=decision.resolved_sesoi(column),
+                alpha=alpha,
+                method=decision.correction,
+                bounds=bounds,
+            )
+
+        if decision.looks:  # adaptive seeds: a look per round, alpha spent over the looks
+            (comparisons, effects), family, rounds = sequential(
+                runs, axes, decision.looks, decision.alpha, decide_look,
+                (keys, ["axis", "value", "scope"]),
+            )  # fmt: skip
+            interaction_table = interactions(complete_blocks(runs, axes), axes, column)
+        else:
+            (comparisons, effects), family = decide_look(runs, runs, decision.alpha)
+            interaction_table = interactions(runs, axes, column)
         table = table.merge(comparisons, on=keys, how="left")
         table = _cost_ratios(table, axes, keys)
-        interaction_table = interactions(runs, axes, column)
     else:
         table["verdict"] = "baseline"
     control = negative_control(runs)
@@ -243,7 +264,7 @@ def build(
     findings = _findings(axes, keys, column, table, effects)
     report = Report(
         name, column, keys, chosen, reason, table, "", drawn, notes, images,
-        effects, interaction_table, family, findings,
+        effects, interaction_table, family, findings, rounds=rounds,
     )  # fmt: skip
     report.markdown = _markdown(report, collected, findings, [*drawn, *images])
     return report
@@ -526,15 +547,24 @@ def _seeds_cell(value: float) -> str:
 SEED_VALUES_UP_TO = 5  # with this many seeds or fewer, each seed's value is shown
 
 
+def _round_cell(row) -> str:
+    """The round whose look decided a comparison ('–' while it is open)."""
+    value = row.get("decided_round", math.nan)
+    return "–" if value is None or pd.isna(value) or int(value) == 0 else str(int(value))
+
+
 def _sections(report: Report) -> list[tuple[str, str, list[str], list[list[str]]]]:
     """The report's tables, in order: (title, id, header, rows); shared by Markdown and HTML."""
     keys, table = report.axes, report.summary
     tasks = [k for k in keys if is_stratum(k)]
-    order = table.assign(_base=table["verdict"] != "baseline").sort_values(
-        [*tasks, "_base", "diff"], ascending=[*([True] * len(tasks)), True, False]
-    ) if "diff" in table else table  # fmt: skip
+    order = table.assign(
+        _base=table["verdict"] != "baseline", _open=table["verdict"] == "inconclusive"
+    ).sort_values(
+        [*tasks, "_base", "_open", "diff"], ascending=[*([True] * len(tasks)), True, True, False]
+    ) if "diff" in table else table  # decided verdicts lead  # fmt: skip
+    adaptive = bool(report.rounds)
     head = [*(["dataset"] if tasks else []), "change from the baseline", "verdict"]
-    head += ["difference [adjusted CI]"]
+    head += [*(["round"] if adaptive else []), "difference [adjusted CI]"]
     head += ["adjusted p", "pairs", "MDE", "seeds to decide", "FLOPs", "time/img"]
     verdicts = []
     for _, row in order.iterrows():
@@ -542,7 +572,9 @@ def _sections(report: Report) -> list[tuple[str, str, list[str], list[list[str]]
         verdicts.append(
             [*([str(row[tasks[0]])] if tasks else []),
              "(baseline)" if base else change(row, keys, report.baseline),
-             str(row["verdict"]), "–" if base else _interval(row),
+             str(row["verdict"]),
+             *([_round_cell(row)] if adaptive else []),
+             "–" if base else _interval(row),
              "–" if base else _fmt(row.get("p_adjusted", math.nan), 3),
              str(int(row.get("n_pairs", row["n"]) or 0)),
              "–" if base else _fmt(row.get("mde", math.nan)),
@@ -551,6 +583,19 @@ def _sections(report: Report) -> list[tuple[str, str, list[str], list[list[str]]
              "–" if base else _ratio_cell(row.get("time_ratio", math.nan))]
         )  # fmt: skip
     sections = [("Verdicts", "verdicts", head, verdicts)]
+    if adaptive:
+        rows = [
+            [
+                str(r["round"]),
+                str(r["seeds"]),
+                f"{r['alpha']:.4f}",
+                str(r["decided"]),
+                str(r["open"]),
+            ]
+            for r in report.rounds
+        ]
+        head = ["round", "seeds per open point", "alpha spent", "decided so far", "still open"]
+        sections.append(("Rounds of seeds", "rounds", head, rows))
     if not report.effects.empty:
         rows = [
             [str(r["axis"]), f"{r['value']} vs {r['baseline_value']}",
@@ -693,7 +738,10 @@ def write(report: Report, out_dir: str | Path) -> list[Path]:
     return [md, csv, html, *tables]
 
 
-SUMMARY_LEAD = ["verdict", "diff", "diff_ci_low", "diff_ci_high", "p_adjusted", "n_pairs", "mde"]
+SUMMARY_LEAD = [
+    "verdict", "diff", "diff_ci_low", "diff_ci_high", "p_adjusted", "n_pairs", "mde",
+    "decided_round", "ci_level",
+]  # fmt: skip
 
 
 def _summary_csv(report: Report) -> pd.DataFrame:
@@ -811,13 +859,17 @@ def verdict_lines(report: Report) -> list[str]:
                 row,
             )
         )
+    rows.sort(key=lambda item: item[1]["verdict"] == "inconclusive")  # decided verdicts lead
+    adaptive = bool(report.rounds)
     width = min(60, max((len(name) for name, _ in rows), default=10))
     lines.append(
-        f"  {'compared with the baseline':<{width}}  {'verdict':<12}  {'difference [adjusted CI]':<30}  adj p  pairs  seeds to decide"
+        f"  {'compared with the baseline':<{width}}  {'verdict':<12}  {'round  ' if adaptive else ''}"
+        f"{'difference [adjusted CI]':<30}  adj p  pairs  seeds to decide"
     )
     for name, row in rows:
         lines.append(
-            f"  {name[:width]:<{width}}  {row['verdict']:<12}  {_interval(row):<30}  "
+            f"  {name[:width]:<{width}}  {row['verdict']:<12}  "
+            f"{f'{_round_cell(row):>5}  ' if adaptive else ''}{_interval(row):<30}  "
             f"{_fmt(row['p_adjusted'], 3):>5}  {int(row['n_pairs']):>5}  {_seeds_cell(row['seeds_needed']):>15}"
         )
     open_rows = [row for _, row in rows if row["verdict"] == "inconclusive"]

@@ -487,7 +487,12 @@ class Family:
     alpha: float
     method: str  # holm | bonferroni | bh
     size: int  # comparisons that could be tested
-    level: float  # the confidence level of every adjusted interval
+    level: float  # the confidence level of every adjusted interval (the last look's)
+    # Adaptive seeds: seeds per point at each planned look, the error rate spent at each,
+    # and the looks taken so far (empty for a fixed design: one look at ``alpha``).
+    looks: tuple[int, ...] = ()
+    spent: tuple[float, ...] = ()
+    taken: int = 1
 
     def describe(self, metric: str) -> str:
         from latentseg.report.verdicts import METHODS
@@ -501,6 +506,16 @@ class Family:
             return (
                 "no comparison could be tested: each needs 2 or more seed pairs that differ; "
                 f"every verdict is inconclusive; {sesoi}"
+            )
+        if self.looks:
+            spent = ", ".join(f"{a:.4f}" for a in self.spent)
+            seeds = ", ".join(map(str, self.looks))
+            return (
+                f"{self.size} comparison{'s form' if self.size != 1 else ' forms'} one family, "
+                f"decided after each round of seeds ({self.taken} of {len(self.looks)} planned "
+                f"looks, at {seeds} seeds); {METHODS[self.method]} at each look, alpha "
+                f"{self.alpha:g} spent over the looks ({spent}; union bound); each interval at "
+                f"the level of the look that decided it (column ci_level); {sesoi}"
             )
         return (
             f"{self.size} comparison{'s form' if self.size != 1 else ' forms'} one family; "
@@ -551,6 +566,7 @@ def apply_verdicts(
             ("p_adjusted", decided.p_adjusted[start:stop]),
             ("diff_ci_low", decided.ci_low[start:stop]),
             ("diff_ci_high", decided.ci_high[start:stop]),
+            ("ci_level", np.full(stop - start, decided.level)),
         ):
             table.loc[rows, name] = values
         n = table.loc[rows, "n_pairs"].to_numpy(float)

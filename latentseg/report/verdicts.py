@@ -20,6 +20,16 @@ The verdict follows from the interval alone: ``better`` or ``worse`` when it exc
 ``inconclusive`` otherwise. Equivalence is thus a two one-sided tests (TOST) decision at
 half the interval's error rate on each side.
 
+Adaptive seeds (a study's ``seeds: {min, max, step}``) decide after each round of seeds, a
+sequential test: the verdicts are then taken at K planned looks, the look at n
+seeds at level ``alpha_k`` with ``sum(alpha_k) = alpha`` (``spending``: the Kim-DeMets power
+family ``alpha * t**rho``, t = n / max, rho = 3, which spends little early and most at the
+last look). Each look's family is decided as above at its ``alpha_k``; a comparison keeps
+the first decided verdict (``settle``). By the union bound over looks the chance of any
+false ``better``/``worse`` (or false ``equivalent``) across all looks is at most ``alpha``,
+whatever rule chose which points got more seeds: the intervals are repeated confidence
+intervals (Jennison & Turnbull 1989), valid under any stopping rule.
+
 Pure numpy/scipy: no pandas, no MLflow. ``tests/report/test_calibration.py``
 measures the error rates, coverage and power of this module by simulation.
 """
@@ -45,6 +55,10 @@ POWER = 0.8  # the power at which the minimal detectable effect is stated
 # design decision, and a few seeds can resolve them on the tasks latentseg ships.
 DEFAULT_SESOI = 0.01
 VERDICTS = ("better", "worse", "equivalent", "inconclusive", "baseline")
+DECIDED = ("better", "worse", "equivalent")
+# The power-family spending function's exponent (Kim & DeMets 1987): 3 spends like
+# O'Brien-Fleming, keeping most of alpha for the last look, where the seeds are.
+SPENDING_RHO = 3.0
 
 
 @dataclass(frozen=True)
@@ -199,3 +213,44 @@ def wilcoxon_can_reject(n: int, alpha: float = ALPHA) -> bool:
     """The exact two-sided signed-rank test's smallest p-value is ``2 / 2**n``: below 6
     pairs it cannot reach 0.05, whatever the data."""
     return n > 0 and 2.0 / 2**n <= alpha
+
+
+def spending(alpha: float, planned: list[int], rho: float = SPENDING_RHO) -> list[float]:
+    """The error rate of each look: the increments of ``alpha * (n_k / n_K) ** rho`` (they
+    add up to ``alpha``). A single look gets all of ``alpha``: a fixed design."""
+    last = planned[-1]
+    spent = [alpha * (n / last) ** rho for n in planned]
+    spent[-1] = alpha  # exactly, whatever the rounding
+    return [b - a for a, b in zip([0.0, *spent[:-1]], spent, strict=True)]
+
+
+def settle(verdict: np.ndarray, decided_at: np.ndarray, new: np.ndarray, look: int) -> np.ndarray:
+    """Fold one look's verdicts ``new`` into ``verdict`` (in place) where no earlier look
+    decided; ``decided_at`` records the look (1-based; 0: not decided). Returns the mask of
+    comparisons this look decided."""
+    fresh = ~np.isin(verdict, DECIDED) & np.isin(new, DECIDED)
+    verdict[fresh] = new[fresh]
+    decided_at[fresh] = look
+    return fresh
+
+
+FUTILITY_Z = 1.2816  # the far end of an 80% interval: the most optimistic plausible effect
+FUTILITY_POWER = 0.2
+
+
+def out_of_reach(estimate: float, se: float, n: int, last: int, error: float, sesoi: float) -> bool:
+    """Whether an open comparison (``n`` seed pairs, difference ``estimate`` with standard
+    error ``se``) is out of reach of ``last`` seeds at the last look's per-comparison error
+    rate ``error``: even a true difference at the far end of its 80% interval would be found
+    less than 20% of the time, and the near end is too far from 0 for an interval at ``last``
+    seeds to fit within ±``sesoi``. Adaptive seeds stop seeding such a comparison (it stays
+    inconclusive); stopping never adds a false verdict."""
+    if not (se > 0 and math.isfinite(se)) or n < 2 or last <= n:
+        return False
+    sd = se * math.sqrt(n)
+    far = abs(estimate) + FUTILITY_Z * se
+    if power(far, sd / math.sqrt(last), last - 1, error) >= FUTILITY_POWER:
+        return False
+    near = max(abs(estimate) - FUTILITY_Z * se, 0.0)
+    half = special.stdtrit(last - 1, 1 - error / 2) * sd / math.sqrt(last)
+    return not (math.isfinite(sesoi) and near + half < sesoi)

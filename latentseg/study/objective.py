@@ -50,10 +50,13 @@ class ReportToOptuna(TrainCallback):
     Seeds run one after another; seed ``i``'s epoch ``e`` is step ``i * epochs + e`` so that
     every trial is compared at the same point of the same seed."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, step_offset: int) -> None:
+    def __init__(
+        self, trial: optuna.Trial, metric: str, step_offset: int, prune: bool = True
+    ) -> None:
         self.trial = trial
         self.metric = epoch_metric(metric)
         self.step_offset = step_offset
+        self.prune = prune
         self.values: list[float] = []
 
     def on_epoch_end(self, ctx, metrics: dict[str, float], improved: bool) -> None:
@@ -62,7 +65,7 @@ class ReportToOptuna(TrainCallback):
             return
         self.values.append(value)
         self.trial.report(value, self.step_offset + ctx.state.epoch)
-        if self.trial.should_prune():
+        if self.prune and self.trial.should_prune():
             raise TrainingPruned(ctx.state.epoch, "pruned by Optuna")
 
 
@@ -82,10 +85,23 @@ def objective_value(
     return summary[metric]
 
 
-def run_trial(trial: optuna.Trial, ctx: TrialContext, client) -> float:
-    """Train the trial's config with each seed; the objective is the mean over seeds."""
+def run_trial(
+    trial: optuna.Trial, ctx: TrialContext, client, attrs: dict[str, Any] | None = None
+) -> float:
+    """Train the trial's config with each seed; the objective is the mean over seeds.
+    ``attrs`` (the trial's system attributes) carry an adaptive round's seeds and why they
+    run; a trial after the first round is never pruned (its pairs must stay complete)."""
+    from latentseg.study.rounds import FIRST_ROUND, OPEN_ATTR, ROUND_ATTR, trial_seeds
+
     loaded = ctx.study
     spec = loaded.spec
+    attrs = attrs or {}
+    round_ = int(attrs.get(ROUND_ATTR, 1))
+    seeds = trial_seeds(attrs, loaded.seeds)
+    adaptive = {
+        "latentseg.round": str(round_),
+        "latentseg.open_comparison": str(attrs.get(OPEN_ATTR, FIRST_ROUND))[:4900],
+    } if spec.adaptive else {}  # fmt: skip
     params = {key: suggest(trial, key, param) for key, param in spec.search_space.items()}
     config: ExperimentConfig = loaded.base.with_updates(
         {
@@ -104,17 +120,19 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, client) -> float:
         params,
         config,
         loaded.path,
+        extra_tags=adaptive,
     )
     trial.set_user_attr("mlflow_run_id", run_id)
     state, metric = "FAIL", spec.objective.metric
     values: dict[int, float] = {}
     tags: dict[str, str] = {}
     try:
-        for index, seed in enumerate(loaded.seeds):
+        for index, seed in enumerate(seeds):
             seed_config = config.with_updates(
                 {"train.seed": seed, "tracking.run_name": f"trial-{trial.number}-seed-{seed}"}
             )
-            reporter = ReportToOptuna(trial, metric, index * config.train.epochs)
+            offset = (seed - loaded.base.train.seed if round_ > 1 else index) * config.train.epochs
+            reporter = ReportToOptuna(trial, metric, offset, prune=round_ == 1)
             tags["pruned_at_seed"] = str(seed)  # kept only when pruned
             result = run_experiment(
                 seed_config,
@@ -125,6 +143,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, client) -> float:
                     RUN_TYPE: "seed",
                     "latentseg.study": loaded.name,
                     "latentseg.trial_number": str(trial.number),
+                    **adaptive,
                 },
                 progress=False,
                 source=loaded.path,

@@ -18,7 +18,9 @@ import optuna
 from optuna.trial import TrialState
 
 from latentseg.errors import ConfigError, LatentSegError
+from latentseg.study import rounds
 from latentseg.study.objective import TrialContext, run_trial
+from latentseg.study.rounds import Judge
 from latentseg.study.spec import LoadedStudy, load_study_spec, redact
 from latentseg.study.storage import (
     DEFAULT_JOURNAL,
@@ -34,6 +36,7 @@ from latentseg.tracking.store import connect, get_or_create_experiment, resolve_
 from latentseg.tracking.study import (
     close_dead_study_runs,
     close_orphans,
+    log_round,
     log_study_summary,
     start_study_run,
 )
@@ -144,9 +147,10 @@ def worker_loop(
             if popped is None:
                 break
             trial, trial_id = popped
+            attrs = storage_of(study).get_trial(trial_id).system_attrs
             with Heartbeat(study, trial_id):
                 try:
-                    value = run_trial(trial, ctx, client)
+                    value = run_trial(trial, ctx, client, attrs)
                 except optuna.TrialPruned:
                     study.tell(trial, state=TrialState.PRUNED)
                 except (TrainingInterrupted, KeyboardInterrupt):
@@ -226,18 +230,39 @@ def _worker_process(
 
 
 class Progress(threading.Thread):
-    """Polls the storage: a bar over trials with the best value so far."""
+    """Polls the storage: a bar over trials with the best value so far; with adaptive seeds,
+    also the round, the comparisons still open and the seed runs spent against the budget."""
 
-    def __init__(self, study: optuna.Study, total: int, direction: str, enabled: bool) -> None:
+    def __init__(
+        self, study: optuna.Study, total: int, direction: str, enabled: bool, loaded=None
+    ) -> None:
         super().__init__(daemon=True)
         self.study, self.total, self.direction, self.enabled = study, total, direction, enabled
+        self.loaded = loaded if loaded is not None and loaded.spec.adaptive else None
+        self.open: int | None = None  # set by the launch after each round's look
         self.stop_event = threading.Event()
 
-    def snapshot(self) -> tuple[int, float | None]:
-        trials = self.study.get_trials(deepcopy=False, states=FINISHED_STATES)
+    def snapshot(self) -> tuple[int, float | None, str]:
+        every = self.study.get_trials(deepcopy=False)
+        trials = [t for t in every if t.state in FINISHED_STATES]
         values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
         best = (max if self.direction == "maximize" else min)(values) if values else None
-        return len(trials), best
+        self.total = max(self.total, len(every))
+        return len(trials), best, self.rounds(every)
+
+    def rounds(self, trials) -> str:
+        """``round 2/3  open 3  seeds 24/60`` for adaptive seeds, else empty."""
+        if self.loaded is None:
+            return ""
+        from latentseg.study import rounds
+
+        looks = len(self.loaded.spec.adaptive.looks())
+        spent = rounds.seeds_spent(trials, self.loaded.seeds)
+        return (
+            f"round {rounds.current_round(trials)}/{looks}  "
+            f"open {'-' if self.open is None else self.open}  "
+            f"seeds {spent}/{rounds.budget(self.loaded)}"
+        )
 
     def run(self) -> None:
         if not self.enabled:
@@ -248,23 +273,28 @@ class Progress(threading.Thread):
         bar = tqdm(
             total=self.total, desc="trials", file=sys.stderr, dynamic_ncols=True, disable=not tty
         )
-        last = (-1, None)
+        last = (-1, None, "")
         while True:
             stopping = self.stop_event.wait(2.0)
             try:
-                finished, best = self.snapshot()
+                finished, best, rounds = self.snapshot()
             except Exception:
                 continue
-            if (finished, best) != last:
-                bar.n = finished
-                bar.set_postfix(best=f"{best:.4f}" if best is not None else "-", refresh=True)
+            if (finished, best, rounds) != last:
+                bar.total, bar.n = self.total, finished
+                bar.set_postfix_str(
+                    f"best={'-' if best is None else f'{best:.4f}'}"
+                    + (f"  {rounds}" if rounds else ""),
+                    refresh=True,
+                )
                 if not tty:
                     print(
-                        f"trials finished {finished}/{self.total}  best {'-' if best is None else f'{best:.4f}'}",
+                        f"trials finished {finished}/{self.total}  best {'-' if best is None else f'{best:.4f}'}"
+                        + (f"  {rounds}" if rounds else ""),
                         file=sys.stderr,
                         flush=True,
                     )
-                last = (finished, best)
+                last = (finished, best, rounds)
             if stopping:
                 bar.close()
                 return
@@ -278,8 +308,11 @@ def run_study(
     tracking_uri: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     progress: bool = True,
+    judge: Judge | None = None,
 ) -> StudyResult:
-    """Run (or resume) the study in ``spec_path`` with ``workers`` processes."""
+    """Run (or resume) the study in ``spec_path`` with ``workers`` processes. With adaptive
+    seeds, ``judge`` takes the verdicts after each round (default: the ablation report's,
+    :func:`latentseg.report.adaptive.judge`)."""
     started = time.time()
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
@@ -321,6 +354,10 @@ def run_study(
         for k, v in _flat(spec.model_dump(mode="json", exclude={"search_space"})).items()
     }
     spec_params["study.storage"] = storage_label  # never a password
+    if spec.adaptive:  # the report takes its looks from here
+        spec_params["study.seeds.looks"] = ",".join(map(str, spec.adaptive.looks()))
+        if judge is None:
+            from latentseg.report.adaptive import judge  # the one default from above
     spec_params.update(
         {f"search_space.{k}": p.model_dump(mode="json") for k, p in spec.search_space.items()}
     )
@@ -334,11 +371,15 @@ def run_study(
             client, experiment_id, loaded.name, storage_label, loaded.path, spec_params, workers
         )
         ctx = TrialContext(loaded, uri, experiment_id, parent_run_id, threads)
-        monitor = Progress(study, len(study.get_trials(deepcopy=False)), direction, progress)
+        monitor = Progress(
+            study, len(study.get_trials(deepcopy=False)), direction, progress, loaded
+        )
         monitor.start()
         try:
-            for _ in range(spec.max_retry + 1):  # a round, then more for retries of dead workers
+            passes = 0  # worker passes in this round: the round, then retries of dead workers
+            while passes <= spec.max_retry:
                 _run_workers(ctx, storage_url, deadline, workers, stop)
+                passes += 1
                 for trial in recover_dead_trials(study, spec.max_retry):
                     close_orphans(
                         client, experiment_id, loaded.name, trial.number, "worker process died"
@@ -350,7 +391,16 @@ def run_study(
                     waiting = _wait_for_other_launches(
                         study, spec.max_retry, stop, deadline, client, experiment_id, loaded.name
                     )
-                if stop() or not waiting or (deadline and time.time() >= deadline):
+                late = deadline and time.time() >= deadline
+                if (
+                    not waiting
+                    and not stop()
+                    and not late
+                    and spec.adaptive
+                    and _next_round(study, loaded, judge, ctx, storage_url, client, monitor)
+                ):
+                    waiting, passes = [True], 0  # a new round of seeds
+                if stop() or not waiting or late:
                     break
             status = "KILLED" if stop() else "FINISHED"
         except (TrainingInterrupted, KeyboardInterrupt):
@@ -375,6 +425,47 @@ def run_study(
         summary,
         time.time() - started,
     )
+
+
+def _next_round(
+    study: optuna.Study, loaded: LoadedStudy, judge: Judge, ctx: TrialContext,
+    storage_url: str | None, client, monitor: Progress,
+) -> int:  # fmt: skip
+    """Adaptive seeds, once the current round has finished everywhere: take its look's
+    verdicts, log them on the parent run, and queue the next round's seeds for the points
+    that need them (under the queue lock, once per round whichever launch gets there first).
+    Returns the number of trials queued."""
+    with queue_lock(storage_url):
+        trials = study.get_trials(deepcopy=False)
+        if not rounds.round_finished(trials):
+            return 0  # another launch queued the next round first: run it
+        current = rounds.current_round(trials)
+        judgement = judge(loaded, ctx.tracking_uri, current)
+        planned = rounds.plan(loaded, trials, judgement, current)
+        queued = rounds.queue_round(study, planned, current + 1)
+    spent = rounds.seeds_spent(trials, loaded.seeds)
+    log_round(
+        client, ctx.parent_run_id, current,
+        {"open": judgement.open, "decided": judgement.decided, "queued": queued,
+         "seed_runs": spent},
+        judgement.table,
+    )  # fmt: skip
+    monitor.open = judgement.open
+    looks = loaded.spec.adaptive.looks()
+    added = sum(len(p["seeds"]) for p in planned)
+    print(
+        f"round {current}/{len(looks)} done: {judgement.decided} decided, {judgement.open} open; "
+        + (
+            f"round {current + 1} adds {added} seed runs to {queued} point(s) "
+            f"({looks[current]} seeds each)"
+            if queued
+            else "no more rounds"
+        )
+        + f"; {spent + added}/{rounds.budget(loaded)} seed runs",
+        file=sys.stderr,
+        flush=True,
+    )
+    return queued
 
 
 def _fingerprint(loaded: LoadedStudy) -> str:

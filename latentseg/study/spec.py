@@ -8,7 +8,15 @@ import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    Discriminator,
+    Field,
+    StrictInt,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from latentseg.config import (
     ExperimentConfig,
@@ -116,6 +124,51 @@ class ReportSpec(StrictModel):
     )
 
 
+class AdaptiveSeeds(StrictModel):
+    """Seeds spent where the answer is open: every point runs ``min`` seeds; after each round
+    the verdicts are taken (alpha spent over the planned looks, so the error control holds)
+    and the points whose comparison is still inconclusive get ``step`` more, until every
+    comparison is decided or ``max`` is reached."""
+
+    min: StrictInt = Field(3, ge=2, description="Seeds every point runs in the first round.")
+    max: StrictInt = Field(10, ge=2, description="The most seeds any point runs.")
+    step: StrictInt | None = Field(
+        None, ge=1, description="Seeds added per round to each open point; default: min."
+    )  # noqa: UP045
+    until: Literal["variants", "effects"] = Field(
+        "variants",
+        description="variants: a point gets more seeds while its comparison with the baseline is open (the baseline while any is). effects: every point gets more seeds while any main effect is open (a main effect needs every point's runs of a seed).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AdaptiveSeeds:
+        if self.max < self.min:
+            raise ValueError(f"seeds.max ({self.max}) < seeds.min ({self.min})")
+        return self
+
+    def looks(self) -> list[int]:
+        """Seeds per open point after each round: min, then ``step`` more each round, ending
+        at max (min 3, max 10: 3, 6, 9, 10). The verdicts are taken at each of these looks."""
+        return [*range(self.min, self.max, self.step or self.min), self.max]
+
+
+def _seeds_kind(value: Any) -> str:
+    if isinstance(value, dict | AdaptiveSeeds):
+        return "adaptive"
+    return "list" if isinstance(value, list) else "count"
+
+
+# One shape per kind of value, so a bad value is reported against the shape it meant.
+Seeds = Annotated[
+    Union[  # noqa: UP007
+        Annotated[StrictInt, Tag("count")],
+        Annotated[list[StrictInt], Tag("list")],
+        Annotated[AdaptiveSeeds, Tag("adaptive")],
+    ],
+    Discriminator(_seeds_kind),
+]
+
+
 class SamplerSpec(StrictModel):
     name: Literal["tpe", "random", "grid"] = "tpe"
     seed: Optional[int] = Field(0, description="Sampler seed (null: random).")  # noqa: UP045
@@ -148,9 +201,9 @@ class StudySpec(StrictModel):
     )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
-    seeds: StrictInt | list[StrictInt] = Field(
+    seeds: Seeds = Field(
         1,
-        description="k (train.seed = base seed + 0..k-1) or an explicit list; the objective is the mean over seeds.",
+        description="k (train.seed = base seed + 0..k-1), an explicit list, or adaptive {min, max, step, until} (grid only); the objective is the mean over a trial's seeds.",
     )  # noqa: UP007
     n_trials: int | None = Field(
         None, ge=1, description="Trials in total (grid: its size; tpe/random: 20 by default)."
@@ -184,6 +237,11 @@ class StudySpec(StrictModel):
             raise ValueError("seeds must be a non-empty list of distinct integers")
         if isinstance(self.seeds, int) and self.seeds < 1:
             raise ValueError("seeds must be >= 1")
+        if isinstance(self.seeds, AdaptiveSeeds) and self.sampler.name != "grid":
+            raise ValueError(
+                "adaptive seeds need a grid (sampler: {name: grid}): rounds add seeds where a "
+                "point's comparison with the baseline is open, and a search has no baseline"
+            )
         if "train.seed" in self.search_space:
             raise ValueError(
                 "train.seed cannot be searched; use `seeds` (every trial is trained with each seed)"
@@ -203,12 +261,16 @@ class StudySpec(StrictModel):
                 raise ValueError("a grid needs a search_space")
         return self
 
+    @property
+    def adaptive(self) -> AdaptiveSeeds | None:
+        return self.seeds if isinstance(self.seeds, AdaptiveSeeds) else None
+
     def seed_list(self, base_seed: int) -> list[int]:
-        return (
-            list(self.seeds)
-            if isinstance(self.seeds, list)
-            else [base_seed + i for i in range(self.seeds)]
-        )
+        """The seeds every trial runs (adaptive: the first round's)."""
+        if isinstance(self.seeds, list):
+            return list(self.seeds)
+        count = self.seeds.min if isinstance(self.seeds, AdaptiveSeeds) else self.seeds
+        return [base_seed + i for i in range(count)]
 
     def grid_points(self) -> list[dict[str, Any]]:
         """Every point of the full factorial, in a stable order."""

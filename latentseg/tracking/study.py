@@ -72,16 +72,21 @@ def start_trial_run(
     params: dict[str, Any],
     config,
     source: str,
+    extra_tags: dict[str, str] | None = None,
 ) -> str:
-    tags = run_tags(config, source) | {
-        RUN_TYPE: "trial",
-        "mlflow.parentRunId": parent_run_id,
-        "latentseg.study": study_name,
-        "latentseg.trial_number": str(trial_number),
-        "latentseg.optuna_state": "RUNNING",
-        "latentseg.config_hash": config.config_hash(include_seed=False),
-        "latentseg.owner": json.dumps(owner_record()),  # the worker process running it
-    }
+    tags = (
+        run_tags(config, source)
+        | (extra_tags or {})
+        | {
+            RUN_TYPE: "trial",
+            "mlflow.parentRunId": parent_run_id,
+            "latentseg.study": study_name,
+            "latentseg.trial_number": str(trial_number),
+            "latentseg.optuna_state": "RUNNING",
+            "latentseg.config_hash": config.config_hash(include_seed=False),
+            "latentseg.owner": json.dumps(owner_record()),  # the worker process running it
+        }
+    )
     tags.pop("latentseg.seed", None)
     run = client.create_run(experiment_id, tags=tags, run_name=f"trial-{trial_number}")
     _params(
@@ -134,6 +139,22 @@ def close_dead_study_runs(client, experiment_id: str, study_name: str) -> None:
         if owner and not owner_alive(json.loads(owner)):
             client.set_tag(run.info.run_id, "latentseg.error", "the launching process died")
             client.set_terminated(run.info.run_id, "KILLED")
+
+
+def log_round(
+    client, run_id: str, round_: int, counts: dict[str, float], table: list[dict[str, Any]]
+) -> None:
+    """An adaptive study's look after ``round_``: the counts as metrics at step ``round_``
+    (``rounds.open``, ``rounds.decided``, ``rounds.queued``, ``rounds.seed_runs``) and the
+    verdict of every comparison in ``rounds/round-<k>.json``."""
+    _metrics(client, run_id, {f"rounds.{k}": v for k, v in counts.items()}, step=round_)
+    client.set_tag(run_id, "latentseg.round", str(round_))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"round-{round_}.json"
+        path.write_text(
+            json.dumps({"round": round_, **counts, "comparisons": table}, indent=2, default=str)
+        )
+        client.log_artifact(run_id, str(path), "rounds")
 
 
 def log_study_summary(client, run_id: str, study, metric: str) -> dict[str, Any]:

@@ -1,0 +1,195 @@
+"""Adaptive seeds in a real study: real Optuna storages (journal, PostgreSQL), a real MLflow
+SQLite store, real training. The rounds' judge is injected here (a study takes any judge, as
+Optuna takes any sampler), so the tests choose which comparisons stay open and check what the
+study does with that: which seeds it queues, what it tags, how a relaunch continues."""
+
+import json
+import os
+import signal
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from latentseg.errors import ConfigError
+from latentseg.study import run_study
+from latentseg.study.rounds import OPEN_ATTR, ROUND_ATTR, SEEDS_ATTR, Judgement, Need, queue_round
+from latentseg.study.spec import load_study_spec
+from latentseg.study.storage import DEFAULT_JOURNAL, retry
+from latentseg.tracking.store import connect
+from latentseg.train import TrainingInterrupted
+
+GRID = {
+    "name": "adaptive",
+    "search_space": {"model.num_latents": [4, 8, 16]},
+    "sampler": {"name": "grid"},
+    "seeds": {"min": 2, "max": 4, "step": 1},  # looks at 2, 3 and 4 seeds; base seed 7
+}
+
+
+def journal(path) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+class Scripted:
+    """A judge that keeps ``num_latents = 8`` (and so the baseline, 4) open for
+    ``open_rounds`` rounds; ``interrupt_after`` sends this process SIGINT after that
+    round's look, as Ctrl-C would."""
+
+    def __init__(self, storage, open_rounds: int = 99, interrupt_after: int | None = None):
+        self.storage, self.open_rounds, self.interrupt_after = storage, open_rounds, interrupt_after
+        self.calls: list[int] = []
+
+    def __call__(self, loaded, tracking_uri: str, round_: int) -> Judgement:
+        self.calls.append(round_)
+        study = optuna.load_study(study_name=loaded.name, storage=self.storage)
+        number = {
+            latents: [
+                t.number for t in study.trials if t.params.get("model.num_latents") == latents
+            ]
+            for latents in (4, 8, 16)
+        }
+        needs = []
+        if round_ <= self.open_rounds:
+            needs = [Need(number[8], "num_latents 8 vs baseline"), Need(number[4], "baseline of 1")]
+        if round_ == self.interrupt_after:
+            os.kill(os.getpid(), signal.SIGINT)
+        table = [{"comparison": "num_latents 8", "verdict": "inconclusive"}]
+        return Judgement(needs, open=1 if needs else 0, decided=1, table=table)
+
+
+def seed_runs(client, name):
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags["latentseg.run_type"] == "seed"], runs
+
+
+def test_rounds_add_seeds_only_to_open_points_and_say_why(study_spec, tracking_uri, tmp_path):
+    """Round 1 runs every point with the first 2 seeds; rounds 2 and 3 add one seed each only
+    to the open point and its baseline, with 2 workers. Every seed run says its round and the
+    comparison that was open; the parent run logs each round; nothing stays RUNNING."""
+    path = study_spec(GRID)
+    judge = Scripted(journal(tmp_path / DEFAULT_JOURNAL))
+    result = run_study(str(path), tracking_uri=tracking_uri, workers=2, progress=False, judge=judge)
+    assert judge.calls == [1, 2, 3]  # the last look is taken too (it queues nothing)
+
+    study = optuna.load_study(study_name="adaptive", storage=journal(tmp_path / DEFAULT_JOURNAL))
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    ran = sorted(
+        (t.params["model.num_latents"], t.system_attrs.get(ROUND_ATTR, 1), tuple(t.system_attrs.get(SEEDS_ATTR, [7, 8])))
+        for t in study.trials
+    )  # fmt: skip
+    assert ran == [
+        (4, 1, (7, 8)), (4, 2, (9,)), (4, 3, (10,)),
+        (8, 1, (7, 8)), (8, 2, (9,)), (8, 3, (10,)),
+        (16, 1, (7, 8)),
+    ]  # fmt: skip
+
+    client = connect(tracking_uri)
+    seeds, runs = seed_runs(client, "adaptive")
+    assert not [r for r in runs if r.info.status != "FINISHED"]
+    pairs = sorted((r.data.params["model.num_latents"], r.data.params["train.seed"]) for r in seeds)
+    assert pairs == sorted(
+        [(str(n), str(s)) for n in (4, 8) for s in (7, 8, 9, 10)] + [("16", "7"), ("16", "8")]
+    )  # each point and seed once
+    for run in seeds:
+        round_ = int(run.data.tags["latentseg.round"])
+        assert round_ == {"7": 1, "8": 1, "9": 2, "10": 3}[run.data.params["train.seed"]]
+        why = run.data.tags["latentseg.open_comparison"]
+        if round_ == 1:
+            assert why == "first round: every point"
+        else:
+            assert (
+                why
+                == {"8": "num_latents 8 vs baseline", "4": "baseline of 1"}[
+                    run.data.params["model.num_latents"]
+                ]
+            )
+    history = client.get_metric_history(result.parent_run_id, "rounds.queued")
+    assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 2.0), (3, 0.0)]
+    spent = client.get_metric_history(result.parent_run_id, "rounds.seed_runs")
+    assert [m.value for m in spent] == [6.0, 8.0, 10.0]
+    folder = client.download_artifacts(result.parent_run_id, "rounds", str(tmp_path / "rounds"))
+    assert sorted(os.listdir(folder)) == ["round-1.json", "round-2.json", "round-3.json"]
+    record = json.loads((tmp_path / "rounds" / "rounds" / "round-2.json").read_text())
+    assert record["round"] == 2 and record["queued"] == 2 and record["comparisons"][0]["verdict"]
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.params["study.seeds.looks"] == "2,3,4"
+
+
+def test_a_relaunch_continues_the_round_it_was_in(study_spec, tracking_uri, tmp_path):
+    """Interrupted right after round 2 was queued, the study ends KILLED with those trials
+    waiting; the relaunch runs them (once), takes the looks of rounds 2 and 3 only, and
+    never queues a round twice."""
+    path = study_spec(GRID)
+    storage = journal(tmp_path / DEFAULT_JOURNAL)
+    first = Scripted(storage, open_rounds=1, interrupt_after=1)
+    with pytest.raises(TrainingInterrupted):
+        run_study(str(path), tracking_uri=tracking_uri, progress=False, judge=first)
+    study = optuna.load_study(study_name="adaptive", storage=storage)
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert first.calls == [1] and len(waiting) == 2
+    assert {t.system_attrs[ROUND_ATTR] for t in waiting} == {2}
+
+    second = Scripted(storage, open_rounds=1)
+    run_study(str(path), tracking_uri=tracking_uri, progress=False, judge=second)
+    assert second.calls == [2]  # round 2's look: nothing open, no round 3
+    study = optuna.load_study(study_name="adaptive", storage=storage)
+    rounds = sorted(t.system_attrs.get(ROUND_ATTR, 1) for t in study.trials)
+    assert rounds == [1, 1, 1, 2, 2] and all(t.state == TrialState.COMPLETE for t in study.trials)
+    seeds, runs = seed_runs(connect(tracking_uri), "adaptive")
+    assert len(seeds) == 8 and not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_a_retried_trial_keeps_its_round_and_seeds(tmp_path):
+    """A round-2 trial that fails (a crash, a dead worker) is queued again with its round,
+    its seeds and its reason: the retry runs the same seeds, not the first round's."""
+    storage = journal(tmp_path / "journal.log")
+    study = optuna.create_study(study_name="s", storage=storage)
+    queue_round(study, [{"point": {"x": 1}, "seeds": [9, 10], "reason": "x 1 vs baseline"}], 2)
+    trial = study.ask()
+    study.tell(trial, state=TrialState.FAIL)
+    retry(study, study.trials[0], max_retry=1)
+    again = study.trials[1]
+    assert again.state == TrialState.WAITING
+    assert again.system_attrs[ROUND_ATTR] == 2 and again.system_attrs[SEEDS_ATTR] == [9, 10]
+    assert again.system_attrs[OPEN_ATTR] == "x 1 vs baseline"
+    assert again.system_attrs["fixed_params"] == {"x": 1}
+
+
+@pytest.mark.parametrize(
+    ("seeds", "sampler", "message"),
+    [
+        ({"min": 3, "max": 2}, "grid", "seeds.max (2) < seeds.min (3)"),
+        ({"min": 1, "max": 4}, "grid", "min: Input should be greater than or equal to 2"),
+        ({"min": 3, "max": 6, "stepp": 1}, "grid", "stepp"),
+        ({"min": 3, "max": 6, "until": "forever"}, "grid", "until"),
+        ({"min": 3, "max": 6}, "tpe", "adaptive seeds need a grid"),
+    ],
+)
+def test_bad_adaptive_seeds_are_refused_naming_the_key(study_spec, seeds, sampler, message):
+    space = {"model.num_latents": [4, 8]}
+    path = study_spec({"search_space": space, "sampler": {"name": sampler}, "seeds": seeds})
+    with pytest.raises(ConfigError, match="seeds") as info:
+        load_study_spec(path)
+    assert message in str(info.value)
+
+
+def test_adaptive_seeds_plan_their_looks(study_spec):
+    """min, then step more each round, ending at max; step defaults to min."""
+    cases = [({"min": 3, "max": 10}, [3, 6, 9, 10]), ({"min": 3, "max": 9}, [3, 6, 9]),
+             ({"min": 2, "max": 8, "step": 2}, [2, 4, 6, 8]), ({"min": 4, "max": 4}, [4])]  # fmt: skip
+    for seeds, looks in cases:
+        path = study_spec(
+            {
+                "search_space": {"model.num_latents": [4, 8]},
+                "sampler": {"name": "grid"},
+                "seeds": seeds,
+            }
+        )
+        loaded = load_study_spec(path)
+        assert loaded.spec.adaptive.looks() == looks
+        assert loaded.seeds == [7 + i for i in range(seeds["min"])]
