@@ -594,7 +594,7 @@ def _sections(report: Report) -> list[tuple[str, str, list[str], list[list[str]]
             ]
             for r in report.rounds
         ]
-        head = ["round", "seeds per open point", "alpha spent", "decided so far", "still open"]
+        head = ["round", "seeds per open point", "alpha spent", "decided so far", "inconclusive"]
         sections.append(("Rounds of seeds", "rounds", head, rows))
     if not report.effects.empty:
         rows = [

@@ -211,3 +211,60 @@ def test_an_a_a_study_gives_no_better_or_worse_verdict(
     assert "verdicts against the baseline (model.variant = " in printed
     assert "2 comparisons form one family; Holm" in printed
     assert re.search(rf"variant \S+ +{compared['verdict'].item()} ", printed), printed
+
+
+def test_adaptive_seeds_go_only_to_open_comparisons_and_the_report_agrees(
+    study_spec, tracking_uri, tmp_path, capsys
+):
+    """A real adaptive study judged by the real report: 1 or 4 epochs (1, with learning rate
+    0.003, is the baseline) x learning rate 0.003 or 0.0031 (next to it). After each round,
+    only the points whose comparison the look left open (and the baseline) get the next
+    seed; a decided point gets none; and the study's closing verdicts are the report's."""
+    import json
+
+    from latentseg.report import ablation_report
+    from latentseg.tracking.store import connect
+
+    spec = {
+        "name": "adaptive-epochs",
+        "search_space": {"train.epochs": [1, 4], "optim.lr": [0.003, 0.0031]},
+        "sampler": {"name": "grid"},
+        "seeds": {"min": 3, "max": 6, "step": 1},
+    }
+    base = {"model": {"variant": "residual"}, "data": {"train_size": 256}}
+    path = study_spec(spec, base=base)
+    assert main(["study", str(path), "--tracking-uri", tracking_uri, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    report = ablation_report(study="adaptive-epochs", tracking_uri=tracking_uri, figures=False)
+    client = connect(tracking_uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("adaptive-epochs").experiment_id],
+        "tags.`latentseg.run_type` = 'seed'",
+        max_results=1000,
+    )
+    folder = tmp_path / "rounds"
+    client.download_artifacts(report.parent_run_id, "rounds", str(folder))
+    looks = {
+        int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in (folder / "rounds").iterdir()
+    }
+    seeded: dict[int, set[str]] = {}
+    for run in runs:
+        point = f"{run.data.params['train.epochs']}|{run.data.params['optim.lr']}"
+        seeded.setdefault(int(run.data.tags["latentseg.round"]), set()).add(point)
+    assert sorted(looks) == sorted(seeded) and len(seeded) >= 2
+    names = {"1|0.0031": "lr 0.0031", "4|0.003": "epochs 4", "4|0.0031": "lr 0.0031, epochs 4"}
+    for k in sorted(seeded)[1:]:
+        verdicts = {c["comparison"]: c["verdict"] for c in looks[k - 1]["comparisons"]}
+        assert "1|0.003" in seeded[k]  # the baseline, for the open comparisons
+        for point in seeded[k] - {"1|0.003"}:
+            assert verdicts[names[point]] == "inconclusive", (k, point, verdicts)
+        for point, name in names.items():
+            if verdicts[name] in ("better", "worse", "equivalent"):
+                assert point not in seeded[k], (k, point)
+    # the study's closing verdicts are the report's
+    compared = report.summary[report.summary["verdict"] != "baseline"]
+    for _, row in compared.iterrows():
+        name = names[f"{row['train.epochs']}|{row['optim.lr']}"]
+        assert re.search(rf"  {re.escape(name)} +{row['verdict']} ", printed), (name, printed)
+    assert "## Rounds of seeds" in report.markdown
+    assert f"decided after each round of seeds ({len(seeded)} of 4 planned looks" in printed
