@@ -17,9 +17,7 @@ from latentseg.study.rounds import Judgement, Need
 def judge(loaded, tracking_uri: str, round_: int) -> Judgement:
     from latentseg.errors import LatentSegError
     from latentseg.report.collect import collect, latest_study_run
-    from latentseg.report.render import build, change, decision_for, label
-    from latentseg.report.stats import is_stratum, mark_inert
-    from latentseg.report.verdicts import out_of_reach, spending
+    from latentseg.report.render import build, decision_for
     from latentseg.tracking.store import connect
 
     client = connect(tracking_uri, create=False)
@@ -30,8 +28,18 @@ def judge(loaded, tracking_uri: str, round_: int) -> Judgement:
         report = build(collected, loaded.name, decision=decision, figures=False)
     except LatentSegError:  # nothing finished (every trial pruned or failed): nothing to seed
         return Judgement([], 0, 0)
+    return needs(report, collected.runs, loaded.spec.adaptive)
+
+
+def needs(report, runs, adaptive) -> Judgement:
+    """What the next round needs, from a ``report`` of the ``runs`` (as collected, with
+    their ``tags.latentseg.trial_number``) of a study whose seeds are ``adaptive``."""
+    from latentseg.report.render import change, label
+    from latentseg.report.stats import is_stratum, mark_inert
+    from latentseg.report.verdicts import out_of_reach, spending
+
     keys = report.axes
-    runs, _ = mark_inert(collected.runs)
+    runs, _ = mark_inert(runs)
     run_keys = runs[[f"params.{k}" for k in keys]].map(str).agg("|".join, axis=1)
     trials_of = (
         runs.assign(_key=run_keys)
@@ -51,7 +59,7 @@ def judge(loaded, tracking_uri: str, round_: int) -> Judgement:
         return f"{change(row, keys, report.baseline)}{scope}"
 
     family = report.family
-    looks = loaded.spec.adaptive.looks()
+    looks = adaptive.looks()
     last_error = spending(family.alpha, looks)[-1] / max(family.size, 1)
 
     def still_open(row) -> bool:
@@ -86,7 +94,7 @@ def judge(loaded, tracking_uri: str, round_: int) -> Judgement:
             value = record[field]
             record[field] = None if value is None or math.isnan(value) else float(value)
     needs: list[Need] = []
-    if loaded.spec.adaptive.until == "effects":
+    if adaptive.until == "effects":
         open_count = len(open_effects)
         if open_count:
             reason = "main effect open: " + ", ".join(

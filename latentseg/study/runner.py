@@ -377,6 +377,7 @@ def run_study(
         monitor.start()
         try:
             passes = 0  # worker passes in this round: the round, then retries of dead workers
+            round_ = rounds.current_round(study.get_trials(deepcopy=False))
             while passes <= spec.max_retry:
                 _run_workers(ctx, storage_url, deadline, workers, stop)
                 passes += 1
@@ -392,14 +393,13 @@ def run_study(
                         study, spec.max_retry, stop, deadline, client, experiment_id, loaded.name
                     )
                 late = deadline and time.time() >= deadline
-                if (
-                    not waiting
-                    and not stop()
-                    and not late
-                    and spec.adaptive
-                    and _next_round(study, loaded, judge, ctx, storage_url, client, monitor)
-                ):
-                    waiting, passes = [True], 0  # a new round of seeds
+                if not waiting and not stop() and not late and spec.adaptive:
+                    _next_round(study, loaded, judge, ctx, storage_url, client, monitor)
+                    # the next round's trials, queued here or by another launch of the study
+                    trials = study.get_trials(deepcopy=False)
+                    waiting = [t for t in trials if t.state == TrialState.WAITING]
+                    if rounds.current_round(trials) > round_:  # a new round: fresh passes
+                        round_, passes = rounds.current_round(trials), 0
                 if stop() or not waiting or late:
                     break
             status = "KILLED" if stop() else "FINISHED"

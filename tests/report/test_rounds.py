@@ -126,3 +126,42 @@ def test_main_effects_of_an_adaptive_study_use_complete_seed_blocks_only():
     ]
     kept = complete_blocks(pd.DataFrame(rows), ["params.data.dataset", "params.model.num_latents"])
     assert len(kept) == 5 and not math.isnan(len(kept))
+
+
+def test_the_next_round_seeds_open_comparisons_and_their_baseline_only():
+    """After a look: a decided comparison (4 latents, far worse) gets no seeds; an open one
+    (8) does, with the baseline; one out of reach of the maximum (64: a difference near 0
+    with a spread 5 times the smallest effect of interest) stops. With ``until: effects``
+    every point gets seeds while a main effect is open."""
+    from latentseg.report.adaptive import needs
+    from latentseg.study.spec import AdaptiveSeeds
+
+    base = [0.51, 0.48, 0.515]
+    offsets = {
+        "16": [0.0, 0.0, 0.0],
+        "4": [-0.0995, -0.1003, -0.0999],
+        "8": [0.0010, -0.0008, 0.0004],
+        "64": [0.05, -0.05, 0.001],
+    }
+    rows = [
+        {"params.model.num_latents": v, "params.train.seed": str(s),
+         "metrics.test_miou": base[s] + offsets[v][s], "tags.latentseg.round": "1",
+         "tags.latentseg.trial_number": str(number)}
+        for number, v in enumerate(offsets) for s in range(3)
+    ]  # fmt: skip
+    runs = pd.DataFrame(rows)
+    report = build(runs_frame(runs), "sim", baseline=BASELINE, decision=Decision(looks=(3, 6, 9)), figures=False)  # fmt: skip
+    verdicts = report.summary.set_index("model.num_latents")["verdict"]
+    assert verdicts["4"] == "worse" and verdicts["8"] == verdicts["64"] == "inconclusive"
+
+    judged = needs(report, runs, AdaptiveSeeds(min=3, max=9))
+    seeded = {tuple(n.trials): n.reason for n in judged.needs}
+    assert seeded == {
+        (2,): "num_latents 8 vs baseline",
+        (0,): "baseline (num_latents 16) of 1 open comparison(s)",
+    }
+    assert judged.open == 1 and judged.decided >= 2  # 4 latents: variant and main effect
+
+    everything = needs(report, runs, AdaptiveSeeds(min=3, max=9, until="effects"))
+    assert sorted(n.trials[0] for n in everything.needs) == [0, 1, 2, 3]
+    assert all(n.reason.startswith("main effect open: ") for n in everything.needs)

@@ -193,3 +193,85 @@ def test_adaptive_seeds_plan_their_looks(study_spec):
         loaded = load_study_spec(path)
         assert loaded.spec.adaptive.looks() == looks
         assert loaded.seeds == [7 + i for i in range(seeds["min"])]
+
+
+def test_two_launches_on_one_postgresql_study_advance_each_round_once(
+    study_spec, tracking_uri, postgres_db, tmp_path
+):
+    """Two `latentseg study` processes (as on two machines) share one adaptive study on
+    PostgreSQL, judged by the real report: whichever finishes a round first queues the next
+    one under the database lock, the other runs it too, and no round, point or seed is run
+    twice. Every run is closed."""
+    import subprocess
+    import sys
+
+    from tests.conftest import subprocess_env
+
+    spec = {
+        "name": "pg-adaptive",
+        "search_space": {"train.epochs": [1, 4], "optim.lr": [0.003, 0.0031]},
+        "sampler": {"name": "grid"},
+        "seeds": {"min": 3, "max": 5, "step": 1},
+    }
+    base = {"model": {"variant": "residual"}, "data": {"train_size": 256}}
+    path = study_spec(spec, base=base, name="pg-adaptive.yaml")
+    connect(tracking_uri).search_experiments()  # the store's schema, created once
+    command = [
+        sys.executable, "-m", "latentseg.cli", "study", str(path), "--storage", postgres_db,
+        "--tracking-uri", tracking_uri, "--no-progress",
+    ]  # fmt: skip
+    launches = [
+        subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outputs = []
+    for launch in launches:
+        outputs.append(launch.communicate(timeout=600)[0])
+        assert launch.returncode == 0, outputs[-1]
+    study = optuna.load_study(study_name="pg-adaptive", storage=postgres_db)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    queued = [
+        (tuple(sorted(t.params.items())), t.system_attrs.get(ROUND_ATTR, 1)) for t in study.trials
+    ]
+    assert len(queued) == len(set(queued))  # each point at most once per round
+    assert max(r for _, r in queued) >= 2, outputs  # the study did add seeds
+    seeds, runs = seed_runs(connect(tracking_uri), "pg-adaptive")
+    ran = [
+        (r.data.params["train.epochs"], r.data.params["optim.lr"], r.data.params["train.seed"])
+        for r in seeds
+    ]
+    assert len(ran) == len(set(ran))  # each point and seed once
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    printed = "".join(outputs)
+    assert printed.count("round 1/3 done") >= 1 and "round 2 adds" in printed
+
+
+def test_the_progress_line_shows_round_open_comparisons_and_seeds_spent(study_spec, tmp_path):
+    from optuna.distributions import CategoricalDistribution
+
+    from latentseg.study.runner import Progress
+
+    loaded = load_study_spec(study_spec(GRID))  # 3 points, looks 2, 3, 4: 12 seed runs at most
+    study = optuna.create_study(study_name="p", storage=journal(tmp_path / "p.log"))
+    for latents in (4, 8, 16):
+        study.add_trial(
+            optuna.create_trial(
+                state=TrialState.COMPLETE,
+                value=0.5,
+                params={"model.num_latents": latents},
+                distributions={"model.num_latents": CategoricalDistribution([4, 8, 16])},
+            )
+        )
+    progress = Progress(study, 3, "maximize", enabled=False, loaded=loaded)
+    assert progress.snapshot()[2] == "round 1/3  open -  seeds 6/12"
+    queue_round(study, [{"point": {"model.num_latents": 8}, "seeds": [9], "reason": "r"}], 2)
+    progress.open = 1
+    finished, _, line = progress.snapshot()
+    assert (finished, line, progress.total) == (3, "round 2/3  open 1  seeds 6/12", 4)
