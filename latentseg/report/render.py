@@ -603,7 +603,9 @@ def _sections(report: Report) -> list[tuple[str, str, list[str], list[list[str]]
              _fmt(r["p_adjusted"], 3), str(int(r["n_pairs"])), _fmt(r["mde"]),
              _seeds_cell(r["seeds_needed"]), _ratio_cell(r["flops_ratio"]),
              _ratio_cell(r["time_ratio"])]
-            for _, r in report.effects.iterrows()
+            for _, r in report.effects.sort_values(
+                "verdict", key=lambda v: v == "inconclusive", kind="stable"
+            ).iterrows()  # decided verdicts lead
         ]  # fmt: skip
         head = ["axis", "change", "datasets", "verdict", "difference [adjusted CI]"]
         head += ["adjusted p", "seed blocks", "MDE", "seeds to decide", "FLOPs", "time/img"]

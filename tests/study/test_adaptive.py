@@ -67,6 +67,7 @@ def seed_runs(client, name):
     return [r for r in runs if r.data.tags["latentseg.run_type"] == "seed"], runs
 
 
+@pytest.mark.slow
 def test_rounds_add_seeds_only_to_open_points_and_say_why(study_spec, tracking_uri, tmp_path):
     """Round 1 runs every point with the first 2 seeds; rounds 2 and 3 add one seed each only
     to the open point and its baseline, with 2 workers. Every seed run says its round and the
@@ -120,6 +121,7 @@ def test_rounds_add_seeds_only_to_open_points_and_say_why(study_spec, tracking_u
     assert parent.data.params["study.seeds.looks"] == "2,3,4"
 
 
+@pytest.mark.slow
 def test_a_relaunch_continues_the_round_it_was_in(study_spec, tracking_uri, tmp_path):
     """Interrupted right after round 2 was queued, the study ends KILLED with those trials
     waiting; the relaunch runs them (once), takes the looks of rounds 2 and 3 only, and
@@ -195,6 +197,7 @@ def test_adaptive_seeds_plan_their_looks(study_spec):
         assert loaded.seeds == [7 + i for i in range(seeds["min"])]
 
 
+@pytest.mark.slow
 def test_two_launches_on_one_postgresql_study_advance_each_round_once(
     study_spec, tracking_uri, postgres_db, tmp_path
 ):
@@ -275,3 +278,115 @@ def test_the_progress_line_shows_round_open_comparisons_and_seeds_spent(study_sp
     progress.open = 1
     finished, _, line = progress.snapshot()
     assert (finished, line, progress.total) == (3, "round 2/3  open 1  seeds 6/12", 4)
+
+
+@pytest.mark.slow
+def test_a_launch_killed_mid_round_resumes_that_round_exactly_once(
+    study_spec, tracking_uri, tmp_path
+):
+    """SIGKILL of the whole launch while a round-2 trial trains: the relaunch fails that
+    trial, closes its MLflow runs and retries it with the same round and seeds; every point
+    and seed finishes once and nothing stays RUNNING."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import subprocess_env
+
+    path = study_spec(GRID, base={"train": {"epochs": 3}, "data": {"train_size": 256}})
+    storage_path = tmp_path / DEFAULT_JOURNAL
+    script = (
+        "import optuna, sys\n"
+        "from tests.study.test_adaptive import Scripted, journal\n"
+        "from latentseg.study import run_study\n"
+        "from pathlib import Path\n"
+        f"run_study({str(path)!r}, tracking_uri={tracking_uri!r}, progress=False,\n"
+        f"          judge=Scripted(journal(Path({str(storage_path)!r})), open_rounds=1))\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=tmp_path, env=subprocess_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    killed = None
+    while time.time() < deadline and process.poll() is None:
+        if storage_path.exists():
+            try:
+                trials = optuna.load_study(
+                    study_name="adaptive", storage=journal(storage_path)
+                ).trials
+            except KeyError:  # the study is not created yet
+                trials = []
+            running = [t for t in trials if t.state == TrialState.RUNNING and t.system_attrs.get(ROUND_ATTR) == 2]  # fmt: skip
+            if running:
+                os.killpg(process.pid, signal.SIGKILL)
+                killed = running[0]
+                break
+        time.sleep(0.05)
+    process.wait(timeout=30)
+    assert killed is not None, process.stdout.read().decode()
+
+    relaunch = Scripted(journal(storage_path), open_rounds=1)
+    run_study(str(path), tracking_uri=tracking_uri, progress=False, judge=relaunch)
+    assert relaunch.calls == [2]
+    trials = optuna.load_study(study_name="adaptive", storage=journal(storage_path)).trials
+    second = [t for t in trials if t.system_attrs.get(ROUND_ATTR) == 2]
+    failed = [t for t in second if t.state == TrialState.FAIL]
+    assert [t.number for t in failed] == [killed.number]
+    assert sorted(t.state.name for t in second) == ["COMPLETE", "COMPLETE", "FAIL"]
+    retried = [t for t in second if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retried) == 1 and retried[0].system_attrs[SEEDS_ATTR] == [9]
+    assert retried[0].params == killed.params
+
+    seeds, runs = seed_runs(connect(tracking_uri), "adaptive")
+    finished = [
+        (r.data.params["model.num_latents"], r.data.params["train.seed"])
+        for r in seeds
+        if r.info.status == "FINISHED"
+    ]
+    assert sorted(finished) == sorted(
+        [(str(n), str(s)) for n in (4, 8) for s in (7, 8, 9)] + [("16", "7"), ("16", "8")]
+    )
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_a_pruned_or_failed_point_gets_no_more_seeds(study_spec):
+    """Pruning stays sound: a point whose round ended PRUNED (or FAIL, its retries spent) is
+    not seeded again, even if its comparison is open; a point whose failed trial was
+    retried and completed is."""
+    from optuna.distributions import CategoricalDistribution
+
+    from latentseg.study.rounds import plan
+
+    loaded = load_study_spec(study_spec(GRID))
+    states = {
+        4: [TrialState.COMPLETE],
+        8: [TrialState.PRUNED],
+        16: [TrialState.FAIL, TrialState.FAIL],
+    }
+    trials, number = [], 0
+    for latents, ends in states.items():
+        for state in ends:
+            trial = optuna.create_trial(
+                state=state,
+                value=0.5 if state == TrialState.COMPLETE else None,
+                params={"model.num_latents": latents},
+                distributions={"model.num_latents": CategoricalDistribution([4, 8, 16])},
+            )
+            trial.number = number
+            trials.append(trial)
+            number += 1
+    numbers = {4: [0], 8: [1], 16: [2, 3]}
+    judgement = Judgement([Need(numbers[n], f"{n} open") for n in (4, 8, 16)], 3, 0)
+    planned = plan(loaded, trials, judgement, 1)
+    assert [(p["point"], p["seeds"]) for p in planned] == [({"model.num_latents": 4}, [9])]
+    trials.append(
+        optuna.create_trial(
+            state=TrialState.COMPLETE, value=0.5, params={"model.num_latents": 16},
+            distributions={"model.num_latents": CategoricalDistribution([4, 8, 16])},
+        )
+    )  # fmt: skip
+    trials[-1].number = 4
+    planned = plan(loaded, trials, judgement, 1)
+    assert sorted(p["point"]["model.num_latents"] for p in planned) == [4, 16]
+    assert plan(loaded, trials, judgement, 3) == []  # the last look: no round after it
