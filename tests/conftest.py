@@ -80,6 +80,21 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+def launch_study(path, storage: str, tracking_uri: str, cwd):
+    """A `latentseg study` process on ``storage`` (as on another machine), output captured."""
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable, "-m", "latentseg.cli", "study", str(path), "--storage", storage,
+        "--tracking-uri", tracking_uri, "--no-progress",
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
 @pytest.fixture
 def study_spec(tmp_path, tiny_yaml):
     """``study_spec(spec_updates, base_updates)`` -> path of a study YAML over a tiny experiment."""

@@ -38,6 +38,8 @@ def needs(report, runs, adaptive) -> Judgement:
     from latentseg.report.stats import is_stratum, mark_inert
     from latentseg.report.verdicts import out_of_reach, spending
 
+    if report.family is None:  # one point: nothing to compare, nothing to seed
+        return Judgement([], 0, 0)
     keys = report.axes
     runs, _ = mark_inert(runs)
     run_keys = runs[[f"params.{k}" for k in keys]].map(str).agg("|".join, axis=1)

@@ -369,7 +369,12 @@ def forest(rows: pd.DataFrame, family, label: str) -> plt.Figure | None:
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))
     level = f"{100 * family.level:.1f}%" if family is not None else "95%"
     ax.set(
-        xlabel=f"difference from the baseline ({label}); adjusted {level} intervals",
+        xlabel=f"difference from the baseline ({label}); "
+        + (
+            "adjusted intervals, each at its deciding look's level"
+            if family is not None and len(family.looks) > 1
+            else f"adjusted {level} intervals"
+        ),
         title="verdicts: differences from the baseline",
     )
     if sesoi == sesoi:

@@ -205,10 +205,7 @@ def test_two_launches_on_one_postgresql_study_advance_each_round_once(
     PostgreSQL, judged by the real report: whichever finishes a round first queues the next
     one under the database lock, the other runs it too, and no round, point or seed is run
     twice. Every run is closed."""
-    import subprocess
-    import sys
-
-    from tests.conftest import subprocess_env
+    from tests.conftest import launch_study
 
     spec = {
         "name": "pg-adaptive",
@@ -219,21 +216,7 @@ def test_two_launches_on_one_postgresql_study_advance_each_round_once(
     base = {"model": {"variant": "residual"}, "data": {"train_size": 256}}
     path = study_spec(spec, base=base, name="pg-adaptive.yaml")
     connect(tracking_uri).search_experiments()  # the store's schema, created once
-    command = [
-        sys.executable, "-m", "latentseg.cli", "study", str(path), "--storage", postgres_db,
-        "--tracking-uri", tracking_uri, "--no-progress",
-    ]  # fmt: skip
-    launches = [
-        subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=subprocess_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for _ in range(2)
-    ]
+    launches = [launch_study(path, postgres_db, tracking_uri, tmp_path) for _ in range(2)]
     outputs = []
     for launch in launches:
         outputs.append(launch.communicate(timeout=600)[0])

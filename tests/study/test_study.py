@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from latentseg.study import run_study
 from latentseg.study.storage import DEFAULT_JOURNAL
 from latentseg.tracking.store import connect
-from tests.conftest import subprocess_env
+from tests.conftest import launch_study, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -372,21 +372,7 @@ def test_two_launches_on_one_postgresql_study_run_each_grid_point_once(
         name="pg2.yaml",
     )
     connect(tracking_uri).search_experiments()  # the store's schema, created once
-    command = [
-        sys.executable, "-m", "latentseg.cli", "study", str(path), "--storage", postgres_db,
-        "--tracking-uri", tracking_uri, "--no-progress",
-    ]  # fmt: skip
-    launches = [
-        subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=subprocess_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for _ in range(2)
-    ]
+    launches = [launch_study(path, postgres_db, tracking_uri, tmp_path) for _ in range(2)]
     for launch_ in launches:
         output = launch_.communicate(timeout=300)[0]
         assert launch_.returncode == 0, output
