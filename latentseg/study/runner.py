@@ -248,14 +248,12 @@ class Progress(threading.Thread):
         values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
         best = (max if self.direction == "maximize" else min)(values) if values else None
         self.total = max(self.total, len(every))
-        return len(trials), best, self.rounds(every)
+        return len(trials), best, self.round_status(every)
 
-    def rounds(self, trials) -> str:
+    def round_status(self, trials) -> str:
         """``round 2/3  open 3  seeds 24/60`` for adaptive seeds, else empty."""
         if self.loaded is None:
             return ""
-        from latentseg.study import rounds
-
         looks = len(self.loaded.spec.adaptive.looks())
         spent = rounds.seeds_spent(trials, self.loaded.seeds)
         return (
@@ -277,24 +275,24 @@ class Progress(threading.Thread):
         while True:
             stopping = self.stop_event.wait(2.0)
             try:
-                finished, best, rounds = self.snapshot()
+                finished, best, status = self.snapshot()
             except Exception:
                 continue
-            if (finished, best, rounds) != last:
+            if (finished, best, status) != last:
                 bar.total, bar.n = self.total, finished
                 bar.set_postfix_str(
                     f"best={'-' if best is None else f'{best:.4f}'}"
-                    + (f"  {rounds}" if rounds else ""),
+                    + (f"  {status}" if status else ""),
                     refresh=True,
                 )
                 if not tty:
                     print(
                         f"trials finished {finished}/{self.total}  best {'-' if best is None else f'{best:.4f}'}"
-                        + (f"  {rounds}" if rounds else ""),
+                        + (f"  {status}" if status else ""),
                         file=sys.stderr,
                         flush=True,
                     )
-                last = (finished, best, rounds)
+                last = (finished, best, status)
             if stopping:
                 bar.close()
                 return
