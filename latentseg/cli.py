@@ -307,14 +307,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(
         f"MLflow run {result.run_id} {result.status} (experiment {result.experiment_id}, store {result.tracking_uri})"
     )
-    if result.tracking_uri and result.tracking_uri.startswith(("http://", "https://")):
-        print(
-            f"open {result.tracking_uri.rstrip('/')}/#/experiments/{result.experiment_id}/runs/{result.run_id}"
-        )
-    else:
-        print(
-            f"open it: latentseg ui   then http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.run_id}"
-        )
+    from latentseg.tracking.store import ui_hint
+
+    print(ui_hint(result.tracking_uri, result.experiment_id, result.run_id))
     return 0
 
 
@@ -344,9 +339,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(
         f"MLflow parent run {result.parent_run_id} (experiment {result.experiment_id}, store {result.tracking_uri}); Optuna storage {result.storage}"
     )
-    print(
-        f"open it: latentseg ui   then http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
-    )
+    from latentseg.tracking.store import ui_hint
+
+    print(ui_hint(result.tracking_uri, result.experiment_id))  # the study's runs table
     if s.get("n_complete"):
         _study_verdicts(result)
     if not s.get("n_complete") and s.get("n_fail"):
@@ -584,7 +579,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from latentseg.tracking.store import artifact_root, require_store, resolve_tracking_uri
+    from latentseg.tracking.store import (
+        MODEL_TRAINING_VIEW,
+        artifact_root,
+        require_store,
+        resolve_tracking_uri,
+    )
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
@@ -606,7 +606,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     root = artifact_root(uri)
     if root:
         command += ["--default-artifact-root", root]
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
+    print(
+        f"MLflow UI for {uri} at http://{args.host}:{args.port}/#/experiments?{MODEL_TRAINING_VIEW}"
+        "  (Ctrl-C to stop)",
+        flush=True,
+    )
     # Lean: the server replaces this process (no idle latentseg parent), one web worker, and
     # no background job runner (MLflow's GenAI job queue starts eight more processes).
     os.execve(mlflow_bin, command, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})

@@ -23,6 +23,27 @@ def resolve_tracking_uri(explicit: str | None = None, configured: str | None = N
     return explicit or configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+# MLflow 3 opens an experiment in its GenAI view unless the link asks for model training.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `latentseg ui` serves by default
+
+
+def ui_hint(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """How to open an experiment's runs table (or one run) in the MLflow UI's model-training
+    view, in the store ``uri``: the server's own address for a tracking server, else the
+    ``latentseg ui`` command for that store (``--tracking-uri`` unless it is the default)
+    and the page it serves."""
+    page = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    page += f"?{MODEL_TRAINING_VIEW}"
+    if uri.startswith(("http://", "https://")):
+        parsed = urlparse(uri.rstrip("/"))
+        if parsed.password:  # never print a password
+            parsed = parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@"))
+        return f"open it: {parsed.geturl()}/{page}"
+    flag = "" if uri == DEFAULT_TRACKING_URI else f" --tracking-uri {uri}"
+    return f"open it: latentseg ui{flag}   then {UI_ADDRESS}/{page}"
+
+
 def artifact_root(uri: str) -> str | None:
     """Artifact location for new experiments: ``artifacts/`` beside a SQLite file; the
     server's own choice for other stores."""
