@@ -194,6 +194,8 @@ def run_experiment(
                 for name in ("last.ckpt", "best.safetensors"):
                     if (resume_path.parent / name).exists():
                         shutil.copyfile(resume_path.parent / name, checkpoint_dir / name)
+                if resume_run:  # the fetched copies, in their own temporary folder
+                    shutil.rmtree(resume_path.parent, ignore_errors=True)
                 resume_path = checkpoint_dir / "last.ckpt"
             tracker = MLflowTracker(
                 client,
@@ -248,18 +250,25 @@ def _reopen(client, run_id: str, config: ExperimentConfig) -> tuple[str, Path, s
         raise TrackingError(
             f"--resume {run_id}: the run is still RUNNING (another process may own it)"
         )
-    checkpoint = _download(client, run_id, "checkpoints/last.ckpt")
-    saved = load_training_state(checkpoint)
-    previous = ExperimentConfig.model_validate_json(saved["experiment_config"])
-    _check_resumable(previous, config, run_id)
-    state = saved["state"]
-    more_epochs = config.train.epochs > previous.train.epochs
-    if run.info.status == "FINISHED" and not more_epochs:
-        raise TrackingError(
-            f"--resume {run_id}: the run already FINISHED its {previous.train.epochs} epochs; raise train.epochs (--set train.epochs=N) to train it further"
-        )
-    if state.get("best_epoch"):
-        _download(client, run_id, "checkpoints/best.safetensors", checkpoint.parent)
+    # Fetched into a folder of its own, removed when the resume is refused or once the
+    # caller has copied the checkpoints into the run's state folder.
+    folder = Path(tempfile.mkdtemp(prefix=RESUME_PREFIX))
+    try:
+        checkpoint = _download(client, run_id, "checkpoints/last.ckpt", folder)
+        saved = load_training_state(checkpoint)
+        previous = ExperimentConfig.model_validate_json(saved["experiment_config"])
+        _check_resumable(previous, config, run_id)
+        state = saved["state"]
+        more_epochs = config.train.epochs > previous.train.epochs
+        if run.info.status == "FINISHED" and not more_epochs:
+            raise TrackingError(
+                f"--resume {run_id}: the run already FINISHED its {previous.train.epochs} epochs; raise train.epochs (--set train.epochs=N) to train it further"
+            )
+        if state.get("best_epoch"):
+            _download(client, run_id, "checkpoints/best.safetensors", folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     if config.train.epochs != previous.train.epochs:
         # Params are immutable in MLflow: the change is recorded as a tag. A cosine schedule
         # is stretched to the new length from the current step on.
@@ -272,12 +281,14 @@ def _reopen(client, run_id: str, config: ExperimentConfig) -> tuple[str, Path, s
     return run_id, checkpoint, run.info.experiment_id
 
 
-def _download(client, run_id: str, artifact: str, folder: Path | None = None) -> Path:
+RESUME_PREFIX = "latentseg-resume-"
+
+
+def _download(client, run_id: str, artifact: str, folder: Path) -> Path:
     from mlflow.exceptions import MlflowException
 
-    target = folder or Path(tempfile.mkdtemp(prefix="latentseg-"))
     try:
-        return Path(client.download_artifacts(run_id, artifact, str(target)))
+        return Path(client.download_artifacts(run_id, artifact, str(folder)))
     except (MlflowException, OSError) as exc:
         raise CheckpointError(f"run {run_id} has no artifact {artifact}: {exc}") from None
 
@@ -308,9 +319,9 @@ def load_model(path_or_run_id: str, tracking_uri: str | None = None, map_locatio
     if Path(path_or_run_id).exists():
         return load_model_file(path_or_run_id, map_location)
     client = connect(resolve_tracking_uri(tracking_uri))
-    return load_model_file(
-        _download(client, path_or_run_id, "checkpoints/best.safetensors"), map_location
-    )
+    with tempfile.TemporaryDirectory(prefix="latentseg-model-") as folder:  # gone once loaded
+        path = _download(client, path_or_run_id, "checkpoints/best.safetensors", Path(folder))
+        return load_model_file(path, map_location)
 
 
 __all__ = ["RunResult", "load_model", "run_experiment"]

@@ -242,3 +242,32 @@ def test_a_bad_value_given_with_set_is_blamed_on_the_flag(tiny_yaml, tracking_ur
     code = main(["train", str(path), "--set", "data.dataset=nope", "--tracking-uri", tracking_uri])
     err = capsys.readouterr().err
     assert code == 2 and "with --set data.dataset=nope: data: Unknown dataset 'nope'" in err
+
+
+@pytest.mark.slow
+def test_resume_and_load_model_leave_nothing_in_the_temp_folder(
+    tiny, tracking_uri, tmp_path, monkeypatch
+):
+    """``load_model(run_id)`` and ``--resume RUN_ID`` (accepted or refused) fetch checkpoints
+    into folders of their own and remove them: the system temp folder ends as it began."""
+    import tempfile
+
+    import latentseg
+    from latentseg.errors import TrackingError
+    from latentseg.tracking import run_experiment
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    config = tiny({"train": {"epochs": 1}})
+    result = run_experiment(config, tracking_uri=tracking_uri, progress=False)
+    before = sorted(p.name for p in temp.iterdir())
+    latentseg.load_model(result.run_id, tracking_uri=tracking_uri)
+    with pytest.raises(TrackingError, match="already FINISHED"):
+        run_experiment(config, tracking_uri=tracking_uri, resume=result.run_id, progress=False)  # fmt: skip
+    longer = tiny({"train": {"epochs": 2}})
+    resumed = run_experiment(longer, tracking_uri=tracking_uri, resume=result.run_id, progress=False)  # fmt: skip
+    assert resumed.run_id == result.run_id and resumed.status == "FINISHED"
+    left = sorted(p.name for p in temp.iterdir() if p.name.startswith("latentseg-"))
+    assert left == [n for n in before if n.startswith("latentseg-")] == []
