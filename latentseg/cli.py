@@ -372,9 +372,18 @@ def cmd_report(args: argparse.Namespace) -> int:
         output=args.output or Path("reports") / name,
     )
     if report.parent_run_id is not None:
+        from mlflow.exceptions import MlflowException
+
         client = connect(report.tracking_uri, create=False)
-        for path in report.paths:
-            client.log_artifact(report.parent_run_id, str(path), "report")
+        try:
+            for path in report.paths:
+                client.log_artifact(report.parent_run_id, str(path), "report")
+        except (OSError, MlflowException) as exc:  # a read-only store: the report still stands
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            print(
+                f"note: the report is not attached to the study's parent run: the store "
+                f"{report.tracking_uri} cannot be written ({reason})"
+            )
     print(report.notes[0])  # the runs left out
     print(
         f"baseline: {_plain(report.baseline)} ({report.baseline_reason}); {len(report.summary)} variants"

@@ -79,11 +79,20 @@ def _check_reachable(uri: str, timeout_s: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def _schema_lock(db: Path):
+def _schema_lock(db: Path, required: bool = True):
     """Serialise the first open of a SQLite store across processes: MLflow creates and migrates
     the schema on open, and two processes doing that at once corrupt it (duplicate tables,
-    half-applied alembic steps). Study workers and a second launch open the store together."""
-    with open(db.with_name(db.name + ".lock"), "a") as handle:
+    half-applied alembic steps). Study workers and a second launch open the store together.
+    Not ``required`` (a command that only reads an existing store): where the lock file
+    cannot be created (a read-only store), the store is opened without it."""
+    try:
+        handle = open(db.with_name(db.name + ".lock"), "a")  # noqa: SIM115 - closed below
+    except OSError:
+        if required:
+            raise
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -122,7 +131,7 @@ def connect(uri: str, create: bool = True):
         if db and db != ":memory:":
             try:
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
-                lock = _schema_lock(Path(db))
+                lock = _schema_lock(Path(db), required=create)
             except OSError as exc:
                 raise TrackingError(
                     f"cannot create the tracking store folder for {uri}: {exc.strerror}"

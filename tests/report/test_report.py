@@ -268,3 +268,47 @@ def test_adaptive_seeds_go_only_to_open_comparisons_and_the_report_agrees(
         assert re.search(rf"  {re.escape(name)} +{row['verdict']} ", printed), (name, printed)
     assert "## Rounds of seeds" in report.markdown
     assert f"decided after each round of seeds ({len(seeded)} of 4 planned looks" in printed
+
+
+def test_a_report_on_a_read_only_store_is_written_and_says_it_could_not_attach_itself(
+    study_spec, tmp_path
+):
+    """The store's folder mounted read-only (a private mount namespace, so root is bound by
+    it too): reading needs no lock file, the report is written elsewhere, and the command
+    says in one line that it could not attach the report to the study's parent run."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import subprocess_env
+
+    if shutil.which("unshare") is None:
+        pytest.skip("SKIPPED LOUDLY: util-linux unshare is needed to mount a folder read-only")
+    store = tmp_path / "store"
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    spec = {
+        "name": "ro",
+        "search_space": {"model.num_latents": [2, 4]},
+        "sampler": {"name": "grid"},
+    }
+    assert main(["study", str(study_spec(spec)), "--tracking-uri", uri, "--no-progress"]) == 0
+    latentseg = f"{sys.executable} -m latentseg.cli"
+    script = (
+        f"mount --bind {store} {store} && mount -o remount,ro,bind {store} || exit 99; "
+        f"touch {store}/probe 2>/dev/null && exit 98; "
+        f"{latentseg} report --study ro --tracking-uri {uri} -o {tmp_path / 'out'}"
+    )
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], cwd=tmp_path, env=subprocess_env(),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if done.returncode == 99:
+        pytest.skip(f"SKIPPED LOUDLY: cannot mount read-only here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert (tmp_path / "out" / "report.md").is_file()
+    note = [line for line in done.stdout.splitlines() if line.startswith("note: ")]
+    assert note == [
+        f"note: the report is not attached to the study's parent run: the store {uri} "
+        "cannot be written (Read-only file system)"
+    ]
