@@ -117,7 +117,11 @@ def queue_trials(study: optuna.Study, loaded: LoadedStudy) -> int:
 
 
 def worker_loop(
-    ctx: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int = 0
+    ctx: TrialContext,
+    storage_url: str | None,
+    deadline: float | None,
+    worker_index: int = 0,
+    parent_pid: int | None = None,
 ) -> int:
     """Take queued trials until none is left, the deadline passes or a signal arrives;
     returns the number of trials run. A trial interrupted by a signal is failed and queued
@@ -143,6 +147,16 @@ def worker_loop(
     done = 0
     with StopSignal() as stop:
         while not stop() and (deadline is None or time.time() < deadline):
+            if parent_pid is not None and os.getppid() != parent_pid:
+                # the launch that started this worker is gone (SIGKILL, OOM): take no more
+                # trials; its parent run and anything left are closed by the next launch
+                print(
+                    f"worker {worker_index}: the launch (pid {parent_pid}) is gone; "
+                    "taking no more trials",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                break
             popped = pop_waiting_trial(study)
             if popped is None:
                 break
@@ -221,10 +235,14 @@ def worker_devices(workers: int, gpus: int, visible: str | None = None) -> list[
 
 
 def _worker_process(
-    ctx: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int
+    ctx: TrialContext,
+    storage_url: str | None,
+    deadline: float | None,
+    worker_index: int,
+    parent_pid: int | None = None,
 ) -> None:
     try:
-        worker_loop(ctx, storage_url, deadline, worker_index)
+        worker_loop(ctx, storage_url, deadline, worker_index, parent_pid)
     except (TrainingInterrupted, KeyboardInterrupt):
         sys.exit(130)
 
@@ -528,7 +546,7 @@ def _run_workers(
     processes = [
         spawn.Process(
             target=_worker_process,
-            args=(ctx, storage_url, deadline, i),
+            args=(ctx, storage_url, deadline, i, os.getpid()),
             name=f"latentseg-worker-{i}",
         )
         for i in range(workers)

@@ -146,3 +146,80 @@ def test_a_diverging_trial_fails_with_non_finite_loss_and_the_study_goes_on(
     (parent,) = runs["study"]
     assert parent.info.status == "FINISHED" and parent.data.metrics["n_fail"] == 1
     assert no_run_left_running(client, "diverge")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in task.joinpath("children").read_text().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_workers_whose_launch_is_killed_take_no_more_trials_and_a_relaunch_finishes(
+    study_spec, tracking_uri, tmp_path
+):
+    """SIGKILL of the launching process alone (the OOM killer's pick): its two workers finish
+    the trial in hand and take no more, so queued trials stay queued; they exit on their own.
+    The next launch closes the dead launch's parent run and finishes every point once."""
+    import time
+
+    lrs = [round(0.001 * (i + 1), 3) for i in range(8)]
+    spec = {"name": "orphans", "search_space": {"optim.lr": lrs}, "sampler": {"name": "grid"}}
+    path = study_spec(spec, base={"train": {"epochs": 2}, "data": {"train_size": 128}})
+    command = [
+        sys.executable, "-m", "latentseg.cli", "study", str(path), "--workers", "2",
+        "--tracking-uri", tracking_uri, "--no-progress",
+    ]  # fmt: skip
+    launch = subprocess.Popen(
+        command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    (tmp_path / "mlruns" / "optuna").mkdir(parents=True, exist_ok=True)
+    storage = journal(tmp_path)
+    workers: list[int] = []
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline:
+            try:
+                trials = optuna.load_study(study_name="orphans", storage=storage).trials
+            except KeyError:
+                trials = []
+            if sum(t.state == TrialState.RUNNING for t in trials) == 2:
+                workers = [
+                    p for p in _children(launch.pid)
+                    if _alive(p) and b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()
+                    and b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()
+                ]  # fmt: skip
+                break
+            time.sleep(0.1)
+        assert len(workers) == 2, "two workers never ran trials together"
+        os.kill(launch.pid, signal.SIGKILL)
+        launch.wait(timeout=30)
+        gone = time.time() + 120
+        while time.time() < gone and any(_alive(p) for p in workers):
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in workers), "orphaned workers kept running"
+    finally:
+        os.killpg(launch.pid, signal.SIGKILL)  # whatever is left of the group
+    trials = optuna.load_study(study_name="orphans", storage=storage).trials
+    states = [t.state for t in trials]
+    assert states.count(TrialState.WAITING) >= 3, states  # not taken after the launch died
+    assert TrialState.RUNNING not in states  # the trials in hand were finished
+
+    code, output = study(path, tracking_uri, tmp_path, workers=2, timeout_s=300)
+    assert code == 0, output
+    trials = optuna.load_study(study_name="orphans", storage=storage).trials
+    done = sorted(t.params["optim.lr"] for t in trials if t.state == TrialState.COMPLETE)
+    assert done == lrs
+    client = connect(tracking_uri)
+    parents = runs_by_type(client, "orphans")["study"]
+    assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"]
+    assert no_run_left_running(client, "orphans")
