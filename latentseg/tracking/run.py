@@ -3,6 +3,7 @@ right status. No run is left RUNNING by a process that exits normally or on a si
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -18,6 +19,7 @@ import torch
 
 from latentseg.config import ExperimentConfig, apply_overrides, load_experiment
 from latentseg.errors import CheckpointError, ConfigError, TrackingError
+from latentseg.process import owner_alive, owner_record
 from latentseg.tracking.store import (
     DEFAULT_STATE_DIR,
     connect,
@@ -85,6 +87,8 @@ def run_tags(config: ExperimentConfig, source: str) -> dict[str, str]:
         "latentseg.python_version": platform.python_version(),
         "latentseg.device": str(resolve_device(config.train.device)),
         "latentseg.seed": str(config.train.seed),
+        # the process training the run: a RUNNING run whose owner is gone can be resumed
+        "latentseg.owner": json.dumps(owner_record()),
     }
     commit = git_commit()
     if commit:
@@ -177,6 +181,9 @@ def run_experiment(
         else:
             experiment_id = get_or_create_experiment(client, resolved.tracking.experiment, uri)
             tags = run_tags(resolved, source) | (extra_tags or {})
+            if resume_path is not None:  # a new run continuing a checkpoint file: say which
+                epoch = load_training_state(resume_path)["state"].get("epoch")
+                tags["latentseg.resumed_from"] = f"{resume_path.resolve()} (after epoch {epoch})"
             if parent_run_id:
                 tags["mlflow.parentRunId"] = parent_run_id
             run_name = (
@@ -247,9 +254,22 @@ def _reopen(client, run_id: str, config: ExperimentConfig) -> tuple[str, Path, s
             + f"no such MLflow run in {client.tracking_uri}"
         ) from None
     if run.info.status == "RUNNING":
-        raise TrackingError(
-            f"--resume {run_id}: the run is still RUNNING (another process may own it)"
+        recorded = run.data.tags.get("latentseg.owner")
+        owner = json.loads(recorded) if recorded else None
+        if owner is None or owner_alive(owner):
+            who = (
+                f"process {owner['pid']} on {owner['host']} trains it"
+                if owner
+                else "it records no owner process, so whether one still trains it cannot be told"
+            )
+            raise TrackingError(f"--resume {run_id}: the run is still RUNNING ({who})")
+        # its process is gone (SIGKILL, the OOM killer): this one takes it over, in place
+        client.set_tag(
+            run_id,
+            "latentseg.taken_over",
+            f"process {owner['pid']} on {owner['host']} died with the run RUNNING",
         )
+    client.set_tag(run_id, "latentseg.owner", json.dumps(owner_record()))
     # Fetched into a folder of its own, removed when the resume is refused or once the
     # caller has copied the checkpoints into the run's state folder.
     folder = Path(tempfile.mkdtemp(prefix=RESUME_PREFIX))

@@ -3,6 +3,7 @@ being written, a full disk or unwritable ``mlruns/``, and checkpoints carrying a
 Every training here is a real ``latentseg train`` process on a tiny config."""
 
 import ast
+import json
 import os
 import pickle
 import random
@@ -368,3 +369,67 @@ def node_imports_torch_load(node: ast.AST) -> bool:
         and (node.module or "").startswith("torch")
         and any(alias.name in ("load", "serialization") for alias in node.names)
     )
+
+
+def test_a_run_whose_process_was_killed_is_resumed_in_place(tiny_yaml, tracking_uri, tmp_path):
+    """SIGKILL (the OOM killer, kill -9) leaves the run RUNNING; every run records its owner
+    process, so ``--resume RUN_ID`` sees that process is gone and continues the same run, in
+    place: one metric history, one value per epoch. A run whose owner is alive is refused."""
+    from latentseg.cli import main
+
+    config = tiny_yaml(
+        {"data": {"train_size": 64}, "train": {"epochs": 6}, "tracking": {"attention_plots": False}}
+    )
+    process = subprocess.Popen(
+        train_command(config, "--no-progress", "--tracking-uri", tracking_uri),
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    client = MlflowClient(tracking_uri)
+    deadline = time.time() + 120
+    run = None
+    while time.time() < deadline and process.poll() is None:
+        experiment = client.get_experiment_by_name("tests")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        ready = runs and "checkpoints" in {
+            a.path for a in client.list_artifacts(runs[0].info.run_id)
+        }
+        if ready and len(client.get_metric_history(runs[0].info.run_id, "val_miou")) >= 2:
+            run = runs[0]
+            break
+        time.sleep(0.2)
+    assert run is not None, "no checkpointed epoch before the deadline"
+    process.kill()  # SIGKILL: nothing is closed
+    process.wait(timeout=30)
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"
+    owner = json.loads(run.data.tags["latentseg.owner"])
+    assert owner["pid"] == process.pid
+
+    assert main(["train", str(config), "--tracking-uri", tracking_uri, "--resume", run.info.run_id, "--no-progress"]) == 0  # fmt: skip
+    after = client.get_run(run.info.run_id)
+    assert after.info.status == "FINISHED"
+    assert f"process {process.pid} on " in after.data.tags["latentseg.taken_over"]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")]
+    assert sorted(steps) == sorted(set(steps)) and len(steps) == 6  # each epoch once
+    assert len(client.search_runs([run.info.experiment_id])) == 1  # in place, no second run
+
+    # a RUNNING run whose owner is alive (this test's own process) is refused
+    live = client.create_run(run.info.experiment_id, tags={"latentseg.owner": json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "start": None})})  # fmt: skip
+    with pytest.raises(Exception, match=rf"still RUNNING \(process {os.getpid()} on "):
+        run_experiment(config, tracking_uri=tracking_uri, resume=live.info.run_id, progress=False)
+
+
+def test_a_run_resumed_from_a_checkpoint_file_records_where_it_came_from(
+    tiny, tracking_uri, tmp_path
+):
+    """Resuming from ``last.ckpt`` (not a run id) makes a new run; it names the file and
+    the epoch it continues after, so its "best at epoch 1" is not read as its own."""
+    first = run_experiment(
+        tiny({"train": {"epochs": 1}}), tracking_uri=tracking_uri, progress=False
+    )
+    checkpoint = first.checkpoint_dir / "last.ckpt"
+    second = run_experiment(
+        tiny({"train": {"epochs": 2}}), tracking_uri=tracking_uri, resume=str(checkpoint), progress=False
+    )  # fmt: skip
+    assert second.run_id != first.run_id
+    tag = MlflowClient(tracking_uri).get_run(second.run_id).data.tags["latentseg.resumed_from"]
+    assert tag == f"{checkpoint.resolve()} (after epoch 1)"
