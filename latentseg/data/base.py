@@ -173,13 +173,19 @@ class SplitSizes(StrictModel):
 GENERATED_DEFAULTS = {"train": 2048, "val": 256, "test": 256}
 
 
-def cap_split(items: list, requested: int | None, split: str, where: str) -> list:
-    """The first ``requested`` items of a real dataset's split (all when ``None``)."""
+def cap_split(
+    items: list, requested: int | None, split: str, where: str, notes: list[str] | None = None
+) -> list:
+    """The first ``requested`` items of a real dataset's split (all when ``None``). A request
+    larger than the split takes the whole split and adds a line saying so to ``notes`` (the
+    run records them as its ``latentseg.data_notes`` tag)."""
     if requested is None:
         return items
     if requested > len(items):
-        raise ConfigError(
-            f"data.{split}_size is {requested} but {where} has {len(items)} {split} samples; "
-            f"lower it or remove it to use them all"
-        )
+        if notes is not None:
+            notes.append(
+                f"data.{split}_size {requested} capped at {len(items)}: {where} has "
+                f"{len(items)} {split} samples"
+            )
+        return items
     return items[:requested]

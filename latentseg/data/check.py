@@ -138,6 +138,7 @@ def check_folder(
         else:
             for name in SPLITS:
                 report.counts[f"{name} split"] = len(dataset.split(name))
+            report.notes.extend(dataset.notes)  # e.g. a split size capped at the split
     return report
 
 

@@ -450,8 +450,11 @@ class Folder(SegmentationDataset):
             else None
         )
         self._splits: dict[str, ImageSplit] = {}
+        self.notes: list[str] = []  # what the run should know (a capped split size)
         for name in SPLITS:
-            chosen = cap_split(stems[name], getattr(sizes, name), name, f"folder {scan.root}")
+            chosen = cap_split(
+                stems[name], getattr(sizes, name), name, f"folder {scan.root}", self.notes
+            )
             images = (
                 torch.from_numpy(
                     np.stack([_channels(scan.samples[s][0], channels) for s in chosen])

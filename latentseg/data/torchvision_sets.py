@@ -150,10 +150,11 @@ class _TorchvisionDataset(SegmentationDataset):
     ) -> None:
         size = parse_size(params.image_size, "image_size")
         self._splits = {}
+        self.notes: list[str] = []  # what the run should know (a capped split size)
         for name in SPLITS:
             get, indices = sources[name]
             chosen = cap_split(
-                indices, getattr(sizes, name), name, f"{self.info.name} {params.root}"
+                indices, getattr(sizes, name), name, f"{self.info.name} {params.root}", self.notes
             )
             images, masks = _load_all(get, chosen, size, params.fit, convert, params.workers)
             self._splits[name] = ImageSplit(

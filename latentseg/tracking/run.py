@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -191,6 +192,11 @@ def run_experiment(
                 or f"{resolved.model.variant}-{resolved.data.dataset}-s{resolved.train.seed}"
             )
             run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+        notes = getattr(prepared.dataset, "notes", None)
+        if notes:  # e.g. a split size capped at what a real dataset holds
+            client.set_tag(run_id, "latentseg.data_notes", "; ".join(notes)[:4900])
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr, flush=True)
         tracking_s = time.perf_counter() - opening
         status = "FAILED"
         tracker = None

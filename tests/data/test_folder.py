@@ -221,14 +221,27 @@ def test_bad_structure_and_classes_files_are_named(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
 
 
-def test_a_size_cap_larger_than_the_split_is_an_error(tmp_path):
+def test_a_size_cap_larger_than_the_split_takes_the_whole_split_and_says_so(
+    tmp_path, tiny_yaml, tracking_uri
+):
+    """As the README says: on real data a size caps. Asking for more than the split holds
+    takes all of it, and the run records (and prints) the cap."""
+    from mlflow import MlflowClient
+
     root = make_folder(tmp_path / "data", count=10)
     dataset = create_dataset("folder", root=str(root), split_sizes={"train": 4})
-    assert len(dataset.split("train")) == 4
-    with pytest.raises(
-        LatentSegError, match=r"data.train_size is 50 but folder .* has 8 train samples"
-    ):
-        create_dataset("folder", root=str(root), split_sizes={"train": 50})
+    assert len(dataset.split("train")) == 4 and dataset.notes == []
+    dataset = create_dataset("folder", root=str(root), split_sizes={"train": 50})
+    assert len(dataset.split("train")) == 8
+    (note,) = dataset.notes
+    assert note == f"data.train_size 50 capped at 8: folder {root} has 8 train samples"
+
+    config = tiny_yaml({"data": {"dataset": "folder", "params": {"root": str(root)}, "train_size": 50,
+                                 "val_size": None, "test_size": None}, "train": {"epochs": 1}})  # fmt: skip
+    assert main(["train", str(config), "--tracking-uri", tracking_uri, "--no-progress"]) == 0
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.data.tags["latentseg.data_notes"] == note
 
 
 def test_augmentations_move_image_and_mask_together_and_pad_with_the_ignore_index(tmp_path):
@@ -309,8 +322,8 @@ def test_more_mistakes_are_named_not_tracebacks(tmp_path, tiny_yaml, capsys):
     path = tiny_yaml(
         folder_config(root) | {"data": folder_config(root)["data"] | {"train_size": 50}}
     )
-    assert main(["datasets", "check", str(path)]) == 2
-    assert "data.train_size is 50" in capsys.readouterr().out
+    assert main(["datasets", "check", str(path)]) == 0  # a size caps on real data
+    assert "data.train_size 50 capped at 8" in capsys.readouterr().out
     (root / "classes.yaml").write_text(
         "names: [a, b, c]\ncolours: [[0, 0, 0], [1, 1, 1], [0, 0, 0]]\n"
     )
