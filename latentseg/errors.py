@@ -1,4 +1,5 @@
-"""The exceptions latentseg raises for bad input. The CLI maps every one of them to exit code 2."""
+"""The exceptions latentseg raises for bad input. The CLI maps every one of them to exit code 2,
+except a store that cannot be written (disk full, read-only): exit code 3."""
 
 from __future__ import annotations
 
@@ -27,3 +28,10 @@ class TrackingError(LatentSegError):
 
 class CheckpointError(LatentSegError):
     """A checkpoint file is missing, truncated or was not written by latentseg."""
+
+
+class StoreWriteError(TrackingError):
+    """The tracking store's artifacts cannot be written (disk full, quota, read-only): the
+    input was fine, the machine is not. Exit code 3."""
+
+    exit_code = 3

@@ -76,6 +76,7 @@ class MLflowTracker(TrainCallback):
     ) -> None:
         self.client = client
         self.server = server  # the tracking server's URL; None for a database store
+        self.local_checkpoints: Path | None = None  # where this machine keeps the checkpoints
         self._unsent: dict[str, Callable[[], Any]] = {}  # in order; a key replaces its older call
         self._outbox_lock = threading.Lock()
         self._outage_since: float | None = None
@@ -141,6 +142,7 @@ class MLflowTracker(TrainCallback):
 
     @_timed
     def on_checkpoint(self, ctx: TrainContext, path: Path, kind: str) -> None:
+        self.local_checkpoints = path.parent
         # sent late, it uploads the file as it is then: the newest checkpoint of that name
         self._send(
             f"checkpoint:{path.name}",
@@ -222,6 +224,20 @@ class MLflowTracker(TrainCallback):
                 key, call = next(iter(self._unsent.items()))
                 try:
                     call()
+                except OSError as exc:  # the artifact store's disk: full, quota, read-only
+                    del self._unsent[key]
+                    self._unsent.clear()  # the rest would fail alike; the run ends FAILED
+                    from latentseg.errors import StoreWriteError
+
+                    kept = (
+                        f"the checkpoints are kept at {self.local_checkpoints}"
+                        if self.local_checkpoints is not None
+                        else "no checkpoint was written yet"
+                    )
+                    raise StoreWriteError(
+                        f"cannot write {key.split(':', 1)[-1]} to run {self.run_id}'s artifacts "
+                        f"({exc.strerror or exc}); {kept}"
+                    ) from None
                 except MlflowException:
                     if self.server is not None and not server_reachable(self.server):
                         self._note_outage()  # it went away during the call: keep the call
