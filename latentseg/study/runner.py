@@ -357,6 +357,7 @@ def run_study(
         )
 
     _check_fingerprint(study, loaded, spec_path)
+    _check_store(study, loaded, uri, client, spec_path, storage_url)
     experiment_id = get_or_create_experiment(client, spec.mlflow_experiment or loaded.name, uri)
     close_dead_study_runs(client, experiment_id, loaded.name)
     for dead in recover_dead_trials(study, spec.max_retry):
@@ -507,6 +508,48 @@ def _check_fingerprint(study: optuna.Study, loaded: LoadedStudy, spec_path: str)
             f"{spec_path}: study '{loaded.name}' was started with a different spec or base experiment; "
             "resuming would mix configurations. Give the study a new `name`, or restore the original spec "
             "(only n_trials, timeout and storage may change between launches)."
+        )
+
+
+def _store_id(uri: str) -> str:
+    """The tracking store as one string: a SQLite path made absolute."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri.rstrip("/")
+
+
+def _check_store(
+    study: optuna.Study, loaded: LoadedStudy, uri: str, client, spec_path: str,
+    storage_url: str | None,
+) -> None:  # fmt: skip
+    """A study's trials name MLflow runs in one tracking store: a launch against another store
+    would find its work done and summarise runs that store lacks. The study records its store
+    at its first launch; a launch with another is refused (exit 2), naming both. A study from
+    before that record is checked by its trials' run ids."""
+    from mlflow.exceptions import MlflowException
+
+    key = "latentseg.tracking_store"
+    here = _store_id(uri)
+    stored = study.user_attrs.get(key)
+    if stored is None:
+        ids = [
+            t.user_attrs["mlflow_run_id"] for t in study.trials if "mlflow_run_id" in t.user_attrs
+        ]
+        for run_id in ids[:3]:
+            try:
+                client.get_run(run_id)
+            except MlflowException:
+                stored = "another tracking store"
+                break
+        else:
+            study.set_user_attr(key, here)
+            return
+    if stored != here:
+        where = redact(storage_url) or f"journal:{DEFAULT_JOURNAL}"
+        raise ConfigError(
+            f"{spec_path}: study '{loaded.name}' (in {where}) has its runs in {stored}, not in "
+            f"{redact(here)}: relaunch with --tracking-uri {stored}, or keep this store and give "
+            "the study a new `name` (or another --storage)"
         )
 
 

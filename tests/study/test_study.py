@@ -506,3 +506,26 @@ def test_when_one_machines_launch_dies_mid_trial_another_launch_finishes_its_tri
     assert {t.number for t in dead} >= {t.number for t in running}  # failed by the heartbeat
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert no_run_left_running(client, "machines")
+
+
+def test_a_study_relaunched_against_another_tracking_store_is_refused(study_spec, tmp_path, capsys):
+    """The probe: the same spec and journal, but --tracking-uri B after A. The study's trials
+    name runs in A; the launch on B is refused (exit 2) naming both stores and the way
+    forward, and B gets no parent run that would summarise runs it lacks."""
+    from latentseg.cli import main
+
+    a, b = (f"sqlite:///{tmp_path / name / 'mlflow.db'}" for name in ("A", "B"))
+    path = study_spec({"name": "two", "search_space": {"model.num_latents": [2, 4]}, "sampler": {"name": "grid"}})  # fmt: skip
+    assert main(["study", str(path), "--tracking-uri", a, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["study", str(path), "--tracking-uri", b, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: {path}: study 'two' (in journal:{DEFAULT_JOURNAL}) has its runs in {a}, not in "
+        f"{b}: relaunch with --tracking-uri {a}, or keep this store and give the study a new "
+        "`name` (or another --storage)"
+    )
+    client = connect(b)
+    experiment = client.get_experiment_by_name("two")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])
+    assert main(["study", str(path), "--tracking-uri", a, "--no-progress"]) == 0  # its own store
