@@ -80,6 +80,24 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+def with_private_mounts(mounts: str, command: str, cwd):
+    """Run the shell line ``command`` after the shell line ``mounts`` in a private mount
+    namespace (util-linux ``unshare -m``): the mounts bind that process alone, root included,
+    and vanish with it. Skips loudly where nothing may be mounted."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        pytest.skip("SKIPPED LOUDLY: util-linux unshare is needed for a private mount")
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"{{ {mounts}; }} || exit 99; {command}"], cwd=cwd,
+        env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if done.returncode == 99:
+        pytest.skip(f"SKIPPED LOUDLY: cannot mount here: {done.stderr.strip()}")
+    return done
+
+
 def launch_study(path, storage: str, tracking_uri: str, cwd):
     """A `latentseg study` process on ``storage`` (as on another machine), output captured."""
     import subprocess

@@ -439,22 +439,16 @@ def test_a_full_disk_under_the_artifacts_is_one_line_and_exit_code_3(tiny_yaml, 
     """The store's artifact folder on a 64 KiB tmpfs (a private mount namespace): the first
     checkpoint upload fails with ENOSPC. One line names what could not be written and where
     the local checkpoints are; exit code 3 (documented); the run ends FAILED, saying why."""
-    import shutil
+    from tests.conftest import with_private_mounts
 
-    if shutil.which("unshare") is None:
-        pytest.skip("SKIPPED LOUDLY: util-linux unshare is needed to mount a small tmpfs")
     store = tmp_path / "store"
     (store / "artifacts").mkdir(parents=True)
     uri = f"sqlite:///{store / 'mlflow.db'}"
     config = tiny_yaml({"train": {"epochs": 1}, "tracking": {"attention_plots": False}})
     train = " ".join(train_command(config, "--no-progress", "--tracking-uri", uri))
-    script = f"mount -t tmpfs -o size=64k tmpfs {store / 'artifacts'} || exit 99; {train}"
-    done = subprocess.run(
-        ["unshare", "-m", "sh", "-c", script], cwd=tmp_path, env=subprocess_env(),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    if done.returncode == 99:
-        pytest.skip(f"SKIPPED LOUDLY: cannot mount a tmpfs here: {done.stderr.strip()}")
+    done = with_private_mounts(
+        f"mount -t tmpfs -o size=64k tmpfs {store / 'artifacts'}", train, tmp_path
+    )
     assert done.returncode == 3, done.stdout + done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr

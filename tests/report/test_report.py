@@ -276,14 +276,10 @@ def test_a_report_on_a_read_only_store_is_written_and_says_it_could_not_attach_i
     """The store's folder mounted read-only (a private mount namespace, so root is bound by
     it too): reading needs no lock file, the report is written elsewhere, and the command
     says in one line that it could not attach the report to the study's parent run."""
-    import shutil
-    import subprocess
     import sys
 
-    from tests.conftest import subprocess_env
+    from tests.conftest import with_private_mounts
 
-    if shutil.which("unshare") is None:
-        pytest.skip("SKIPPED LOUDLY: util-linux unshare is needed to mount a folder read-only")
     store = tmp_path / "store"
     uri = f"sqlite:///{store / 'mlflow.db'}"
     spec = {
@@ -293,17 +289,12 @@ def test_a_report_on_a_read_only_store_is_written_and_says_it_could_not_attach_i
     }
     assert main(["study", str(study_spec(spec)), "--tracking-uri", uri, "--no-progress"]) == 0
     latentseg = f"{sys.executable} -m latentseg.cli"
-    script = (
-        f"mount --bind {store} {store} && mount -o remount,ro,bind {store} || exit 99; "
+    done = with_private_mounts(
+        f"mount --bind {store} {store} && mount -o remount,ro,bind {store}",
         f"touch {store}/probe 2>/dev/null && exit 98; "
-        f"{latentseg} report --study ro --tracking-uri {uri} -o {tmp_path / 'out'}"
+        f"{latentseg} report --study ro --tracking-uri {uri} -o {tmp_path / 'out'}",
+        tmp_path,
     )
-    done = subprocess.run(
-        ["unshare", "-m", "sh", "-c", script], cwd=tmp_path, env=subprocess_env(),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    if done.returncode == 99:
-        pytest.skip(f"SKIPPED LOUDLY: cannot mount read-only here: {done.stderr.strip()}")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert (tmp_path / "out" / "report.md").is_file()
