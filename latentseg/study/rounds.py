@@ -67,7 +67,8 @@ def point_of(trial: FrozenTrial) -> dict[str, Any]:
     return dict(trial.system_attrs.get("fixed_params") or trial.params)
 
 
-def _key(point: dict[str, Any]) -> tuple:
+def point_key(point: dict[str, Any]) -> tuple:
+    """A grid point as a hashable key (values by repr: 1 and True differ)."""
     return tuple(sorted((k, repr(v)) for k, v in point.items()))
 
 
@@ -92,12 +93,12 @@ def still_eligible(trials: list[FrozenTrial]) -> set[tuple]:
     good, gets no more seeds)."""
     latest: dict[tuple, int] = {}
     for trial in trials:
-        key = _key(point_of(trial))
+        key = point_key(point_of(trial))
         latest[key] = max(latest.get(key, 0), trial_round(trial))
     return {
-        _key(point_of(t))
+        point_key(point_of(t))
         for t in trials
-        if t.state == TrialState.COMPLETE and trial_round(t) == latest[_key(point_of(t))]
+        if t.state == TrialState.COMPLETE and trial_round(t) == latest[point_key(point_of(t))]
     }
 
 
@@ -117,7 +118,7 @@ def plan(loaded, trials: list[FrozenTrial], judgement: Judgement, round_: int) -
             continue
         # a variant run by several points (replicates of one model): seed the first
         point = point_of(by_number[candidates[0]])
-        key = _key(point)
+        key = point_key(point)
         if key not in eligible:
             continue
         if key in chosen:

@@ -90,10 +90,6 @@ def build_pruner(loaded: LoadedStudy) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def _params_key(params: dict[str, Any]) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in params.items()))
-
-
 def queue_trials(study: optuna.Study, loaded: LoadedStudy) -> int:
     """Queue what the study still needs; returns how many trials were added.
 
@@ -102,8 +98,8 @@ def queue_trials(study: optuna.Study, loaded: LoadedStudy) -> int:
     the sampler fills when a worker starts them (retries are not counted as slots)."""
     trials = study.get_trials(deepcopy=False)
     if loaded.spec.sampler.name == "grid":
-        taken = {_params_key(t.system_attrs.get("fixed_params") or t.params) for t in trials}
-        missing = [p for p in loaded.spec.grid_points() if _params_key(p) not in taken]
+        taken = {rounds.point_key(t.system_attrs.get("fixed_params") or t.params) for t in trials}
+        missing = [p for p in loaded.spec.grid_points() if rounds.point_key(p) not in taken]
         if loaded.spec.n_trials is not None:
             missing = missing[: max(0, loaded.spec.n_trials - len(taken))]
         for point in missing:

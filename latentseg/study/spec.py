@@ -28,6 +28,7 @@ from latentseg.config import (
     read_yaml_mapping,
 )
 from latentseg.errors import ConfigError, LatentSegError
+from latentseg.tracking.store import redact  # noqa: F401 - the study's name for it
 
 Scalar = Union[bool, int, float, str, None]  # noqa: UP007
 
@@ -372,14 +373,3 @@ def _check_search_space(spec: StudySpec, base: ExperimentConfig, path: Path) -> 
         raise ConfigError(
             f"{path}: objective.metric {metric!r} is not a metric the runs report.{hint} Per-epoch: {', '.join(f'val_{n}' for n in names)}; also best_val_*."
         )
-
-
-def redact(url: str | None) -> str | None:
-    """A storage or tracking URL with any password replaced by ``***``."""
-    if not url or "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, _, host = rest.rpartition("@")
-    if ":" in credentials:
-        credentials = credentials.split(":", 1)[0] + ":***"
-    return f"{scheme}://{credentials}@{host}"

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from latentseg.errors import ConfigError
@@ -84,7 +85,7 @@ def make_storage(url: str | None, max_retry: int, workers: int = 1) -> optuna.st
                 engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite:") else None,
             )
     except Exception as exc:  # bad URL, server down, driver missing: say which
-        from latentseg.study.spec import redact
+        from latentseg.tracking.store import redact
 
         hint = ""
         if "compatible with the table schema" in str(exc):
@@ -105,8 +106,6 @@ def repair_journal_tail(path: Path) -> int:
     complete operation, so nothing that ran is lost. Returns the bytes moved."""
     if not path.is_file() or path.stat().st_size == 0:
         return 0
-    from optuna.storages.journal import JournalFileSymlinkLock
-
     lock = JournalFileSymlinkLock(str(path))
     lock.acquire()
     try:
@@ -134,36 +133,27 @@ def repair_journal_tail(path: Path) -> int:
     return len(data) - keep
 
 
-def _checked_journal_class():
-    from optuna.storages.journal import JournalFileBackend
+class _CheckedJournal(JournalFileBackend):
+    """Optuna's journal file, with a damaged line (a write cut short by a crash or a full
+    disk, with later lines after it) reported as a one-line ConfigError naming the file and
+    the line instead of a JSONDecodeError."""
 
-    class CheckedJournal(JournalFileBackend):
-        """Optuna's journal file, with a damaged line (a write cut short by a crash or a
-        full disk, with later lines after it) reported as a one-line ConfigError naming the
-        file and the line instead of a JSONDecodeError."""
-
-        def read_logs(self, log_number_from: int):
-            number = log_number_from
-            try:
-                for log in super().read_logs(log_number_from):
-                    number += 1
-                    yield log
-            except ValueError as exc:  # json.JSONDecodeError is a ValueError
-                line = number + 1
-                raise ConfigError(
-                    f"{self._file_path}: line {line} is damaged ({exc}; a write cut short by a "
-                    "crash or a full disk) and Optuna cannot read past it, so no study in this "
-                    f"journal can run. Keep a copy (cp {self._file_path} {self._file_path}.bak), "
-                    f"remove that line (sed -i '{line}d' {self._file_path}) and launch again: "
-                    "the operation it held is lost, and a trial it left running is failed "
-                    "and retried"
-                ) from None
-
-    return CheckedJournal
-
-
-def _CheckedJournal(path: str):  # noqa: N802 - a class, built lazily (optuna's import is heavy)
-    return _checked_journal_class()(path)
+    def read_logs(self, log_number_from: int):
+        number = log_number_from
+        try:
+            for log in super().read_logs(log_number_from):
+                number += 1
+                yield log
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            line = number + 1
+            raise ConfigError(
+                f"{self._file_path}: line {line} is damaged ({exc}; a write cut short by a "
+                "crash or a full disk) and Optuna cannot read past it, so no study in this "
+                f"journal can run. Keep a copy (cp {self._file_path} {self._file_path}.bak), "
+                f"remove that line (sed -i '{line}d' {self._file_path}) and launch again: "
+                "the operation it held is lost, and a trial it left running is failed "
+                "and retried"
+            ) from None
 
 
 QUEUE_LOCK_KEY = 0x1A7E_5E6  # PostgreSQL advisory lock id of latentseg's trial queue

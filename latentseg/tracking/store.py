@@ -23,6 +23,17 @@ def resolve_tracking_uri(explicit: str | None = None, configured: str | None = N
     return explicit or configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def redact(url: str | None) -> str | None:
+    """A storage or tracking URL with any password replaced by ``***``."""
+    if not url or "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, _, host = rest.rpartition("@")
+    if ":" in credentials:
+        credentials = credentials.split(":", 1)[0] + ":***"
+    return f"{scheme}://{credentials}@{host}"
+
+
 # MLflow 3 opens an experiment in its GenAI view unless the link asks for model training.
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `latentseg ui` serves by default
@@ -36,10 +47,7 @@ def ui_hint(uri: str, experiment_id: str, run_id: str | None = None) -> str:
     page = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
     page += f"?{MODEL_TRAINING_VIEW}"
     if uri.startswith(("http://", "https://")):
-        parsed = urlparse(uri.rstrip("/"))
-        if parsed.password:  # never print a password
-            parsed = parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@"))
-        return f"open it: {parsed.geturl()}/{page}"
+        return f"open it: {redact(uri.rstrip('/'))}/{page}"
     flag = "" if uri == DEFAULT_TRACKING_URI else f" --tracking-uri {uri}"
     return f"open it: latentseg ui{flag}   then {UI_ADDRESS}/{page}"
 
