@@ -106,6 +106,8 @@ def repair_journal_tail(path: Path) -> int:
     complete operation, so nothing that ran is lost. Returns the bytes moved."""
     if not path.is_file() or path.stat().st_size == 0:
         return 0
+    if os.path.lexists(f"{path}.lock"):
+        return 0  # a writer holds the journal (or a dead one left its lock): never wait here
     lock = JournalFileSymlinkLock(str(path))
     lock.acquire()
     try:
