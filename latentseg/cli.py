@@ -726,6 +726,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from latentseg.train import TrainingInterrupted
 
+    # Pillow warns of images above 89 megapixels as it opens them; latentseg's own limit
+    # (data.params.max_pixels) is checked on the same header and names the file instead.
+    import warnings
+
+    from PIL.Image import DecompressionBombWarning
+
+    warnings.filterwarnings("ignore", category=DecompressionBombWarning)
+
     try:
         return args.func(args)
     except LatentSegError as exc:

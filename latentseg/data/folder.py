@@ -40,13 +40,15 @@ from latentseg.data.base import (
     validate_params,
 )
 from latentseg.data.images import (
+    DEFAULT_MAX_PIXELS,
     Augment,
     BadMask,
+    FileProblem,
     ImageSplit,
-    fit_pair,
-    mask_labels,
+    PixelBudget,
+    TooLarge,
     parse_size,
-    to_rgb_or_grey,
+    read_pair,
 )
 from latentseg.errors import DatasetError
 
@@ -122,6 +124,11 @@ class FolderParams(StrictModel):
     )  # noqa: UP045
     augment: Augment = Field(default_factory=Augment, description="Train-split augmentations.")
     workers: int = Field(4, ge=1, le=64, description="Threads that decode files.")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=16,
+        description="Largest image or mask (width x height) read; a larger file is refused, naming it. Decoding costs about 4 bytes a pixel, and files decoding at once share this budget.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FolderParams:
@@ -216,6 +223,16 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
 
 
+def _file_problem(exc: FileProblem, root: Path) -> Problem:
+    """The problem a failed ``read_pair`` names: which file, and why."""
+    rel, cause = str(exc.path.relative_to(root)), exc.cause
+    if isinstance(cause, BadMask):
+        return Problem("bad mask", rel, str(cause))
+    if isinstance(cause, (TooLarge, Image.DecompressionBombError)):
+        return Problem("too large", rel, str(cause))
+    return Problem("unreadable", rel, _reason(cause))
+
+
 def read_classes(root: Path) -> ClassesFile | None:
     path = root / CLASSES_FILE
     if not path.exists():
@@ -261,9 +278,11 @@ def scan_folder(
     fit: Literal["resize", "crop"] = "resize",
     load: bool = False,
     workers: int = 4,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> FolderScan:
     """Read and check every file under ``root``; with ``load``, keep each pair fitted to
-    ``size`` (native size when ``None``). Structural errors (no such directory, a malformed
+    ``size`` (native size when ``None``). Files above ``max_pixels`` are problems, never
+    decoded; what decodes at once stays within ``max_pixels``. Structural errors (no such directory, a malformed
     classes.yaml) raise ``DatasetError``; problems with individual files are collected."""
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -295,33 +314,36 @@ def scan_folder(
     scan.pairs = len(pairs)
     colours = classes.colours if classes else None
 
+    budget = PixelBudget(max_pixels)
+
     def check(stem: str):
         image_path, mask_path = images[stem], masks[stem]
         found: list[Problem] = []
         try:
-            with Image.open(image_path) as img:
-                image = to_rgb_or_grey(img)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure: a bad file, named
-            return stem, None, [Problem("unreadable", f"images/{image_path.name}", _reason(exc))]
-        try:
-            with Image.open(mask_path) as msk:
-                labels = mask_labels(msk, colours)
-        except BadMask as exc:
-            return stem, None, [Problem("bad mask", f"masks/{mask_path.name}", str(exc))]
-        except Exception as exc:  # noqa: BLE001 - any decoder failure: a bad file, named
-            return stem, None, [Problem("unreadable", f"masks/{mask_path.name}", _reason(exc))]
-        if image.shape[:2] != labels.shape:
+            pair = read_pair(
+                image_path,
+                mask_path,
+                size=size if load else None,
+                fit=fit,
+                colours=colours,
+                max_pixels=max_pixels,
+                budget=budget,
+            )
+        except FileProblem as exc:
+            return stem, None, [_file_problem(exc, root)]
+        if pair.native != pair.mask_native:
             found.append(
                 Problem(
                     "size mismatch",
                     f"masks/{mask_path.name}",
-                    f"mask is {labels.shape[1]}x{labels.shape[0]} but images/{image_path.name} "
-                    f"is {image.shape[1]}x{image.shape[0]} (width x height)",
+                    f"mask is {pair.mask_native[1]}x{pair.mask_native[0]} but "
+                    f"images/{image_path.name} is {pair.native[1]}x{pair.native[0]} "
+                    "(width x height)",
                 )
             )
-        values, counts = np.unique(labels, return_counts=True)
+        histogram = pair.histogram
         if classes is not None:
-            bad = [int(v) for v in values if v >= len(classes.names) and v != ignore]
+            bad = [v for v in histogram if v >= len(classes.names) and v != ignore]
             if bad:
                 allowed = f"classes 0..{len(classes.names) - 1}" + (
                     f", ignore {ignore}" if ignore is not None else ""
@@ -333,12 +355,8 @@ def scan_folder(
                         f"value(s) {', '.join(map(str, bad[:8]))} outside {allowed}",
                     )
                 )
-        histogram = dict(zip(values.tolist(), counts.tolist(), strict=True))
-        sample = None
-        if load and not found:
-            target = size or labels.shape
-            sample = fit_pair(image, labels, target, fit)
-        return stem, (image.shape[:2], image.shape[2] == 1, histogram, sample), found
+        sample = (pair.image, pair.mask) if load and not found else None
+        return stem, (pair.native, pair.grey, histogram, sample), found
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(pairs) or 1))) as pool:
         for stem, result, found in pool.map(check, pairs):
@@ -384,7 +402,13 @@ def load_folder(p: FolderParams) -> FolderScan:
     """Scan the folder with ``p`` and keep every clean pair fitted to ``p.image_size``."""
     size = parse_size(p.image_size, "image_size")
     return scan_folder(
-        p.root, ignore_index=p.ignore_index, size=size, fit=p.fit, load=True, workers=p.workers
+        p.root,
+        ignore_index=p.ignore_index,
+        size=size,
+        fit=p.fit,
+        load=True,
+        workers=p.workers,
+        max_pixels=p.max_pixels,
     )
 
 

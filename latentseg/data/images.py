@@ -9,7 +9,11 @@ Images are held as uint8 at the target size and normalised per batch to ``(x - 0
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -23,6 +27,10 @@ from latentseg.config import StrictModel
 from latentseg.data.base import Split, sample_seed
 
 Size = tuple[int, int]  # (height, width)
+
+# Images above this many pixels are refused (data.params.max_pixels): a 13000x13000 PNG is
+# 0.5 MB on disk but 0.5 GB decoded, and several GB on its way to a 32x32 sample.
+DEFAULT_MAX_PIXELS = 64_000_000
 
 
 class Augment(StrictModel):
@@ -83,10 +91,13 @@ class BadMask(ValueError):
 
 
 def mask_labels(mask: Image.Image, colours: Sequence[Sequence[int]] | None) -> np.ndarray:
-    """Class indices ``[H, W]`` (int64) from a single-channel, palette or (with ``colours``)
-    RGB mask. Raises ``ValueError`` with the reason for a mask it cannot read as labels."""
-    if mask.mode in ("P", "L", "I", "I;16", "1"):
-        return np.asarray(mask).astype(np.int64)
+    """Class indices ``[H, W]`` from a single-channel, palette or (with ``colours``) RGB mask,
+    in the narrowest integer type that holds them (uint8 for palette and 8-bit masks: a large
+    mask costs one byte a pixel). Raises ``BadMask`` for a mask it cannot read as labels."""
+    if mask.mode == "1":
+        return np.asarray(mask).astype(np.uint8)
+    if mask.mode in ("P", "L", "I", "I;16"):
+        return np.asarray(mask)
     if mask.mode in ("RGB", "RGBA"):
         if not colours:
             raise BadMask(
@@ -96,15 +107,79 @@ def mask_labels(mask: Image.Image, colours: Sequence[Sequence[int]] | None) -> n
         rgb = np.asarray(mask.convert("RGB")).astype(np.int64)
         code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         table = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(colours)}
-        labels = np.full(code.shape, -1, dtype=np.int64)
+        labels = np.full(code.shape, -1, dtype=np.int32)
         for value, index in table.items():
             labels[code == value] = index
         if (labels < 0).any():
             unknown = np.unique(code[labels < 0])[:3]
             shown = ", ".join(f"({v >> 16}, {(v >> 8) & 255}, {v & 255})" for v in unknown)
             raise BadMask(f"mask colour(s) {shown} are not in classes.yaml colours")
-        return labels
+        return labels.astype(np.uint8) if len(colours) <= 256 else labels
     raise BadMask(f"mask mode {mask.mode} is not a single-channel, palette or RGB image")
+
+
+def fit_geometry(native: Size, size: Size, mode: Literal["resize", "crop"]) -> tuple[Size, Size]:
+    """Where an image of ``native`` (h, w) goes on its way to ``size``: the size it is scaled
+    to, and the (top, left) corner of the centre crop taken from that."""
+    height, width = native
+    target_h, target_w = size
+    if mode == "crop":
+        scale = max(target_h / height, target_w / width)
+        scaled = (max(target_h, round(height * scale)), max(target_w, round(width * scale)))
+    else:
+        scaled = (target_h, target_w)
+    return scaled, ((scaled[0] - target_h) // 2, (scaled[1] - target_w) // 2)
+
+
+def _place(array: np.ndarray, corner: Size, size: Size) -> np.ndarray:
+    top, left = corner
+    return array[top : top + size[0], left : left + size[1]]
+
+
+def fit_labels(
+    labels: np.ndarray | Image.Image,
+    size: Size,
+    mode: Literal["resize", "crop"],
+    native: Size | None = None,
+) -> np.ndarray:
+    """Labels (``[h, w]`` array, or a palette or 8-bit mask as Pillow holds it) to ``size``
+    (nearest), placed as an image of ``native`` size would be (default: their own size)."""
+    if isinstance(labels, Image.Image):
+        own, source = (labels.height, labels.width), labels
+    else:
+        own = labels.shape
+        if own == tuple(size):
+            return labels
+        array = labels if labels.dtype in (np.uint8, np.int32) else labels.astype(np.int32)
+        source = Image.fromarray(array)
+    scaled, corner = fit_geometry(native or own, size, mode)
+    if own == tuple(scaled):
+        fitted = np.asarray(source)
+    else:
+        fitted = np.asarray(source.resize((scaled[1], scaled[0]), Image.NEAREST))
+    return _place(fitted, corner, size)
+
+
+def fit_image(
+    image: Image.Image | np.ndarray,
+    size: Size,
+    mode: Literal["resize", "crop"],
+    native: Size | None = None,
+) -> np.ndarray:
+    """An image (Pillow, or ``[h, w, C]`` uint8) to ``size`` (bilinear), placed as an image of
+    ``native`` size would be (default: its own size; a JPEG decoded at reduced scale keeps the
+    geometry of its full size)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
+    own = (image.height, image.width)
+    if own == tuple(size) and native in (None, own):
+        array = np.asarray(image)
+    else:
+        scaled, corner = fit_geometry(native or own, size, mode)
+        array = _place(
+            np.asarray(image.resize((scaled[1], scaled[0]), Image.BILINEAR)), corner, size
+        )
+    return array[..., None] if array.ndim == 2 else array
 
 
 def fit_pair(
@@ -113,26 +188,165 @@ def fit_pair(
     """Image ``[h, w, C]`` and labels ``[h, w]`` to ``size``: ``resize`` stretches both
     (bilinear / nearest); ``crop`` scales the image (keeping its aspect) until it covers
     ``size``, then centre-crops."""
-    height, width = image.shape[:2]
-    target_h, target_w = size
-    if (height, width) == (target_h, target_w):
+    if image.shape[:2] == tuple(size):
         return image, labels
-    if mode == "crop":
-        scale = max(target_h / height, target_w / width)
-        scaled = (max(target_h, round(height * scale)), max(target_w, round(width * scale)))
-    else:
-        scaled = (target_h, target_w)
-    img = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
-    img = np.asarray(img.resize((scaled[1], scaled[0]), Image.BILINEAR))
-    img = img[..., None] if img.ndim == 2 else img
-    lab = np.asarray(
-        Image.fromarray(labels.astype(np.int32)).resize((scaled[1], scaled[0]), Image.NEAREST)
-    ).astype(np.int64)
-    top, left = (scaled[0] - target_h) // 2, (scaled[1] - target_w) // 2
-    return (
-        img[top : top + target_h, left : left + target_w],
-        lab[top : top + target_h, left : left + target_w],
-    )
+    return fit_image(image, size, mode), fit_labels(labels, size, mode, image.shape[:2])
+
+
+def label_histogram(labels: np.ndarray) -> dict[int, int]:
+    """Label value -> pixels: counted in place for 8- and 16-bit labels (no sorted copy of a
+    large mask), by ``np.unique`` otherwise."""
+    if labels.dtype in (np.uint8, np.uint16):
+        counts = np.bincount(labels.ravel(), minlength=1)
+        present = np.flatnonzero(counts)
+        return dict(zip(present.tolist(), counts[present].tolist(), strict=True))
+    values, counts = np.unique(labels, return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist(), strict=True))
+
+
+class TooLarge(ValueError):
+    """An image above the pixel limit (``data.params.max_pixels``)."""
+
+
+def check_pixels(native: Size, max_pixels: int) -> None:
+    """Raise ``TooLarge`` for an image of ``native`` (h, w) above ``max_pixels``."""
+    height, width = native
+    if height * width > max_pixels:
+        raise TooLarge(
+            f"{width}x{height} is {height * width / 1e6:.1f} megapixels, above the limit of "
+            f"{max_pixels:,} pixels (data.params.max_pixels; decoding takes about 4 bytes a "
+            "pixel): downscale the file, or raise the limit"
+        )
+
+
+class PixelBudget:
+    """At most ``pixels`` of images decoding at once across threads (an image above the
+    budget waits until it decodes alone): reading many files in parallel stays within a
+    bounded amount of memory, however large each file is."""
+
+    def __init__(self, pixels: int) -> None:
+        self.pixels, self._used = pixels, 0
+        self._free = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.pixels)
+        with self._free:
+            self._free.wait_for(lambda: self._used + pixels <= self.pixels)
+            self._used += pixels
+        try:
+            yield
+        finally:
+            with self._free:
+                self._used -= pixels
+                self._free.notify_all()
+
+
+def _decoded_mode(image: Image.Image) -> Image.Image:
+    """The image as Pillow ``L`` or ``RGB`` (alpha dropped; 16-bit and float grey scaled to
+    8 bits, as ``to_rgb_or_grey`` does)."""
+    if image.mode in ("L", "RGB"):
+        return image
+    if image.mode in ("I;16", "I", "F"):
+        return Image.fromarray(to_rgb_or_grey(image)[..., 0])
+    return image.convert("L" if image.mode in ("1", "LA") else "RGB")
+
+
+@dataclass
+class Pair:
+    """An image and its mask as read by ``read_pair``."""
+
+    native: Size  # the image's (h, w) on disk
+    mask_native: Size  # the mask's (h, w) on disk
+    grey: bool
+    histogram: dict[int, int]  # label value -> pixels, at the mask's native size
+    image: np.ndarray  # [h, w, C] uint8 at the requested size (native when none)
+    mask: np.ndarray | None  # labels at the requested size; None when the sizes disagree
+
+
+class FileProblem(Exception):
+    """Reading ``path`` failed with ``cause`` (``TooLarge``, ``BadMask``, Pillow's errors)."""
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        super().__init__(f"{path}: {cause}")
+        self.path, self.cause = Path(path), cause
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except FileProblem:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure: the caller names the file
+        raise FileProblem(path, exc) from exc
+
+
+def read_pair(
+    image_path: Path,
+    mask_path: Path,
+    *,
+    size: Size | None,
+    fit: Literal["resize", "crop"] = "resize",
+    colours: Sequence[Sequence[int]] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    budget: PixelBudget | None = None,
+) -> Pair:
+    """Read an image and its mask, the image fitted to ``size`` (``None``: its own size),
+    without holding more than one decoded copy of either: files above ``max_pixels`` are
+    refused before decoding, a JPEG decodes at the smallest scale that still covers ``size``,
+    and ``budget`` bounds what concurrent readers decode at once. Any failure raises
+    ``FileProblem`` naming the file (its ``cause``: ``TooLarge``, ``BadMask``, Pillow's)."""
+    with _reading(image_path):
+        img = Image.open(image_path)
+    with img:
+        with _reading(image_path):
+            native = (img.height, img.width)
+            check_pixels(native, max_pixels)
+        with _reading(mask_path):
+            msk = Image.open(mask_path)
+        with msk:
+            with _reading(mask_path):
+                mask_native = (msk.height, msk.width)
+                check_pixels(mask_native, max_pixels)
+            pixels = native[0] * native[1] + mask_native[0] * mask_native[1]
+            with budget.hold(pixels) if budget else _nothing():
+                with _reading(image_path):
+                    grey = img.mode in ("L", "1", "LA", "I;16", "I", "F")
+                    if size is not None and img.format == "JPEG":
+                        covering, _ = fit_geometry(native, size, fit)
+                        img.draft("L" if grey else "RGB", (covering[1], covering[0]))
+                    image = fit_image(_decoded_mode(img), size or native, fit, native)
+                with _reading(mask_path):
+                    histogram, mask = _read_mask(msk, colours, size, fit, native == mask_native)
+    return Pair(native, mask_native, grey, histogram, image, mask)
+
+
+def _read_mask(
+    mask: Image.Image,
+    colours: Sequence[Sequence[int]] | None,
+    size: Size | None,
+    fit: Literal["resize", "crop"],
+    fits: bool,
+) -> tuple[dict[int, int], np.ndarray | None]:
+    """(histogram at native size, labels at ``size`` or native); a palette or 8-bit mask is
+    counted and resized by Pillow without a copy at full size."""
+    if mask.mode in ("P", "L"):
+        counts = mask.histogram()[:256]
+        histogram = {v: n for v, n in enumerate(counts) if n}
+        if size is None:
+            return histogram, np.asarray(mask)
+        return histogram, fit_labels(mask, size, fit) if fits else None
+    labels = mask_labels(mask, colours)
+    histogram = label_histogram(labels)
+    if size is None:
+        return histogram, labels
+    return histogram, fit_labels(labels, size, fit) if fits else None
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 def normalise(images: Tensor) -> Tensor:
