@@ -154,13 +154,121 @@ def connect(uri: str, create: bool = True):
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
+    db = Path(uri.removeprefix("sqlite:///")) if parsed.scheme == "sqlite" else None
+    if db is not None and str(db) in ("", ":memory:"):
+        db = None
     try:
         with lock:
+            if create and db is not None and (not db.exists() or db.stat().st_size == 0):
+                _create_sqlite_store(db)
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)  # opens the store: creates or migrates it
         return client
+    except TrackingError:
+        raise
     except Exception as exc:
-        raise TrackingError(f"cannot open MLflow tracking store {uri}: {exc}") from None
+        _forget_engine(uri)
+        problem = _half_made(db) if db is not None and db.is_file() else None
+        if problem:
+            raise TrackingError(problem) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"cannot open MLflow tracking store {uri}: {first}") from None
+
+
+def _forget_engine(uri: str) -> None:
+    """Drop MLflow's cached engine for a store that failed to open: its pooled connection
+    would keep the broken file open for the life of the process (a store deleted and created
+    again would still be read through it)."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    except Exception:  # noqa: BLE001 - an MLflow without that cache: nothing to drop
+        return
+    if engine is not None:
+        engine.dispose()
+
+
+def _create_sqlite_store(db: Path) -> None:
+    """Create a new SQLite store whole or not at all: MLflow's schema is built in a temporary
+    file beside ``db`` and renamed into place, so a full disk or a kill midway leaves no
+    half-made store that every later command would refuse."""
+    from mlflow.store.db.utils import (
+        _initialize_tables,
+        _verify_schema,
+        create_sqlalchemy_engine_with_retry,
+    )
+
+    partial = db.with_name(f".{db.name}.creating-{os.getpid()}")
+    partial.unlink(missing_ok=True)
+    engine = None
+    try:
+        engine = create_sqlalchemy_engine_with_retry(f"sqlite:///{partial}")
+        _initialize_tables(engine)
+        _verify_schema(engine)
+        engine.dispose()
+        engine = None
+        os.replace(partial, db)
+    except Exception as exc:
+        reason = _reason(exc)
+        raise TrackingError(
+            f"cannot create the MLflow tracking store {db}: {reason}; nothing was created "
+            "(free some space, or pass another --tracking-uri)"
+        ) from None
+    finally:
+        if engine is not None:
+            engine.dispose()
+        for leftover in (partial, partial.with_name(partial.name + "-journal")):
+            leftover.unlink(missing_ok=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a store error: the database's own message, without SQLAlchemy's dump."""
+    original = getattr(exc, "orig", None) or exc
+    text = str(original).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _half_made(db: Path) -> str | None:
+    """Why the SQLite store ``db`` cannot open, when its schema was cut off midway (a full disk
+    or a kill while MLflow created or upgraded it); None when it looks whole."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        ) as con:
+            tables = {
+                row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+            version = (
+                [row[0] for row in con.execute("SELECT version_num FROM alembic_version")]
+                if "alembic_version" in tables
+                else []
+            )
+            runs = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    except sqlite3.Error as exc:
+        return f"{db} is not a readable MLflow store ({exc}): move it aside and run again"
+    try:
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        head = _get_latest_schema_revision()
+    except Exception:  # noqa: BLE001 - an MLflow without it: judge by the leftovers alone
+        head = version[0] if version else None
+    if not leftovers and version and version[0] == head and "runs" in tables:
+        return None
+    if runs == 0:
+        return (
+            f"{db} is a half-created MLflow store that holds no runs (its schema was cut off "
+            f"at step {version[0] if version else 'none'}, e.g. by a full disk): delete it "
+            f"(rm {db}) and run again"
+        )
+    return (
+        f"{db} holds {runs} runs but its schema upgrade was cut off (step "
+        f"{version[0] if version else 'none'}, leftover {', '.join(leftovers) or 'none'}): back "
+        f"it up, then run `mlflow db upgrade sqlite:///{db}`"
+    )
 
 
 def get_or_create_experiment(client, name: str, uri: str) -> str:
