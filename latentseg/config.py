@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -187,11 +189,11 @@ def _spec_fields() -> dict[str, Any]:
             ),
         )
     }
-    for name, field in ModelConfig.model_fields.items():
-        annotation = field.annotation
-        if field.metadata:
-            annotation = Annotated[(annotation, *field.metadata)]  # type: ignore[misc]
-        fields[name] = (Optional[annotation], Field(None, description=field.description))  # noqa: UP045
+    for name, info in ModelConfig.model_fields.items():
+        annotation = info.annotation
+        if info.metadata:
+            annotation = Annotated[(annotation, *info.metadata)]  # type: ignore[misc]
+        fields[name] = (Optional[annotation], Field(None, description=info.description))  # noqa: UP045
     return fields
 
 
@@ -454,8 +456,13 @@ def format_validation_error(
                 if whole or err["type"] in {"missing"} or f"got {err.get('input')}" in msg
                 else f" (got {shown})"
             )
+            cited = ""
+            if lines and err["type"] == "value_error" and len(full) <= 1:  # across keys
+                cited = Provenance(source, lines).cite(msg, full[0] if full else None)
             messages.append(
-                f"{where}: {msg}" if where == dotted else f"{where}: {dotted}: {msg}{got}"
+                f"{where}: {msg}{cited}"
+                if where == dotted
+                else f"{where}: {dotted}: {msg}{got}{cited}"
             )
     return "\n".join(messages)
 
@@ -495,15 +502,62 @@ def validate_experiment(
         raise ConfigError(format_validation_error(exc, ExperimentConfig, source, lines)) from None
 
 
-def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Load an experiment YAML and apply ``--set`` overrides (``'model.num_latents=8'``)."""
+@dataclass(frozen=True)
+class Provenance:
+    """Where each value of a config came from: ``lines`` maps a key path to its line in
+    ``source`` or to the ``--set`` flag that set it. Errors that involve several keys name
+    each key with its origin (``cite``), never the flags that had nothing to do with them."""
+
+    source: str = "<config>"
+    lines: Mapping[tuple[str, ...], int | str] = field(default_factory=dict)
+
+    def origin(self, key: str) -> str:
+        """``file:line``, ``--set key=value``, or where an unset key's value comes from."""
+        where = self.lines.get(tuple(key.split(".")))
+        if isinstance(where, str):
+            return where
+        if where:
+            return f"{self.source}:{where}"
+        return "the variant's default" if key.startswith("model.") else "the default"
+
+    def cite(self, message: str, section: str | None = None) -> str:
+        """`` (key from origin; ...)`` for every config key ``message`` names: dotted keys
+        (``data.batch_size``), and within ``section`` its bare field names (``num_heads``)."""
+        keys = [m.group(0).rstrip(".") for m in _DOTTED.finditer(message)]
+        if section in SECTIONS:
+            names = "|".join(sorted(SECTIONS[section].model_fields, key=len, reverse=True))
+            pattern = rf"(?<![\w.])({names})(?![\w.])" if names else None
+            if pattern:
+                keys += [f"{section}.{m.group(1)}" for m in re.finditer(pattern, message)]
+        keys = list(dict.fromkeys(k for k in keys if k.split(".")[0] in SECTIONS))
+        if not keys:
+            return ""
+        return " (" + "; ".join(f"{k} from {self.origin(k)}" for k in keys) + ")"
+
+    def error(self, message: str, section: str | None = None) -> str:
+        """``source: message (key from origin; ...)``."""
+        return f"{self.source}: {message}{self.cite(message, section)}"
+
+
+_DOTTED = re.compile(r"(?<![\w.])(?:model|data|optim|train|tracking)\.[A-Za-z_][\w.]*")
+
+
+def load_experiment_sourced(
+    path: str | Path, overrides: Iterable[str] = ()
+) -> tuple[ExperimentConfig, Provenance]:
+    """``load_experiment``, with where each value came from (file and line, or flag)."""
     data, text = read_yaml_mapping(path, what="experiment config")
     lines: dict[tuple[str, ...], int | str] = dict(key_lines(text))
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(data, key, value, source=f"--set {item!r}")
         lines[tuple(key.split("."))] = f"--set {item}"  # an error there blames the flag
-    return validate_experiment(data, str(path), lines)
+    return validate_experiment(data, str(path), lines), Provenance(str(path), lines)
+
+
+def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Load an experiment YAML and apply ``--set`` overrides (``'model.num_latents=8'``)."""
+    return load_experiment_sourced(path, overrides)[0]
 
 
 def apply_overrides(config: ExperimentConfig, overrides: Iterable[str]) -> ExperimentConfig:

@@ -4,7 +4,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from latentseg.config import ExperimentConfig, ModelConfig, load_experiment, parse_override
+from latentseg.config import (
+    ExperimentConfig,
+    ModelConfig,
+    load_experiment,
+    load_experiment_sourced,
+    parse_override,
+)
 from latentseg.errors import ConfigError
 from latentseg.train import prepare
 
@@ -105,7 +111,7 @@ def test_model_axes_from_dataset_and_conflicts(tmp_path):
     config = load_experiment(
         write(tmp_path, "model:\n  num_classes: 5\ndata:\n  dataset: shapes\n")
     )
-    with pytest.raises(ConfigError, match="model.num_classes is 5 but dataset 'shapes' has 4"):
+    with pytest.raises(ConfigError, match="model.num_classes is 5 but data.dataset 'shapes' has 4"):
         prepare(config, "exp.yaml")
 
 
@@ -162,3 +168,59 @@ def test_random_yaml_mappings_either_load_or_raise_config_error(tmp_path, data):
     except ConfigError:
         return
     assert isinstance(config, ExperimentConfig)
+
+
+CROSS = """\
+model:
+  variant: seed
+  latent_dim: 30
+  num_heads: 4
+data:
+  dataset: shapes
+  batch_size: 8
+  train_size: 32
+"""
+
+
+def cross_field_error(path, *flags: str) -> str:
+    config, origin = load_experiment_sourced(path, flags)
+    with pytest.raises(ConfigError) as info:
+        prepare(config, origin)
+    return str(info.value)
+
+
+def test_a_cross_field_error_names_each_key_and_where_its_value_came_from(tmp_path):
+    """Issue 15, item 8: values from the YAML are cited by file and line, never blamed on a
+    --set that had nothing to do with them; a flag that set one of the keys is cited."""
+    path = write(tmp_path, CROSS)
+    unrelated = cross_field_error(path, "train.epochs=3", "optim.lr=0.1")
+    assert unrelated == (
+        f"{path}: model: latent_dim (30) must be divisible by num_heads (4); allowed num_heads "
+        f"for latent_dim 30: [1, 2, 3, 5, 6, 10, 15, 30] (model.latent_dim from {path}:3; "
+        f"model.num_heads from {path}:4)"
+    )
+    assert "--set" not in unrelated
+    flagged = cross_field_error(path, "train.epochs=3", "model.num_heads=7")
+    assert flagged.endswith(
+        f"(model.latent_dim from {path}:3; model.num_heads from --set model.num_heads=7)"
+    )
+    assert "train.epochs" not in flagged
+
+
+def test_keys_across_sections_and_defaults_are_cited(tmp_path):
+    path = write(tmp_path, CROSS.replace("latent_dim: 30", "latent_dim: 32"))
+    batch = cross_field_error(path, "data.batch_size=64", "train.epochs=3")
+    assert batch == (
+        f"{path}: data.batch_size (64) is larger than the train split (32 samples; "
+        f"data.train_size 32) (data.batch_size from --set data.batch_size=64; "
+        f"data.train_size from {path}:8)"
+    )
+    classes = cross_field_error(path, "model.num_classes=3")
+    assert classes.endswith(
+        f"(model.num_classes from --set model.num_classes=3; data.dataset from {path}:6)"
+    )
+    # a key nobody set: its value is the variant's (or the config's) default
+    heads = cross_field_error(write(tmp_path, "model:\n  latent_dim: 30\n", "d.yaml"))
+    assert heads.endswith(
+        f"(model.latent_dim from {tmp_path / 'd.yaml'}:2; model.num_heads from the variant's default)"
+    )

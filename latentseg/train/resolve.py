@@ -8,9 +8,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from latentseg.config import ExperimentConfig, ModelConfig, ModelSpec, model_overrides
+from latentseg.config import (
+    ExperimentConfig,
+    ModelConfig,
+    ModelSpec,
+    Provenance,
+    model_overrides,
+)
 from latentseg.data import SegmentationDataset, SplitSizes, create_dataset
-from latentseg.errors import ConfigError, DatasetError, LatentSegError
+from latentseg.errors import ConfigError, DatasetError, LatentSegError, RegistryError
 from latentseg.models import model_config
 
 
@@ -43,27 +49,40 @@ def _open_dataset(
     return dataset
 
 
-def prepare(config: ExperimentConfig, source: str = "<config>") -> Prepared:
-    """Open the dataset and resolve the model; errors name ``source`` and the key."""
+def prepare(config: ExperimentConfig, source: str | Provenance = "<config>") -> Prepared:
+    """Open the dataset and resolve the model. Errors name the file, the keys involved and
+    where each key's value came from (``source``: a file name, or a ``Provenance`` that knows
+    the lines and ``--set`` flags)."""
+    origin = source if isinstance(source, Provenance) else Provenance(source)
     data = config.data
     sizes = SplitSizes(train=data.train_size, val=data.val_size, test=data.test_size)
     try:
         dataset = _open_dataset(data.dataset, sizes, data.seed, data.params)
     except LatentSegError as exc:
         detail = str(exc)
-        prefix = "" if detail.startswith("data.") else "data: "
-        raise type(exc)(f"{source}: {prefix}{detail}") from None
+        prefix = (
+            ""
+            if detail.startswith("data.")
+            else "data.dataset: "
+            if isinstance(exc, RegistryError)
+            else "data: "
+        )
+        raise type(exc)(origin.error(f"{prefix}{detail}")) from None
     info = dataset.info
     lengths = {s: len(dataset.split(s)) for s in ("train", "val", "test")}
     empty = [s for s, n in lengths.items() if n == 0]
     if empty:
         raise DatasetError(
-            f"{source}: data: dataset '{data.dataset}' has no samples in split(s) {', '.join(empty)}"
+            origin.error(
+                f"data: dataset '{data.dataset}' has no samples in split(s) {', '.join(empty)}"
+            )
         )
     if data.batch_size > lengths["train"]:
         raise ConfigError(
-            f"{source}: data.batch_size ({data.batch_size}) is larger than the train split "
-            f"({lengths['train']} samples)"
+            origin.error(
+                f"data.batch_size ({data.batch_size}) is larger than the train split "
+                f"({lengths['train']} samples; data.train_size {data.train_size})"
+            )
         )
     # The resolved config records the sizes the run really used (a real dataset's defaults
     # are "all of it"), so runs, hashes and reports compare like with like.
@@ -75,18 +94,23 @@ def prepare(config: ExperimentConfig, source: str = "<config>") -> Prepared:
             overrides[key] = value
         elif overrides[key] != value:
             raise ConfigError(
-                f"{source}: model.{key} is {overrides[key]} but dataset '{info.name}' has {value}; remove the key to take it from the data"
+                origin.error(
+                    f"model.{key} is {overrides[key]} but data.dataset '{info.name}' has "
+                    f"{value}; remove the key to take it from the data"
+                )
             )
     try:
         resolved_model = model_config(config.model.variant, **overrides)
     except LatentSegError as exc:
-        raise type(exc)(f"{source}: {exc}") from None
+        raise type(exc)(origin.error(str(exc), "model")) from None
     from latentseg.train.loop import resolve_device
 
     try:
         resolve_device(config.train.device)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(origin.error(str(exc))) from None
     spec = ModelSpec(variant=config.model.variant, **resolved_model.model_dump())
     resolved = config.model_copy(update={"model": spec, "data": data})
-    return Prepared(resolved, config.model.variant, overrides, resolved_model, dataset, source)
+    return Prepared(
+        resolved, config.model.variant, overrides, resolved_model, dataset, origin.source
+    )

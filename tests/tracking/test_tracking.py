@@ -241,7 +241,8 @@ def test_a_bad_value_given_with_set_is_blamed_on_the_flag(tiny_yaml, tracking_ur
     path = tiny_yaml()
     code = main(["train", str(path), "--set", "data.dataset=nope", "--tracking-uri", tracking_uri])
     err = capsys.readouterr().err
-    assert code == 2 and "with --set data.dataset=nope: data: Unknown dataset 'nope'" in err
+    assert code == 2 and f"{path}: data.dataset: Unknown dataset 'nope'" in err
+    assert err.rstrip().endswith("(data.dataset from --set data.dataset=nope)")
 
 
 @pytest.mark.slow
