@@ -273,7 +273,7 @@ class FileProblem(Exception):
 
 
 @contextmanager
-def _reading(path: Path) -> Iterator[None]:
+def reading(path: Path) -> Iterator[None]:
     try:
         yield
     except FileProblem:
@@ -297,27 +297,27 @@ def read_pair(
     refused before decoding, a JPEG decodes at the smallest scale that still covers ``size``,
     and ``budget`` bounds what concurrent readers decode at once. Any failure raises
     ``FileProblem`` naming the file (its ``cause``: ``TooLarge``, ``BadMask``, Pillow's)."""
-    with _reading(image_path):
+    with reading(image_path):
         img = Image.open(image_path)
     with img:
-        with _reading(image_path):
+        with reading(image_path):
             native = (img.height, img.width)
             check_pixels(native, max_pixels)
-        with _reading(mask_path):
+        with reading(mask_path):
             msk = Image.open(mask_path)
         with msk:
-            with _reading(mask_path):
+            with reading(mask_path):
                 mask_native = (msk.height, msk.width)
                 check_pixels(mask_native, max_pixels)
             pixels = native[0] * native[1] + mask_native[0] * mask_native[1]
             with budget.hold(pixels) if budget else _nothing():
-                with _reading(image_path):
+                with reading(image_path):
                     grey = img.mode in ("L", "1", "LA", "I;16", "I", "F")
                     if size is not None and img.format == "JPEG":
                         covering, _ = fit_geometry(native, size, fit)
                         img.draft("L" if grey else "RGB", (covering[1], covering[0]))
                     image = fit_image(_decoded_mode(img), size or native, fit, native)
-                with _reading(mask_path):
+                with reading(mask_path):
                     histogram, mask = _read_mask(msk, colours, size, fit, native == mask_native)
     return Pair(native, mask_native, grey, histogram, image, mask)
 
