@@ -18,9 +18,16 @@ from pathlib import Path
 
 import torch
 
-from latentseg.config import ExperimentConfig, apply_overrides, load_experiment
+from latentseg.config import (
+    ExperimentConfig,
+    Provenance,
+    apply_overrides,
+    load_experiment_sourced,
+    parse_override,
+)
 from latentseg.errors import CheckpointError, ConfigError, TrackingError
 from latentseg.process import owner_alive, owner_record
+from latentseg.tracking.datasets import dataset_inputs, log_dataset_inputs
 from latentseg.tracking.store import (
     DEFAULT_STATE_DIR,
     connect,
@@ -131,14 +138,17 @@ def run_experiment(
     """
     overrides = list(overrides)
     if isinstance(config, (str, Path)):
-        source = source or str(config)
-        config = load_experiment(config, overrides)
+        config, origin = load_experiment_sourced(config, overrides)
+        source = source or origin.source
+        origin = Provenance(source, origin.lines)
     else:
         source = source or "<config>"
         config = apply_overrides(config, overrides)
-    # every input error surfaces here, before MLflow; a value the flags set is blamed on them
-    blamed = f"{source} with --set {' '.join(overrides)}" if overrides else source
-    prepared = prepare(config, blamed)
+        origin = Provenance(
+            source, {tuple(parse_override(o)[0].split(".")): f"--set {o}" for o in overrides}
+        )
+    # every input error surfaces here, before MLflow, naming each key and where it was set
+    prepared = prepare(config, origin)
     resolved = prepared.config
     all_callbacks = [*callbacks, *([ConsoleProgress()] if progress else [])]
 
@@ -177,6 +187,7 @@ def run_experiment(
     # Signals are deferred from here on: a Ctrl-C between opening the run and training still
     # ends with the run closed (KILLED), never left RUNNING.
     with StopSignal() as stop:
+        inputs = dataset_inputs(resolved, prepared.dataset)  # a bug here leaves no run behind
         if resume_run:
             run_id, resume_path, experiment_id = _reopen(client, resume_run, resolved)
         else:
@@ -192,15 +203,19 @@ def run_experiment(
                 or f"{resolved.model.variant}-{resolved.data.dataset}-s{resolved.train.seed}"
             )
             run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
-        notes = getattr(prepared.dataset, "notes", None)
-        if notes:  # e.g. a split size capped at what a real dataset holds
-            client.set_tag(run_id, "latentseg.data_notes", "; ".join(notes)[:4900])
-            for note in notes:
-                print(f"note: {note}", file=sys.stderr, flush=True)
         tracking_s = time.perf_counter() - opening
         status = "FAILED"
         tracker = None
-        try:
+        try:  # from here on, every exit closes the run with its status
+            # a reopened run keeps the datasets it was created with; one from before they
+            # were logged gets them now
+            if not resume_run or not client.get_run(run_id).inputs.dataset_inputs:
+                log_dataset_inputs(client, run_id, inputs)
+            notes = getattr(prepared.dataset, "notes", None)
+            if notes:  # e.g. a split size capped at what a real dataset holds
+                client.set_tag(run_id, "latentseg.data_notes", "; ".join(notes)[:4900])
+                for note in notes:
+                    print(f"note: {note}", file=sys.stderr, flush=True)
             checkpoint_dir = DEFAULT_STATE_DIR / "checkpoints" / run_id
             if resume_path is not None and resume_path.parent != checkpoint_dir:
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,18 @@ def test_the_printed_link_opens_the_studys_runs_table_in_chromium(study_spec, tm
             [chromium, *FLAGS, "--window-size=1300,900", "--virtual-time-budget=20000", "--dump-dom", page],
             capture_output=True, text=True, timeout=120,
         ).stdout  # fmt: skip
+        # a seed run's page lists its data (issue 15, item 16): name (digest) per split
+        from mlflow import MlflowClient
+
+        client = MlflowClient(uri)
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        seed_run = next(r for r in client.search_runs(experiments) if r.inputs.dataset_inputs)
+        inputs = seed_run.inputs.dataset_inputs
+        run_page = page.replace("/runs?", f"/runs/{seed_run.info.run_id}?")
+        run_dom = subprocess.run(
+            [chromium, *FLAGS, "--window-size=1300,900", "--virtual-time-budget=20000", "--dump-dom", run_page],
+            capture_output=True, text=True, timeout=120,
+        ).stdout  # fmt: skip
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -80,3 +92,7 @@ def test_the_printed_link_opens_the_studys_runs_table_in_chromium(study_spec, tm
     run_name = MlflowClient(uri).get_run(parent).info.run_name
     assert run_name in dom  # the study's parent run, a row of the runs table
     assert "Evaluation runs" not in dom  # not the GenAI view
+    assert "Datasets" in run_dom and len(inputs) == 3
+    # the page shows the first split's "name (digest)" and folds the others under "+N"
+    shown = [i for i in inputs if f"{i.dataset.name} ({i.dataset.digest})" in run_dom]
+    assert shown, [f"{i.dataset.name} ({i.dataset.digest})" for i in inputs]
