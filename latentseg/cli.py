@@ -328,6 +328,11 @@ def cmd_study(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     s = result.summary
+    if not result.workers_started:
+        print(
+            f"nothing left to run: study '{result.study_name}' had no trial queued "
+            "(run more with --n-trials, or change the spec's name for a new study)"
+        )
     counts = ", ".join(
         f"{s.get(f'n_{k}', 0)} {k}" for k in ("complete", "pruned", "fail", "waiting")
     )

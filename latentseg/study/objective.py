@@ -15,6 +15,7 @@ from latentseg.study.spec import CategoricalParam, FloatParam, IntParam, LoadedS
 from latentseg.tracking import run_experiment
 from latentseg.tracking.study import RUN_TYPE, end_trial_run, start_trial_run
 from latentseg.train import TrainCallback, TrainingInterrupted, TrainingPruned
+from latentseg.train.interrupt import stop_requested
 
 
 @dataclass
@@ -111,6 +112,9 @@ def run_trial(
             "tracking.experiment": spec.mlflow_experiment or loaded.name,
         }
     )
+    stopped = stop_requested()
+    if stopped:  # a signal between trials: start nothing new (the worker queues it again)
+        raise TrainingInterrupted(stopped)
     run_id = start_trial_run(
         client,
         ctx.experiment_id,
@@ -128,6 +132,9 @@ def run_trial(
     tags: dict[str, str] = {}
     try:
         for index, seed in enumerate(seeds):
+            stopped = stop_requested()
+            if stopped:  # between two seeds: the trial ends KILLED, no new seed run starts
+                raise TrainingInterrupted(stopped)
             seed_config = config.with_updates(
                 {"train.seed": seed, "tracking.run_name": f"trial-{trial.number}-seed-{seed}"}
             )

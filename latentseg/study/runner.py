@@ -43,9 +43,21 @@ from latentseg.tracking.study import (
 from latentseg.train import TrainingInterrupted
 from latentseg.train.interrupt import StopSignal, ignore_interrupts
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class quiet_optuna(contextlib.ContextDecorator):
+    """Optuna's own log at ERROR while a study runs: its warnings ("Trial 3 failed with value
+    None", "no complete trials" from a plot) repeat what latentseg reports in its own words.
+    The previous level comes back after, so a host process (a notebook) keeps its setting."""
+
+    def __enter__(self) -> quiet_optuna:
+        self._level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        optuna.logging.set_verbosity(self._level)
 
 
 @dataclass
@@ -57,6 +69,7 @@ class StudyResult:
     storage: str
     summary: dict[str, Any]
     wall_time_s: float
+    workers_started: int = 0  # 0: nothing was queued, so this launch trained nothing
 
 
 def build_sampler(
@@ -112,6 +125,7 @@ def queue_trials(study: optuna.Study, loaded: LoadedStudy) -> int:
     return needed
 
 
+@quiet_optuna()
 def worker_loop(
     ctx: TrialContext,
     storage_url: str | None,
@@ -243,6 +257,17 @@ def _worker_process(
         sys.exit(130)
 
 
+def latest_attempts(trials) -> list:
+    """Each trial's latest attempt: a trial failed and queued again (a retry, or one stopped
+    by a signal) counts once, as the attempt that replaced it, never as finished."""
+    latest: dict[int, Any] = {}
+    for trial in trials:
+        first = trial.system_attrs.get("failed_trial", trial.number)
+        if first not in latest or trial.number > latest[first].number:
+            latest[first] = trial
+    return list(latest.values())
+
+
 class Progress(threading.Thread):
     """Polls the storage: a bar over trials with the best value so far; with adaptive seeds,
     also the round, the comparisons still open and the seed runs spent against the budget."""
@@ -258,10 +283,11 @@ class Progress(threading.Thread):
 
     def snapshot(self) -> tuple[int, float | None, str]:
         every = self.study.get_trials(deepcopy=False)
-        trials = [t for t in every if t.state in FINISHED_STATES]
+        attempts = latest_attempts(every)
+        trials = [t for t in attempts if t.state in FINISHED_STATES]
         values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
         best = (max if self.direction == "maximize" else min)(values) if values else None
-        self.total = max(self.total, len(every))
+        self.total = len(attempts)
         return len(trials), best, self.round_status(every)
 
     def round_status(self, trials) -> str:
@@ -312,6 +338,7 @@ class Progress(threading.Thread):
                 return
 
 
+@quiet_optuna()
 def run_study(
     spec_path: str,
     n_trials: int | None = None,
@@ -385,15 +412,22 @@ def run_study(
         )
         ctx = TrialContext(loaded, uri, experiment_id, parent_run_id, threads)
         monitor = Progress(
-            study, len(study.get_trials(deepcopy=False)), direction, progress, loaded
+            study,
+            len(latest_attempts(study.get_trials(deepcopy=False))),
+            direction,
+            progress,
+            loaded,
         )
         monitor.start()
         try:
             passes = 0  # worker passes in this round: the round, then retries of dead workers
+            started_workers = 0
             round_ = rounds.current_round(study.get_trials(deepcopy=False))
             while passes <= spec.max_retry:
-                _run_workers(ctx, storage_url, deadline, workers, stop)
-                passes += 1
+                if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                    _run_workers(ctx, storage_url, deadline, workers, stop)
+                    started_workers += workers
+                passes += 1  # (a relaunch with nothing queued starts no worker)
                 for trial in recover_dead_trials(study, spec.max_retry):
                     close_orphans(
                         client, experiment_id, loaded.name, trial.number, "worker process died"
@@ -423,7 +457,13 @@ def run_study(
             monitor.join(timeout=10)
             try:
                 final = optuna.load_study(study_name=loaded.name, storage=optuna_storage)
-                summary = log_study_summary(client, parent_run_id, final, spec.objective.metric)
+                summary = log_study_summary(
+                    client,
+                    parent_run_id,
+                    final,
+                    spec.objective.metric,
+                    plots=status != "KILLED",  # a stop is quick; the next launch plots
+                )
             finally:
                 with ignore_interrupts():
                     client.set_terminated(parent_run_id, status)
@@ -437,6 +477,7 @@ def run_study(
         storage_label,
         summary,
         time.time() - started,
+        started_workers,
     )
 
 
@@ -604,10 +645,15 @@ def _run_workers(
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = visible
-    forwarded = False
+    forwarded, noticed = False, None
     try:
         while any(p.is_alive() for p in processes):
-            if stop() and not forwarded:  # e.g. SIGTERM to the parent alone: stop the workers too
+            if stop() and noticed is None:
+                noticed = time.monotonic()
+            # A signal to the parent alone (SIGTERM from a scheduler): stop the workers too.
+            # A Ctrl-C reached them already through the terminal's process group; the SIGTERM
+            # a second later then finds them stopping and does not relabel their stop.
+            if noticed is not None and not forwarded and time.monotonic() - noticed > 1.0:
                 for process in processes:
                     if process.is_alive():
                         process.terminate()

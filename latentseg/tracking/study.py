@@ -157,8 +157,11 @@ def log_round(
         client.log_artifact(run_id, str(path), "rounds")
 
 
-def log_study_summary(client, run_id: str, study, metric: str) -> dict[str, Any]:
-    """Best params/value, ``trials.csv``, Optuna's plots and importances on the parent run."""
+def log_study_summary(
+    client, run_id: str, study, metric: str, plots: bool = True
+) -> dict[str, Any]:
+    """Best params/value, ``trials.csv``, Optuna's plots and importances on the parent run
+    (without ``plots``: the table and counts only, for a quick stop)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,6 +187,10 @@ def log_study_summary(client, run_id: str, study, metric: str) -> dict[str, Any]
             _params(client, run_id, {f"best.{k}": v for k, v in best.params.items()})
             client.set_tag(run_id, "latentseg.best_trial", str(best.number))
         _metrics(client, run_id, {k: v for k, v in summary.items() if k.startswith("n_")})
+        if not plots:
+            (folder / "study_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            client.log_artifact(run_id, str(folder / "study_summary.json"))
+            return summary
 
         from optuna.visualization import matplotlib as ovm
 

@@ -9,30 +9,58 @@ import threading
 
 
 class StopSignal:
-    """Context manager installing SIGINT/SIGTERM handlers (main thread only)."""
+    """Context manager installing SIGINT/SIGTERM handlers (main thread only).
+
+    Nested stops share what they receive: a signal caught by an inner one (a run inside a
+    study's trial) also stops every enclosing one, and an inner one entered after a signal
+    starts stopped. The first signal names the stop (a SIGTERM that follows a Ctrl-C, as a
+    launch forwards to its workers, does not relabel it); a second Ctrl-C aborts at once."""
 
     def __init__(self) -> None:
         self.received: str | None = None
         self._previous: dict[int, object] = {}
+        self._outer: StopSignal | None = None
 
     def __call__(self) -> bool:
         return self.received is not None
 
+    def _mark(self, name: str) -> None:
+        if self.received is None:
+            self.received = name
+        if self._outer is not None:
+            self._outer._mark(name)
+
     def _handle(self, signum, frame) -> None:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
+        self._mark(signal.Signals(signum).name)
 
     def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
+            outer = getattr(self._previous[signal.SIGINT], "__self__", None)
+            if isinstance(outer, StopSignal):
+                self._outer = outer
+                self.received = outer.received
+            _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+
+
+_ACTIVE: list[StopSignal] = []  # the StopSignals in force in this process, innermost last
+
+
+def stop_requested() -> str | None:
+    """The signal that asked this process to stop (``'SIGINT'``, ``'SIGTERM'``), if any: for
+    code between runs that must not start new work after one (a study's next trial or seed)."""
+    return next((s.received for s in reversed(_ACTIVE) if s.received), None)
 
 
 @contextlib.contextmanager

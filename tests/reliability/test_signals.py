@@ -3,6 +3,7 @@ is written, and every epoch logged before the signal is in the store."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -48,11 +49,31 @@ def test_a_signal_mid_training_kills_the_run_keeps_a_checkpoint_and_loses_no_met
 
     run = client.get_run(run.info.run_id)
     assert run.info.status == "KILLED"
-    last = tmp_path / "mlruns" / "checkpoints" / run.info.run_id / "last.ckpt"
-    state = load_training_state(last)["state"]  # the last checkpoint, written on the signal
+    # the last checkpoint, written on the signal and uploaded: the local copy is gone
+    assert not (tmp_path / "store" / "checkpoints" / run.info.run_id).exists()
+    last = client.download_artifacts(run.info.run_id, "checkpoints/last.ckpt", str(tmp_path))
+    state = load_training_state(last)["state"]
     completed = [int(entry["epoch"]) for entry in state["history"]]
     assert 2 <= len(completed) < 12
     logged = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_miou"))
     assert logged == completed  # every epoch finished before the signal is in the store
-    uploaded = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
-    assert "checkpoints/last.ckpt" in uploaded
+
+
+def test_nested_stops_share_the_first_signal_and_a_late_one_starts_stopped():
+    """A signal caught inside a run (inner) stops the study loop around it (outer); the first
+    signal names the stop, a SIGTERM that follows a Ctrl-C does not relabel it; a run entered
+    after the signal starts stopped; nothing is left installed afterwards."""
+    from latentseg.train.interrupt import StopSignal, stop_requested
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopSignal() as outer:
+        assert stop_requested() is None
+        with StopSignal() as inner:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert inner.received == "SIGINT"
+        assert outer.received == "SIGINT" and stop_requested() == "SIGINT"
+        with StopSignal() as late:
+            assert late() and late.received == "SIGINT"
+    assert stop_requested() is None
+    assert signal.getsignal(signal.SIGINT) is before

@@ -235,8 +235,9 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def launch(path, tracking_uri, cwd) -> tuple[list[str], subprocess.Popen]:
-    """``latentseg study PATH --workers 2`` as a real process."""
+def launch(path, tracking_uri, cwd, progress=False) -> tuple[list[str], subprocess.Popen]:
+    """``latentseg study PATH --workers 2`` as a real process (its own process group, as a
+    terminal's foreground job is)."""
     command = [
         sys.executable,
         "-m",
@@ -247,7 +248,7 @@ def launch(path, tracking_uri, cwd) -> tuple[list[str], subprocess.Popen]:
         "2",
         "--tracking-uri",
         tracking_uri,
-        "--no-progress",
+        *([] if progress else ["--no-progress"]),
     ]
     return command, subprocess.Popen(
         command,
@@ -256,6 +257,7 @@ def launch(path, tracking_uri, cwd) -> tuple[list[str], subprocess.Popen]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
 
 
@@ -440,6 +442,63 @@ def test_sigterm_to_the_parent_stops_all_workers_and_closes_every_run(
     assert sorted(
         t.params["model.num_latents"] for t in study.trials if t.state == TrialState.COMPLETE
     ) == [2, 4, 8, 16]
+
+
+def test_ctrl_c_stops_every_worker_cleanly_and_counts_nothing_interrupted_as_finished(
+    study_spec, tracking_uri, tmp_path
+):
+    """Issue 15, item 11: Ctrl-C reaches the launch and its workers (one process group). No
+    seed run starts after it, trials say SIGINT (not the SIGTERM the launch forwards), the
+    progress line never counts an interrupted trial as finished, and no Optuna warning or
+    traceback reaches the console."""
+    path = study_spec(
+        {
+            "name": "ctrlc",
+            "search_space": {"model.num_latents": [2, 4, 8, 16]},
+            "sampler": {"name": "grid"},
+            "seeds": 2,
+        },
+        base={"data": {"train_size": 512}, "train": {"epochs": 6}},
+    )
+    command, parent = launch(path, tracking_uri, tmp_path, progress=True)
+    client = connect(tracking_uri)
+    both_training = wait_for_seed_runs(client, "ctrlc", lambda runs: len(runs) >= 2, parent)
+    if not both_training:
+        parent.kill()
+    assert both_training, "both workers never trained at once:\n" + parent.communicate()[0]
+    signalled_ms = time.time() * 1000
+    os.killpg(parent.pid, signal.SIGINT)
+    output = parent.communicate(timeout=120)[0]
+    assert parent.returncode == 130, output
+    assert "Traceback" not in output and "[W " not in output, output
+    assert no_run_left_running(client, "ctrlc")
+    runs = runs_by_type(client, "ctrlc")
+    assert max(r.info.start_time for r in runs["seed"]) < signalled_ms + 100
+    killed = [r for r in runs["trial"] if r.info.status == "KILLED"]
+    assert len(killed) == 2, [r.info.status for r in runs["trial"]]
+    for run in killed:
+        assert run.data.tags["latentseg.error"].startswith("interrupted: stopped by SIGINT")
+    progress = [line for line in output.splitlines() if line.startswith("trials finished")]
+    finished = [int(line.split()[2].split("/")[0]) for line in progress]
+    assert all(line.split()[2].endswith("/4") for line in progress), progress
+    study = optuna.load_study(study_name="ctrlc", storage=journal(tmp_path))
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert max(finished) == len(complete) <= 2, progress
+
+
+def test_a_relaunch_with_nothing_queued_starts_no_worker(study_spec, tracking_uri, capsys):
+    from latentseg.cli import main
+
+    path = study_spec(
+        {"name": "idle", "search_space": {"model.num_latents": [2, 4]}, "sampler": {"name": "grid"}}
+    )
+    first = run_study(str(path), tracking_uri=tracking_uri, progress=False)
+    assert first.workers_started == 1 and first.summary["n_complete"] == 2
+    argv = ["study", str(path), "--workers", "2", "--tracking-uri", tracking_uri, "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "nothing left to run: study 'idle' had no trial queued" in out
+    assert "2 trials (2 complete" in out
 
 
 def test_when_one_machines_launch_dies_mid_trial_another_launch_finishes_its_trial(
