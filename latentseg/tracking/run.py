@@ -1,5 +1,10 @@
 """One training run, tracked: create (or reopen) the MLflow run, train, close it with the
-right status. No run is left RUNNING by a process that exits normally or on a signal."""
+right status. No run is left RUNNING by a process that exits normally or on a signal.
+
+Checkpoints are written under the store's local state folder (``<store>/checkpoints/RUN_ID``,
+:func:`~latentseg.tracking.store.local_state_dir`) and uploaded to the run's artifacts; that
+local copy is removed once the run is closed with every checkpoint uploaded, whatever its
+status, and kept while one is not (docs/tracking.md, "Checkpoints")."""
 
 from __future__ import annotations
 
@@ -12,9 +17,11 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,6 +39,7 @@ from latentseg.tracking.store import (
     DEFAULT_STATE_DIR,
     connect,
     get_or_create_experiment,
+    local_state_dir,
     resolve_tracking_uri,
 )
 from latentseg.tracking.tracker import MLflowTracker
@@ -62,6 +70,8 @@ class RunResult:
     run_id: str | None  # None when tracking is off
     status: str  # FINISHED, FAILED or KILLED
     summary: dict[str, float]
+    # where training wrote the checkpoints; for a tracked run, removed once the run's
+    # artifacts hold them all (kept when an upload failed or never happened)
     checkpoint_dir: Path
     tracking_uri: str | None = None
     experiment_id: str | None = None
@@ -184,12 +194,16 @@ def run_experiment(
     opening = time.perf_counter()
     client = connect(uri)
     resume_run = resume if resume and resume_path is None else None
+    checkpoints_root = local_state_dir(uri) / "checkpoints"
+    unstored: list[Path] = []  # checkpoints resumed from that the run's artifacts lack
     # Signals are deferred from here on: a Ctrl-C between opening the run and training still
     # ends with the run closed (KILLED), never left RUNNING.
     with StopSignal() as stop:
         inputs = dataset_inputs(resolved, prepared.dataset)  # a bug here leaves no run behind
         if resume_run:
-            run_id, resume_path, experiment_id = _reopen(client, resume_run, resolved)
+            run_id, resume_path, experiment_id = _reopen(
+                client, resume_run, resolved, checkpoints_root / resume_run
+            )
         else:
             experiment_id = get_or_create_experiment(client, resolved.tracking.experiment, uri)
             tags = run_tags(resolved, source) | (extra_tags or {})
@@ -206,6 +220,7 @@ def run_experiment(
         tracking_s = time.perf_counter() - opening
         status = "FAILED"
         tracker = None
+        interrupted: TrainingInterrupted | None = None
         try:  # from here on, every exit closes the run with its status
             # a reopened run keeps the datasets it was created with; one from before they
             # were logged gets them now
@@ -216,10 +231,12 @@ def run_experiment(
                 client.set_tag(run_id, "latentseg.data_notes", "; ".join(notes)[:4900])
                 for note in notes:
                     print(f"note: {note}", file=sys.stderr, flush=True)
-            checkpoint_dir = DEFAULT_STATE_DIR / "checkpoints" / run_id
-            if resume_path is not None and resume_path.parent != checkpoint_dir:
+            checkpoint_dir = checkpoints_root / run_id
+            if resume_run and resume_path.parent == checkpoint_dir:  # the copy kept here
+                unstored = _checkpoint_files(checkpoint_dir)
+            elif resume_path is not None and resume_path.parent != checkpoint_dir:
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                for name in ("last.ckpt", "best.safetensors"):
+                for name in CHECKPOINT_NAMES:
                     if (resume_path.parent / name).exists():
                         shutil.copyfile(resume_path.parent / name, checkpoint_dir / name)
                 if resume_run:  # the fetched copies, in their own temporary folder
@@ -233,6 +250,8 @@ def run_experiment(
                 log_model=resolved.tracking.log_model,
                 server=uri if uri.startswith(("http://", "https://")) else None,
             )
+            for path in unstored:  # the run's artifacts catch up with what it resumes from
+                tracker.upload_checkpoint(path)
             summary = fit(
                 prepared,
                 checkpoint_dir,
@@ -245,7 +264,11 @@ def run_experiment(
             status = "KILLED"
             client.set_tag(run_id, "pruned_at_epoch", str(exc.epoch))
             raise
-        except (TrainingInterrupted, KeyboardInterrupt):
+        except TrainingInterrupted as exc:
+            status = "KILLED"
+            interrupted = exc
+            raise
+        except KeyboardInterrupt:
             status = "KILLED"
             raise
         except BaseException as exc:
@@ -257,12 +280,20 @@ def run_experiment(
                 tracker.close()  # every plot upload done before the run is closed
                 tracking_s += tracker.seconds
             _terminate(client, run_id, status)
+            if tracker is not None and not tracker.unstored_checkpoints():
+                _remove_local_checkpoints(checkpoint_dir)
+                if interrupted is not None:  # its checkpoint is in the run's artifacts now
+                    interrupted.args = (
+                        f"stopped by {interrupted.signal_name}; resume with --resume {run_id}",
+                    )
             tracking_s += time.perf_counter() - closing
     return RunResult(run_id, status, summary, checkpoint_dir, uri, experiment_id, tracking_s)
 
 
-def _reopen(client, run_id: str, config: ExperimentConfig) -> tuple[str, Path, str]:
-    """Fetch the run's checkpoints (last, and best when there is one) and mark it RUNNING."""
+def _reopen(client, run_id: str, config: ExperimentConfig, local: Path) -> tuple[str, Path, str]:
+    """Fetch the run's checkpoints (last, and best when there is one) and mark it RUNNING.
+    The run's local checkpoint folder ``local``, where one was kept (an upload failed), is
+    resumed from instead when it is further along than the artifacts."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -295,8 +326,7 @@ def _reopen(client, run_id: str, config: ExperimentConfig) -> tuple[str, Path, s
     # caller has copied the checkpoints into the run's state folder.
     folder = Path(tempfile.mkdtemp(prefix=RESUME_PREFIX))
     try:
-        checkpoint = _download(client, run_id, "checkpoints/last.ckpt", folder)
-        saved = load_training_state(checkpoint)
+        checkpoint, saved = _newest_checkpoint(client, run_id, folder, local)
         previous = ExperimentConfig.model_validate_json(saved["experiment_config"])
         _check_resumable(previous, config, run_id)
         state = saved["state"]
@@ -305,11 +335,13 @@ def _reopen(client, run_id: str, config: ExperimentConfig) -> tuple[str, Path, s
             raise TrackingError(
                 f"--resume {run_id}: the run already FINISHED its {previous.train.epochs} epochs; raise train.epochs (--set train.epochs=N) to train it further"
             )
-        if state.get("best_epoch"):
+        if state.get("best_epoch") and checkpoint.parent == folder:
             _download(client, run_id, "checkpoints/best.safetensors", folder)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    if checkpoint.parent != folder:
+        shutil.rmtree(folder, ignore_errors=True)
     if config.train.epochs != previous.train.epochs:
         # Params are immutable in MLflow: the change is recorded as a tag. A cosine schedule
         # is stretched to the new length from the current step on.
@@ -323,6 +355,71 @@ def _reopen(client, run_id: str, config: ExperimentConfig) -> tuple[str, Path, s
 
 
 RESUME_PREFIX = "latentseg-resume-"
+CHECKPOINT_NAMES = ("last.ckpt", "best.safetensors")
+
+
+def _newest_checkpoint(
+    client, run_id: str, folder: Path, local: Path
+) -> tuple[Path, dict[str, Any]]:
+    """The run's ``last.ckpt`` to resume from, and its contents: the one kept in ``local``
+    (its upload failed or never happened: a full store, a server that stayed down, a SIGKILL)
+    unless the artifact, downloaded into ``folder``, is further along. On a tie the local one
+    wins: its ``best.safetensors`` is written before it, the artifact's is uploaded after."""
+    kept = _readable_state(local / "last.ckpt")
+    if kept and kept["state"].get("best_epoch") and not (local / "best.safetensors").is_file():
+        kept = None  # half a pair: the artifacts' pair is whole
+    try:
+        checkpoint = _download(client, run_id, "checkpoints/last.ckpt", folder)
+    except CheckpointError:
+        if kept is None:
+            raise
+        return local / "last.ckpt", kept
+    saved = load_training_state(checkpoint)
+    if kept is None or _progress(kept) < _progress(saved):
+        return checkpoint, saved
+    if _progress(kept) > _progress(saved):
+        print(
+            f"note: resuming from {local / 'last.ckpt'} (after epoch {kept['state']['epoch']}), "
+            f"further along than the run's artifacts (epoch {saved['state']['epoch']})",
+            file=sys.stderr,
+            flush=True,
+        )
+    return local / "last.ckpt", kept
+
+
+def _readable_state(path: Path) -> dict[str, Any] | None:
+    """The training state in ``path``; None when there is none or it cannot be read."""
+    if not path.is_file():
+        return None
+    try:
+        return load_training_state(path)
+    except CheckpointError as exc:
+        print(f"note: not resuming from {path}: {exc}", file=sys.stderr, flush=True)
+        return None
+
+
+def _progress(saved: dict[str, Any]) -> tuple[int, int]:
+    """How far a training state got: its completed epochs, then the steps into the next."""
+    return int(saved["state"].get("epoch", 0)), int(saved.get("step_in_epoch") or 0)
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    return [folder / name for name in CHECKPOINT_NAMES if (folder / name).is_file()]
+
+
+def _remove_local_checkpoints(folder: Path) -> None:
+    """Remove a run's local checkpoint folder once its artifacts hold every checkpoint
+    (``--resume RUN_ID`` fetches them from there); a folder that cannot be removed is left."""
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        warnings.warn(
+            f"could not remove the uploaded checkpoints at {folder}: {exc.strerror or exc}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _download(client, run_id: str, artifact: str, folder: Path) -> Path:

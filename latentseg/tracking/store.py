@@ -62,6 +62,17 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+def local_state_dir(uri: str) -> Path:
+    """The folder where this machine keeps a run's local state for the store ``uri`` (its
+    checkpoints until they are uploaded): the SQLite file's folder, beside its ``artifacts/``;
+    ``mlruns/`` of the working directory for a store elsewhere (a tracking server, PostgreSQL)."""
+    if uri.startswith("sqlite:///"):
+        db = uri.removeprefix("sqlite:///").split("?", 1)[0]  # 'sqlite:////abs' leaves '/abs'
+        if db and db != ":memory:":
+            return Path(db).parent
+    return DEFAULT_STATE_DIR
+
+
 def _health_problem(uri: str, timeout_s: float) -> str | None:
     """Why the tracking server at ``uri`` fails its health check; None when it answers."""
     try:

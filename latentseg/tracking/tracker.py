@@ -14,6 +14,11 @@ server's health is checked (a fast GET, instead of minutes of client retries), a
 is down the epoch's metrics, checkpoints and images wait in order in memory. They are sent
 once it answers again, and the end of training waits for it (``LATENTSEG_TRACKING_WAIT_S``,
 default 600 s) before giving up with an error that says what was not logged.
+
+Checkpoints are written on this machine first (``local_checkpoints``) and uploaded after;
+:meth:`MLflowTracker.unstored_checkpoints` says which of them the run's artifacts do not hold
+yet (an upload failed, or waits for the server), so the caller knows when the local copy may
+go.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class MLflowTracker(TrainCallback):
         self._unsent: dict[str, Callable[[], Any]] = {}  # in order; a key replaces its older call
         self._outbox_lock = threading.Lock()
         self._outage_since: float | None = None
+        self._failed_checkpoints: set[str] = set()  # names whose newest upload failed
         self.run_id = run_id
         self.resumed = resumed
         self.plots = plots
@@ -142,12 +148,28 @@ class MLflowTracker(TrainCallback):
 
     @_timed
     def on_checkpoint(self, ctx: TrainContext, path: Path, kind: str) -> None:
+        self.upload_checkpoint(path)
+
+    def upload_checkpoint(self, path: Path) -> None:
+        """Upload the checkpoint file ``path`` to the run's ``checkpoints/`` artifacts (now, or
+        once the tracking server answers again)."""
         self.local_checkpoints = path.parent
         # sent late, it uploads the file as it is then: the newest checkpoint of that name
         self._send(
             f"checkpoint:{path.name}",
             lambda: self.client.log_artifact(self.run_id, str(path), "checkpoints"),
         )
+
+    def unstored_checkpoints(self) -> set[str]:
+        """Names of the checkpoints whose newest local version the run's artifacts do not
+        hold: its upload failed, or still waits (an unreachable server). Empty once every
+        checkpoint written so far is uploaded."""
+        with self._outbox_lock:
+            return self._unstored()
+
+    def _unstored(self) -> set[str]:  # the caller holds the outbox lock
+        waiting = {key.split(":", 1)[1] for key in self._unsent if key.startswith("checkpoint:")}
+        return waiting | self._failed_checkpoints
 
     @_timed
     def on_train_end(self, ctx: TrainContext, summary: dict[str, float]) -> None:
@@ -183,7 +205,7 @@ class MLflowTracker(TrainCallback):
             if self._unsent and not self._drain():
                 warnings.warn(
                     f"{len(self._unsent)} tracking calls were not sent: {self.server} is "
-                    "unreachable",
+                    f"unreachable; {self._kept()}",
                     RuntimeWarning,
                     stacklevel=2,
                 )
@@ -225,25 +247,27 @@ class MLflowTracker(TrainCallback):
                 try:
                     call()
                 except OSError as exc:  # the artifact store's disk: full, quota, read-only
+                    self._failed_checkpoints |= {
+                        k.split(":", 1)[1] for k in self._unsent if k.startswith("checkpoint:")
+                    }
                     del self._unsent[key]
                     self._unsent.clear()  # the rest would fail alike; the run ends FAILED
                     from latentseg.errors import StoreWriteError
 
-                    kept = (
-                        f"the checkpoints are kept at {self.local_checkpoints}"
-                        if self.local_checkpoints is not None
-                        else "no checkpoint was written yet"
-                    )
                     raise StoreWriteError(
                         f"cannot write {key.split(':', 1)[-1]} to run {self.run_id}'s artifacts "
-                        f"({exc.strerror or exc}); {kept}"
+                        f"({exc.strerror or exc}); {self._kept()}"
                     ) from None
                 except MlflowException:
                     if self.server is not None and not server_reachable(self.server):
                         self._note_outage()  # it went away during the call: keep the call
                         return False
+                    if key.startswith("checkpoint:"):
+                        self._failed_checkpoints.add(key.split(":", 1)[1])
                     del self._unsent[key]  # a real error, not an outage: raised, not retried
                     raise
+                if key.startswith("checkpoint:"):
+                    self._failed_checkpoints.discard(key.split(":", 1)[1])
                 del self._unsent[key]
             if self._outage_since is not None:
                 print(
@@ -277,11 +301,19 @@ class MLflowTracker(TrainCallback):
                     f"tracking server {self.server} has been unreachable for "
                     f"{time.monotonic() - (self._outage_since or deadline):.0f} s; "
                     f"{len(self._unsent)} logging calls (metrics, checkpoints, images) were not "
-                    "sent; the checkpoints are kept on this machine"
+                    f"sent; {self._kept()}"
                 )
             time.sleep(2.0)
 
     # ------------------------------------------------------------------ helpers
+
+    def _kept(self) -> str:
+        """Where the checkpoints are, for an error that says what was not uploaded."""
+        if self.local_checkpoints is None:
+            return "no checkpoint was written yet"
+        if not self._unstored():  # the local copy is removed when the run closes
+            return "the checkpoints are in the run's artifacts"
+        return f"the checkpoints are kept at {self.local_checkpoints}"
 
     def _log_json(self, payload: dict, name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:

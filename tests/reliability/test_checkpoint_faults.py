@@ -198,18 +198,19 @@ def test_a_full_disk_while_writing_last_checkpoint_is_a_clear_error_and_keeps_th
     assert not temporaries(folder)
 
 
-@pytest.mark.parametrize("obstacle", ["a file where mlruns/ must be", "mlruns/ on /sys"])
+@pytest.mark.parametrize("obstacle", ["a file where checkpoints/ must be", "checkpoints/ on /sys"])
 def test_an_unwritable_checkpoint_folder_is_a_clear_error_and_the_run_ends_failed(
     obstacle, tiny_yaml, tracking_uri, tmp_path
 ):
-    """Item 8, read-only: works as root too (chmod does not stop root). ``mlruns`` is a
-    regular file, or a link into sysfs, where nobody may create folders."""
+    """Item 8, read-only: works as root too (chmod does not stop root). The store's
+    ``checkpoints`` is a regular file, or a link into sysfs, where nobody may create folders."""
+    (tmp_path / "store").mkdir()
     if obstacle.endswith("/sys"):
         if not Path("/sys").is_dir():
             pytest.skip("SKIPPED LOUDLY: no /sys on this system")
-        (tmp_path / "mlruns").symlink_to("/sys")
+        (tmp_path / "store" / "checkpoints").symlink_to("/sys")
     else:
-        (tmp_path / "mlruns").write_text("not a folder\n")
+        (tmp_path / "store" / "checkpoints").write_text("not a folder\n")
     config = tiny_yaml(
         {
             "data": FAST_EPOCHS["data"],
@@ -227,7 +228,7 @@ def test_an_unwritable_checkpoint_folder_is_a_clear_error_and_the_run_ends_faile
     )
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
-    assert_one_line_error(done, "cannot write checkpoint", f"mlruns/checkpoints/{run.info.run_id}/")
+    assert_one_line_error(done, "cannot write checkpoint", f"store/checkpoints/{run.info.run_id}/")
     assert run.info.status == "FAILED"
     assert "cannot write checkpoint" in run.data.tags["latentseg.error"]
 
@@ -411,6 +412,7 @@ def test_a_run_whose_process_was_killed_is_resumed_in_place(tiny_yaml, tracking_
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")]
     assert sorted(steps) == sorted(set(steps)) and len(steps) == 6  # each epoch once
     assert len(client.search_runs([run.info.experiment_id])) == 1  # in place, no second run
+    assert not (tmp_path / "store" / "checkpoints" / run.info.run_id).exists()  # all uploaded
 
     # a RUNNING run whose owner is alive (this test's own process) is refused
     live = client.create_run(run.info.experiment_id, tags={"latentseg.owner": json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "start": None})})  # fmt: skip
@@ -426,7 +428,8 @@ def test_a_run_resumed_from_a_checkpoint_file_records_where_it_came_from(
     first = run_experiment(
         tiny({"train": {"epochs": 1}}), tracking_uri=tracking_uri, progress=False
     )
-    checkpoint = first.checkpoint_dir / "last.ckpt"
+    fetched = MlflowClient(tracking_uri).download_artifacts(first.run_id, "checkpoints", str(tmp_path))  # fmt: skip
+    checkpoint = Path(fetched) / "last.ckpt"  # the local copy is gone once uploaded
     second = run_experiment(
         tiny({"train": {"epochs": 2}}), tracking_uri=tracking_uri, resume=str(checkpoint), progress=False
     )  # fmt: skip
@@ -438,7 +441,8 @@ def test_a_run_resumed_from_a_checkpoint_file_records_where_it_came_from(
 def test_a_full_disk_under_the_artifacts_is_one_line_and_exit_code_3(tiny_yaml, tmp_path):
     """The store's artifact folder on a 64 KiB tmpfs (a private mount namespace): the first
     checkpoint upload fails with ENOSPC. One line names what could not be written and where
-    the local checkpoints are; exit code 3 (documented); the run ends FAILED, saying why."""
+    the local checkpoints are kept (the store's folder); exit code 3 (documented); the run
+    ends FAILED, saying why."""
     from tests.conftest import with_private_mounts
 
     store = tmp_path / "store"
@@ -454,11 +458,12 @@ def test_a_full_disk_under_the_artifacts_is_one_line_and_exit_code_3(tiny_yaml, 
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
-    folder = f"mlruns/checkpoints/{run.info.run_id}"
+    folder = f"{store}/checkpoints/{run.info.run_id}"
     assert re.fullmatch(
         rf"error: cannot write \S+ to run {run.info.run_id}'s artifacts \(No space left on "
         rf"device\); the checkpoints are kept at {folder}",
         lines[0],
     ), lines[0]
-    assert (tmp_path / folder / "last.ckpt").is_file()
+    assert (Path(folder) / "last.ckpt").is_file()
+    assert not (tmp_path / "mlruns").exists()
     assert run.info.status == "FAILED" and "No space left" in run.data.tags["latentseg.error"]
