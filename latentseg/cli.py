@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--storage",
-        help="Optuna storage URL (default: journal file under mlruns/optuna/; sqlite:///, postgresql://)",
+        help="Optuna storage URL (default: the journal in the tracking store's optuna/ folder, e.g. mlruns/optuna/journal.log; sqlite:///, postgresql://)",
     )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default as for train)")
     _add_set(p)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from latentseg.errors import ConfigError, LatentSegError
@@ -26,6 +27,7 @@ from latentseg.study.storage import (
     DEFAULT_JOURNAL,
     Heartbeat,
     database_lock,
+    default_journal,
     make_storage,
     pop_waiting_trial,
     recover_dead_trials,
@@ -357,10 +359,13 @@ def run_study(
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     loaded = load_study_spec(spec_path, overrides, n_trials)
     spec = loaded.spec
-    storage_url = storage or spec.storage
-    optuna_storage = make_storage(storage_url, spec.max_retry, workers)
-    # MLflow first: an unreachable tracking server must fail before the study is touched.
     uri = resolve_tracking_uri(tracking_uri, loaded.base.tracking.tracking_uri)
+    # Without --storage, the study lives in the journal of the store its runs go to.
+    storage_url = storage or spec.storage or f"journal:{default_journal(uri)}"
+    optuna_storage = make_storage(storage_url, spec.max_retry, workers)
+    if not (storage or spec.storage):
+        _note_older_journal(loaded.name, optuna_storage, default_journal(uri))
+    # MLflow first: an unreachable tracking server must fail before the study is touched.
     client = connect(uri)
     direction = spec.objective.resolved_direction
     try:
@@ -388,7 +393,7 @@ def run_study(
     with queue_lock(storage_url):
         queue_trials(study, loaded)
 
-    storage_label = redact(storage_url) or f"journal:{DEFAULT_JOURNAL}"
+    storage_label = redact(storage_url)
     spec_params = {
         f"study.{k}": v
         for k, v in _flat(spec.model_dump(mode="json", exclude={"search_space"})).items()
@@ -479,6 +484,29 @@ def run_study(
         time.time() - started,
         started_workers,
     )
+
+
+def _note_older_journal(name: str, storage, journal: Path) -> None:
+    """Before studies kept the journal of their tracking store, every store's studies went to
+    ``mlruns/optuna/journal.log`` of the working directory. A study found only there is not
+    taken over silently (its runs may be in another store): the launch says where it is."""
+    if not DEFAULT_JOURNAL.is_file() or DEFAULT_JOURNAL.resolve() == journal.resolve():
+        return
+    if name in optuna.get_all_study_names(storage):
+        return
+    try:
+        older = optuna.storages.JournalStorage(JournalFileBackend(str(DEFAULT_JOURNAL)))
+        found = name in optuna.get_all_study_names(older)
+    except Exception:  # noqa: BLE001 - an unreadable older journal: nothing to point at
+        return
+    if found:
+        print(
+            f"note: a study '{name}' is in {DEFAULT_JOURNAL}, the journal every store shared "
+            f"before; this launch starts it afresh in {journal}, the journal of its tracking "
+            f"store. To continue the older one, pass --storage journal:{DEFAULT_JOURNAL}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _next_round(
@@ -582,7 +610,7 @@ def _check_store(
             study.set_user_attr(key, here)
             return
     if stored != here:
-        where = redact(storage_url) or f"journal:{DEFAULT_JOURNAL}"
+        where = redact(storage_url)
         raise ConfigError(
             f"{spec_path}: study '{loaded.name}' (in {where}) has its runs in {stored}, not in "
             f"{redact(here)}: relaunch with --tracking-uri {stored}, or keep this store and give "

@@ -1,7 +1,7 @@
 """Optuna storages, the trial queue and dead-trial recovery.
 
-- Default: a JournalStorage with a file backend under ``mlruns/optuna/``, safe for several
-  worker processes on one machine. ``sqlite:///`` and ``postgresql://`` URLs give an
+- Default: a JournalStorage with a file backend in the tracking store's ``optuna/`` folder
+  (``default_journal``), safe for several worker processes on one machine. ``sqlite:///`` and ``postgresql://`` URLs give an
   RDBStorage with a heartbeat; a trial whose heartbeat stops is failed and retried.
 - Every trial is created up front in the parent (grid points, or empty slots that the
   sampler fills when a worker starts them), and workers only *pop* WAITING trials with an
@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from latentseg.errors import ConfigError
 from latentseg.process import owner_alive, owner_record
 
-DEFAULT_JOURNAL = Path("mlruns") / "optuna" / "journal.log"
+DEFAULT_JOURNAL = Path("mlruns") / "optuna" / "journal.log"  # of the default tracking store
 # RDB storages: how often a running trial records a heartbeat, and how long a silent trial
 # is given before another launch fails and retries it (env overrides for slow networks).
 HEARTBEAT_INTERVAL_S = 20
@@ -41,6 +41,23 @@ def env_seconds(name: str, default: int) -> int:
     if not raw.strip().isdigit() or int(raw) < 1:
         raise ConfigError(f"${name}={raw!r}: expected a positive whole number of seconds")
     return int(raw)
+
+
+def default_journal(tracking_uri: str) -> Path:
+    """The journal a study uses without ``--storage``: the one of the tracking store its runs
+    go to, so a study and its runs never live in two stores that disagree. Beside a SQLite
+    store, in its ``optuna/`` folder (``journal.log`` for a store named ``mlflow.db``, as the
+    default ``mlruns/optuna/journal.log``; ``<name>.journal.log`` for another name, so two
+    stores in one folder keep two journals); ``mlruns/optuna/journal.log`` of the working
+    directory for a tracking server."""
+    from latentseg.tracking.store import local_state_dir
+
+    folder = local_state_dir(tracking_uri) / "optuna"
+    if tracking_uri.startswith("sqlite:///"):
+        stem = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]).stem
+        if stem and stem != "mlflow":
+            return folder / f"{stem}.journal.log"
+    return folder / "journal.log"
 
 
 OWNER_ATTR = "latentseg_owner"  # {"host", "pid", "start"} of the process running a trial
@@ -76,7 +93,10 @@ def make_storage(url: str | None, max_retry: int, workers: int = 1) -> optuna.st
             if url.startswith(("postgresql", "mysql"))
             else contextlib.nullcontext()
         )
-        with lock:
+        with lock, warnings.catch_warnings():
+            # the heartbeat arguments are marked experimental: a warning per launch that the
+            # user can do nothing about
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 url,
                 heartbeat_interval=interval,

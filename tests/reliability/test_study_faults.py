@@ -182,7 +182,7 @@ def test_workers_whose_launch_is_killed_take_no_more_trials_and_a_relaunch_finis
         command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
-    (tmp_path / "mlruns" / "optuna").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "store" / "optuna").mkdir(parents=True, exist_ok=True)
     storage = journal(tmp_path)
     workers: list[int] = []
     deadline = time.time() + 180

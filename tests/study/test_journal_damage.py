@@ -3,13 +3,14 @@ journal file, real launches through the CLI."""
 
 import re
 import subprocess
+from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from latentseg.cli import main
-from latentseg.study.storage import DEFAULT_JOURNAL, make_storage
+from latentseg.study.storage import default_journal, make_storage
 
 pytestmark = pytest.mark.slow
 
@@ -39,16 +40,16 @@ def test_a_cut_short_last_line_is_set_aside_and_the_study_runs(
     ``journal.log.damaged`` (nothing is lost: it never completed), says so in one line, and
     the study runs; without the repair the next append would be glued to it and the journal
     would stop reading."""
-    journal = tmp_path / DEFAULT_JOURNAL
+    journal = default_journal(tracking_uri)
     assert launch(study_spec(SPEC), tracking_uri) == 0
     with open(journal, "ab") as handle:
         handle.write(CUT)
     path = study_spec({**SPEC, "name": "j2"}, name="j2.yaml")
     assert launch(path, tracking_uri) == 0
     err = capsys.readouterr().err
-    assert f"{DEFAULT_JOURNAL}: its last line was a write cut short (53 bytes" in err
-    assert (tmp_path / f"{DEFAULT_JOURNAL}.damaged").read_bytes() == CUT + b"\n"
-    storage = make_storage(None, 1)
+    assert f"{journal}: its last line was a write cut short (53 bytes" in err
+    assert Path(f"{journal}.damaged").read_bytes() == CUT + b"\n"
+    storage = make_storage(f"journal:{journal}", 1)
     for name in ("j", "j2"):
         trials = optuna.load_study(study_name=name, storage=storage).trials
         assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
@@ -60,7 +61,7 @@ def test_a_damaged_line_inside_the_journal_is_named_with_the_way_out(
     """A cut-short write with another write glued after it (a journal damaged before the
     repair above existed): exit 2 and one line naming the file, the line and the fix; the
     fix, followed to the letter, lets the study finish every point."""
-    journal = tmp_path / DEFAULT_JOURNAL
+    journal = default_journal(tracking_uri)
     path = study_spec(SPEC)
     launch_elsewhere(path, tracking_uri, tmp_path)
     lines = journal.read_bytes().splitlines(keepends=True)
@@ -71,11 +72,11 @@ def test_a_damaged_line_inside_the_journal_is_named_with_the_way_out(
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
     number = len(lines)
-    assert err.startswith(f"error: {DEFAULT_JOURNAL}: line {number} is damaged")
+    assert err.startswith(f"error: {journal}: line {number} is damaged")
     command = re.search(r"\((sed -i '\d+d' \S+)\)", err).group(1)
-    assert command == f"sed -i '{number}d' {DEFAULT_JOURNAL}"
+    assert command == f"sed -i '{number}d' {journal}"
     subprocess.run(command, shell=True, check=True, cwd=tmp_path)
     assert launch(path, tracking_uri) == 0
-    trials = optuna.load_study(study_name="j", storage=make_storage(None, 1)).trials
+    trials = optuna.load_study(study_name="j", storage=make_storage(f"journal:{journal}", 1)).trials
     done = sorted(t.params["model.num_latents"] for t in trials if t.state == TrialState.COMPLETE)
     assert done == [2, 4]

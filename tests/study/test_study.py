@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from latentseg.study import run_study
-from latentseg.study.storage import DEFAULT_JOURNAL
+from latentseg.study.storage import DEFAULT_JOURNAL, default_journal, make_storage
 from latentseg.tracking.store import connect
 from tests.conftest import launch_study, subprocess_env
 
@@ -23,7 +23,9 @@ pytestmark = pytest.mark.slow
 def journal(tmp_path) -> optuna.storages.JournalStorage:
     from optuna.storages.journal import JournalFileBackend
 
-    return optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / DEFAULT_JOURNAL)))
+    # the journal of the tests' tracking store (tracking_uri: tmp_path/store/mlflow.db)
+    path = default_journal(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
 def runs_by_type(client, experiment_name):
@@ -567,24 +569,72 @@ def test_when_one_machines_launch_dies_mid_trial_another_launch_finishes_its_tri
     assert no_run_left_running(client, "machines")
 
 
-def test_a_study_relaunched_against_another_tracking_store_is_refused(study_spec, tmp_path, capsys):
-    """The probe: the same spec and journal, but --tracking-uri B after A. The study's trials
-    name runs in A; the launch on B is refused (exit 2) naming both stores and the way
-    forward, and B gets no parent run that would summarise runs it lacks."""
+def test_the_default_journal_is_the_tracking_stores_so_two_stores_never_disagree(
+    study_spec, tmp_path, capsys
+):
+    """The probe: the same spec with --tracking-uri A, then B, and no --storage. Each store
+    keeps its own journal (A/optuna/journal.log, B/optuna/journal.log): the launch on B runs
+    the study for B, so B's report has every run its summary names."""
     from latentseg.cli import main
 
     a, b = (f"sqlite:///{tmp_path / name / 'mlflow.db'}" for name in ("A", "B"))
     path = study_spec({"name": "two", "search_space": {"model.num_latents": [2, 4]}, "sampler": {"name": "grid"}})  # fmt: skip
     assert main(["study", str(path), "--tracking-uri", a, "--no-progress"]) == 0
+    assert main(["study", str(path), "--tracking-uri", b, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"Optuna storage journal:{tmp_path / 'B' / 'optuna' / 'journal.log'}" in out
+    for store in ("A", "B"):
+        storage = make_storage(f"journal:{tmp_path / store / 'optuna' / 'journal.log'}", 0)
+        trials = optuna.load_study(study_name="two", storage=storage).trials
+        client = connect(f"sqlite:///{tmp_path / store / 'mlflow.db'}")
+        for trial in trials:  # every run a trial names is in that store
+            assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+    assert main(["report", "--study", "two", "--tracking-uri", b]) == 0
+    # two stores in one folder keep two journals
+    assert default_journal("sqlite:///x/A.db") == Path("x/optuna/A.journal.log")
+    assert default_journal("sqlite:///x/mlflow.db") == Path("x/optuna/journal.log")
+    assert default_journal("http://127.0.0.1:5000") == DEFAULT_JOURNAL
+
+
+def test_a_study_relaunched_against_another_tracking_store_is_refused(study_spec, tmp_path, capsys):
+    """One journal named for both launches (--storage), but --tracking-uri B after A: the
+    study's trials name runs in A; the launch on B is refused (exit 2) naming both stores and
+    the way forward, and B gets no parent run that would summarise runs it lacks."""
+    from latentseg.cli import main
+
+    a, b = (f"sqlite:///{tmp_path / name / 'mlflow.db'}" for name in ("A", "B"))
+    shared = f"journal:{tmp_path / 'shared.log'}"
+    path = study_spec({"name": "two", "search_space": {"model.num_latents": [2, 4]}, "sampler": {"name": "grid"}})  # fmt: skip
+    flags = ["--storage", shared, "--no-progress"]
+    assert main(["study", str(path), "--tracking-uri", a, *flags]) == 0
     capsys.readouterr()
-    assert main(["study", str(path), "--tracking-uri", b, "--no-progress"]) == 2
+    assert main(["study", str(path), "--tracking-uri", b, *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        f"error: {path}: study 'two' (in journal:{DEFAULT_JOURNAL}) has its runs in {a}, not in "
+        f"error: {path}: study 'two' (in {shared}) has its runs in {a}, not in "
         f"{b}: relaunch with --tracking-uri {a}, or keep this store and give the study a new "
         "`name` (or another --storage)"
     )
     client = connect(b)
     experiment = client.get_experiment_by_name("two")
     assert experiment is None or not client.search_runs([experiment.experiment_id])
-    assert main(["study", str(path), "--tracking-uri", a, "--no-progress"]) == 0  # its own store
+    assert main(["study", str(path), "--tracking-uri", a, *flags]) == 0  # its own store
+
+
+def test_a_study_left_in_the_older_shared_journal_is_pointed_at(study_spec, tracking_uri, capsys):
+    """Before studies kept their store's journal, every study went to mlruns/optuna/ of the
+    working directory. A launch that finds its study only there says how to continue it."""
+    from latentseg.cli import main
+
+    spec = {"name": "old", "search_space": {"model.num_latents": [2]}, "sampler": {"name": "grid"}}
+    path = study_spec(spec)
+    older = ["--storage", f"journal:{DEFAULT_JOURNAL}", "--no-progress"]
+    assert main(["study", str(path), "--tracking-uri", tracking_uri, *older]) == 0
+    capsys.readouterr()
+    assert main(["study", str(path), "--tracking-uri", tracking_uri, "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"note: a study 'old' is in {DEFAULT_JOURNAL}, the journal every store shared before; "
+        f"this launch starts it afresh in {default_journal(tracking_uri)}"
+    ) in err
+    assert f"pass --storage journal:{DEFAULT_JOURNAL}" in err
