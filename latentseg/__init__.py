@@ -4,16 +4,13 @@ Public API::
 
     from latentseg import create_model, list_models, create_dataset, list_datasets
     from latentseg import load_experiment, train, load_model, ablation_report
+    latentseg.tune_process()   # opt-in: the host settings the CLI uses for speed
+
+Importing latentseg changes nothing in the host process (environment, allocator, matplotlib
+backend, Optuna's log level); the command line opts in with :func:`tune_process`.
 """
 
 from __future__ import annotations
-
-import os as _os
-
-# Transparent huge pages for PyTorch's large CPU tensors: a fresh 64 MB activation otherwise
-# costs ~30 ms of page faults every step. Read once, at torch's first large allocation, so
-# it is set before torch is imported; an explicit THP_MEM_ALLOC_ENABLE=0 is respected.
-_os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 __version__ = "0.1.0"
 
@@ -76,3 +73,26 @@ __all__ = [
     "register_model",
     "train",
 ]
+
+
+def tune_process() -> dict[str, bool]:
+    """Tune this process for training speed, as the ``latentseg`` command does (never done on
+    import: a notebook that imports latentseg keeps its own settings). Returns what is in
+    effect:
+
+    - ``huge_pages``: transparent huge pages for PyTorch's large CPU tensors
+      (``THP_MEM_ALLOC_ENABLE=1``; a fresh 64 MB activation otherwise costs ~30 ms of page
+      faults each step). PyTorch reads it at its first large allocation: call this before
+      training. An explicit ``THP_MEM_ALLOC_ENABLE=0`` is respected.
+    - ``keep_freed_memory``: glibc's malloc keeps freed blocks for reuse
+      (``latentseg.train.fastpath.keep_freed_memory``; ``LATENTSEG_MALLOC_TUNING=0`` opts out).
+    """
+    import os
+
+    from latentseg.train.fastpath import keep_freed_memory
+
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    return {
+        "huge_pages": os.environ["THP_MEM_ALLOC_ENABLE"] == "1",
+        "keep_freed_memory": keep_freed_memory(),
+    }

@@ -335,13 +335,11 @@ def bench_data(batch_size: int, image_size: int, windows: int, steps: int) -> di
 
 @contextlib.contextmanager
 def _scratch() -> Iterator[Path]:
+    """A temporary folder for a benchmark's store, journal and checkpoints: every path is
+    given explicitly (the store's state folder is beside it), so the working directory is
+    never changed and nothing lands in the user's ``mlruns/``."""
     with tempfile.TemporaryDirectory(prefix="latentseg-bench-") as tmp:
-        old = Path.cwd()
-        os.chdir(tmp)
-        try:
-            yield Path(tmp)
-        finally:
-            os.chdir(old)
+        yield Path(tmp)
 
 
 def _small_config(epochs: int, tracking: bool) -> dict[str, Any]:

@@ -729,8 +729,15 @@ def cmd_server(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The command line owns its process: tuned for training speed (huge pages, malloc), and
+    # figures drawn off-screen. A library import changes none of it (latentseg.tune_process).
+    import matplotlib
+
+    import latentseg
     from latentseg.train import TrainingInterrupted
 
+    latentseg.tune_process()
+    matplotlib.use("Agg")
     # Pillow warns of images above 89 megapixels as it opens them; latentseg's own limit
     # (data.params.max_pixels) is checked on the same header and names the file instead.
     import warnings

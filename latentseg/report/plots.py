@@ -7,14 +7,11 @@ returns a Figure, or None when the runs do not vary along the axes it needs.
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.pyplot as plt
 import matplotlib.ticker
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import pandas as pd
+import seaborn as sns
 
 PALETTE = "colorblind"
 

@@ -253,6 +253,12 @@ def _worker_process(
     worker_index: int,
     parent_pid: int | None = None,
 ) -> None:
+    import matplotlib
+
+    import latentseg
+
+    latentseg.tune_process()  # a worker process of latentseg's own, tuned as the CLI is
+    matplotlib.use("Agg")
     try:
         worker_loop(ctx, storage_url, deadline, worker_index, parent_pid)
     except (TrainingInterrupted, KeyboardInterrupt):

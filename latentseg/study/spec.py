@@ -216,7 +216,8 @@ class StudySpec(StrictModel):
         None, description="MLflow experiment; default: the study name."
     )  # noqa: UP045
     storage: str | None = Field(
-        None, description="Optuna storage URL; default: the journal in the tracking store's optuna/ folder (mlruns/optuna/journal.log for the default store)."
+        None,
+        description="Optuna storage URL; default: the journal in the tracking store's optuna/ folder (mlruns/optuna/journal.log for the default store).",
     )  # noqa: UP045
     max_retry: int = Field(1, ge=0, description="Retries of a failed trial (crash or dead worker).")
 

@@ -36,7 +36,6 @@ from latentseg.errors import CheckpointError, ConfigError, TrackingError
 from latentseg.process import owner_alive, owner_record
 from latentseg.tracking.datasets import dataset_inputs, log_dataset_inputs
 from latentseg.tracking.store import (
-    DEFAULT_STATE_DIR,
     connect,
     get_or_create_experiment,
     local_state_dir,
@@ -177,12 +176,12 @@ def run_experiment(
             raise ConfigError(
                 f"--resume {resume!r}: with tracking.enabled false, give the path of a last.ckpt"
             )
+        # the state folder of the store the run would use (mlruns/ by default): the only copy
+        state = local_state_dir(resolve_tracking_uri(tracking_uri, resolved.tracking.tracking_uri))
         checkpoint_dir = (
             resume_path.parent
             if resume_path
-            else DEFAULT_STATE_DIR
-            / "checkpoints"
-            / f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            else state / "checkpoints" / f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         )
         with StopSignal() as stop:
             summary = fit(

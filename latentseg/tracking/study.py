@@ -162,9 +162,6 @@ def log_study_summary(
 ) -> dict[str, Any]:
     """Best params/value, ``trials.csv``, Optuna's plots and importances on the parent run
     (without ``plots``: the table and counts only, for a quick stop)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna
     from optuna.trial import TrialState

@@ -10,7 +10,7 @@ Same model, same numbers (float32; a test compares it with the reference), less 
 - Adam/AdamW with the fused kernel (one pass over all parameters) where torch has one;
 - optional bf16 autocast (``train.bf16``) where the device supports it;
 - host memory that is reused, not returned to the OS and faulted in again every step
-  (:func:`keep_freed_memory`), and transparent huge pages (set in ``latentseg/__init__``).
+  (:func:`keep_freed_memory`), and transparent huge pages (both by ``latentseg.tune_process``, which the CLI calls).
 """
 
 from __future__ import annotations
@@ -68,9 +68,8 @@ def keep_freed_memory() -> bool:
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model on ``device`` in the fast path's memory layout (and the host allocator set
-    up for training, :func:`keep_freed_memory`)."""
-    keep_freed_memory()
+    """The model on ``device`` in the fast path's memory layout. (The host allocator is the
+    caller's: the CLI opts in with ``latentseg.tune_process``.)"""
     if channels_last(device):
         return model.to(device, memory_format=torch.channels_last)
     return model.to(device)

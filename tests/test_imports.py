@@ -1,0 +1,50 @@
+"""Importing latentseg (and using it as a library) leaves the host process as it was: its
+environment, allocator, matplotlib backend, Optuna's log level and working directory. The
+command line opts in to its tuning with ``latentseg.tune_process``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import subprocess_env
+
+PROBE = """
+import json, os, sys
+import matplotlib, optuna, torch
+optuna.logging.set_verbosity(optuna.logging.INFO)
+env, cwd = dict(os.environ), os.getcwd()
+import latentseg, latentseg.plots, latentseg.report, latentseg.report.plots, latentseg.study
+import latentseg.bench, latentseg.tracking, latentseg.cli
+from latentseg.train import fastpath
+model = fastpath.prepare_model(latentseg.create_model("seed"), torch.device("cpu"))
+after = {
+    "env_changed": sorted(k for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k)),
+    "backend": matplotlib.get_backend(),
+    "optuna": optuna.logging.get_verbosity(),
+    "cwd_same": os.getcwd() == cwd,
+    "malloc_tuned": fastpath._malloc_tuned,
+}
+after["tuned"] = latentseg.tune_process()
+after["thp"] = os.environ.get("THP_MEM_ALLOC_ENABLE")
+print(json.dumps(after))
+"""
+
+
+def test_importing_and_using_latentseg_changes_nothing_until_tune_process_is_called():
+    env = subprocess_env()
+    env["MPLBACKEND"] = "svg"  # a user's own choice, e.g. a notebook's
+    for key in ("THP_MEM_ALLOC_ENABLE", "LATENTSEG_MALLOC_TUNING"):
+        env.pop(key, None)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    after = json.loads(done.stdout.strip().splitlines()[-1])
+    assert after["env_changed"] == []
+    assert after["backend"] == "svg"
+    assert after["optuna"] == 20  # INFO, as the host set it
+    assert after["cwd_same"] and after["malloc_tuned"] is None  # prepare_model tunes nothing
+    assert after["tuned"] == {"huge_pages": True, "keep_freed_memory": True}  # on glibc
+    assert after["thp"] == "1"
