@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from latentseg.errors import TrackingError
+from latentseg.tracking.store import quote
 
 
 @dataclass
@@ -37,7 +38,7 @@ def collect(client, experiment: str | None = None, study: str | None = None) -> 
     if study is not None:
         found = client.search_runs(
             [e.experiment_id for e in client.search_experiments()],
-            filter_string=f"tags.`latentseg.study` = '{study}' and tags.`latentseg.run_type` = 'study'",
+            filter_string=f"tags.`latentseg.study` = {quote(study)} and tags.`latentseg.run_type` = 'study'",
             max_results=1,
         )
         if not found:
@@ -45,7 +46,9 @@ def collect(client, experiment: str | None = None, study: str | None = None) -> 
                 f"no study named '{study}' in {client.tracking_uri} (run `latentseg study` first)"
             )
         ids = [found[0].info.experiment_id]
-        filter_string = f"tags.`latentseg.study` = '{study}' and tags.`latentseg.run_type` = 'seed'"
+        filter_string = (
+            f"tags.`latentseg.study` = {quote(study)} and tags.`latentseg.run_type` = 'seed'"
+        )
     else:
         found_experiment = client.get_experiment_by_name(experiment)
         if found_experiment is None:
@@ -77,7 +80,7 @@ def latest_study_run(client, experiment_ids: list[str], study: str):
     """The latest parent run of ``study`` (its spec's params are logged there), or None."""
     parents = client.search_runs(
         experiment_ids,
-        filter_string=f"tags.`latentseg.study` = '{study}' and tags.`latentseg.run_type` = 'study'",
+        filter_string=f"tags.`latentseg.study` = {quote(study)} and tags.`latentseg.run_type` = 'study'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )

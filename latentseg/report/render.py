@@ -32,6 +32,7 @@ from latentseg.report.stats import (
     summarize,
 )
 from latentseg.report.verdicts import ALPHA, DEFAULT_SESOI, METHODS
+from latentseg.tracking.store import quote
 
 
 @dataclass
@@ -417,7 +418,7 @@ def _run_images(client, runs, column, collected) -> dict[str, bytes]:
         if isinstance(study, str) and study:
             parents = client.search_runs(
                 collected.experiment_ids,
-                filter_string=f"tags.`latentseg.study` = '{study}' and tags.`latentseg.run_type` = 'study' and attributes.status = 'FINISHED'",
+                filter_string=f"tags.`latentseg.study` = {quote(study)} and tags.`latentseg.run_type` = 'study' and attributes.status = 'FINISHED'",
                 order_by=["attributes.start_time DESC"],
                 max_results=1,
             )

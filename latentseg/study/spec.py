@@ -323,6 +323,10 @@ def load_study_spec(
     base = apply_overrides(base, overrides)
     _check_search_space(spec, base, path)
     name = spec.name or path.stem
+    if "'" in name and '"' in name:  # MLflow's search filters could never find its runs
+        raise ConfigError(
+            f"{path}: name {name!r} holds both ' and \": MLflow cannot search for it; rename it"
+        )
     return LoadedStudy(
         spec=spec, name=name, path=str(path), base=base, seeds=spec.seed_list(base.train.seed)
     )

@@ -23,6 +23,19 @@ def resolve_tracking_uri(explicit: str | None = None, configured: str | None = N
     return explicit or configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def quote(value: str) -> str:
+    """``value`` as a string literal of MLflow's search filter: single quotes, or double quotes
+    when it holds a single quote (``o'brien``); MLflow has no escape, so a value holding both
+    kinds cannot be searched for and is refused."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise TrackingError(
+        f"{value!r} holds both ' and \": MLflow's search filters cannot match it; rename it"
+    )
+
+
 def redact(url: str | None) -> str | None:
     """A storage or tracking URL with any password replaced by ``***``."""
     if not url or "@" not in url or "://" not in url:

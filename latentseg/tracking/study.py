@@ -14,6 +14,7 @@ from typing import Any
 
 from latentseg.process import owner_alive, owner_record
 from latentseg.tracking.run import run_tags
+from latentseg.tracking.store import quote
 
 RUN_TYPE = "latentseg.run_type"  # study | trial | seed
 # Optuna's fANOVA walks every combination of a categorical's one-hot splits: its time doubles
@@ -120,7 +121,7 @@ def close_orphans(
 ) -> None:
     """Close the runs a dead worker left RUNNING for one trial: the trial run and its seed
     runs (found by their tags, so even a run whose id never reached Optuna is closed)."""
-    base = f"tags.`latentseg.study` = '{study_name}' and tags.`latentseg.trial_number` = '{trial_number}' and attributes.status = 'RUNNING'"
+    base = f"tags.`latentseg.study` = {quote(study_name)} and tags.`latentseg.trial_number` = {quote(str(trial_number))} and attributes.status = 'RUNNING'"
     for run in client.search_runs([experiment_id], filter_string=base, max_results=1000):
         client.set_tag(run.info.run_id, "latentseg.error", reason)
         if run.data.tags.get(RUN_TYPE) == "trial":
@@ -132,7 +133,7 @@ def close_dead_study_runs(client, experiment_id: str, study_name: str) -> None:
     """A parent run left RUNNING by a launch whose process is gone ends KILLED."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`latentseg.study` = '{study_name}' and tags.`{RUN_TYPE}` = 'study' and attributes.status = 'RUNNING'",
+        filter_string=f"tags.`latentseg.study` = {quote(study_name)} and tags.`{RUN_TYPE}` = 'study' and attributes.status = 'RUNNING'",
     )
     for run in runs:
         owner = run.data.tags.get("latentseg.owner")

@@ -638,3 +638,22 @@ def test_a_study_left_in_the_older_shared_journal_is_pointed_at(study_spec, trac
         f"this launch starts it afresh in {default_journal(tracking_uri)}"
     ) in err
     assert f"pass --storage journal:{DEFAULT_JOURNAL}" in err
+
+
+def test_a_study_named_with_a_quote_runs_resumes_and_reports(study_spec, tracking_uri, capsys):
+    """Its name goes into MLflow search filters (the parent run, orphan recovery, the
+    report): quoted, not pasted."""
+    from latentseg.cli import main
+
+    spec = {"name": "o'brien", "search_space": {"model.num_latents": [2, 4]}, "sampler": {"name": "grid"}}  # fmt: skip
+    path = study_spec(spec)
+    assert main(["study", str(path), "--tracking-uri", tracking_uri, "--no-progress"]) == 0
+    assert main(["study", str(path), "--tracking-uri", tracking_uri, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["report", "--study", "o'brien", "--tracking-uri", tracking_uri]) == 0
+    out = capsys.readouterr().out
+    assert "; 2 variants" in out  # both points' seed runs, found by the quoted name
+    assert "not attached" not in out  # and the parent run, which the report is attached to
+    both = study_spec({**spec, "name": 'o\'brien "the"'}, name="both.yaml")
+    assert main(["study", str(both), "--tracking-uri", tracking_uri]) == 2
+    assert "holds both ' and \"" in capsys.readouterr().err
