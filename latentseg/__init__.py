@@ -12,10 +12,11 @@ backend, Optuna's log level); the command line opts in with :func:`tune_process`
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
 from latentseg.config import ExperimentConfig, ModelConfig, load_experiment
-from latentseg.data import create_dataset, list_datasets, register_dataset
 from latentseg.errors import (
     CheckpointError,
     ConfigError,
@@ -24,7 +25,32 @@ from latentseg.errors import (
     RegistryError,
     TrackingError,
 )
-from latentseg.models import LatentSegModel, create_model, list_models, register_model
+
+if TYPE_CHECKING:
+    from latentseg.models import LatentSegModel
+
+# The model and dataset API load on first use (PEP 562): ``import latentseg.report.stats`` or
+# ``latentseg.config`` does not pay for torch.
+_LAZY = {
+    "create_dataset": "latentseg.data",
+    "list_datasets": "latentseg.data",
+    "register_dataset": "latentseg.data",
+    "LatentSegModel": "latentseg.models",
+    "create_model": "latentseg.models",
+    "list_models": "latentseg.models",
+    "register_model": "latentseg.models",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'latentseg' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def train(config, **kwargs):

@@ -206,6 +206,35 @@ def model_overrides(spec: BaseModel) -> dict[str, Any]:
     return {k: v for k, v in spec.model_dump(exclude={"variant"}).items() if v is not None}
 
 
+# The MoE keys: they change nothing without routed experts, or without a latent MLP to replace.
+MOE_KEYS = frozenset({"moe_experts", "moe_top_k", "moe_shared", "moe_aux_weight"})
+
+
+def inert_keys(config: Mapping[str, Any]) -> set[str]:
+    """ModelConfig keys that do not change the model given the others (``config``: key ->
+    value, values as Python objects or their string forms, as in MLflow params; missing keys
+    take ModelConfig's defaults): without expert attention there are no latents, heads or
+    latent stack; without a latent MLP (``latent_depth`` 0, one pass) there is nothing for
+    MoE to replace; and so on. A rule of the config alone: it needs no model or torch."""
+
+    def value(key: str) -> str:
+        return str(config.get(key, ModelConfig.model_fields[key].default)).lower()
+
+    inert: set[str] = set()
+    if value("expert_attention") in ("false", "0"):
+        inert |= {"num_latents", "num_heads", "latent_depth", "cross_attend_passes"}
+        inert |= {"share_passes", "kv_rank", "mlp_ratio", *MOE_KEYS}  # no latent block at all
+    if value("latent_depth") == "0" and value("cross_attend_passes") == "1":
+        inert |= {"mlp_ratio", *MOE_KEYS}  # no latent MLP to replace
+    if value("cross_attend_passes") in ("1", "2"):
+        inert.add("share_passes")  # nothing after the first pass to share
+    if value("moe_experts") == "0":
+        inert |= MOE_KEYS - {"moe_experts"}
+    if value("position_encoding") != "fourier":
+        inert.add("fourier_bands")
+    return inert
+
+
 # --------------------------------------------------------------------------- experiment
 
 

@@ -11,7 +11,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from latentseg.config import ModelConfig, format_validation_error
+# inert_keys and MOE_KEYS are rules of the config alone: they live there, re-exported here.
+from latentseg.config import (
+    MOE_KEYS,  # noqa: F401
+    ModelConfig,
+    format_validation_error,
+    inert_keys,
+)
 from latentseg.errors import ConfigError
 from latentseg.models.model import (
     AttentionMaps,
@@ -52,33 +58,6 @@ def create_model(name: str, **overrides: Any) -> LatentSegModel:
 def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The resolved ModelConfig of variant ``name`` with ``overrides`` (builds it once, on CPU)."""
     return create_model(name, **overrides).config
-
-
-def inert_keys(config: dict[str, Any]) -> set[str]:
-    """ModelConfig keys that do not change the model given the others (``config``: key ->
-    value, values as Python objects or their string forms; missing keys take their
-    defaults): without expert attention there are no latents, heads or latent stack; without
-    a latent MLP (``latent_depth`` 0, one pass) there is nothing for MoE to replace; and so on."""
-
-    def value(key: str, default: Any) -> str:
-        return str(config.get(key, default)).lower()
-
-    inert: set[str] = set()
-    if value("expert_attention", True) in ("false", "0"):
-        inert |= {"num_latents", "num_heads", "latent_depth", "cross_attend_passes"}
-        inert |= {"share_passes", "kv_rank", "mlp_ratio", *MOE_KEYS}  # no latent block at all
-    if value("latent_depth", 0) == "0" and value("cross_attend_passes", 1) == "1":
-        inert |= {"mlp_ratio", *MOE_KEYS}  # no latent MLP to replace
-    if value("cross_attend_passes", 1) in ("1", "2"):
-        inert.add("share_passes")  # nothing after the first pass to share
-    if value("moe_experts", 0) == "0":
-        inert |= MOE_KEYS - {"moe_experts"}
-    if value("position_encoding", "none") != "fourier":
-        inert.add("fourier_bands")
-    return inert
-
-
-MOE_KEYS = frozenset({"moe_experts", "moe_top_k", "moe_shared", "moe_aux_weight"})
 
 
 def list_models(pattern: str = "*") -> list[str]:

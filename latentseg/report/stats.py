@@ -2,7 +2,8 @@
 compare every group with a baseline over seed-paired runs.
 
 Input: one row per finished training run, with ``params.<key>`` columns (the flattened
-config), ``metrics.<key>`` columns and ``wall_time_s``. Pure numpy, pandas and scipy: no MLflow here.
+config), ``metrics.<key>`` columns and ``wall_time_s``. Pure numpy, pandas and scipy (and the
+config's rules of which keys matter): no MLflow and no torch here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import special, stats
+
+from latentseg.config import ModelConfig, inert_keys
 
 SEED = "params.train.seed"
 # Params that never define a variant: the seed pairs runs, the rest only say how it ran.
@@ -54,8 +57,6 @@ def mark_inert(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """Runs whose model ignores some params (e.g. ``num_latents`` without expert attention)
     get ``n/a`` there, so that runs of one model with one seed look the same (and
     :func:`deduplicate` counts them once). Returns the runs and a note naming those keys."""
-    from latentseg.models import inert_keys
-
     model_columns = [c for c in runs.columns if c.startswith("params.model.")]
     if not model_columns:
         return runs, None
@@ -306,8 +307,6 @@ def axis_effects(
     measured where it applies, against the tutorial's value of it. Columns as
     :func:`compare` (``n_pairs``: blocks with both values) and the cost of the change:
     ``flops_ratio`` and ``time_ratio`` (training seconds per image), other / base."""
-    from latentseg.config import ModelConfig
-
     column = f"metrics.{metric}"
     runs = runs[runs[column].notna()]
     labels = _labels(runs, axes)

@@ -1,13 +1,13 @@
 """Training: resolve a config, run the loop, write checkpoints. No MLflow in here."""
 
-from latentseg.train.callbacks import ConsoleProgress, TrainCallback, TrainingPruned, TrainState
-from latentseg.train.loop import (
-    NonFiniteLossError,
+from latentseg.train.callbacks import (
+    ConsoleProgress,
+    TrainCallback,
     TrainContext,
-    TrainingInterrupted,
-    evaluate,
-    fit,
+    TrainingPruned,
+    TrainState,
 )
+from latentseg.train.loop import NonFiniteLossError, TrainingInterrupted, evaluate, fit
 from latentseg.train.resolve import Prepared, prepare
 
 __all__ = [

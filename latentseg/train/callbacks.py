@@ -1,6 +1,8 @@
 """The training loop's extension point: callbacks observe it; they never change its math.
 
-The loop knows nothing of MLflow or Optuna; trackers and pruners are callbacks.
+The loop knows nothing of MLflow or Optuna; trackers and pruners are callbacks. What they see
+of a run (:class:`TrainContext`, :class:`TrainState`) lives here, below the loop, so that the
+loop imports this module and never the other way round.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from latentseg.train.loop import TrainContext
+from latentseg.config import ExperimentConfig
+from latentseg.models import LatentSegModel
+from latentseg.train.resolve import Prepared
 
 
 @dataclass
@@ -32,6 +36,31 @@ class TrainState:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass
+class TrainContext:
+    """What callbacks see of a training run."""
+
+    config: ExperimentConfig
+    prepared: Prepared
+    model: LatentSegModel
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    state: TrainState
+    checkpoint_dir: Path
+    steps_per_epoch: int
+    plot_batch: tuple[Tensor, Tensor]  # fixed val images and masks for plots
+    stats: dict[str, float] = field(default_factory=dict)  # params, flops_per_image
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoint_dir / "last.ckpt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoint_dir / "best.safetensors"
 
 
 class TrainingPruned(Exception):

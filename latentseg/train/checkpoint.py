@@ -23,6 +23,7 @@ from safetensors.torch import save as save_safetensors
 from latentseg.config import ModelConfig
 from latentseg.errors import CheckpointError
 from latentseg.io import atomic_write_bytes
+from latentseg.models import MODELS, LatentSegModel, create_model
 
 FORMAT_VERSION = "1"
 TRAINING_STATE_KEYS = (
@@ -103,8 +104,6 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
 
 def load_model_file(path: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild a model from a latentseg checkpoint (``.safetensors`` or ``last.ckpt``)."""
-    from latentseg.models import MODELS, LatentSegModel, create_model
-
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")

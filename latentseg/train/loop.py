@@ -1,12 +1,15 @@
 """The training loop. It knows nothing of MLflow: trackers, progress bars and pruners are
-callbacks (:mod:`latentseg.train.callbacks`)."""
+callbacks (:mod:`latentseg.train.callbacks`).
+
+Within ``train`` the imports run one way: ``loop`` -> ``callbacks`` (the interface and the
+``TrainContext`` callbacks see) -> ``resolve`` (the config, ``Prepared``, ``resolve_device``).
+``TrainContext`` and ``resolve_device`` stay importable from here."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -15,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentseg.config import ExperimentConfig, OptimConfig
+from latentseg.config import OptimConfig
 from latentseg.data import Split
 from latentseg.data.base import sample_seed
 from latentseg.errors import CheckpointError
 from latentseg.models import LatentSegModel, count_flops, count_params, create_model, kv_costs
-from latentseg.train.callbacks import TrainCallback, TrainState
+from latentseg.train.callbacks import TrainCallback, TrainContext, TrainState
 from latentseg.train.checkpoint import (
     load_training_state,
     read_weights,
@@ -29,7 +32,7 @@ from latentseg.train.checkpoint import (
 )
 from latentseg.train.fastpath import bf16_supported, build_optimizer, prepare_model, to_device
 from latentseg.train.metrics import ConfusionMatrix, latent_usage, segmentation_metrics
-from latentseg.train.resolve import Prepared
+from latentseg.train.resolve import Prepared, resolve_device
 
 MONITOR = "val_miou"  # higher is better; picks the best checkpoint and drives early stopping
 
@@ -46,51 +49,6 @@ class TrainingInterrupted(RuntimeError):
         super().__init__(f"stopped by {signal_name}{where}")
         self.signal_name = signal_name
         self.checkpoint = checkpoint
-
-
-@dataclass
-class TrainContext:
-    """What callbacks see of a training run."""
-
-    config: ExperimentConfig
-    prepared: Prepared
-    model: LatentSegModel
-    device: torch.device
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    state: TrainState
-    checkpoint_dir: Path
-    steps_per_epoch: int
-    plot_batch: tuple[Tensor, Tensor]  # fixed val images and masks for plots
-    stats: dict[str, float] = field(default_factory=dict)  # params, flops_per_image
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoint_dir / "last.ckpt"
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.checkpoint_dir / "best.safetensors"
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda, then mps, then cpu; an explicit device must be available."""
-    from latentseg.errors import ConfigError
-
-    mps = getattr(torch.backends, "mps", None)
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available(),
-        "mps": bool(mps and mps.is_available()),
-    }
-    if name == "auto":
-        return torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]))
-    if not available.get(name, False):
-        usable = ", ".join(d for d, ok in available.items() if ok)
-        raise ConfigError(
-            f"train.device is '{name}' but no {name.upper()} device is available here; use 'auto' or one of: {usable}"
-        )
-    return torch.device(name)
 
 
 def target_at(masks: Tensor, size: Sequence[int]) -> Tensor:

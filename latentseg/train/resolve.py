@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from latentseg.config import (
     ExperimentConfig,
     ModelConfig,
@@ -18,6 +20,24 @@ from latentseg.config import (
 from latentseg.data import SegmentationDataset, SplitSizes, create_dataset
 from latentseg.errors import ConfigError, DatasetError, LatentSegError, RegistryError
 from latentseg.models import model_config
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda, then mps, then cpu; an explicit device must be available."""
+    mps = getattr(torch.backends, "mps", None)
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": bool(mps and mps.is_available()),
+    }
+    if name == "auto":
+        return torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]))
+    if not available.get(name, False):
+        usable = ", ".join(d for d, ok in available.items() if ok)
+        raise ConfigError(
+            f"train.device is '{name}' but no {name.upper()} device is available here; use 'auto' or one of: {usable}"
+        )
+    return torch.device(name)
 
 
 @dataclass
@@ -103,8 +123,6 @@ def prepare(config: ExperimentConfig, source: str | Provenance = "<config>") -> 
         resolved_model = model_config(config.model.variant, **overrides)
     except LatentSegError as exc:
         raise type(exc)(origin.error(str(exc), "model")) from None
-    from latentseg.train.loop import resolve_device
-
     try:
         resolve_device(config.train.device)
     except ConfigError as exc:
