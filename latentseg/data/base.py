@@ -67,12 +67,25 @@ class Split(torch.utils.data.Dataset, abc.ABC):
 
 
 class SegmentationDataset(abc.ABC):
-    """A dataset: ``info`` plus ``split('train' | 'val' | 'test')``."""
+    """A dataset: ``info`` plus ``split('train' | 'val' | 'test')``.
+
+    That method is the whole contract: a ``Split`` for each name in ``SPLITS``, a
+    ``ConfigError`` (``check_split``) for any other name. A subclass that holds its splits sets
+    ``info`` and fills ``_splits`` (one ``Split`` per name) and inherits ``split``; one that
+    makes them another way (on demand, say) overrides ``split``.
+    """
 
     info: DatasetInfo
+    _splits: dict[str, Split]
 
-    @abc.abstractmethod
-    def split(self, name: str) -> Split: ...
+    def split(self, name: str) -> Split:
+        check_split(name)
+        splits = getattr(self, "_splits", None)
+        if splits is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} fills no _splits: set them, or override split()"
+            )
+        return splits[name]
 
 
 class TensorSplit(Split):
@@ -111,10 +124,6 @@ class TensorDataset(SegmentationDataset):
             raise ValueError(f"TensorDataset needs every split; missing {missing}")
         self.info = info
         self._splits = {name: TensorSplit(*splits[name]) for name in SPLITS}
-
-    def split(self, name: str) -> Split:
-        check_split(name)
-        return self._splits[name]
 
 
 def sample_seed(seed: int, index: int) -> int:

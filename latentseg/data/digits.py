@@ -11,8 +11,8 @@ never shows a digit image that training saw, only other people's handwriting.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from functools import cache
+from collections.abc import Callable, Sequence
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -20,17 +20,8 @@ from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
 from latentseg.config import StrictModel
-from latentseg.data.base import (
-    SPLITS,
-    DatasetInfo,
-    SegmentationDataset,
-    Split,
-    SplitSizes,
-    check_split,
-    sample_seed,
-    validate_params,
-)
-from latentseg.data.synthetic import GeneratedSplit, _cacheable, unit_grid
+from latentseg.data.base import DatasetInfo, sample_seed
+from latentseg.data.synthetic import GeneratedDataset
 
 POOL_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 POOL_SEED = 1797  # fixed: the pools never change with the data seed
@@ -100,39 +91,20 @@ _PER_DIGIT = 3 + 2 * _TRIES + 1  # pick, scale, ink, TRIES x (x, y), (spare)
 _BG = 4  # base level, grating frequency, angle, phase
 
 
-class Digits(SegmentationDataset):
+class Digits(GeneratedDataset):
     """Handwritten-digit scenes; 11 classes (background + digits 0-9), one grey channel."""
 
     Params = DigitsParams
+    name = "digits"
 
-    def __init__(self, *, split_sizes: SplitSizes | None = None, seed: int = 0, **params) -> None:
-        self.params = p = validate_params(DigitsParams, params, "digits")
-        self.seed = seed
-        self.sizes = (split_sizes or SplitSizes()).resolved()
-        size = p.image_size
-        self.info = DatasetInfo(
-            "digits",
-            11,
-            1,
-            ("background", *(f"digit{d}" for d in range(10))),
-            (size, size),
-        )
-        self._grid = unit_grid(size)
-        cache_ok = p.cache and _cacheable(self.sizes, 1, size, size)
-        offsets = self.sizes.offsets()
-        self._splits = {
-            name: GeneratedSplit(
-                lambda idx, name=name: self.generate(idx, name),
-                offsets[name][0],
-                offsets[name][1] - offsets[name][0],
-                cache_ok,
-            )
-            for name in SPLITS
-        }
+    def _info(self) -> DatasetInfo:
+        size = self.params.image_size
+        names = ("background", *(f"digit{d}" for d in range(10)))
+        return DatasetInfo(self.name, 11, 1, names, (size, size))
 
-    def split(self, name: str) -> Split:
-        check_split(name)
-        return self._splits[name]
+    def _generator(self, split: str) -> Callable[[Sequence[int]], tuple[Tensor, Tensor]]:
+        """Each split's scenes draw their digits from that split's pool."""
+        return partial(self.generate, split=split)
 
     def source_indices(self, split: str, indices: Sequence[int]) -> list[list[int]]:
         """Which of the 1,797 digit images each scene (global index) uses: for tests and audits."""

@@ -33,10 +33,8 @@ from latentseg.data.base import (
     SPLITS,
     DatasetInfo,
     SegmentationDataset,
-    Split,
     SplitSizes,
     cap_split,
-    check_split,
     validate_params,
 )
 from latentseg.data.images import (
@@ -522,10 +520,6 @@ class Folder(SegmentationDataset):
             "val": order[n_test : n_test + n_val],
             "train": order[n_test + n_val :],
         }
-
-    def split(self, name: str) -> Split:
-        check_split(name)
-        return self._splits[name]
 
 
 def _channels(image: np.ndarray, channels: int) -> np.ndarray:

@@ -8,8 +8,11 @@ per-pixel work is done for the whole batch at once.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable, Sequence
+from functools import cached_property
+from typing import ClassVar
 
 import torch
 from pydantic import Field, model_validator
@@ -21,7 +24,6 @@ from latentseg.data.base import (
     SegmentationDataset,
     Split,
     SplitSizes,
-    check_split,
     sample_seed,
     validate_params,
 )
@@ -80,6 +82,48 @@ def _cacheable(
 ) -> bool:
     per_sample = channels * height * width * 2 + height * width
     return (sizes.train + sizes.val + sizes.test) * per_sample <= budget_bytes
+
+
+class GeneratedDataset(SegmentationDataset):
+    """A dataset generated from (data seed, global index): its splits are the disjoint index
+    ranges of ``SplitSizes.offsets`` (``GENERATED_DEFAULTS`` for a size not given).
+
+    A subclass names its ``Params`` model and its ``name`` (the registry's: it names the
+    dataset in errors) and writes ``_info()``, its ``DatasetInfo`` from ``self.params``, and
+    ``generate(indices)``, images and masks for global indices. Splits are kept in memory when
+    the params have a ``cache`` switch that is on and all three fit in 1 GiB. Samples that
+    depend on their split (``digits`` draws each split's digits from its own pool) come from an
+    override of ``_generator(split)``.
+    """
+
+    Params: ClassVar[type[StrictModel]]
+    name: ClassVar[str]
+
+    def __init__(self, *, split_sizes: SplitSizes | None = None, seed: int = 0, **params) -> None:
+        self.params = validate_params(self.Params, params, self.name)
+        self.seed = seed
+        self.sizes = (split_sizes or SplitSizes()).resolved()
+        self.info = self._info()
+        cache = getattr(self.params, "cache", False) and _cacheable(
+            self.sizes, self.info.in_channels, *self.info.image_size
+        )
+        self._splits = {
+            name: GeneratedSplit(self._generator(name), start, stop - start, cache)
+            for name, (start, stop) in self.sizes.offsets().items()
+        }
+
+    @abc.abstractmethod
+    def _info(self) -> DatasetInfo:
+        """The dataset's ``DatasetInfo``, from ``self.params``."""
+
+    def _generator(self, split: str) -> Callable[[Sequence[int]], tuple[Tensor, Tensor]]:
+        """What makes ``split``'s samples from their global indices: ``generate``."""
+        return self.generate
+
+    @cached_property
+    def _grid(self) -> tuple[Tensor, Tensor]:
+        """``unit_grid`` of the (square) canvas, for the datasets that draw on one."""
+        return unit_grid(self.info.image_size[0])
 
 
 # --------------------------------------------------------------------------- shapes
@@ -150,7 +194,7 @@ _BG = (
 _PER_SHAPE = 10  # active, kind, cx, cy, size, aspect, angle, r, g, b
 
 
-class Shapes(SegmentationDataset):
+class Shapes(GeneratedDataset):
     """Circles, rectangles and triangles of random size, colour and position on noisy,
     textured backgrounds; class = shape kind (background 0); full-resolution masks.
 
@@ -159,25 +203,11 @@ class Shapes(SegmentationDataset):
     """
 
     Params = ShapesParams
+    name = "shapes"
 
-    def __init__(self, *, split_sizes: SplitSizes | None = None, seed: int = 0, **params) -> None:
-        self.params = p = validate_params(ShapesParams, params, "shapes")
-        self.seed = seed
-        self.sizes = (split_sizes or SplitSizes()).resolved()
-        size = p.image_size
-        self.info = DatasetInfo(
-            "shapes", len(p.shapes) + 1, 3, ("background", *p.shapes), (size, size)
-        )
-        self._grid = unit_grid(size)
-        cache = p.cache and _cacheable(self.sizes, 3, size, size)
-        self._splits = {
-            name: GeneratedSplit(self.generate, start, stop - start, cache)
-            for name, (start, stop) in self.sizes.offsets().items()
-        }
-
-    def split(self, name: str) -> Split:
-        check_split(name)
-        return self._splits[name]
+    def _info(self) -> DatasetInfo:
+        p, size = self.params, self.params.image_size
+        return DatasetInfo(self.name, len(p.shapes) + 1, 3, ("background", *p.shapes), (size, size))
 
     def generate(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
         """Images ``[B, 3, H, W]`` (normalised) and masks ``[B, H, W]`` for global indices."""
@@ -301,28 +331,19 @@ class NoiseParams(StrictModel):
         return self
 
 
-class Noise(SegmentationDataset):
+class Noise(GeneratedDataset):
     """The tutorial's data: ``randn`` images and uniformly random labels. Nothing can learn
     it (val pixel accuracy stays at chance, 1 / num_classes), so it is a negative control."""
 
     Params = NoiseParams
+    name = "noise"
 
-    def __init__(self, *, split_sizes: SplitSizes | None = None, seed: int = 0, **params) -> None:
-        self.params = p = validate_params(NoiseParams, params, "noise")
-        self.seed = seed
-        self.sizes = (split_sizes or SplitSizes()).resolved()
+    def _info(self) -> DatasetInfo:
+        p = self.params
         names = ("background", *(f"class{i}" for i in range(1, p.num_classes)))
-        self.info = DatasetInfo(
-            "noise", p.num_classes, p.in_channels, names, (p.image_size, p.image_size)
+        return DatasetInfo(
+            self.name, p.num_classes, p.in_channels, names, (p.image_size, p.image_size)
         )
-        self._splits = {
-            name: GeneratedSplit(self.generate, start, stop - start, cache=False)
-            for name, (start, stop) in self.sizes.offsets().items()
-        }
-
-    def split(self, name: str) -> Split:
-        check_split(name)
-        return self._splits[name]
 
     def generate(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
         p = self.params

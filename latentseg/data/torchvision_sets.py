@@ -27,10 +27,8 @@ from latentseg.data.base import (
     SPLITS,
     DatasetInfo,
     SegmentationDataset,
-    Split,
     SplitSizes,
     cap_split,
-    check_split,
     validate_params,
 )
 from latentseg.data.images import (
@@ -278,10 +276,6 @@ def pet_trimap_labels(trimap: np.ndarray) -> np.ndarray:
 
 class _ReleaseDataset(SegmentationDataset):
     """A dataset read from a release's split files, every split held in memory."""
-
-    def split(self, name: str) -> Split:
-        check_split(name)
-        return self._splits[name]
 
     def _build(
         self,
