@@ -15,6 +15,7 @@ from latentseg.tracking.store import connect, get_or_create_experiment
 from latentseg.train import prepare
 from tests.conftest import deep_update
 from tests.data.folders import make_folder
+from tests.data.test_folder import folder_config
 
 
 def inputs_of(config) -> dict:
@@ -34,16 +35,8 @@ def _context(dataset_input) -> str:
 
 
 def folder_updates(root, **params) -> dict:
-    return {
-        "data": {
-            "dataset": "folder",
-            "params": {"root": str(root), **params},
-            "batch_size": 4,
-            "train_size": None,
-            "val_size": None,
-            "test_size": None,
-        }
-    }
+    """The folder tests' data section (the same as ``tests/data/test_folder.py`` trains on)."""
+    return {"data": folder_config(root, **params)["data"]}
 
 
 def test_a_generated_dataset_gives_one_input_per_split_named_profiled_and_from_code(tiny):
