@@ -43,6 +43,7 @@ from latentseg.data.images import (
     BadMask,
     FileProblem,
     ImageSplit,
+    MaxPixels,
     PixelBudget,
     TooLarge,
     parse_size,
@@ -122,11 +123,7 @@ class FolderParams(StrictModel):
     )  # noqa: UP045
     augment: Augment = Field(default_factory=Augment, description="Train-split augmentations.")
     workers: int = Field(4, ge=1, le=64, description="Threads that decode files.")
-    max_pixels: int = Field(
-        DEFAULT_MAX_PIXELS,
-        ge=16,
-        description="Largest image or mask (width x height) read; a larger file is refused, naming it. Decoding costs about 4 bytes a pixel, and files decoding at once share this budget.",
-    )
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS
 
     @model_validator(mode="after")
     def _check(self) -> FolderParams:

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,13 @@ Size = tuple[int, int]  # (height, width)
 # Images above this many pixels are refused (data.params.max_pixels): a 13000x13000 PNG is
 # 0.5 MB on disk but 0.5 GB decoded, and several GB on its way to a 32x32 sample.
 DEFAULT_MAX_PIXELS = 64_000_000
+MaxPixels = Annotated[
+    int,
+    Field(
+        ge=16,
+        description="Largest image or mask (width x height) read; a larger file is refused, naming it. Decoding costs about 4 bytes a pixel, and files decoding at once share this budget.",
+    ),
+]  # data.params.max_pixels of every dataset read from image files
 
 
 class Augment(StrictModel):
