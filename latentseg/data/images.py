@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -317,7 +317,7 @@ def read_pair(
                 mask_native = (msk.height, msk.width)
                 check_pixels(mask_native, max_pixels)
             pixels = native[0] * native[1] + mask_native[0] * mask_native[1]
-            with budget.hold(pixels) if budget else _nothing():
+            with budget.hold(pixels) if budget else nullcontext():
                 with reading(image_path):
                     grey = img.mode in ("L", "1", "LA", "I;16", "I", "F")
                     if size is not None and img.format == "JPEG":
@@ -349,11 +349,6 @@ def _read_mask(
     if size is None:
         return histogram, labels
     return histogram, fit_labels(labels, size, fit) if fits else None
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def normalise(images: Tensor) -> Tensor:

@@ -367,10 +367,11 @@ def run_study(
     spec = loaded.spec
     uri = resolve_tracking_uri(tracking_uri, loaded.base.tracking.tracking_uri)
     # Without --storage, the study lives in the journal of the store its runs go to.
-    storage_url = storage or spec.storage or f"journal:{default_journal(uri)}"
+    journal = default_journal(uri)
+    storage_url = storage or spec.storage or f"journal:{journal}"
     optuna_storage = make_storage(storage_url, spec.max_retry, workers)
     if not (storage or spec.storage):
-        _note_older_journal(loaded.name, optuna_storage, default_journal(uri))
+        _note_older_journal(loaded.name, optuna_storage, journal)
     # MLflow first: an unreachable tracking server must fail before the study is touched.
     client = connect(uri)
     direction = spec.objective.resolved_direction

@@ -163,8 +163,6 @@ def log_study_summary(
 ) -> dict[str, Any]:
     """Best params/value, ``trials.csv``, Optuna's plots and importances on the parent run
     (without ``plots``: the table and counts only, for a quick stop)."""
-    import matplotlib.pyplot as plt
-    import optuna
     from optuna.trial import TrialState
 
     summary: dict[str, Any] = {"trials": len(study.trials)}
@@ -185,72 +183,74 @@ def log_study_summary(
             _params(client, run_id, {f"best.{k}": v for k, v in best.params.items()})
             client.set_tag(run_id, "latentseg.best_trial", str(best.number))
         _metrics(client, run_id, {k: v for k, v in summary.items() if k.startswith("n_")})
-        if not plots:
-            (folder / "study_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-            client.log_artifact(run_id, str(folder / "study_summary.json"))
-            return summary
-
-        from optuna.visualization import matplotlib as ovm
-
-        plots = {
-            "optimization_history": lambda: ovm.plot_optimization_history(
-                study, target_name=metric
-            ),
-            "intermediate_values": lambda: ovm.plot_intermediate_values(study),
-            "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target_name=metric),
-        }
-        evaluators = {
-            "ped_anova": optuna.importance.PedAnovaImportanceEvaluator,
-            "fanova": optuna.importance.FanovaImportanceEvaluator,
-        }
-        importances: dict[str, Any] = {}
-        choices, widest = max(
-            (
-                (len(d.choices), key)
-                for t in complete
-                for key, d in t.distributions.items()
-                if isinstance(d, optuna.distributions.CategoricalDistribution)
-            ),
-            default=(0, None),
-        )
-        for name, evaluator in evaluators.items():
-            if name == "fanova" and choices > FANOVA_MAX_CHOICES:
-                importances[name] = (
-                    f"not computed: {widest} has {choices} choices; fANOVA's time doubles with "
-                    f"each choice (at most {FANOVA_MAX_CHOICES})"
-                )
-                continue
-            try:
-                with warnings.catch_warnings():  # e.g. "importances will be equal" on tiny studies
-                    warnings.simplefilter("ignore")
-                    importances[name] = optuna.importance.get_param_importances(
-                        study, evaluator=evaluator()
-                    )
-            except Exception as exc:  # too few trials, or a single value per axis
-                importances[name] = f"not computed: {type(exc).__name__}: {exc}"
-                continue
-            plots[f"param_importances_{name}"] = lambda evaluator=evaluator, name=name: (
-                ovm.plot_param_importances(
-                    study, evaluator=evaluator(), target_name=f"{metric} ({name})"
-                )
-            )
-            _metrics(
-                client, run_id, {f"importance.{name}.{k}": v for k, v in importances[name].items()}
-            )
-        summary["importances"] = importances
-        skipped = {}
-        for name, make in plots.items():
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    axes = make()
-                figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-                figure.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
-                plt.close(figure)
-                client.log_artifact(run_id, str(folder / f"{name}.png"), "plots")
-            except Exception as exc:
-                skipped[name] = f"{type(exc).__name__}: {exc}"
-        summary["plots_skipped"] = skipped
+        if plots:
+            _log_plots(client, run_id, study, metric, complete, summary, folder)
         (folder / "study_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         client.log_artifact(run_id, str(folder / "study_summary.json"))
     return summary
+
+
+def _log_plots(client, run_id: str, study, metric: str, complete, summary, folder: Path) -> None:
+    """Optuna's plots and parameter importances, logged to the parent run (into ``summary``:
+    the importances, and the plots that could not be drawn)."""
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    plots = {
+        "optimization_history": lambda: ovm.plot_optimization_history(study, target_name=metric),
+        "intermediate_values": lambda: ovm.plot_intermediate_values(study),
+        "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target_name=metric),
+    }
+    evaluators = {
+        "ped_anova": optuna.importance.PedAnovaImportanceEvaluator,
+        "fanova": optuna.importance.FanovaImportanceEvaluator,
+    }
+    importances: dict[str, Any] = {}
+    choices, widest = max(
+        (
+            (len(d.choices), key)
+            for t in complete
+            for key, d in t.distributions.items()
+            if isinstance(d, optuna.distributions.CategoricalDistribution)
+        ),
+        default=(0, None),
+    )
+    for name, evaluator in evaluators.items():
+        if name == "fanova" and choices > FANOVA_MAX_CHOICES:
+            importances[name] = (
+                f"not computed: {widest} has {choices} choices; fANOVA's time doubles with "
+                f"each choice (at most {FANOVA_MAX_CHOICES})"
+            )
+            continue
+        try:
+            with warnings.catch_warnings():  # e.g. "importances will be equal" on tiny studies
+                warnings.simplefilter("ignore")
+                importances[name] = optuna.importance.get_param_importances(
+                    study, evaluator=evaluator()
+                )
+        except Exception as exc:  # too few trials, or a single value per axis
+            importances[name] = f"not computed: {type(exc).__name__}: {exc}"
+            continue
+        plots[f"param_importances_{name}"] = lambda evaluator=evaluator, name=name: (
+            ovm.plot_param_importances(
+                study, evaluator=evaluator(), target_name=f"{metric} ({name})"
+            )
+        )
+        _metrics(
+            client, run_id, {f"importance.{name}.{k}": v for k, v in importances[name].items()}
+        )
+    summary["importances"] = importances
+    skipped = {}
+    for name, make in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = make()
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+            figure.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
+            plt.close(figure)
+            client.log_artifact(run_id, str(folder / f"{name}.png"), "plots")
+        except Exception as exc:
+            skipped[name] = f"{type(exc).__name__}: {exc}"
+    summary["plots_skipped"] = skipped
