@@ -1,12 +1,12 @@
 """What the axes beyond the tutorial cost, measured side by side in one run.
 
-    .venv/bin/python benchmarks/beyond_costs.py [--variants seed,mla-r16,...] [--image-size 128]
+    .venv/bin/python benchmarks/beyond_costs.py [--variants tutorial,mla-r16,...] [--image-size 128]
 
 For each variant, on latentseg's fast path (fused attention, channels-last, fused Adam) with
 the same batch: the median seconds of a training step and of an inference batch over
 alternating timed windows, the activation memory a training forward holds for the backward
 (autograd's saved tensors, each storage once), parameters, forward FLOPs and the key/value
-costs of ``kv_costs``. Every figure is also given as a ratio to the first variant (``seed``).
+costs of ``kv_costs``. Every figure is also given as a ratio to the first variant (``tutorial``).
 """
 
 from __future__ import annotations

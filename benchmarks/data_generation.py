@@ -1,6 +1,6 @@
 """Data generation vs a training step, measured side by side in one run.
 
-    .venv/bin/python benchmarks/data_generation.py [--variant seed] [--batch-size 16] [--threads 2]
+    .venv/bin/python benchmarks/data_generation.py [--variant tutorial] [--batch-size 16] [--threads 2]
 
 Alternates (a) one training step of the model, (b) generating a fresh batch of `shapes`
 (uncached), (c) reading a batch from the in-memory cache, over several timed windows after a
@@ -23,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--variant", default="seed")
+    parser.add_argument("--variant", default="tutorial")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)

@@ -418,7 +418,7 @@ def bench_study(trials: int = 8) -> dict[str, Any]:
 
     with _scratch() as tmp:
         base = _small_config(1, True)
-        base["model"]["variant"] = "seed"
+        base["model"]["variant"] = "tutorial"
         base["train"]["steps_per_epoch"] = 1
         base["data"].update({"train_size": 16, "val_size": 16, "test_size": 16})
         base["tracking"].update({"log_model": False, "attention_plots": False})

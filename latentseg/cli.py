@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "models",
         help="list registered model variants with params and FLOPs",
-        description="List model variants: name, parameters, forward FLOPs per image, and the axes that differ from 'seed'.",
+        description="List model variants: name, parameters, forward FLOPs per image, and the axes that differ from 'tutorial'.",
     )
     p.add_argument("pattern", nargs="?", default="*", help="wildcard pattern, e.g. 'latents-*'")
     p.add_argument(
@@ -203,9 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--variants",
-        default="seed",
+        default="tutorial",
         metavar="PATTERN",
-        help="variant pattern (default seed, the tutorial's model)",
+        help="variant pattern (default tutorial, the tutorial's model)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default 32)")
     p.add_argument("--image-size", type=_image_size, default=128, help="image side (default 128)")
@@ -458,7 +458,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(
-        f"{'variant':<16} {'params':>9} {'GFLOP/img':>9} {'KV params':>9} {'KV elems':>9}  axes (vs seed; per image at {args.image_size}x{args.image_size})"
+        f"{'variant':<16} {'params':>9} {'GFLOP/img':>9} {'KV params':>9} {'KV elems':>9}  axes (vs tutorial; per image at {args.image_size}x{args.image_size})"
     )
     for row in rows:
         print(
@@ -747,7 +747,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DecompressionBombWarning)
 
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            _show_renames_as_notes()
+            return args.func(args)
     except LatentSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -760,6 +762,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head`: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _show_renames_as_notes() -> None:
+    """A renamed variant (``seed`` is ``tutorial`` now) is a one-line note, not a warning with
+    a source line."""
+    import warnings
+
+    from latentseg.registry import RenamedWarning
+
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, RenamedWarning):
+            print(f"note: {message}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
 
 
 if __name__ == "__main__":

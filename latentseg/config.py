@@ -184,7 +184,7 @@ def _spec_fields() -> dict[str, Any]:
         "variant": (
             str,
             Field(
-                "seed",
+                "tutorial",
                 description="Registered model variant whose defaults the other keys override (see `latentseg models`).",
             ),
         )

@@ -48,7 +48,7 @@ def config_reference() -> str:
 
     lines = [BEGIN, "", "| key | default | meaning |", "| --- | --- | --- |"]
     for section, model in SECTIONS.items():
-        # model.* keys default to the variant's value; the defaults shown are the `seed` variant's.
+        # model.* keys default to the variant's value; the defaults shown are the `tutorial` variant's.
         lines += _rows(model, f"{section}.", ModelConfig if section == "model" else None)
     for name in DATASETS.names():
         params = getattr(DATASETS.get(name), "Params", None)

@@ -24,6 +24,10 @@ def _where(builder: Callable) -> str:
     return f"{getattr(builder, '__module__', None) or '?'}.{name}"
 
 
+class RenamedWarning(FutureWarning):
+    """A registry name that was renamed: it still resolves; the CLI shows this as a note."""
+
+
 class Registry(Generic[T]):
     """Named builders of one kind, e.g. ``Registry("model", "latentseg.models")``."""
 
@@ -32,6 +36,7 @@ class Registry(Generic[T]):
         self.entry_point_group = entry_point_group
         self._entries: dict[str, T] = {}
         self._origins: dict[str, str] = {}
+        self._renamed: dict[str, str] = {}  # an old name -> the name it goes by now
         self._plugins_loaded = entry_point_group is None
 
     def register(self, fn: T | None = None, *, name: str | None = None, origin: str = "built-in"):
@@ -56,11 +61,29 @@ class Registry(Generic[T]):
         self._entries.pop(name, None)
         self._origins.pop(name, None)
 
+    def rename(self, old: str, new: str) -> None:
+        """Let ``old`` keep resolving to ``new`` (with a note) after an entry was renamed."""
+        self._renamed[old] = new
+
+    def canonical(self, name: str) -> str:
+        """The name ``name`` goes by now: itself, or, for a renamed entry, its new name (with a
+        :class:`RenamedWarning` saying so)."""
+        new = self._renamed.get(name)
+        if new is None:
+            return name
+        warnings.warn(
+            f"the {self.kind} '{name}' is now called '{new}'; the old name still works",
+            RenamedWarning,
+            stacklevel=3,
+        )
+        return new
+
     def get(self, name: str) -> T:
-        """Return the builder named ``name``; an unknown name raises with close matches."""
+        """Return the builder named ``name`` (or the one it was renamed to); an unknown name
+        raises with close matches."""
         self._load_plugins()
         try:
-            return self._entries[name]
+            return self._entries[self._renamed.get(name, name)]
         except KeyError:
             raise RegistryError(self._unknown_message(name)) from None
 
@@ -75,7 +98,7 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         self._load_plugins()
-        return name in self._entries
+        return name in self._entries or name in self._renamed
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

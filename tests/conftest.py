@@ -17,7 +17,7 @@ torch.set_num_threads(1)  # two xdist workers share this 2-core machine
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
-    "model": {"variant": "seed"},
+    "model": {"variant": "tutorial"},
     "data": {
         "dataset": "shapes",
         "params": {"image_size": 32},

@@ -15,8 +15,8 @@ def test_models_lists_variants_with_params_and_flops(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line for line in out[1:]}
-    assert len(rows) >= 4 and {"seed", "no-expert"} <= set(rows)
-    assert "70,466" in rows["seed"] and "0.247" in rows["seed"]  # params, GFLOP per 128x128 image
+    assert len(rows) >= 4 and {"tutorial", "no-expert"} <= set(rows)
+    assert "70,466" in rows["tutorial"] and "0.247" in rows["tutorial"]  # params, GFLOP per 128x128 image
     assert main(["models", "latents-*", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in data] == ["latents-32", "latents-4", "latents-8"]
@@ -39,8 +39,8 @@ def test_datasets_lists_the_builtins(capsys):
         ("data:\n  params: {image_size: 30}\n", [], "multiple of 4"),
         ("train:\n  epochs: 3\n   seed: 4\n", [], "YAML syntax error"),
         ("", [], "empty"),
-        ("model:\n  variant: seed\n", ["--set", "optim.lr"], "KEY=VALUE"),
-        ("model:\n  variant: seed\n", ["--set", "optim.lr=-1"], "optim.lr"),
+        ("model:\n  variant: tutorial\n", ["--set", "optim.lr"], "KEY=VALUE"),
+        ("model:\n  variant: tutorial\n", ["--set", "optim.lr=-1"], "optim.lr"),
         ("model:\n  latent_dim: 60\n  num_heads: 8\n", [], "divisible by num_heads"),
     ],
 )
@@ -53,6 +53,15 @@ def test_bad_input_exits_2_with_a_clear_error_and_creates_nothing(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err
     assert not (tmp_path / "mlruns").exists()  # no MLflow store, run or checkpoint
+
+
+def test_the_old_variant_name_seed_is_a_one_line_note(tmp_path, capsys):
+    path = tmp_path / "old.yaml"
+    path.write_text("model:\n  variant: seed\n  latent_dim: 60\n  num_heads: 8\n")
+    assert main(["train", str(path)]) == 2  # stops at the model check, after the name
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "note: the model 'seed' is now called 'tutorial'; the old name still works"
+    assert err[1].startswith("error: ") and "divisible by num_heads" in err[1]
 
 
 def test_missing_config_and_bad_flags_exit_2(tmp_path, capsys):
@@ -186,7 +195,7 @@ def test_report_on_a_missing_store_is_a_clear_error_and_creates_no_store(tmp_pat
     ],
 )
 def test_bad_study_input_exits_2_and_creates_nothing(tmp_path, capsys, spec, args, expected):
-    (tmp_path / "base.yaml").write_text("model:\n  variant: seed\n")
+    (tmp_path / "base.yaml").write_text("model:\n  variant: tutorial\n")
     (tmp_path / "study.yaml").write_text(spec)
     assert main(["study", str(tmp_path / "study.yaml"), *args]) == 2
     err = capsys.readouterr().err

@@ -31,7 +31,7 @@ def test_shipped_experiments_load_and_resolve():
 
 
 def test_misspelt_key_names_file_line_key_and_suggestion(tmp_path):
-    path = write(tmp_path, "model:\n  variant: seed\noptim:\n  lr: 0.01\n  weight_decai: 0.1\n")
+    path = write(tmp_path, "model:\n  variant: tutorial\noptim:\n  lr: 0.01\n  weight_decai: 0.1\n")
     with pytest.raises(ConfigError) as info:
         load_experiment(path)
     message = str(info.value)
@@ -77,7 +77,7 @@ def test_yaml_is_read_safely(tmp_path):
 
 
 def test_dotted_overrides_parse_values_as_yaml_and_validate(tmp_path):
-    path = write(tmp_path, "model:\n  variant: seed\n")
+    path = write(tmp_path, "model:\n  variant: tutorial\n")
     config = load_experiment(
         path,
         [
@@ -116,8 +116,8 @@ def test_model_axes_from_dataset_and_conflicts(tmp_path):
 
 
 def test_unknown_variant_and_dataset_and_dataset_params(tmp_path):
-    with pytest.raises(Exception, match="Unknown model 'sede'. Did you mean 'seed'"):
-        prepare(load_experiment(write(tmp_path, "model:\n  variant: sede\n")))
+    with pytest.raises(Exception, match="Unknown model 'tutrial'. Did you mean 'tutorial'"):
+        prepare(load_experiment(write(tmp_path, "model:\n  variant: tutrial\n")))
     with pytest.raises(Exception, match="Unknown dataset 'shape'. Did you mean 'shapes'"):
         prepare(load_experiment(write(tmp_path, "data:\n  dataset: shape\n")))
     with pytest.raises(ConfigError, match=r"data\.params\.image_sise.*Did you mean 'image_size'"):
@@ -172,7 +172,7 @@ def test_random_yaml_mappings_either_load_or_raise_config_error(tmp_path, data):
 
 CROSS = """\
 model:
-  variant: seed
+  variant: tutorial
   latent_dim: 30
   num_heads: 4
 data:

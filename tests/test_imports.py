@@ -18,7 +18,7 @@ env, cwd = dict(os.environ), os.getcwd()
 import latentseg, latentseg.plots, latentseg.report, latentseg.report.plots, latentseg.study
 import latentseg.bench, latentseg.tracking, latentseg.cli
 from latentseg.train import fastpath
-model = fastpath.prepare_model(latentseg.create_model("seed"), torch.device("cpu"))
+model = fastpath.prepare_model(latentseg.create_model("tutorial"), torch.device("cpu"))
 after = {
     "env_changed": sorted(k for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k)),
     "backend": matplotlib.get_backend(),

@@ -2,7 +2,7 @@
 
 >>> from latentseg.models import create_model, list_models
 >>> list_models("latents-*")
->>> model = create_model("seed", num_latents=8)
+>>> model = create_model("tutorial", num_latents=8)
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def build_config(
 
 def create_model(name: str, **overrides: Any) -> LatentSegModel:
     """Build variant ``name`` with ``overrides`` of any ModelConfig key."""
+    name = MODELS.canonical(name)
     model = MODELS.get(name)(**overrides)
     if not isinstance(model, LatentSegModel):
         raise ConfigError(

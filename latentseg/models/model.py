@@ -77,7 +77,7 @@ class LatentSegModel(nn.Module):
             c.pixel_residual,
             c.kv_rank,
         )
-        # Beyond the tutorial (each None at its default, so `seed` is the tutorial exactly).
+        # Beyond the tutorial (each None at its default, so `tutorial` is the tutorial exactly).
         self.position = (
             PositionEncoding(c.position_encoding, c.feature_dim, c.fourier_bands)
             if c.position_encoding != "none"

@@ -173,7 +173,7 @@ def choose_baseline(
     chosen = table.iloc[int(np.argmax(scores))]  # ties: the first in the sorted table
     return {k: chosen[k] for k in keys}, (
         f"the variant closest to the tutorial's configuration ({max(scores)} of "
-        f"{len(variant_keys)} axes as in seed), chosen without looking at the metric; "
+        f"{len(variant_keys)} axes as in tutorial), chosen without looking at the metric; "
         "--baseline picks another"
     )
 

@@ -19,7 +19,7 @@ from latentseg.config import (
 )
 from latentseg.data import SegmentationDataset, SplitSizes, create_dataset
 from latentseg.errors import ConfigError, DatasetError, LatentSegError, RegistryError
-from latentseg.models import model_config
+from latentseg.models import MODELS, model_config
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,16 +119,17 @@ def prepare(config: ExperimentConfig, source: str | Provenance = "<config>") -> 
                     f"{value}; remove the key to take it from the data"
                 )
             )
+    variant = MODELS.canonical(config.model.variant)  # a renamed variant: its name now
     try:
-        resolved_model = model_config(config.model.variant, **overrides)
+        resolved_model = model_config(variant, **overrides)
     except LatentSegError as exc:
         raise type(exc)(origin.error(str(exc), "model")) from None
     try:
         resolve_device(config.train.device)
     except ConfigError as exc:
         raise ConfigError(origin.error(str(exc))) from None
-    spec = ModelSpec(variant=config.model.variant, **resolved_model.model_dump())
+    spec = ModelSpec(variant=variant, **resolved_model.model_dump())
     resolved = config.model_copy(update={"model": spec, "data": data})
     return Prepared(
-        resolved, config.model.variant, overrides, resolved_model, dataset, origin.source
+        resolved, variant, overrides, resolved_model, dataset, origin.source
     )

@@ -100,8 +100,8 @@ def test_latent_block_matches_a_plain_pre_norm_transformer_block(impl):
 
 
 def test_depth_and_passes_build_the_stack_and_shared_passes_reuse_one_set_of_weights():
-    unshared = create_model("seed", latent_depth=2, cross_attend_passes=3)
-    shared = create_model("seed", latent_depth=2, cross_attend_passes=3, share_passes=True)
+    unshared = create_model("tutorial", latent_depth=2, cross_attend_passes=3)
+    shared = create_model("tutorial", latent_depth=2, cross_attend_passes=3, share_passes=True)
     assert len(unshared.latent_stack.first) == 2
     assert len(unshared.latent_stack.cross) == 2 and len(shared.latent_stack.cross) == 1
     assert sum(len(r) for r in unshared.latent_stack.rounds) == 4
@@ -114,18 +114,18 @@ def test_depth_and_passes_build_the_stack_and_shared_passes_reuse_one_set_of_wei
     )
     # the shared round runs twice: a third pass changes the output of the two-pass model
     torch.manual_seed(0)
-    two = create_model("seed", latent_depth=1, cross_attend_passes=2).eval()
-    three = create_model("seed", latent_depth=1, cross_attend_passes=3, share_passes=True).eval()
+    two = create_model("tutorial", latent_depth=1, cross_attend_passes=2).eval()
+    three = create_model("tutorial", latent_depth=1, cross_attend_passes=3, share_passes=True).eval()
     three.load_state_dict(two.state_dict())
     images = torch.randn(1, 3, 32, 32)
     assert not torch.allclose(two(images), three(images))
-    assert create_model("seed").latent_stack is None  # depth 0, one pass: the tutorial
+    assert create_model("tutorial").latent_stack is None  # depth 0, one pass: the tutorial
 
 
 def full_rank_mla_like(seed_model, impl):
     """An MLA model with kv_rank = feature_dim = latent_dim whose down-projections are the
     identity and whose up-projections carry the full-rank model's key/value maps."""
-    mla = create_model("seed", kv_rank=64, attention_impl=impl)
+    mla = create_model("tutorial", kv_rank=64, attention_impl=impl)
     state = {k: v for k, v in seed_model.state_dict().items()}
     new = mla.state_dict()
     eye = torch.eye(64)
@@ -157,7 +157,7 @@ def full_rank_mla_like(seed_model, impl):
 @pytest.mark.parametrize("impl", ["reference", "fused"])
 def test_mla_at_full_rank_with_identity_down_projections_reproduces_full_attention(impl):
     torch.manual_seed(0)
-    seed_model = create_model("seed", attention_impl="reference").eval()
+    seed_model = create_model("tutorial", attention_impl="reference").eval()
     mla = full_rank_mla_like(seed_model, impl).eval()
     images = torch.randn(2, 3, 32, 32)
     expected, maps = seed_model(images, return_attention=True)
@@ -184,7 +184,7 @@ def test_absorbed_mla_attention_equals_attention_over_rebuilt_keys_and_values():
 
 def test_mla_saves_key_value_parameters_and_activations():
     tokens, latents, dim, rank = 16 * 16, 16, 64, 16
-    full = kv_costs(create_model("seed"), (64, 64))
+    full = kv_costs(create_model("tutorial"), (64, 64))
     mla = kv_costs(create_model("mla-r16"), (64, 64))
     # tutorial: key_proj, value_proj (F->D) + the key/value in-projections (D->D), and the
     # expert attention's key/value in-projections (D->D)
@@ -258,7 +258,7 @@ def test_the_training_loss_includes_the_balance_loss_and_it_trains_the_router():
     aux.backward()
     routers = [m.router.weight.grad for m in model.modules() if isinstance(m, MoE)]
     assert len(routers) == 2 and all(g is not None and g.abs().sum() > 0 for g in routers)
-    assert create_model("seed").aux_loss() is None
+    assert create_model("tutorial").aux_loss() is None
     assert model.router_stats().counts.sum() == 0  # training steps are not counted
     with torch.no_grad():
         model.eval()(images)
@@ -271,7 +271,7 @@ def test_the_training_loss_includes_the_balance_loss_and_it_trains_the_router():
 def test_a_moe_layer_shared_across_passes_adds_a_balance_loss_per_call():
     torch.manual_seed(0)
     model = create_model(
-        "seed", latent_depth=1, cross_attend_passes=3, share_passes=True, moe_experts=4
+        "tutorial", latent_depth=1, cross_attend_passes=3, share_passes=True, moe_experts=4
     ).train()
     calls = []
     for layer in model.modules():
@@ -305,7 +305,7 @@ def test_skip_decoder_refines_the_upsampled_head_at_full_resolution():
     with torch.no_grad():  # without the refinement: exactly the head, upsampled twice
         model.skip.conv2.weight.zero_()
         model.skip.conv2.bias.zero_()
-        plain = create_model("seed", output="stride4").eval()
+        plain = create_model("tutorial", output="stride4").eval()
         plain.load_state_dict({k: v for k, v in model.state_dict().items() if "skip" not in k})
         coarse = plain(images)
         half = F.interpolate(coarse, size=(16, 16), mode="bilinear", align_corners=False)
@@ -322,7 +322,7 @@ def test_named_variants_and_wildcards():
     moe = create_model("moe-8x2-s1").config
     assert (moe.latent_depth, moe.moe_experts, moe.moe_top_k, moe.moe_shared) == (2, 8, 2, 1)
     assert create_model("mla-r16").config.kv_rank == 16
-    assert ModelConfig() == create_model("seed").config  # every new axis off by default
+    assert ModelConfig() == create_model("tutorial").config  # every new axis off by default
 
 
 @pytest.mark.parametrize(
@@ -337,7 +337,7 @@ def test_named_variants_and_wildcards():
 )
 def test_bad_new_axes_are_config_errors_naming_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        create_model("seed", **overrides)
+        create_model("tutorial", **overrides)
 
 
 def test_inert_keys_of_the_new_axes():

@@ -30,7 +30,7 @@ def batch(size=4, image=32, classes=4, seed=0):
 
 
 @pytest.mark.parametrize(
-    "variant", ["seed", "deep-residual", "no-expert", "perceiver-p3", "mla-r8", "beyond-all"]
+    "variant", ["tutorial", "deep-residual", "no-expert", "perceiver-p3", "mla-r8", "beyond-all"]
 )
 def test_fast_path_outputs_and_gradients_match_the_reference_in_float32(variant):
     torch.manual_seed(0)
@@ -78,7 +78,7 @@ def test_the_fused_optimizer_steps_like_the_tutorials_adam():
 @pytest.mark.skipif(not bf16_supported(CPU), reason="this CPU has no bf16 support in oneDNN")
 def test_bf16_logits_stay_within_the_stated_tolerance_of_float32():
     """bf16 keeps 8 mantissa bits: logits within 5% of their range of float32's."""
-    impls = contenders("seed", bf16=True)
+    impls = contenders("tutorial", bf16=True)
     images, _ = batch(size=8, image=64)
     with torch.no_grad():
         exact = impls["fast"].model.eval()(to_device(images, CPU))
@@ -94,7 +94,7 @@ def test_the_stock_reference_process_trains_the_same_model_with_torchs_default_m
     latentseg's process settings (huge pages, kept freed memory)."""
     from latentseg.bench import StockReference
 
-    stock = StockReference("seed", batch_size=2, image_size=32, threads=1)
+    stock = StockReference("tutorial", batch_size=2, image_size=32, threads=1)
     try:
         assert stock.runner("train")(2) > 0 and stock.runner("infer")(1) > 0
         probe = (
@@ -129,7 +129,7 @@ def test_bench_writes_every_figure_as_json(tmp_path, capsys):
                 "--only",
                 "models,data",
                 "--variants",
-                "seed",
+                "tutorial",
                 "--batch-size",
                 "2",
                 "--image-size",
@@ -146,7 +146,7 @@ def test_bench_writes_every_figure_as_json(tmp_path, capsys):
     )
     result = json.loads(out.read_text())
     (row,) = result["models"]
-    assert row["variant"] == "seed" and row["params"] == 70_596  # 4 classes: +2 x 65
+    assert row["variant"] == "tutorial" and row["params"] == 70_596  # 4 classes: +2 x 65
     for key in ("reference", "reference_same_process", "fast"):
         assert row[f"{key}_train_images_per_s"] > 0 and row[f"{key}_infer_images_per_s"] > 0
         assert row[f"{key}_activation_mb"] > 0
@@ -161,7 +161,7 @@ def test_bench_writes_every_figure_as_json(tmp_path, capsys):
         )
     assert result["machine"]["matmul_gflops"] > 0
     assert 0 < result["data"]["read_share_of_step"] < 1
-    assert "seed:" in capsys.readouterr().out
+    assert "tutorial:" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -182,7 +182,7 @@ def test_bench_activation_memory_counts_saved_tensors_once():
     and the fast path's attention keeps no weight matrices."""
     from latentseg.bench import activation_megabytes
 
-    impls = contenders("seed", bf16=False)
+    impls = contenders("tutorial", bf16=False)
     sizes = {
         n: {k: activation_megabytes(impls[k], batch(size=n, image=32)[0]) for k in impls}
         for n in (2, 4, 6)

@@ -9,17 +9,17 @@ from tests.models.tutorial_reference import SegmentationModel
 SEED_PARAMS = 70_466  # the tutorial's SegmentationModel(3, 64, 64, 16, 4, 2)
 
 
-def test_seed_has_exactly_the_tutorials_parameter_count():
-    assert count_params(create_model("seed")) == SEED_PARAMS
+def test_tutorial_has_exactly_the_tutorials_parameter_count():
+    assert count_params(create_model("tutorial")) == SEED_PARAMS
     assert count_params(SegmentationModel()) == SEED_PARAMS
 
 
 @pytest.mark.parametrize("impl", ["reference", "fused"])
-def test_seed_reproduces_the_tutorial_model_from_the_same_seed(impl):
+def test_tutorial_reproduces_the_tutorial_model_from_the_same_seed(impl):
     torch.manual_seed(42)
     tutorial = SegmentationModel()
     torch.manual_seed(42)
-    ours = create_model("seed", attention_impl=impl)
+    ours = create_model("tutorial", attention_impl=impl)
     theirs = tutorial.state_dict()
     assert list(ours.state_dict()) == list(theirs)  # same keys, same order: weights interchange
     for key, value in ours.state_dict().items():
@@ -46,12 +46,12 @@ def test_seed_reproduces_the_tutorial_model_from_the_same_seed(impl):
         {"latent_depth": 1, "moe_experts": 4, "moe_top_k": 2, "moe_shared": 1},
         {"decoder": "attention+skip", "output": "full"},
     ],
-    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "seed",
+    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "tutorial",
 )
 def test_fused_and_reference_agree_on_outputs_gradients_and_attention(overrides):
     torch.manual_seed(0)
-    reference = create_model("seed", attention_impl="reference", **overrides)
-    fused = create_model("seed", attention_impl="fused", **overrides)
+    reference = create_model("tutorial", attention_impl="reference", **overrides)
+    fused = create_model("tutorial", attention_impl="fused", **overrides)
     fused.load_state_dict(reference.state_dict())
     reference.eval()
     fused.eval()
@@ -119,10 +119,10 @@ def test_without_expert_attention_no_latent_block_is_built():
 
 def test_output_modes_and_pixel_residual_change_the_model():
     images = torch.randn(1, 3, 64, 64)
-    assert create_model("seed")(images).shape[-2:] == (16, 16)
-    assert create_model("seed", output="full")(images).shape[-2:] == (64, 64)
+    assert create_model("tutorial")(images).shape[-2:] == (16, 16)
+    assert create_model("tutorial", output="full")(images).shape[-2:] == (64, 64)
     torch.manual_seed(1)
-    plain = create_model("seed")
+    plain = create_model("tutorial")
     torch.manual_seed(1)
     residual = create_model("residual")
     assert not torch.allclose(plain(images), residual(images))
@@ -136,12 +136,29 @@ def test_flops_grow_with_the_deep_encoder_and_the_image():
 
 
 def test_registry_api():
-    assert {"seed", "no-expert", "latents-4", "heads-1"} <= set(list_models())
+    assert {"tutorial", "no-expert", "latents-4", "heads-1"} <= set(list_models())
     assert list_models("latents-*") == ["latents-32", "latents-4", "latents-8"]
     assert create_model("latents-8").config.num_latents == 8
     assert create_model("latents-8", num_latents=2).config.num_latents == 2  # overrides win
-    assert isinstance(create_model("seed"), LatentSegModel)
-    with pytest.raises(RegistryError, match="Did you mean 'seed'"):
-        create_model("sed")
+    assert isinstance(create_model("tutorial"), LatentSegModel)
+    with pytest.raises(RegistryError, match="Did you mean 'tutorial'"):
+        create_model("tutoral")
     with pytest.raises(ConfigError, match="model.num_latnts"):
-        create_model("seed", num_latnts=3)
+        create_model("tutorial", num_latnts=3)
+
+
+def test_the_variant_once_called_seed_still_resolves_to_tutorial_with_a_note(tmp_path):
+    from latentseg.config import load_experiment
+    from latentseg.registry import RenamedWarning
+    from latentseg.train.resolve import prepare
+
+    with pytest.warns(RenamedWarning, match="'seed' is now called 'tutorial'"):
+        model = create_model("seed", num_latents=8)
+    assert model.variant == "tutorial" and model.config == create_model("tutorial", num_latents=8).config
+    path = tmp_path / "old.yaml"
+    path.write_text("model:\n  variant: seed\n")
+    with pytest.warns(RenamedWarning):
+        prepared = prepare(load_experiment(path))
+    # runs record the name it goes by now, so old and new configs group as one variant
+    assert prepared.variant == "tutorial" and prepared.config.model.variant == "tutorial"
+    assert "seed" not in list_models()

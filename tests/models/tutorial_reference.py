@@ -1,5 +1,5 @@
 """The tutorial's model, written from its specification (../shared/seed/tutorial.md), as an
-independent reference for the `seed` variant."""
+independent reference for the `tutorial` variant."""
 
 import torch
 import torch.nn.functional as F

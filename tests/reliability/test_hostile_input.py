@@ -31,7 +31,7 @@ from tests.test_cli import _free_port
 
 pytestmark = pytest.mark.slow
 
-BASE = "model:\n  variant: seed\n"
+BASE = "model:\n  variant: tutorial\n"
 
 
 def snapshot(root: Path) -> set[str]:

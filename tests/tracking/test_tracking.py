@@ -38,11 +38,11 @@ def test_a_tracked_run_logs_params_metrics_checkpoints_plots_and_model(tiny, tra
     assert 0 < result.tracking_s < elapsed  # what training waited for tracking
 
     params = run.data.params
-    assert params["model.variant"] == "seed" and params["model.num_latents"] == "16"
+    assert params["model.variant"] == "tutorial" and params["model.num_latents"] == "16"
     assert params["model.num_classes"] == "4"  # resolved from the dataset
     assert params["data.dataset"] == "shapes" and params["optim.lr"] == "0.003"
     tags = run.data.tags
-    assert tags["latentseg.variant"] == "seed" and tags["latentseg.dataset"] == "shapes"
+    assert tags["latentseg.variant"] == "tutorial" and tags["latentseg.dataset"] == "shapes"
     assert tags["latentseg.config_hash"] == prepare(config).config.config_hash()
     assert (
         tags["latentseg.torch_version"] == torch.__version__
