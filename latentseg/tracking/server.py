@@ -1,0 +1,142 @@
+"""The ``mlflow server`` command lines behind ``latentseg ui`` and ``latentseg server``: which
+binary, which flags, which environment. Nothing here starts a process; the command line runs
+what these functions return."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import urlsplit, urlunsplit
+
+from latentseg.errors import ConfigError, LatentSegError, TrackingError
+from latentseg.tracking.store import (
+    DEFAULT_STATE_DIR,
+    DEFAULT_TRACKING_URI,
+    artifact_root,
+    require_store,
+)
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class ServerLaunch(NamedTuple):
+    """An ``mlflow server`` to start: its command line (``command[0]`` is the binary), its
+    environment, and warnings about the choices made."""
+
+    command: list[str]
+    env: dict[str, str]
+    warnings: list[str]
+
+    def option(self, flag: str) -> str:
+        """The value given to ``flag`` on the command line, e.g. ``--backend-store-uri``."""
+        return self.command[self.command.index(flag) + 1]
+
+
+def mlflow_bin() -> str:
+    """The ``mlflow`` executable of this Python environment (its bin folder first, then PATH)."""
+    found = shutil.which(
+        "mlflow",
+        path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
+    if found is None:
+        raise LatentSegError("the mlflow command is not installed in this environment")
+    return found
+
+
+def lean_environment() -> dict[str, str]:
+    """This process's environment without MLflow's background job runner (its GenAI job queue
+    starts eight more processes)."""
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def ui_command(tracking_uri: str, host: str, port: int) -> ServerLaunch:
+    """A lean UI (one web worker) on the existing store ``tracking_uri``, which must not be a
+    tracking server already; artifacts are read where the store keeps them."""
+    if tracking_uri.startswith(("http://", "https://")):
+        raise TrackingError(f"{tracking_uri} is already a tracking server: open it in a browser")
+    binary = mlflow_bin()
+    require_store(tracking_uri)
+    command = [
+        binary,
+        "server",
+        "--backend-store-uri",
+        tracking_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    root = artifact_root(tracking_uri)
+    if root:
+        command += ["--default-artifact-root", root]
+    return ServerLaunch(command, lean_environment(), [])
+
+
+def server_command(
+    *,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    workers: int = 2,
+    allowed_hosts: str | None = None,
+) -> ServerLaunch:
+    """A team's tracking server that serves artifacts. The backend (default: the project's
+    SQLite store) is a database URI; a PostgreSQL password goes to ``PGPASSWORD`` in the
+    environment, never on the command line. Local folders (the SQLite file's, the artifacts)
+    are created. Bound beyond localhost without ``allowed_hosts``: a warning."""
+    backend = backend_store_uri or DEFAULT_TRACKING_URI
+    if backend.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"--backend-store-uri {backend}: that is a tracking server; give a database URI "
+            "(postgresql://USER@HOST/DB or sqlite:///PATH)"
+        )
+    if not backend.startswith(("sqlite:///", "postgresql", "mysql", "mssql")):
+        raise ConfigError(
+            f"--backend-store-uri {backend!r}: expected postgresql://USER[:PASSWORD]@HOST/DB, "
+            "mysql://..., or sqlite:///PATH"
+        )
+    env = lean_environment()
+    parts = urlsplit(backend)
+    if backend.startswith("postgresql") and parts.password:
+        env["PGPASSWORD"] = parts.password
+        netloc = parts.netloc.rsplit("@", 1)
+        user = netloc[0].split(":", 1)[0]
+        backend = urlunsplit(parts._replace(netloc=f"{user}@{netloc[1]}"))
+    if backend.startswith("sqlite:///"):
+        Path(backend.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    artifacts = artifacts_destination or str((DEFAULT_STATE_DIR / "artifacts").resolve())
+    if "://" not in artifacts:
+        artifacts = str(Path(artifacts).resolve())
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+    command = [
+        mlflow_bin(),
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    warnings = []
+    if allowed_hosts:
+        command += ["--allowed-hosts", allowed_hosts]
+    elif host not in LOCAL_HOSTS:
+        warnings.append(
+            f"listening on {host} without --allowed-hosts: MLflow then accepts requests "
+            "addressed to localhost or a private IP address and refuses those addressed by host "
+            f"name; name the hosts clients use, e.g. --allowed-hosts {socket.getfqdn()}:{port}"
+        )
+    return ServerLaunch(command, env, warnings)
