@@ -35,7 +35,7 @@ lint: setup
 	$(BIN)/ruff format --check latentseg tests
 
 docs: setup
-	$(BIN)/python -m latentseg.docs --write README.md
+	$(BIN)/python -m latentseg.docs --write docs/configuration.md
 
 clean:
 	rm -rf $(VENV) mlruns/* reports
