@@ -18,7 +18,7 @@ from latentseg.registry import Registry
 from latentseg.testing import DatasetConformance
 from tests.conftest import ROOT, subprocess_env
 
-README = (ROOT / "README.md").read_text()
+README = (ROOT / "docs" / "plugins.md").read_text()
 
 
 def readme_plugin() -> str:
