@@ -7,7 +7,13 @@ from latentseg.train.callbacks import (
     TrainingPruned,
     TrainState,
 )
-from latentseg.train.loop import NonFiniteLossError, TrainingInterrupted, evaluate, fit
+from latentseg.train.loop import (
+    NonFiniteLossError,
+    Trainer,
+    TrainingInterrupted,
+    evaluate,
+    fit,
+)
 from latentseg.train.resolve import Prepared, prepare
 
 __all__ = [
@@ -17,6 +23,7 @@ __all__ = [
     "TrainCallback",
     "TrainContext",
     "TrainState",
+    "Trainer",
     "TrainingInterrupted",
     "TrainingPruned",
     "evaluate",

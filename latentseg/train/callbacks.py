@@ -72,21 +72,21 @@ class TrainingPruned(Exception):
 
 
 class TrainCallback:
-    """Override what you need. ``ctx`` gives the model, data, config and checkpoint paths."""
+    """Override what you need. ``context`` gives the model, data, config and checkpoint paths."""
 
-    def on_train_start(self, ctx: TrainContext) -> None: ...
+    def on_train_start(self, context: TrainContext) -> None: ...
 
-    def on_step_end(self, ctx: TrainContext, step_in_epoch: int, loss: Tensor) -> None:
+    def on_step_end(self, context: TrainContext, step_in_epoch: int, loss: Tensor) -> None:
         """Called every step with the (device) loss tensor; call ``.item()`` sparingly."""
 
     def on_epoch_end(
-        self, ctx: TrainContext, metrics: dict[str, float], improved: bool
+        self, context: TrainContext, metrics: dict[str, float], improved: bool
     ) -> None: ...
 
-    def on_checkpoint(self, ctx: TrainContext, path: Path, kind: str) -> None:
+    def on_checkpoint(self, context: TrainContext, path: Path, kind: str) -> None:
         """``kind`` is 'last' (training state) or 'best' (weights)."""
 
-    def on_train_end(self, ctx: TrainContext, summary: dict[str, float]) -> None:
+    def on_train_end(self, context: TrainContext, summary: dict[str, float]) -> None:
         """``summary`` holds ``best_*`` and ``test_*`` metrics."""
 
 
@@ -101,22 +101,22 @@ class ConsoleProgress(TrainCallback):
         self.last_miou = float("nan")
         self._last_refresh = 0.0
 
-    def _open_bar(self, ctx: TrainContext) -> None:
+    def _open_bar(self, context: TrainContext) -> None:
         from tqdm import tqdm
 
         self.bar = tqdm(
-            total=ctx.steps_per_epoch,
-            desc=f"epoch {ctx.state.epoch + 1}/{ctx.config.train.epochs}",
+            total=context.steps_per_epoch,
+            desc=f"epoch {context.state.epoch + 1}/{context.config.train.epochs}",
             file=self.stream,
             leave=False,
             dynamic_ncols=True,
         )
 
-    def on_step_end(self, ctx: TrainContext, step_in_epoch: int, loss: Tensor) -> None:
+    def on_step_end(self, context: TrainContext, step_in_epoch: int, loss: Tensor) -> None:
         if not self.tty:
             return
         if self.bar is None:
-            self._open_bar(ctx)
+            self._open_bar(context)
             self.bar.update(step_in_epoch)
         self.bar.update(1)
         now = time.monotonic()
@@ -128,21 +128,23 @@ class ConsoleProgress(TrainCallback):
                 refresh=False,
             )
 
-    def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, float], improved: bool) -> None:
+    def on_epoch_end(
+        self, context: TrainContext, metrics: dict[str, float], improved: bool
+    ) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
         self.last_miou = metrics["val_miou"]
         mark = " *" if improved else ""
         print(
-            f"epoch {ctx.state.epoch}/{ctx.config.train.epochs}  train_loss {metrics['train_loss']:.4f}  "
+            f"epoch {context.state.epoch}/{context.config.train.epochs}  train_loss {metrics['train_loss']:.4f}  "
             f"val_loss {metrics['val_loss']:.4f}  val_miou {metrics['val_miou']:.4f}  "
             f"({metrics['epoch_time_s']:.1f}s, {metrics['train_images_per_s']:.0f} img/s){mark}",
             file=self.stream,
             flush=True,
         )
 
-    def on_train_end(self, ctx: TrainContext, summary: dict[str, float]) -> None:
+    def on_train_end(self, context: TrainContext, summary: dict[str, float]) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None

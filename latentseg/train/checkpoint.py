@@ -44,9 +44,9 @@ TRAINING_STATE_KEYS = (
 def save_weights(path: str | Path, model: torch.nn.Module, metadata: dict[str, Any]) -> Path:
     """Weights + ``metadata`` (must hold ``model_config`` and ``variant``) as safetensors."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": "latentseg", "format_version": FORMAT_VERSION}
-    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
-    return _write(path, save_safetensors(tensors, metadata=meta))
+    header = {"format": "latentseg", "format_version": FORMAT_VERSION}
+    header.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+    return _write(path, save_safetensors(tensors, metadata=header))
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -96,11 +96,11 @@ def build_optimizer(
     model: nn.Module, optim: OptimConfig, fused: bool = True
 ) -> torch.optim.Optimizer:
     """Adam or AdamW; ``fused`` uses torch's single-kernel implementation where available."""
-    cls = torch.optim.AdamW if optim.name == "adamw" else torch.optim.Adam
-    kwargs = {"lr": optim.lr, "betas": optim.betas, "weight_decay": optim.weight_decay}
+    optimizer_class = torch.optim.AdamW if optim.name == "adamw" else torch.optim.Adam
+    settings = {"lr": optim.lr, "betas": optim.betas, "weight_decay": optim.weight_decay}
     if fused:
         try:
-            return cls(model.parameters(), fused=True, **kwargs)
+            return optimizer_class(model.parameters(), fused=True, **settings)
         except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device/dtype
             pass
-    return cls(model.parameters(), **kwargs)
+    return optimizer_class(model.parameters(), **settings)

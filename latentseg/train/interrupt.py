@@ -37,8 +37,8 @@ class StopSignal:
 
     def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+            for signal_number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signal_number] = signal.signal(signal_number, self._handle)
             outer = getattr(self._previous[signal.SIGINT], "__self__", None)
             if isinstance(outer, StopSignal):
                 self._outer = outer
@@ -47,8 +47,8 @@ class StopSignal:
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        for signal_number, handler in self._previous.items():
+            signal.signal(signal_number, handler)
         self._previous.clear()
         if self in _ACTIVE:
             _ACTIVE.remove(self)
@@ -69,9 +69,12 @@ def ignore_interrupts():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        signal_number: signal.signal(signal_number, signal.SIG_IGN)
+        for signal_number in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for signal_number, handler in previous.items():
+            signal.signal(signal_number, handler)

@@ -130,6 +130,4 @@ def prepare(config: ExperimentConfig, source: str | Provenance = "<config>") -> 
         raise ConfigError(origin.error(str(exc))) from None
     spec = ModelSpec(variant=variant, **resolved_model.model_dump())
     resolved = config.model_copy(update={"model": spec, "data": data})
-    return Prepared(
-        resolved, variant, overrides, resolved_model, dataset, origin.source
-    )
+    return Prepared(resolved, variant, overrides, resolved_model, dataset, origin.source)
