@@ -224,7 +224,7 @@ def test_bad_structure_and_classes_files_are_named(tmp_path, capsys):
 def test_a_size_cap_larger_than_the_split_takes_the_whole_split_and_says_so(
     tmp_path, tiny_yaml, tracking_uri
 ):
-    """As the README says: on real data a size caps. Asking for more than the split holds
+    """As docs/datasets.md says: on real data a size caps. Asking for more than the split holds
     takes all of it, and the run records (and prints) the cap."""
     from mlflow import MlflowClient
 

@@ -103,7 +103,7 @@ def test_eight_workers_on_the_embedded_storages_run_forty_trials_exactly_once(
 def test_a_diverging_trial_fails_with_non_finite_loss_and_the_study_goes_on(
     study_spec, tracking_uri, tmp_path
 ):
-    """README (Studies): a crashed trial, e.g. "non-finite loss at epoch 3", is retried up
+    """docs/studies.md (Resume): a crashed trial, e.g. "non-finite loss at epoch 3", is retried up
     to ``max_retry`` times, then the study goes on; the exit code is 0 while some trial
     completed. Here ``max_retry: 0``: one failed attempt, not retried."""
     path = study_spec(
