@@ -1,14 +1,20 @@
 import json
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from importlib.metadata import entry_points
 
 import pytest
 
-from latentseg.cli import main
+from latentseg.cli import build_parser, main, server_command
 from tests.conftest import subprocess_env
+
+COMMANDS = ["train", "study", "report", "models", "datasets", "bench", "ui", "server"]
+# What each command needs besides flags to parse: a config, a spec, a study name.
+POSITIONALS = {"train": ["x.yaml"], "study": ["s.yaml"], "report": ["--study", "s"]}
 
 
 def test_models_lists_variants_with_params_and_flops(capsys):
@@ -16,7 +22,9 @@ def test_models_lists_variants_with_params_and_flops(capsys):
     out = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line for line in out[1:]}
     assert len(rows) >= 4 and {"tutorial", "no-expert"} <= set(rows)
-    assert "70,466" in rows["tutorial"] and "0.247" in rows["tutorial"]  # params, GFLOP per 128x128 image
+    assert (
+        "70,466" in rows["tutorial"] and "0.247" in rows["tutorial"]
+    )  # params, GFLOP per 128x128 image
     assert main(["models", "latents-*", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in data] == ["latents-32", "latents-4", "latents-8"]
@@ -76,12 +84,132 @@ def test_missing_config_and_bad_flags_exit_2(tmp_path, capsys):
     assert main(["models", "nothing-matches-*"]) == 2
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["models"], ["datasets"], ["ui"]])
+@pytest.mark.parametrize("command", [[], *([name] for name in COMMANDS)])
 def test_help_everywhere(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([*command, "--help"])
     assert info.value.code == 0
     assert "usage: latentseg" in capsys.readouterr().out
+
+
+def test_python_m_latentseg_cli_lists_every_command():
+    done = subprocess.run(
+        [sys.executable, "-m", "latentseg.cli", "--help"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.findall(r"^ {4}([a-z]+)", done.stdout, re.MULTILINE) == COMMANDS
+
+
+def test_the_latentseg_script_runs_the_cli_main():
+    (script,) = entry_points(group="console_scripts", name="latentseg")
+    assert script.load() is main
+
+
+def test_help_loads_neither_torch_nor_mlflow():
+    probe = (
+        "import sys\n"
+        "from latentseg.cli import main\n"
+        "try:\n"
+        "    main(['study', '--help'])\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0\n"
+        "print(sorted(m for m in ('torch', 'mlflow', 'optuna', 'pandas') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_bad_flag_is_one_error_line_under_the_usage_and_exit_2(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, *POSITIONALS.get(command, []), "--frobnicate"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == "latentseg: error: unrecognized arguments: --frobnicate"
+    assert err[0].startswith("usage: latentseg")
+    assert all(line.startswith(("usage:", " ")) for line in err[:-1])
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["bench", "--batch-size", "0"], "latentseg bench: error: argument --batch-size: must be at least 1, got 0"),
+        (["datasets", "--max-samples", "0"], "latentseg datasets: error: argument --max-samples: must be at least 1, got 0"),
+        (["models", "--image-size", "30"], "latentseg models: error: argument --image-size: must be a multiple of 4 between 8 and 4096, got 30"),
+        (["ui", "--port", "x"], "latentseg ui: error: argument --port: invalid int value: 'x'"),
+        (["server", "--port", "x"], "latentseg server: error: argument --port: invalid int value: 'x'"),
+        (["report", "--study", "s", "--correction", "fdr"], "latentseg report: error: argument --correction: invalid choice: 'fdr'"),
+    ],
+)  # fmt: skip
+def test_a_bad_flag_value_is_one_error_line_and_exit_2(args, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith(message) and sum("error:" in line for line in err) == 1
+
+
+@pytest.mark.parametrize("command", ["train", "study", "report", "ui"])
+def test_every_command_with_a_store_reads_tracking_uri_the_same_way(command):
+    parser = build_parser()
+    line = [command, *POSITIONALS.get(command, [])]
+    assert parser.parse_args(line).tracking_uri is None  # the command's default store
+    for flag in (["--tracking-uri", "sqlite:///a.db"], ["--tracking-uri=sqlite:///a.db"]):
+        assert parser.parse_args([*line, *flag]).tracking_uri == "sqlite:///a.db"
+
+
+@pytest.mark.parametrize("command", ["ui", "server"])
+def test_every_server_binds_loopback_port_5000_unless_told(command):
+    parser = build_parser()
+    args = parser.parse_args([command])
+    assert (args.host, args.port) == ("127.0.0.1", 5000)
+    args = parser.parse_args([command, "--host", "0.0.0.0", "--port", "8080"])
+    assert (args.host, args.port) == ("0.0.0.0", 8080)
+
+
+@pytest.mark.parametrize("command", ["models", "datasets"])
+def test_every_listing_takes_json_the_same_way(command):
+    parser = build_parser()
+    assert parser.parse_args([command]).json is False
+    assert parser.parse_args([command, "--json"]).json is True
+    assert parser.parse_args([command, "x*", "--json"]).json is True
+
+
+def test_the_ui_refuses_a_tracking_server(capsys):
+    assert main(["ui", "--tracking-uri", "http://127.0.0.1:5000"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == "error: http://127.0.0.1:5000 is already a tracking server: open it in a browser\n"
+    )
+
+
+def test_the_server_gets_a_postgresql_password_in_its_environment_only(tmp_path):
+    args = build_parser().parse_args(
+        [
+            "server",
+            "--backend-store-uri",
+            "postgresql://mlflow:s3cret@db-host/mlflow",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+        ]
+    )
+    command, env, warnings = server_command(args)
+    assert env["PGPASSWORD"] == "s3cret" and "s3cret" not in " ".join(command)
+    assert command[command.index("--backend-store-uri") + 1] == "postgresql://mlflow@db-host/mlflow"
+    assert command[command.index("--artifacts-destination") + 1] == str(tmp_path / "artifacts")
+    assert (tmp_path / "artifacts").is_dir() and not warnings
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"  # no GenAI job runner
 
 
 @pytest.mark.slow
