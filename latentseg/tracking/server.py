@@ -91,30 +91,11 @@ def server_command(
     SQLite store) is a database URI; a PostgreSQL password goes to ``PGPASSWORD`` in the
     environment, never on the command line. Local folders (the SQLite file's, the artifacts)
     are created. Bound beyond localhost without ``allowed_hosts``: a warning."""
-    backend = backend_store_uri or DEFAULT_TRACKING_URI
-    if backend.startswith(("http://", "https://")):
-        raise ConfigError(
-            f"--backend-store-uri {backend}: that is a tracking server; give a database URI "
-            "(postgresql://USER@HOST/DB or sqlite:///PATH)"
-        )
-    if not backend.startswith(("sqlite:///", "postgresql", "mysql", "mssql")):
-        raise ConfigError(
-            f"--backend-store-uri {backend!r}: expected postgresql://USER[:PASSWORD]@HOST/DB, "
-            "mysql://..., or sqlite:///PATH"
-        )
-    env = lean_environment()
-    parts = urlsplit(backend)
-    if backend.startswith("postgresql") and parts.password:
-        env["PGPASSWORD"] = parts.password
-        netloc = parts.netloc.rsplit("@", 1)
-        user = netloc[0].split(":", 1)[0]
-        backend = urlunsplit(parts._replace(netloc=f"{user}@{netloc[1]}"))
+    backend, password = backend_without_password(backend_store_uri or DEFAULT_TRACKING_URI)
+    env = lean_environment() | ({"PGPASSWORD": password} if password else {})
     if backend.startswith("sqlite:///"):
         Path(backend.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    artifacts = artifacts_destination or str((DEFAULT_STATE_DIR / "artifacts").resolve())
-    if "://" not in artifacts:
-        artifacts = str(Path(artifacts).resolve())
-        Path(artifacts).mkdir(parents=True, exist_ok=True)
+    artifacts = artifact_destination(artifacts_destination)
     command = [
         mlflow_bin(),
         "server",
@@ -140,3 +121,33 @@ def server_command(
             f"name; name the hosts clients use, e.g. --allowed-hosts {socket.getfqdn()}:{port}"
         )
     return ServerLaunch(command, env, warnings)
+
+
+def backend_without_password(backend: str) -> tuple[str, str | None]:
+    """A server's database URI, checked, and the PostgreSQL password taken out of it."""
+    if backend.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"--backend-store-uri {backend}: that is a tracking server; give a database URI "
+            "(postgresql://USER@HOST/DB or sqlite:///PATH)"
+        )
+    if not backend.startswith(("sqlite:///", "postgresql", "mysql", "mssql")):
+        raise ConfigError(
+            f"--backend-store-uri {backend!r}: expected postgresql://USER[:PASSWORD]@HOST/DB, "
+            "mysql://..., or sqlite:///PATH"
+        )
+    parts = urlsplit(backend)
+    if not (backend.startswith("postgresql") and parts.password):
+        return backend, None
+    credentials, address = parts.netloc.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@{address}")), parts.password
+
+
+def artifact_destination(given: str | None) -> str:
+    """Where the server keeps artifacts: a remote URI as given, else a local folder (default
+    ``mlruns/artifacts``), made absolute and created."""
+    artifacts = given or str((DEFAULT_STATE_DIR / "artifacts").resolve())
+    if "://" not in artifacts:
+        artifacts = str(Path(artifacts).resolve())
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+    return artifacts
