@@ -38,7 +38,6 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from latentseg.study import run_study
-    from latentseg.tracking.store import ui_hint
 
     if args.n_trials is not None and args.n_trials < 1:
         raise LatentSegError(f"--n-trials must be >= 1, got {args.n_trials}")
@@ -51,6 +50,23 @@ def run(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         progress=not args.no_progress,
     )
+    print_outcome(result)
+    summary = result.summary
+    if summary.get("n_complete"):
+        print_grid_verdicts(result)
+    if not summary.get("n_complete") and summary.get("n_fail"):
+        print(
+            "error: no trial completed; see the failed trial runs' latentseg.error tags",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def print_outcome(result) -> None:
+    """What this launch did: its trials by state, the best one, where the runs are."""
+    from latentseg.tracking.store import ui_hint
+
     summary = result.summary
     if not result.workers_started:
         print(
@@ -71,15 +87,6 @@ def run(args: argparse.Namespace) -> int:
         f"MLflow parent run {result.parent_run_id} (experiment {result.experiment_id}, store {result.tracking_uri}); Optuna storage {result.storage}"
     )
     print(ui_hint(result.tracking_uri, result.experiment_id))  # the study's runs table
-    if summary.get("n_complete"):
-        print_grid_verdicts(result)
-    if not summary.get("n_complete") and summary.get("n_fail"):
-        print(
-            "error: no trial completed; see the failed trial runs' latentseg.error tags",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
 
 
 def print_grid_verdicts(result) -> None:
