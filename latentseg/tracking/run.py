@@ -8,6 +8,7 @@ status, and kept while one is not (docs/tracking.md, "Checkpoints")."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -18,8 +19,8 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,16 @@ from latentseg.config import (
     load_experiment_sourced,
     parse_override,
 )
-from latentseg.errors import CheckpointError, ConfigError, TrackingError
-from latentseg.process import owner_alive, owner_record
+from latentseg.errors import ConfigError, TrackingError
+from latentseg.process import owner_record
 from latentseg.tracking.datasets import dataset_inputs, log_dataset_inputs
+from latentseg.tracking.resume import (
+    CHECKPOINT_NAMES,
+    check_resumable,
+    checkpoint_files,
+    download,
+    reopen,
+)
 from latentseg.tracking.store import (
     connect,
     get_or_create_experiment,
@@ -44,6 +52,7 @@ from latentseg.tracking.store import (
 from latentseg.tracking.tracker import MLflowTracker
 from latentseg.train import (
     ConsoleProgress,
+    Prepared,
     TrainCallback,
     TrainingInterrupted,
     TrainingPruned,
@@ -52,16 +61,7 @@ from latentseg.train import (
 )
 from latentseg.train.checkpoint import load_model_file, load_training_state
 from latentseg.train.interrupt import StopSignal, ignore_interrupts
-from latentseg.train.loop import resolve_device
-
-# Keys whose change keeps a run resumable: they do not change what is computed.
-RESUMABLE_CHANGES = (
-    "train.epochs",
-    "train.early_stopping_patience",
-    "train.device",
-    "train.threads",
-    "tracking.",
-)
+from latentseg.train.resolve import resolve_device
 
 
 @dataclass
@@ -75,6 +75,45 @@ class RunResult:
     tracking_uri: str | None = None
     experiment_id: str | None = None
     tracking_s: float = 0.0  # wall time training spent on tracking: opening, hooks, closing
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Which MLflow run to train into: ``resume_run_id``'s, or a new one."""
+
+    source: str  # the config's name, tagged on a new run
+    resume_run_id: str | None = None  # reopen this run and resume it from its checkpoints
+    resume_path: Path | None = None  # a new run continuing this last.ckpt (tagged with it)
+    parent_run_id: str | None = None  # a new run nested under this one (a study's)
+    extra_tags: dict[str, str] = field(default_factory=dict)  # for a new run
+
+
+@dataclass
+class TrackedRun:
+    """An open MLflow run, as :func:`tracked_run` hands it to training."""
+
+    client: Any  # an MlflowClient for ``uri``
+    uri: str
+    run_id: str
+    experiment_id: str
+    resumed: bool  # reopened (--resume RUN_ID), not created
+    resume_path: Path | None  # the last.ckpt training continues from
+    should_stop: StopSignal  # turns true on Ctrl-C / SIGTERM
+    checkpoint_dir: Path  # where training writes checkpoints: <store>/checkpoints/RUN_ID
+    tracker: MLflowTracker | None = None
+    status: str = "FAILED"  # what the run is closed with, unless training ends otherwise
+    tracking_s: float = 0.0  # wall time spent on tracking: opening, hooks, closing
+
+    def result(self, summary: dict[str, float]) -> RunResult:
+        return RunResult(
+            self.run_id,
+            self.status,
+            summary,
+            self.checkpoint_dir,
+            self.uri,
+            self.experiment_id,
+            self.tracking_s,
+        )
 
 
 def git_commit() -> str | None:
@@ -114,20 +153,6 @@ def run_tags(config: ExperimentConfig, source: str) -> dict[str, str]:
     return tags
 
 
-def _check_resumable(old: ExperimentConfig, new: ExperimentConfig, run_id: str) -> None:
-    before, after = old.flat(), new.flat()
-    changed = sorted(
-        k
-        for k in before.keys() | after.keys()
-        if before.get(k) != after.get(k) and not k.startswith(RESUMABLE_CHANGES)
-    )
-    if changed:
-        details = ", ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed[:8])
-        raise ConfigError(
-            f"cannot resume run {run_id}: the config differs in {details}; only train.epochs, train.early_stopping_patience, device, threads and tracking keys may change"
-        )
-
-
 def run_experiment(
     config: ExperimentConfig | str | Path,
     overrides: Iterable[str] = (),
@@ -145,265 +170,235 @@ def run_experiment(
     to a ``last.ckpt``. Raises LatentSegError subclasses for bad input before any run
     exists; :class:`TrainingInterrupted` after closing the run KILLED on Ctrl-C / SIGTERM.
     """
-    overrides = list(overrides)
-    if isinstance(config, (str, Path)):
-        config, origin = load_experiment_sourced(config, overrides)
-        source = source or origin.source
-        origin = Provenance(source, origin.lines)
-    else:
-        source = source or "<config>"
-        config = apply_overrides(config, overrides)
-        origin = Provenance(
-            source, {tuple(parse_override(o)[0].split(".")): f"--set {o}" for o in overrides}
-        )
+    config, origin = _load_config(config, list(overrides), source)
     # every input error surfaces here, before MLflow, naming each key and where it was set
     prepared = prepare(config, origin)
-    resolved = prepared.config
-    all_callbacks = [*callbacks, *([ConsoleProgress()] if progress else [])]
-
-    resume_path = Path(resume) if resume and Path(resume).is_file() else None
-    if resume_path is not None:
-        _check_resumable(
-            ExperimentConfig.model_validate_json(
-                load_training_state(resume_path)["experiment_config"]
-            ),
-            resolved,
-            str(resume_path),
+    callbacks = [*callbacks, *([ConsoleProgress()] if progress else [])]
+    resume_path = _resume_file(resume, prepared.config)
+    if not prepared.config.tracking.enabled:
+        return _train_untracked(prepared, callbacks, resume, resume_path, tracking_uri)
+    request = RunRequest(
+        source=origin.source,
+        resume_run_id=resume if resume and resume_path is None else None,
+        resume_path=resume_path,
+        parent_run_id=parent_run_id,
+        extra_tags=extra_tags or {},
+    )
+    uri = resolve_tracking_uri(tracking_uri, prepared.config.tracking.tracking_uri)
+    with tracked_run(uri, prepared, request) as run:
+        summary = fit(
+            prepared,
+            run.checkpoint_dir,
+            [run.tracker, *callbacks],
+            resume_from=run.resume_path,
+            should_stop=run.should_stop,
         )
+    return run.result(summary)
 
-    if not resolved.tracking.enabled:
-        if resume and resume_path is None:
-            raise ConfigError(
-                f"--resume {resume!r}: with tracking.enabled false, give the path of a last.ckpt"
-            )
-        # the state folder of the store the run would use (mlruns/ by default): the only copy
-        state = local_state_dir(resolve_tracking_uri(tracking_uri, resolved.tracking.tracking_uri))
-        checkpoint_dir = (
-            resume_path.parent
-            if resume_path
-            else state / "checkpoints" / f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+def _load_config(
+    config: ExperimentConfig | str | Path, overrides: list[str], source: str | None
+) -> tuple[ExperimentConfig, Provenance]:
+    """The config with ``overrides`` applied, and where each key came from (the file's lines,
+    ``--set`` flags), under the name ``source`` (by default the file's, or ``<config>``)."""
+    if isinstance(config, (str, Path)):
+        config, origin = load_experiment_sourced(config, overrides)
+        return config, Provenance(source or origin.source, origin.lines)
+    set_by = {
+        tuple(parse_override(override)[0].split(".")): f"--set {override}" for override in overrides
+    }
+    return apply_overrides(config, overrides), Provenance(source or "<config>", set_by)
+
+
+def _resume_file(resume: str | None, config: ExperimentConfig) -> Path | None:
+    """The ``last.ckpt`` that ``resume`` names (None for a run id, or no resume), refused
+    when it was trained with a config that differs from ``config`` in what it computes."""
+    if not resume or not Path(resume).is_file():
+        return None
+    path = Path(resume)
+    saved = load_training_state(path)["experiment_config"]
+    check_resumable(ExperimentConfig.model_validate_json(saved), config, str(path))
+    return path
+
+
+def _train_untracked(
+    prepared: Prepared,
+    callbacks: list[TrainCallback],
+    resume: str | None,
+    resume_path: Path | None,
+    tracking_uri: str | None,
+) -> RunResult:
+    """Train with ``tracking.enabled`` false: no MLflow, checkpoints in the state folder of
+    the store the run would use (``mlruns/`` by default), the only copy."""
+    config = prepared.config
+    if resume and resume_path is None:
+        raise ConfigError(
+            f"--resume {resume!r}: with tracking.enabled false, give the path of a last.ckpt"
         )
-        with StopSignal() as stop:
-            summary = fit(
-                prepared, checkpoint_dir, all_callbacks, resume_from=resume_path, should_stop=stop
-            )
-        return RunResult(None, "FINISHED", summary, checkpoint_dir)
+    state = local_state_dir(resolve_tracking_uri(tracking_uri, config.tracking.tracking_uri))
+    checkpoint_dir = (
+        resume_path.parent
+        if resume_path
+        else state / "checkpoints" / f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    )
+    with StopSignal() as stop:
+        summary = fit(
+            prepared, checkpoint_dir, callbacks, resume_from=resume_path, should_stop=stop
+        )
+    return RunResult(None, "FINISHED", summary, checkpoint_dir)
 
-    uri = resolve_tracking_uri(tracking_uri, resolved.tracking.tracking_uri)
+
+@contextlib.contextmanager
+def tracked_run(uri: str, prepared: Prepared, request: RunRequest) -> Iterator[TrackedRun]:
+    """One MLflow run's life around the training inside the ``with`` block.
+
+    Entering creates the run (or reopens ``request.resume_run_id``'s, fetching its
+    checkpoints), logs its datasets and notes, lays out its checkpoint folder and attaches an
+    :class:`MLflowTracker`. Ctrl-C and SIGTERM are deferred from before the run exists: they
+    turn ``run.should_stop`` true, so training stops at a checkpoint. Leaving closes the run
+    on every exit with the status it earned (:func:`_closed_with_status`)."""
     opening = time.perf_counter()
     client = connect(uri)
-    resume_run = resume if resume and resume_path is None else None
-    checkpoints_root = local_state_dir(uri) / "checkpoints"
-    unstored: list[Path] = []  # checkpoints resumed from that the run's artifacts lack
-    # Signals are deferred from here on: a Ctrl-C between opening the run and training still
-    # ends with the run closed (KILLED), never left RUNNING.
     with StopSignal() as stop:
-        inputs = dataset_inputs(resolved, prepared.dataset)  # a bug here leaves no run behind
-        if resume_run:
-            run_id, resume_path, experiment_id = _reopen(
-                client, resume_run, resolved, checkpoints_root / resume_run
-            )
-        else:
-            experiment_id = get_or_create_experiment(client, resolved.tracking.experiment, uri)
-            tags = run_tags(resolved, source) | (extra_tags or {})
-            if resume_path is not None:  # a new run continuing a checkpoint file: say which
-                epoch = load_training_state(resume_path)["state"].get("epoch")
-                tags["latentseg.resumed_from"] = f"{resume_path.resolve()} (after epoch {epoch})"
-            if parent_run_id:
-                tags["mlflow.parentRunId"] = parent_run_id
-            run_name = (
-                resolved.tracking.run_name
-                or f"{resolved.model.variant}-{resolved.data.dataset}-s{resolved.train.seed}"
-            )
-            run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
-        tracking_s = time.perf_counter() - opening
-        status = "FAILED"
-        tracker = None
-        interrupted: TrainingInterrupted | None = None
-        try:  # from here on, every exit closes the run with its status
-            # a reopened run keeps the datasets it was created with; one from before they
-            # were logged gets them now
-            if not resume_run or not client.get_run(run_id).inputs.dataset_inputs:
-                log_dataset_inputs(client, run_id, inputs)
-            notes = getattr(prepared.dataset, "notes", None)
-            if notes:  # e.g. a split size capped at what a real dataset holds
-                client.set_tag(run_id, "latentseg.data_notes", "; ".join(notes)[:4900])
-                for note in notes:
-                    print(f"note: {note}", file=sys.stderr, flush=True)
-            checkpoint_dir = checkpoints_root / run_id
-            if resume_run and resume_path.parent == checkpoint_dir:  # the copy kept here
-                unstored = _checkpoint_files(checkpoint_dir)
-            elif resume_path is not None and resume_path.parent != checkpoint_dir:
-                checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                for name in CHECKPOINT_NAMES:
-                    if (resume_path.parent / name).exists():
-                        shutil.copyfile(resume_path.parent / name, checkpoint_dir / name)
-                if resume_run:  # the fetched copies, in their own temporary folder
-                    shutil.rmtree(resume_path.parent, ignore_errors=True)
-                resume_path = checkpoint_dir / "last.ckpt"
-            tracker = MLflowTracker(
-                client,
-                run_id,
-                resumed=bool(resume_run),
-                plots=resolved.tracking.attention_plots,
-                log_model=resolved.tracking.log_model,
-                server=uri if uri.startswith(("http://", "https://")) else None,
-            )
-            for path in unstored:  # the run's artifacts catch up with what it resumes from
-                tracker.upload_checkpoint(path)
-            summary = fit(
-                prepared,
-                checkpoint_dir,
-                [tracker, *all_callbacks],
-                resume_from=resume_path,
-                should_stop=stop,
-            )
-            status = "FINISHED"
-        except TrainingPruned as exc:
-            status = "KILLED"
-            client.set_tag(run_id, "pruned_at_epoch", str(exc.epoch))
-            raise
-        except TrainingInterrupted as exc:
-            status = "KILLED"
-            interrupted = exc
-            raise
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        except BaseException as exc:
-            _tag_error(client, run_id, exc)
-            raise
-        finally:
-            closing = time.perf_counter()
-            if tracker is not None:
-                tracker.close()  # every plot upload done before the run is closed
-                tracking_s += tracker.seconds
-            _terminate(client, run_id, status)
-            if tracker is not None and not tracker.unstored_checkpoints():
-                _remove_local_checkpoints(checkpoint_dir)
-                if interrupted is not None:  # its checkpoint is in the run's artifacts now
-                    interrupted.args = (
-                        f"stopped by {interrupted.signal_name}; resume with --resume {run_id}",
-                    )
-            tracking_s += time.perf_counter() - closing
-    return RunResult(run_id, status, summary, checkpoint_dir, uri, experiment_id, tracking_s)
+        inputs = dataset_inputs(prepared.config, prepared.dataset)  # a bug here leaves no run
+        run = _open_run(client, uri, prepared.config, request, stop)
+        run.tracking_s = time.perf_counter() - opening
+        with _closed_with_status(run):
+            _log_inputs(run, prepared, inputs)
+            _attach_tracker(run, prepared.config, _lay_out_checkpoints(run))
+            yield run
 
 
-def _reopen(client, run_id: str, config: ExperimentConfig, local: Path) -> tuple[str, Path, str]:
-    """Fetch the run's checkpoints (last, and best when there is one) and mark it RUNNING.
-    The run's local checkpoint folder ``local``, where one was kept (an upload failed), is
-    resumed from instead when it is further along than the artifacts."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        looks_like_path = "/" in run_id or run_id.endswith(".ckpt")
-        raise TrackingError(
-            f"--resume {run_id}: "
-            + ("no such checkpoint file, and " if looks_like_path else "")
-            + f"no such MLflow run in {client.tracking_uri}"
-        ) from None
-    if run.info.status == "RUNNING":
-        recorded = run.data.tags.get("latentseg.owner")
-        owner = json.loads(recorded) if recorded else None
-        if owner is None or owner_alive(owner):
-            who = (
-                f"process {owner['pid']} on {owner['host']} trains it"
-                if owner
-                else "it records no owner process, so whether one still trains it cannot be told"
-            )
-            raise TrackingError(f"--resume {run_id}: the run is still RUNNING ({who})")
-        # its process is gone (SIGKILL, the OOM killer): this one takes it over, in place
-        client.set_tag(
-            run_id,
-            "latentseg.taken_over",
-            f"process {owner['pid']} on {owner['host']} died with the run RUNNING",
+def _open_run(
+    client, uri: str, config: ExperimentConfig, request: RunRequest, stop: StopSignal
+) -> TrackedRun:
+    """Create the run, or reopen the one to resume (marked RUNNING, its checkpoints fetched)."""
+    checkpoints_root = local_state_dir(uri) / "checkpoints"
+    if request.resume_run_id:
+        run_id = request.resume_run_id
+        resume_path, experiment_id = reopen(client, run_id, config, checkpoints_root / run_id)
+    else:
+        experiment_id = get_or_create_experiment(client, config.tracking.experiment, uri)
+        tags = _new_run_tags(config, request)
+        run_name = (
+            config.tracking.run_name
+            or f"{config.model.variant}-{config.data.dataset}-s{config.train.seed}"
         )
-    client.set_tag(run_id, "latentseg.owner", json.dumps(owner_record()))
-    # Fetched into a folder of its own, removed when the resume is refused or once the
-    # caller has copied the checkpoints into the run's state folder.
-    folder = Path(tempfile.mkdtemp(prefix=RESUME_PREFIX))
+        run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+        resume_path = request.resume_path
+    return TrackedRun(
+        client,
+        uri,
+        run_id,
+        experiment_id,
+        resumed=bool(request.resume_run_id),
+        resume_path=resume_path,
+        should_stop=stop,
+        checkpoint_dir=checkpoints_root / run_id,
+    )
+
+
+def _new_run_tags(config: ExperimentConfig, request: RunRequest) -> dict[str, str]:
+    """A new run's tags: :func:`run_tags`, the caller's, the checkpoint file it continues
+    and the run it is nested under."""
+    tags = run_tags(config, request.source) | request.extra_tags
+    if request.resume_path is not None:  # a new run continuing a checkpoint file: say which
+        epoch = load_training_state(request.resume_path)["state"].get("epoch")
+        tags["latentseg.resumed_from"] = f"{request.resume_path.resolve()} (after epoch {epoch})"
+    if request.parent_run_id:
+        tags["mlflow.parentRunId"] = request.parent_run_id
+    return tags
+
+
+def _log_inputs(run: TrackedRun, prepared: Prepared, inputs: list) -> None:
+    """The run's datasets (a reopened run keeps those it was created with; one from before
+    they were logged gets them now) and the dataset's notes, as a tag and on stderr."""
+    client = run.client
+    if not run.resumed or not client.get_run(run.run_id).inputs.dataset_inputs:
+        log_dataset_inputs(client, run.run_id, inputs)
+    notes = getattr(prepared.dataset, "notes", None)
+    if notes:  # e.g. a split size capped at what a real dataset holds
+        client.set_tag(run.run_id, "latentseg.data_notes", "; ".join(notes)[:4900])
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr, flush=True)
+
+
+def _lay_out_checkpoints(run: TrackedRun) -> list[Path]:
+    """Put the checkpoints training resumes from into the run's local folder. Returns those
+    of them that the run's artifacts may lack: the copy kept here when an upload failed."""
+    folder, resume_path = run.checkpoint_dir, run.resume_path
+    if run.resumed and resume_path.parent == folder:  # the copy kept here
+        return checkpoint_files(folder)
+    if resume_path is not None and resume_path.parent != folder:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in CHECKPOINT_NAMES:
+            if (resume_path.parent / name).exists():
+                shutil.copyfile(resume_path.parent / name, folder / name)
+        if run.resumed:  # the fetched copies, in their own temporary folder
+            shutil.rmtree(resume_path.parent, ignore_errors=True)
+        run.resume_path = folder / "last.ckpt"
+    return []
+
+
+def _attach_tracker(run: TrackedRun, config: ExperimentConfig, unstored: list[Path]) -> None:
+    """The callback that logs training to the run; the run's artifacts catch up with the
+    checkpoints ``unstored`` first."""
+    run.tracker = MLflowTracker(
+        run.client,
+        run.run_id,
+        resumed=run.resumed,
+        plots=config.tracking.attention_plots,
+        log_model=config.tracking.log_model,
+        server=run.uri if run.uri.startswith(("http://", "https://")) else None,
+    )
+    for path in unstored:
+        run.tracker.upload_checkpoint(path)
+
+
+@contextlib.contextmanager
+def _closed_with_status(run: TrackedRun) -> Iterator[None]:
+    """Close ``run`` on every exit from the block with the status it earned: FINISHED;
+    KILLED when pruned (tagged with the epoch), stopped by a signal or by Ctrl-C; FAILED
+    otherwise, with the error as tags. The tracker's uploads finish first; the local
+    checkpoints go once the run's artifacts hold them all (kept when an upload failed)."""
+    interrupted: TrainingInterrupted | None = None
     try:
-        checkpoint, saved = _newest_checkpoint(client, run_id, folder, local)
-        previous = ExperimentConfig.model_validate_json(saved["experiment_config"])
-        _check_resumable(previous, config, run_id)
-        state = saved["state"]
-        more_epochs = config.train.epochs > previous.train.epochs
-        if run.info.status == "FINISHED" and not more_epochs:
-            raise TrackingError(
-                f"--resume {run_id}: the run already FINISHED its {previous.train.epochs} epochs; raise train.epochs (--set train.epochs=N) to train it further"
-            )
-        if state.get("best_epoch") and checkpoint.parent == folder:
-            _download(client, run_id, "checkpoints/best.safetensors", folder)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        yield
+        run.status = "FINISHED"
+    except TrainingPruned as exc:
+        run.status = "KILLED"
+        run.client.set_tag(run.run_id, "pruned_at_epoch", str(exc.epoch))
         raise
-    if checkpoint.parent != folder:
-        shutil.rmtree(folder, ignore_errors=True)
-    if config.train.epochs != previous.train.epochs:
-        # Params are immutable in MLflow: the change is recorded as a tag. A cosine schedule
-        # is stretched to the new length from the current step on.
-        client.set_tag(
-            run_id,
-            "latentseg.resumed_with",
-            f"train.epochs: {previous.train.epochs} -> {config.train.epochs}",
-        )
-    client.update_run(run_id, status="RUNNING")
-    return run_id, checkpoint, run.info.experiment_id
+    except TrainingInterrupted as exc:
+        run.status = "KILLED"
+        interrupted = exc
+        raise
+    except KeyboardInterrupt:
+        run.status = "KILLED"
+        raise
+    except BaseException as exc:
+        _tag_error(run.client, run.run_id, exc)
+        raise
+    finally:
+        _close(run, interrupted)
 
 
-RESUME_PREFIX = "latentseg-resume-"
-CHECKPOINT_NAMES = ("last.ckpt", "best.safetensors")
-
-
-def _newest_checkpoint(
-    client, run_id: str, folder: Path, local: Path
-) -> tuple[Path, dict[str, Any]]:
-    """The run's ``last.ckpt`` to resume from, and its contents: the one kept in ``local``
-    (its upload failed or never happened: a full store, a server that stayed down, a SIGKILL)
-    unless the artifact, downloaded into ``folder``, is further along. On a tie the local one
-    wins: its ``best.safetensors`` is written before it, the artifact's is uploaded after."""
-    kept = _readable_state(local / "last.ckpt")
-    if kept and kept["state"].get("best_epoch") and not (local / "best.safetensors").is_file():
-        kept = None  # half a pair: the artifacts' pair is whole
-    try:
-        checkpoint = _download(client, run_id, "checkpoints/last.ckpt", folder)
-    except CheckpointError:
-        if kept is None:
-            raise
-        return local / "last.ckpt", kept
-    saved = load_training_state(checkpoint)
-    if kept is None or _progress(kept) < _progress(saved):
-        return checkpoint, saved
-    if _progress(kept) > _progress(saved):
-        print(
-            f"note: resuming from {local / 'last.ckpt'} (after epoch {kept['state']['epoch']}), "
-            f"further along than the run's artifacts (epoch {saved['state']['epoch']})",
-            file=sys.stderr,
-            flush=True,
-        )
-    return local / "last.ckpt", kept
-
-
-def _readable_state(path: Path) -> dict[str, Any] | None:
-    """The training state in ``path``; None when there is none or it cannot be read."""
-    if not path.is_file():
-        return None
-    try:
-        return load_training_state(path)
-    except CheckpointError as exc:
-        print(f"note: not resuming from {path}: {exc}", file=sys.stderr, flush=True)
-        return None
-
-
-def _progress(saved: dict[str, Any]) -> tuple[int, int]:
-    """How far a training state got: its completed epochs, then the steps into the next."""
-    return int(saved["state"].get("epoch", 0)), int(saved.get("step_in_epoch") or 0)
-
-
-def _checkpoint_files(folder: Path) -> list[Path]:
-    return [folder / name for name in CHECKPOINT_NAMES if (folder / name).is_file()]
+def _close(run: TrackedRun, interrupted: TrainingInterrupted | None) -> None:
+    """Finish the tracker's uploads, mark the run with its status, and remove the local
+    checkpoints when the run's artifacts hold them all."""
+    closing = time.perf_counter()
+    tracker = run.tracker
+    if tracker is not None:
+        tracker.close()  # every plot upload done before the run is closed
+        run.tracking_s += tracker.seconds
+    _terminate(run.client, run.run_id, run.status)
+    if tracker is not None and not tracker.unstored_checkpoints():
+        _remove_local_checkpoints(run.checkpoint_dir)
+        if interrupted is not None:  # its checkpoint is in the run's artifacts now
+            interrupted.args = (
+                f"stopped by {interrupted.signal_name}; resume with --resume {run.run_id}",
+            )
+    run.tracking_s += time.perf_counter() - closing
 
 
 def _remove_local_checkpoints(folder: Path) -> None:
@@ -419,15 +414,6 @@ def _remove_local_checkpoints(folder: Path) -> None:
             RuntimeWarning,
             stacklevel=2,
         )
-
-
-def _download(client, run_id: str, artifact: str, folder: Path) -> Path:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return Path(client.download_artifacts(run_id, artifact, str(folder)))
-    except (MlflowException, OSError) as exc:
-        raise CheckpointError(f"run {run_id} has no artifact {artifact}: {exc}") from None
 
 
 def _tag_error(client, run_id: str, exc: BaseException) -> None:
@@ -457,7 +443,7 @@ def load_model(path_or_run_id: str, tracking_uri: str | None = None, map_locatio
         return load_model_file(path_or_run_id, map_location)
     client = connect(resolve_tracking_uri(tracking_uri))
     with tempfile.TemporaryDirectory(prefix="latentseg-model-") as folder:  # gone once loaded
-        path = _download(client, path_or_run_id, "checkpoints/best.safetensors", Path(folder))
+        path = download(client, path_or_run_id, "checkpoints/best.safetensors", Path(folder))
         return load_model_file(path, map_location)
 
 
