@@ -23,6 +23,7 @@ go.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -32,7 +33,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from latentseg.train.callbacks import TrainCallback
-from latentseg.train.loop import TrainContext
+from latentseg.train.callbacks import TrainCallback, TrainContext
 
 PLOT_KEYS = ("predictions", "latent_attention", "expert_assignment")
 
@@ -99,20 +99,20 @@ class MLflowTracker(TrainCallback):
     # ------------------------------------------------------------------ hooks
 
     @_timed
-    def on_train_start(self, ctx: TrainContext) -> None:
+    def on_train_start(self, context: TrainContext) -> None:
         from mlflow.entities import Param
 
         if self.resumed:  # epochs checkpointed but not logged (a crash in between): log them now
             logged = {m.step for m in self.client.get_metric_history(self.run_id, "val_miou")}
-            for entry in ctx.state.history:
+            for entry in context.state.history:
                 epoch = int(entry["epoch"])
                 if epoch not in logged:
-                    metrics = {k: v for k, v in entry.items() if k != "epoch"}
+                    metrics = {key: value for key, value in entry.items() if key != "epoch"}
                     self.client.log_batch(self.run_id, metrics=_metric_batch(metrics, epoch))
         if not self.resumed:
             params = [
                 Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-                for k, v in sorted(ctx.config.flat().items())
+                for k, v in sorted(context.config.flat().items())
             ]
             for start in range(0, len(params), 100):  # MLflow's per-request limit
                 self.client.log_batch(self.run_id, params=params[start : start + 100])
@@ -120,34 +120,36 @@ class MLflowTracker(TrainCallback):
                 self.run_id,
                 metrics=_metric_batch(
                     {
-                        "model_params": ctx.stats["params"],
-                        "model_flops_per_image": ctx.stats["flops_per_image"],
-                        "model_kv_params": ctx.stats["kv_params"],
-                        "model_kv_activations_per_image": ctx.stats["kv_activations"],
+                        "model_params": context.stats["params"],
+                        "model_flops_per_image": context.stats["flops_per_image"],
+                        "model_kv_params": context.stats["kv_params"],
+                        "model_kv_activations_per_image": context.stats["kv_activations"],
                     },
                     0,
                 ),
             )
-            self._log_json(ctx.config.model_dump(mode="json"), "config.json")
-            self._log_json(model_summary(ctx), "model_summary.json")
+            self._log_json(context.config.model_dump(mode="json"), "config.json")
+            self._log_json(model_summary(context), "model_summary.json")
 
     @_timed
-    def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, float], improved: bool) -> None:
-        epoch = ctx.state.epoch
+    def on_epoch_end(
+        self, context: TrainContext, metrics: dict[str, float], improved: bool
+    ) -> None:
+        epoch = context.state.epoch
         batch = _metric_batch(metrics, epoch)
         self._send(f"metrics:{epoch}", lambda: self.client.log_batch(self.run_id, metrics=batch))
         if not self.plots:
             return
         # A forward pass over the few plot images: cheap, and the last epoch's must be taken
         # before the loop reloads the best weights for the test set.
-        self._last_snapshot = snapshot(ctx)
+        self._last_snapshot = snapshot(context)
         # the first epoch: something to look at in the UI early; the last: drawn while the
         # test set is evaluated, not after it
-        if epoch == 1 or epoch == ctx.config.train.epochs:
-            self._log_plots(ctx, self._last_snapshot, epoch)
+        if epoch == 1 or epoch == context.config.train.epochs:
+            self._log_plots(context, self._last_snapshot, epoch)
 
     @_timed
-    def on_checkpoint(self, ctx: TrainContext, path: Path, kind: str) -> None:
+    def on_checkpoint(self, context: TrainContext, path: Path, kind: str) -> None:
         self.upload_checkpoint(path)
 
     def upload_checkpoint(self, path: Path) -> None:
@@ -172,24 +174,27 @@ class MLflowTracker(TrainCallback):
         return waiting | self._failed_checkpoints
 
     @_timed
-    def on_train_end(self, ctx: TrainContext, summary: dict[str, float]) -> None:
-        batch = _metric_batch(summary, ctx.state.epoch)
+    def on_train_end(self, context: TrainContext, summary: dict[str, float]) -> None:
+        batch = _metric_batch(summary, context.state.epoch)
         self._send("summary", lambda: self.client.log_batch(self.run_id, metrics=batch))
         self._wait_for_server()
         if self.plots:
             # The model holds the best weights now: its maps are the best epoch's, also
             # after a resume.
-            if ctx.state.best_epoch and ctx.state.best_epoch not in self._logged_plot_epochs:
-                self._log_plots(ctx, snapshot(ctx), ctx.state.best_epoch)
+            if (
+                context.state.best_epoch
+                and context.state.best_epoch not in self._logged_plot_epochs
+            ):
+                self._log_plots(context, snapshot(context), context.state.best_epoch)
             last = self._last_snapshot
             if (
                 last is not None
-                and last["epoch"] == ctx.state.epoch
+                and last["epoch"] == context.state.epoch
                 and last["epoch"] not in self._logged_plot_epochs
             ):
-                self._log_plots(ctx, last, last["epoch"])
+                self._log_plots(context, last, last["epoch"])
         if self.log_model:
-            log_mlflow_model(ctx, self.client, self.run_id)
+            log_mlflow_model(context, self.client, self.run_id)
         self.flush()
 
     def flush(self) -> None:
@@ -248,7 +253,9 @@ class MLflowTracker(TrainCallback):
                     call()
                 except OSError as exc:  # the artifact store's disk: full, quota, read-only
                     self._failed_checkpoints |= {
-                        k.split(":", 1)[1] for k in self._unsent if k.startswith("checkpoint:")
+                        queued.split(":", 1)[1]
+                        for queued in self._unsent
+                        if queued.startswith("checkpoint:")
                     }
                     del self._unsent[key]
                     self._unsent.clear()  # the rest would fail alike; the run ends FAILED
@@ -316,16 +323,16 @@ class MLflowTracker(TrainCallback):
         return f"the checkpoints are kept at {self.local_checkpoints}"
 
     def _log_json(self, payload: dict, name: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name
             path.write_text(json.dumps(payload, indent=2, sort_keys=True))
             self.client.log_artifact(self.run_id, str(path))
 
-    def _log_plots(self, ctx: TrainContext, snap: dict[str, Any], epoch: int) -> None:
-        info = ctx.prepared.dataset.info
-        args = (snap, epoch, info.class_names, ctx.model.config.num_latents)
+    def _log_plots(self, context: TrainContext, pictured: dict[str, Any], epoch: int) -> None:
+        info = context.prepared.dataset.info
+        args = (pictured, epoch, info.class_names, context.model.config.num_latents)
         self._logged_plot_epochs.add(epoch)
-        if not _spare_core(ctx.device):
+        if not _spare_core(context.device):
             # Every core is training: a drawing thread would only stall torch's threads
             # (measured: 4.8 s lost on a 21 s run on 2 cores, against ~1 s drawing in line).
             self._draw_and_log(*args)
@@ -335,51 +342,51 @@ class MLflowTracker(TrainCallback):
         self._pending.append(self._background.submit(self._draw_and_log, *args))
 
     def _draw_and_log(
-        self, snap: dict[str, Any], epoch: int, class_names: tuple[str, ...], num_latents: int
+        self, pictured: dict[str, Any], epoch: int, class_names: tuple[str, ...], num_latents: int
     ) -> None:
         from latentseg import plots
 
         figures = {
             "predictions": plots.prediction_figure(
-                snap["images"], snap["masks"], snap["predictions"], class_names
+                pictured["images"], pictured["masks"], pictured["predictions"], class_names
             )
         }
-        if snap["latent_maps"] is not None:
+        if pictured["latent_maps"] is not None:
             figures["latent_attention"] = plots.latent_attention_figure(
-                snap["images"][0], snap["latent_maps"][0]
+                pictured["images"][0], pictured["latent_maps"][0]
             )
             figures["expert_assignment"] = plots.assignment_figure(
-                snap["images"][0], snap["assignment"][0], num_latents
+                pictured["images"][0], pictured["assignment"][0], num_latents
             )
-        for key, fig in figures.items():
-            array = plots.figure_to_array(fig)
+        for key, figure in figures.items():
+            array = plots.figure_to_array(figure)
             self._send(
                 f"image:{key}:{epoch}",
-                lambda a=array, k=key: self.client.log_image(self.run_id, a, key=k, step=epoch),
+                lambda image=array, name=key: self.client.log_image(
+                    self.run_id, image, key=name, step=epoch
+                ),
             )
 
 
 def _spare_core(device: torch.device) -> bool:
     """Whether drawing on a background thread can overlap training: on an accelerator, or
     with a CPU core that torch's threads leave free."""
-    import os
-
     return device.type != "cpu" or (os.cpu_count() or 1) > torch.get_num_threads()
 
 
 @torch.no_grad()
-def snapshot(ctx: TrainContext) -> dict[str, Any]:
+def snapshot(context: TrainContext) -> dict[str, Any]:
     """Predictions and attention on the fixed val batch, as CPU tensors."""
-    model = ctx.model
+    model = context.model
     was_training = model.training
     model.eval()
-    images, masks = ctx.plot_batch
-    logits, maps = model(images.to(ctx.device), return_attention=True)
+    images, masks = context.plot_batch
+    logits, maps = model(images.to(context.device), return_attention=True)
     if logits.shape[-2:] != masks.shape[-2:]:
         logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
     model.train(was_training)
     return {
-        "epoch": ctx.state.epoch,
+        "epoch": context.state.epoch,
         "images": images,
         "masks": masks,
         "predictions": logits.argmax(1).cpu(),
@@ -388,15 +395,15 @@ def snapshot(ctx: TrainContext) -> dict[str, Any]:
     }
 
 
-def model_summary(ctx: TrainContext) -> dict[str, Any]:
-    model = ctx.model
+def model_summary(context: TrainContext) -> dict[str, Any]:
+    model = context.model
     return {
-        "variant": ctx.prepared.variant,
-        "params": int(ctx.stats["params"]),
-        "flops_per_image": int(ctx.stats["flops_per_image"]),
-        "kv_params": int(ctx.stats["kv_params"]),
-        "kv_activations_per_image": int(ctx.stats["kv_activations"]),
-        "image_size": list(ctx.prepared.dataset.info.image_size),
+        "variant": context.prepared.variant,
+        "params": int(context.stats["params"]),
+        "flops_per_image": int(context.stats["flops_per_image"]),
+        "kv_params": int(context.stats["kv_params"]),
+        "kv_activations_per_image": int(context.stats["kv_activations"]),
+        "image_size": list(context.prepared.dataset.info.image_size),
         "params_by_module": {
             name: sum(p.numel() for p in child.parameters())
             for name, child in model.named_children()
@@ -405,44 +412,61 @@ def model_summary(ctx: TrainContext) -> dict[str, Any]:
     }
 
 
-def log_mlflow_model(ctx: TrainContext, client, run_id: str) -> str:
+def log_mlflow_model(context: TrainContext, client, run_id: str) -> str:
     """The best model as an MLflow Model (``pt2`` via torch.export, dynamic batch size),
-    linked to the run and registrable from the UI. Returns its ``models:/`` URI."""
+    linked to the run and registrable from the UI, in ``client``'s store. Returns its
+    ``models:/`` URI."""
     import mlflow
     import mlflow.pytorch
 
     import latentseg
 
-    model = ctx.model
+    model = context.model
     was_training = model.training
     model.eval()
     # Two images, so that torch.export keeps the batch dimension dynamic.
-    example = ctx.plot_batch[0][:1].repeat(2, 1, 1, 1).float().numpy()
+    example = context.plot_batch[0][:1].repeat(2, 1, 1, 1).float().numpy()
     requirements = [
         f"torch=={torch.__version__.split('+')[0]}",
         f"mlflow=={mlflow.__version__}",
         f"latentseg=={latentseg.__version__}",
     ]
     experiment_id = client.get_run(run_id).info.experiment_id
-    logged = mlflow.initialize_logged_model(
-        name="model",
-        source_run_id=run_id,
-        experiment_id=experiment_id,
-        tags={"latentseg.variant": ctx.prepared.variant},
-    )
     # A contiguous (NCHW) copy on the CPU: the exported weights are laid out as any consumer
     # expects, whatever the fast path trained in.
     exported = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).eval()
     try:
-        info = mlflow.pytorch.log_model(
-            exported,
-            name="model",
-            input_example=example,
-            pip_requirements=requirements,
-            run_id=run_id,
-            model_id=logged.model_id,
-        )
+        with _process_tracking_uri(client.tracking_uri):
+            logged = mlflow.initialize_logged_model(
+                name="model",
+                source_run_id=run_id,
+                experiment_id=experiment_id,
+                tags={"latentseg.variant": context.prepared.variant},
+            )
+            info = mlflow.pytorch.log_model(
+                exported,
+                name="model",
+                input_example=example,
+                pip_requirements=requirements,
+                run_id=run_id,
+                model_id=logged.model_id,
+            )
     finally:
         model.train(was_training)
     client.set_tag(run_id, "latentseg.model_uri", info.model_uri)
     return info.model_uri
+
+
+@contextlib.contextmanager
+def _process_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's model logging (``initialize_logged_model``, ``log_model``) takes no client:
+    it writes wherever the process-wide tracking URI points. Point it at ``uri`` (the run's
+    store, as its client was given) for the call, then put back what the process had."""
+    import mlflow
+
+    had = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(had)

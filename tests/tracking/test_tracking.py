@@ -272,3 +272,63 @@ def test_resume_and_load_model_leave_nothing_in_the_temp_folder(
     assert resumed.run_id == result.run_id and resumed.status == "FINISHED"
     left = sorted(p.name for p in temp.iterdir() if p.name.startswith("latentseg-"))
     assert left == [n for n in before if n.startswith("latentseg-")] == []
+
+
+def test_a_resume_with_a_changed_config_is_refused_and_leaves_the_run_as_it_was(
+    tiny, tracking_uri, tmp_path
+):
+    """Only train.epochs, early stopping, device, threads and tracking keys may change on a
+    resume: anything else would continue a run under a config it was not trained with."""
+    from latentseg.errors import ConfigError
+
+    config = tiny({"train": {"epochs": 1}, "tracking": {"attention_plots": False}})
+    result = run_experiment(config, tracking_uri=tracking_uri, progress=False)
+    changed = tiny(
+        {"train": {"epochs": 2}, "optim": {"lr": 0.01}, "tracking": {"attention_plots": False}}
+    )
+    refusal = f"cannot resume run {result.run_id}: the config differs in optim.lr: 0.003 -> 0.01"
+    with pytest.raises(ConfigError, match=refusal):
+        run_experiment(changed, tracking_uri=tracking_uri, resume=result.run_id, progress=False)
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and "latentseg.resumed_with" not in run.data.tags
+    assert sorted(m.step for m in client.get_metric_history(result.run_id, "val_miou")) == [1]
+
+    # A checkpoint file is checked the same way, before any run is created.
+    kept = tiny({"train": {"epochs": 1}, "tracking": {"enabled": False}})
+    local = run_experiment(kept, progress=False)
+    experiment_id = client.get_experiment_by_name("tests").experiment_id
+    with pytest.raises(ConfigError, match="the config differs in optim.lr: 0.003 -> 0.01"):
+        run_experiment(
+            changed,
+            tracking_uri=tracking_uri,
+            resume=str(local.checkpoint_dir / "last.ckpt"),
+            progress=False,
+        )
+    assert len(client.search_runs([experiment_id])) == 1
+
+
+def test_the_mlflow_model_is_logged_to_the_runs_store_not_the_process_default(
+    tiny, tracking_uri, tmp_path
+):
+    """The model logger writes where its client points, whatever MLflow's process-wide
+    tracking URI says, and leaves that URI as it found it."""
+    from latentseg.tracking.tracker import log_mlflow_model
+    from latentseg.train import Trainer
+
+    trainer = Trainer(prepare(tiny({"train": {"epochs": 1}})), tmp_path / "checkpoints")
+    trainer.fit()
+    client = connect(tracking_uri)
+    experiment_id = client.create_experiment("models")
+    run_id = client.create_run(experiment_id).info.run_id
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    mlflow.set_tracking_uri(elsewhere)
+    try:
+        model_uri = log_mlflow_model(trainer.context, client, run_id)
+        assert mlflow.get_tracking_uri() == elsewhere
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert not (tmp_path / "elsewhere.db").exists()
+    (logged,) = client.search_logged_models([experiment_id])
+    assert model_uri == f"models:/{logged.model_id}" and logged.source_run_id == run_id
+    assert client.get_run(run_id).data.tags["latentseg.model_uri"] == model_uri
