@@ -111,8 +111,8 @@ class MLflowTracker(TrainCallback):
                     self.client.log_batch(self.run_id, metrics=_metric_batch(metrics, epoch))
         if not self.resumed:
             params = [
-                Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-                for k, v in sorted(context.config.flat().items())
+                Param(key, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
+                for key, value in sorted(context.config.flat().items())
             ]
             for start in range(0, len(params), 100):  # MLflow's per-request limit
                 self.client.log_batch(self.run_id, params=params[start : start + 100])

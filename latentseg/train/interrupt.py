@@ -60,7 +60,7 @@ _ACTIVE: list[StopSignal] = []  # the StopSignals in force in this process, inne
 def stop_requested() -> str | None:
     """The signal that asked this process to stop (``'SIGINT'``, ``'SIGTERM'``), if any: for
     code between runs that must not start new work after one (a study's next trial or seed)."""
-    return next((s.received for s in reversed(_ACTIVE) if s.received), None)
+    return next((stop.received for stop in reversed(_ACTIVE) if stop.received), None)
 
 
 @contextlib.contextmanager

@@ -151,12 +151,15 @@ def evaluate(
         **segmentation_metrics(matrix, info.class_names, prefix),
     }
     if usage is not None:
-        metrics.update({f"{prefix}_{k}": v for k, v in latent_usage(usage).items()})
+        metrics.update({f"{prefix}_{key}": value for key, value in latent_usage(usage).items()})
     router = model.router_stats(reset=True)
     if router is not None:
         metrics[f"{prefix}_router_entropy"] = router.entropy
         metrics.update(
-            {f"{prefix}_router_load_e{i}": float(v) for i, v in enumerate(router.load.tolist())}
+            {
+                f"{prefix}_router_load_e{expert}": float(load)
+                for expert, load in enumerate(router.load.tolist())
+            }
         )
     return metrics
 

@@ -31,9 +31,9 @@ def resolve_device(name: str) -> torch.device:
         "mps": bool(mps and mps.is_available()),
     }
     if name == "auto":
-        return torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]))
+        return torch.device(next(kind for kind in ("cuda", "mps", "cpu") if available[kind]))
     if not available.get(name, False):
-        usable = ", ".join(d for d, ok in available.items() if ok)
+        usable = ", ".join(kind for kind, ok in available.items() if ok)
         raise ConfigError(
             f"train.device is '{name}' but no {name.upper()} device is available here; use 'auto' or one of: {usable}"
         )
@@ -89,8 +89,8 @@ def prepare(config: ExperimentConfig, source: str | Provenance = "<config>") -> 
         )
         raise type(exc)(origin.error(f"{prefix}{detail}")) from None
     info = dataset.info
-    lengths = {s: len(dataset.split(s)) for s in ("train", "val", "test")}
-    empty = [s for s, n in lengths.items() if n == 0]
+    lengths = {split: len(dataset.split(split)) for split in ("train", "val", "test")}
+    empty = [split for split, length in lengths.items() if length == 0]
     if empty:
         raise DatasetError(
             origin.error(
@@ -106,7 +106,7 @@ def prepare(config: ExperimentConfig, source: str | Provenance = "<config>") -> 
         )
     # The resolved config records the sizes the run really used (a real dataset's defaults
     # are "all of it"), so runs, hashes and reports compare like with like.
-    data = data.model_copy(update={f"{s}_size": n for s, n in lengths.items()})
+    data = data.model_copy(update={f"{split}_size": length for split, length in lengths.items()})
 
     overrides = model_overrides(config.model)
     for key, value in (("in_channels", info.in_channels), ("num_classes", info.num_classes)):

@@ -27,7 +27,7 @@ class WhereWritten(TrainCallback):
     def __init__(self) -> None:
         self.folders: set[Path] = set()
 
-    def on_checkpoint(self, ctx, path: Path, kind: str) -> None:
+    def on_checkpoint(self, context, path: Path, kind: str) -> None:
         assert path.is_file()
         self.folders.add(path.parent.resolve())
 
@@ -38,8 +38,8 @@ class CtrlCAfterEpoch(TrainCallback):
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def on_epoch_end(self, ctx, metrics, improved) -> None:
-        if ctx.state.epoch == self.epoch:
+    def on_epoch_end(self, context, metrics, improved) -> None:
+        if context.state.epoch == self.epoch:
             raise KeyboardInterrupt
 
 
@@ -52,7 +52,7 @@ class BlockCheckpointUploads(TrainCallback):
         self.client = client
         self.link: Path | None = None
 
-    def on_train_start(self, ctx) -> None:
+    def on_train_start(self, context) -> None:
         experiment = self.client.get_experiment_by_name("tests")
         (run,) = self.client.search_runs(
             [experiment.experiment_id], "attributes.status = 'RUNNING'"

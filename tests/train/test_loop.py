@@ -34,7 +34,7 @@ class StopAfter(TrainCallback):
         self.steps = steps
         self.seen = 0
 
-    def on_step_end(self, ctx, step_in_epoch, loss) -> None:
+    def on_step_end(self, context, step_in_epoch, loss) -> None:
         self.seen += 1
 
     def __call__(self) -> bool:
@@ -89,8 +89,8 @@ def test_early_stopping_and_steps_per_epoch(tiny, tmp_path):
     seen = []
 
     class Count(TrainCallback):
-        def on_epoch_end(self, ctx, metrics, improved):
-            seen.append((ctx.state.global_step, improved))
+        def on_epoch_end(self, context, metrics, improved):
+            seen.append((context.state.global_step, improved))
 
     summary = fit(prepare(config), tmp_path / "ck", callbacks=[Count()])
     assert seen[0] == (3, True)
