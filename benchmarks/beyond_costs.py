@@ -16,16 +16,11 @@ import json
 
 import torch
 
-from latentseg.bench import (
-    activation_megabytes,
-    bench_inputs,
-    contenders,
-    repeated,
-    timed_windows,
-)
+from latentseg.bench.harness import alternate, repeated
+from latentseg.bench.model_speed import activation_megabytes, bench_inputs, contenders
 from latentseg.models import count_flops, count_params, kv_costs
 
-VARIANTS = "seed,fourier,learned-pos,perceiver-d2,mla-r16,mla-r8,moe-8x2-s1,skip"
+VARIANTS = "tutorial,fourier,learned-pos,perceiver-d2,mla-r16,mla-r8,moe-8x2-s1,skip"
 
 
 def main() -> None:
@@ -46,16 +41,20 @@ def main() -> None:
     images, masks = bench_inputs(args.batch_size, args.image_size)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     fast = {name: contenders(name, bf16=False)["fast"] for name in names}
-    train = timed_windows(
+    train = alternate(
         {n: repeated(lambda c=c: c.train_step(images, masks)) for n, c in fast.items()},
         args.windows,
         args.steps,
     )
-    infer = timed_windows(
+    for contender in fast.values():
+        contender.model.eval()  # inference as the bench times it
+    infer = alternate(
         {n: repeated(lambda c=c: c.infer(images)) for n, c in fast.items()},
         args.windows,
         args.steps,
-    )
+    ).medians
+    for contender in fast.values():
+        contender.model.train()
     size = (args.image_size, args.image_size)
     rows = []
     for name, contender in fast.items():
@@ -67,8 +66,8 @@ def main() -> None:
                 "gflops_per_image": count_flops(model.config, size) / 1e9,
                 **kv_costs(model, size),
                 "activation_mb": activation_megabytes(contender, images),
-                "train_step_s": train[name],
-                "train_images_per_s": args.batch_size / train[name],
+                "train_step_s": train.medians[name],
+                "train_images_per_s": args.batch_size / train.medians[name],
                 "infer_images_per_s": args.batch_size / infer[name],
             }
         )
@@ -76,7 +75,7 @@ def main() -> None:
     for row in rows:
         for key in ("params", "gflops_per_image", "kv_params", "kv_activations", "activation_mb"):
             row[f"{key}_ratio"] = row[key] / base[key] if base[key] else float("nan")
-        row["train_time_ratio"] = row["train_step_s"] / base["train_step_s"]
+        row["train_time_ratio"] = train.ratio(row["variant"], base["variant"])
     if args.json:
         print(json.dumps(rows, indent=2))
         return

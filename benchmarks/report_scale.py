@@ -21,7 +21,7 @@ def main() -> None:
         "--runs", type=int, action="append", help="run counts (repeatable; default 1000)"
     )
     args = parser.parse_args()
-    from latentseg.bench import bench_report
+    from latentseg.bench.overheads import bench_report
 
     for runs in args.runs or [1000]:
         r = bench_report(runs)

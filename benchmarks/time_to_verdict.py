@@ -16,34 +16,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
-
-def cpu_flags() -> str:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else platform.machine()
+from latentseg.bench.harness import stopwatch
+from latentseg.bench.machine import cpu_isa
 
 
 def run(spec: Path, name: str, workers: int, folder: Path) -> dict:
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
     command = [str(Path(sys.executable).parent / "latentseg"), "study", str(spec), "--workers", str(workers),
                "--tracking-uri", uri, "--storage", f"journal:{folder / 'journal.log'}", "--no-progress"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, cwd=folder)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with stopwatch() as study:  # its CPU: the study's processes (this one only waits)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=folder)
     if done.returncode != 0:
         sys.exit(f"{name}: latentseg study failed ({done.returncode}):\n{done.stderr[-3000:]}")
     from latentseg.report import ablation_report
@@ -58,8 +47,8 @@ def run(spec: Path, name: str, workers: int, folder: Path) -> dict:
     for _, row in report.effects.iterrows():
         verdicts[f"main effect {row['axis']} {row['value']} vs {row['baseline_value']} ({row['scope']})"] = str(row["verdict"])  # fmt: skip
     return {
-        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-        "wall_s": wall,
+        "cpu_s": study.cpu_s,
+        "wall_s": study.wall_s,
         "seed_runs": int(report.summary["n"].sum()),
         "verdicts": verdicts,
     }
@@ -89,7 +78,7 @@ def main() -> None:
             results[design] = run(path, name, args.workers, folder)
     fixed, adaptive = results["fixed"], results["adaptive"]
     agree = sum(fixed["verdicts"][k] == adaptive["verdicts"].get(k) for k in fixed["verdicts"])
-    print(f"time to a verdict on {args.spec} ({cpu_flags()}, {args.workers} workers):")
+    print(f"time to a verdict on {args.spec} ({cpu_isa()}, {args.workers} workers):")
     for design, r in results.items():
         counts = {v: list(r["verdicts"].values()).count(v) for v in ("better", "worse", "equivalent", "inconclusive")}  # fmt: skip
         print(
@@ -103,7 +92,7 @@ def main() -> None:
     for key, verdict in fixed["verdicts"].items():
         print(f"    {key}: fixed {verdict}, adaptive {adaptive['verdicts'].get(key)}")
     if args.json:
-        args.json.write_text(json.dumps({"isa": cpu_flags(), **results, "agree": agree}, indent=2))
+        args.json.write_text(json.dumps({"isa": cpu_isa(), **results, "agree": agree}, indent=2))
 
 
 if __name__ == "__main__":
