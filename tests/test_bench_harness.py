@@ -103,3 +103,17 @@ def test_the_isa_read_from_the_cpu_agrees_with_the_one_torch_dispatches_to():
     # torch dispatches to AVX-512 only where the CPU has it, and may stay on AVX2 where it does
     allowed = {"AVX512": {"AVX-512"}, "AVX2": {"AVX2", "AVX-512"}}[dispatched]
     assert cpu_isa() in allowed
+
+
+def test_the_harness_imports_nothing_of_latentseg():
+    # so that every benchmark, in the package or in benchmarks/, can time with it
+    from tests.test_layers import import_graph
+
+    graph = import_graph()
+    assert graph["latentseg.bench.harness"] == set()
+    bench = {module for module in graph if module.startswith("latentseg.bench")}
+    assert {m for m in bench if "latentseg.bench.harness" in graph[m]} >= {
+        "latentseg.bench.machine",
+        "latentseg.bench.model_speed",
+        "latentseg.bench.overheads",
+    }

@@ -172,6 +172,23 @@ def test_bench_writes_every_quoted_figure_as_json_and_prints_the_same_ratios(tmp
     assert "report: 3 runs in" in printed
 
 
+def test_the_headline_ratios_are_speed_ups_over_the_stock_reference_and_the_same_code():
+    from latentseg.bench.harness import Timings
+    from latentseg.bench.model_speed import speedups
+
+    # the stock process is slowest, the same code in latentseg's process in between
+    train = Timings({"reference": [0.6], "reference_same_process": [0.4], "fast": [0.2]})
+    infer = Timings({"reference": [0.3], "reference_same_process": [0.3], "fast": [0.1]})
+    assert speedups(train, infer) == pytest.approx(
+        {
+            "fast_train_ratio": 3.0,
+            "fast_infer_ratio": 3.0,
+            "fast_train_ratio_same_process": 2.0,
+            "fast_infer_ratio_same_process": 3.0,
+        }
+    )
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
