@@ -30,27 +30,27 @@ def ablation_report(
     ``verdict``, ``diff``, ``diff_ci_low/high``, ``p_adjusted``, ``n_pairs``, ``mde``),
     ``effects``, ``interactions``, ``family`` and ``markdown``.
     """
-    from latentseg.report.collect import collect, latest_study_run
+    from latentseg.report.collect import collect
     from latentseg.report.render import Decision, build, decision_for, run_metric, write
     from latentseg.report.verdicts import ALPHA
-    from latentseg.tracking.store import connect, resolve_tracking_uri
+    from latentseg.tracking.store import TrackingStore, resolve_tracking_uri
 
     # bad options fail before any store is opened
     Decision(sesoi, ALPHA if alpha is None else alpha, correction or "holm")
     run_metric(metric)
-    client = connect(resolve_tracking_uri(tracking_uri), create=False)
-    collected = collect(client, experiment=experiment, study=study)
-    parent = latest_study_run(client, collected.experiment_ids, study) if study else None
+    store = TrackingStore.open(resolve_tracking_uri(tracking_uri), create=False)
+    collected = collect(store, experiment=experiment, study=study)
+    parent = store.parent_run(study, collected.experiment_ids) if study else None
     decision = decision_for(
         {"sesoi": sesoi, "alpha": alpha, "correction": correction},
         parent.data.params if parent else {},
     )
     report = build(
-        collected, study or experiment, metric, baseline, client=client, decision=decision,
+        collected, study or experiment, metric, baseline, store=store, decision=decision,
         figures=figures,
     )  # fmt: skip
     report.parent_run_id = parent.info.run_id if parent else None
-    report.tracking_uri = client.tracking_uri
+    report.tracking_uri = store.uri
     if output is not None:
         report.paths = write(report, output)
     return report

@@ -16,13 +16,13 @@ from latentseg.study.rounds import Judgement, Need
 
 def judge(loaded, tracking_uri: str, round_: int) -> Judgement:
     from latentseg.errors import LatentSegError
-    from latentseg.report.collect import collect, latest_study_run
+    from latentseg.report.collect import collect
     from latentseg.report.render import build, decision_for
-    from latentseg.tracking.store import connect
+    from latentseg.tracking.store import TrackingStore
 
-    client = connect(tracking_uri, create=False)
-    collected = collect(client, study=loaded.name)
-    parent = latest_study_run(client, collected.experiment_ids, loaded.name)
+    store = TrackingStore.open(tracking_uri, create=False)
+    collected = collect(store, study=loaded.name)
+    parent = store.parent_run(loaded.name, collected.experiment_ids)
     decision = decision_for({}, parent.data.params if parent else {})
     try:
         report = build(collected, loaded.name, decision=decision, figures=False)

@@ -1,7 +1,7 @@
 """Runs from MLflow into one pandas frame: one row per finished training run.
 
-``mlflow.search_runs`` pages through the store itself and returns params, metrics and tags
-of every run in one frame, so the summary needs no request per run.
+The tracking store pages through the runs and returns params, metrics and tags of every run
+in one frame (as ``mlflow.search_runs`` would), so the summary needs no request per run.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from latentseg.errors import TrackingError
-from latentseg.tracking.store import quote
+from latentseg.tracking.store import TrackingStore
 
 
 @dataclass
@@ -29,42 +29,30 @@ class Collected:
         )
 
 
-def collect(client, experiment: str | None = None, study: str | None = None) -> Collected:
-    """Training runs of an MLflow ``experiment``, or the seed runs of a ``study``."""
-    import mlflow
-
+def collect(store, experiment: str | None = None, study: str | None = None) -> Collected:
+    """Training runs of an MLflow ``experiment``, or the seed runs of a ``study``, from
+    ``store`` (a :class:`~latentseg.tracking.store.TrackingStore`, or an ``MlflowClient``)."""
     if (experiment is None) == (study is None):
         raise ValueError("give exactly one of experiment or study")
+    store = TrackingStore.of(store)
     if study is not None:
-        found = client.search_runs(
-            [e.experiment_id for e in client.search_experiments()],
-            filter_string=f"tags.`latentseg.study` = {quote(study)} and tags.`latentseg.run_type` = 'study'",
-            max_results=1,
-        )
-        if not found:
+        parent = store.parent_run(study)
+        if parent is None:
             raise TrackingError(
-                f"no study named '{study}' in {client.tracking_uri} (run `latentseg study` first)"
+                f"no study named '{study}' in {store.uri} (run `latentseg study` first)"
             )
-        ids = [found[0].info.experiment_id]
-        filter_string = (
-            f"tags.`latentseg.study` = {quote(study)} and tags.`latentseg.run_type` = 'seed'"
-        )
+        ids = [parent.info.experiment_id]
+        frame = store.seed_runs(study, ids)
     else:
-        found_experiment = client.get_experiment_by_name(experiment)
-        if found_experiment is None:
-            raise TrackingError(
-                f"no MLflow experiment named '{experiment}' in {client.tracking_uri}"
-            )
-        ids = [found_experiment.experiment_id]
-        filter_string = ""
-    frame = mlflow.search_runs(
-        experiment_ids=ids, filter_string=filter_string, output_format="pandas"
-    )
+        experiment_id = store.existing_experiment(experiment)
+        if experiment_id is None:
+            raise TrackingError(f"no MLflow experiment named '{experiment}' in {store.uri}")
+        ids = [experiment_id]
+        frame = store.frame(ids)
     if frame.empty:
         return Collected(frame, {}, ids)
-    if (
-        study is None and "tags.latentseg.run_type" in frame
-    ):  # parents and trial summaries are not training runs
+    if study is None and "tags.latentseg.run_type" in frame:
+        # parents and trial summaries are not training runs
         frame = frame[
             frame["tags.latentseg.run_type"].isna() | (frame["tags.latentseg.run_type"] == "seed")
         ]
@@ -74,44 +62,3 @@ def collect(client, experiment: str | None = None, study: str | None = None) -> 
     finished = frame[frame["status"] == "FINISHED"].copy()
     finished["wall_time_s"] = (finished["end_time"] - finished["start_time"]).dt.total_seconds()
     return Collected(finished.reset_index(drop=True), left_out, ids)
-
-
-def latest_study_run(client, experiment_ids: list[str], study: str):
-    """The latest parent run of ``study`` (its spec's params are logged there), or None."""
-    parents = client.search_runs(
-        experiment_ids,
-        filter_string=f"tags.`latentseg.study` = {quote(study)} and tags.`latentseg.run_type` = 'study'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return parents[0] if parents else None
-
-
-def metric_histories(client, run_ids: list[str], key: str, threads: int = 8) -> pd.DataFrame:
-    """``run_id, step, value`` of ``key`` for each run, fetched concurrently (one request a run)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def fetch(run_id: str) -> list[tuple[str, int, float]]:
-        return [(run_id, m.step, m.value) for m in client.get_metric_history(run_id, key)]
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        rows = [row for rows in pool.map(fetch, run_ids) for row in rows]
-    return pd.DataFrame(rows, columns=["run_id", "step", "value"])
-
-
-def download_artifacts(client, run_id: str, paths: list[str], folder) -> list:
-    """Local copies of a run's artifacts (skipping any that are missing)."""
-    import os
-
-    from mlflow.exceptions import MlflowException
-
-    os.environ.setdefault(
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
-    )  # a report, not a download UI
-    local = []
-    for path in paths:
-        try:
-            local.append(client.download_artifacts(run_id, path, str(folder)))
-        except (MlflowException, OSError):
-            continue
-    return local

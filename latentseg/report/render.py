@@ -32,7 +32,7 @@ from latentseg.report.stats import (
     summarize,
 )
 from latentseg.report.verdicts import ALPHA, DEFAULT_SESOI, METHODS
-from latentseg.tracking.store import quote
+from latentseg.tracking.store import TrackingStore
 
 
 @dataclass
@@ -187,14 +187,17 @@ def build(
     name: str,
     metric: str = "miou",
     baseline: dict[str, Any] | None = None,
-    client=None,
+    store=None,
     decision: Decision | None = None,
     figures: bool = True,
+    client=None,
 ) -> Report:
-    """The report's numbers, verdicts and (unless ``figures`` is false) figures. With an
-    MLflow ``client`` it also draws learning curves from the metric histories and shows the
-    best run's attention maps and, for a study, the parameter importances."""
+    """The report's numbers, verdicts and (unless ``figures`` is false) figures. With the
+    tracking ``store`` (a :class:`~latentseg.tracking.store.TrackingStore`; ``client``, an
+    ``MlflowClient``, is taken for it) it also draws learning curves from the metric histories
+    and shows the best run's attention maps and, for a study, the parameter importances."""
     decision = decision or Decision()
+    store = store or client
     runs = collected.runs
     if runs.empty:
         raise ConfigError(
@@ -259,9 +262,10 @@ def build(
     ]
     drawn = _figures(runs, table, effects, axes, keys, column, family, chosen) if figures else {}
     images: dict[str, bytes] = {}
-    if client is not None and figures:
-        drawn.update(_curves(client, runs, table, axes, keys, column, chosen))
-        images = _run_images(client, runs, column, collected)
+    if store is not None and figures:
+        store = TrackingStore.of(store)
+        drawn.update(_curves(store, runs, table, axes, keys, column, chosen))
+        images = _run_images(store, runs, column, collected)
     findings = _findings(axes, keys, column, table, effects)
     report = Report(
         name, column, keys, chosen, reason, table, "", drawn, notes, images,
@@ -368,9 +372,8 @@ def _findings(axes, keys, column, table, effects) -> list[str]:
     return lines
 
 
-def _curves(client, runs, table, axes, keys, column, baseline) -> dict[str, Any]:
+def _curves(store: TrackingStore, runs, table, axes, keys, column, baseline) -> dict[str, Any]:
     from latentseg.report import plots
-    from latentseg.report.collect import metric_histories
 
     per_epoch = "val_" + column.removeprefix("test_")  # validation curves: what picked the epoch
     variants = table.sort_values("mean", ascending=False)
@@ -384,27 +387,25 @@ def _curves(client, runs, table, axes, keys, column, baseline) -> dict[str, Any]
     chosen = (
         labelled[labelled["variant"].isin(order)].groupby("variant", sort=False).head(CURVE_SEEDS)
     )
-    histories = metric_histories(client, chosen["run_id"].tolist(), per_epoch)
+    histories = store.metric_histories(chosen["run_id"].tolist(), per_epoch)
     figure = plots.learning_curves(
         histories, runs, axes, per_epoch.replace("_", " "), order, metric_bounds(per_epoch)
     )
     return {"learning_curves": figure} if figure is not None else {}
 
 
-def _run_images(client, runs, column, collected) -> dict[str, bytes]:
+def _run_images(store: TrackingStore, runs, column, collected) -> dict[str, bytes]:
     """The best run's attention maps (at its best epoch) and, for a study, Optuna's
-    parameter-importance plots from its latest parent run."""
+    parameter-importance plots from its latest finished parent run."""
     import tempfile
-
-    from latentseg.report.collect import download_artifacts
 
     images: dict[str, bytes] = {}
     best = runs.sort_values(f"metrics.{column}", ascending=False).iloc[0]
     with tempfile.TemporaryDirectory() as tmp:
         listed = [
-            a.path
-            for a in client.list_artifacts(best["run_id"], "images")
-            if a.path.endswith(".png") and "compressed" not in a.path
+            path
+            for path in store.artifact_paths(best["run_id"], "images")
+            if path.endswith(".png") and "compressed" not in path
         ]
         epoch = int(best.get("metrics.best_epoch", 0) or 0)
         for key in ("predictions", "latent_attention", "expert_assignment"):
@@ -412,23 +413,19 @@ def _run_images(client, runs, column, collected) -> dict[str, bytes]:
             steps = {p: int(p.split("+step+")[1].split("+")[0]) for p in candidates}
             if steps:
                 chosen = min(steps, key=lambda p: (steps[p] != epoch, -steps[p]))
-                for path in download_artifacts(client, best["run_id"], [chosen], tmp):
+                for path in store.download_artifacts(best["run_id"], [chosen], tmp):
                     images[f"best_run_{key}"] = Path(path).read_bytes()
         study = best.get("tags.latentseg.study")
         if isinstance(study, str) and study:
-            parents = client.search_runs(
-                collected.experiment_ids,
-                filter_string=f"tags.`latentseg.study` = {quote(study)} and tags.`latentseg.run_type` = 'study' and attributes.status = 'FINISHED'",
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
-            if parents:
+            parent = store.parent_run(study, collected.experiment_ids, status="FINISHED")
+            if parent is not None:
+                run_id = parent.info.run_id
                 paths = [
-                    a.path
-                    for a in client.list_artifacts(parents[0].info.run_id, "plots")
-                    if a.path.startswith("plots/param_importances")
+                    path
+                    for path in store.artifact_paths(run_id, "plots")
+                    if path.startswith("plots/param_importances")
                 ]
-                for path in download_artifacts(client, parents[0].info.run_id, paths, tmp):
+                for path in store.download_artifacts(run_id, paths, tmp):
                     images[Path(path).stem] = Path(path).read_bytes()
     return images
 

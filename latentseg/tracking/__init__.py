@@ -3,6 +3,7 @@
 from latentseg.tracking.run import RunResult, load_model, run_experiment
 from latentseg.tracking.store import (
     DEFAULT_TRACKING_URI,
+    TrackingStore,
     connect,
     get_or_create_experiment,
     resolve_tracking_uri,
@@ -13,6 +14,7 @@ __all__ = [
     "DEFAULT_TRACKING_URI",
     "MLflowTracker",
     "RunResult",
+    "TrackingStore",
     "connect",
     "get_or_create_experiment",
     "load_model",

@@ -1,0 +1,140 @@
+"""The tracking store on a real SQLite MLflow store: a study's runs found by their (quoted)
+name, runs read into the frame ``mlflow.search_runs`` gives, and no use of MLflow's global
+tracking URI."""
+
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from latentseg.errors import TrackingError
+from latentseg.report.collect import collect
+from latentseg.tracking import store as store_module
+from latentseg.tracking.store import TrackingStore, study_filter
+
+
+@pytest.fixture
+def global_uri():
+    """MLflow's global tracking URI, restored after the test."""
+    before = mlflow.get_tracking_uri()
+    yield
+    mlflow.set_tracking_uri(before)
+
+
+def make_run(store, experiment_id, tags, status="FINISHED", metrics=None, params=None):
+    run_id = store.create_run(experiment_id, tags.get("mlflow.runName", "run"), tags)
+    if params:
+        store.log_params(run_id, params)
+    if metrics:
+        store.log_metrics(run_id, metrics)
+    if status != "RUNNING":
+        store.end_run(run_id, status)
+    return run_id
+
+
+def study_runs(store, experiment_id, name):
+    """A parent (FINISHED), a later parent (RUNNING), a trial and two seed runs of ``name``."""
+    tags = {"latentseg.study": name}
+    ids = {
+        "finished parent": make_run(store, experiment_id, {**tags, "latentseg.run_type": "study"})
+    }
+    time.sleep(0.01)  # a later start time
+    ids["running parent"] = make_run(
+        store, experiment_id, {**tags, "latentseg.run_type": "study"}, status="RUNNING"
+    )
+    trial = {**tags, "latentseg.run_type": "trial", "latentseg.trial_number": "3"}
+    ids["trial"] = make_run(store, experiment_id, trial)
+    seed = {**trial, "latentseg.run_type": "seed"}
+    ids["seeds"] = [
+        make_run(store, experiment_id, seed, metrics={"test_miou": 0.5 + s}, params={"s": s})
+        for s in (0.1, 0.2)
+    ]
+    return ids
+
+
+def test_a_study_named_with_a_quote_finds_its_parent_trials_and_seeds(tracking_uri):
+    store = TrackingStore.open(tracking_uri)
+    experiment_id = store.experiment("quotes")
+    ours = study_runs(store, experiment_id, "o'brien")
+    study_runs(store, experiment_id, "o")  # a study whose name the quoted one starts with
+    study_runs(store, store.experiment("elsewhere"), "o'brien-2")
+
+    assert store.parent_run("o'brien").info.run_id == ours["running parent"]  # the latest
+    assert store.parent_run("o'brien", status="FINISHED").info.run_id == ours["finished parent"]
+    assert store.parent_run("o'brien", [store.experiment("elsewhere")]) is None
+    assert [r.info.run_id for r in store.trial_runs("o'brien")] == [ours["trial"]]
+    seeds = store.seed_runs("o'brien", [experiment_id])
+    assert sorted(seeds["run_id"]) == sorted(ours["seeds"])
+    assert sorted(seeds["metrics.test_miou"]) == [0.6, 0.7]
+    trial_three = store.study_runs("o'brien", trial_number=3, experiment_ids=[experiment_id])
+    assert sorted(r.info.run_id for r in trial_three) == sorted([ours["trial"], *ours["seeds"]])
+    assert store.study_runs("o'brien", trial_number=3, status="RUNNING") == []
+    assert store.parent_run("nobody") is None
+
+
+def test_a_name_with_both_quotes_is_refused_naming_it():
+    with pytest.raises(TrackingError, match="both ' and"):
+        study_filter('o\'brien "the"')
+    assert study_filter("o'brien", "seed", 2, "RUNNING") == (
+        "tags.`latentseg.study` = \"o'brien\" and tags.`latentseg.trial_number` = '2' "
+        "and tags.`latentseg.run_type` = 'seed' and attributes.status = 'RUNNING'"
+    )
+
+
+def test_the_frame_equals_what_mlflow_search_runs_gives_across_pages(
+    tracking_uri, global_uri, monkeypatch
+):
+    store = TrackingStore.open(tracking_uri)
+    experiment_id = store.experiment("frame")
+    for index in range(7):  # runs with and without each metric, param and tag; one running
+        make_run(
+            store,
+            experiment_id,
+            {"mlflow.runName": f"r{index}", **({"odd": "yes"} if index % 2 else {})},
+            status="RUNNING" if index == 3 else "FINISHED",
+            metrics={"m": index / 10, **({"only_even": 1.0} if index % 2 == 0 else {})},
+            params={"p": index} if index != 5 else None,
+        )
+    monkeypatch.setattr(store_module, "PAGE_SIZE", 3)  # three pages of runs
+    ours = store.frame([experiment_id])
+    mlflow.set_tracking_uri(tracking_uri)
+    theirs = mlflow.search_runs([experiment_id])
+    assert sorted(ours.columns) == sorted(theirs.columns)
+    pd.testing.assert_frame_equal(ours, theirs[list(ours.columns)])
+    assert len(store.search([experiment_id], max_results=5)) == 5
+
+
+def test_reading_and_reporting_never_use_mlflows_global_uri(tmp_path, tracking_uri, global_uri):
+    other = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(other)
+    store = TrackingStore.open(tracking_uri)
+    assert mlflow.get_tracking_uri() == other  # opening a store leaves it alone
+    experiment_id = store.experiment("abl")
+    for seed, value in ((1, 0.5), (2, 0.7)):
+        make_run(store, experiment_id, {}, metrics={"test_miou": value}, params={"seed": seed})
+    collected = collect(store, experiment="abl")
+    assert sorted(collected.runs["metrics.test_miou"]) == [0.5, 0.7]
+    # an MlflowClient is taken for a store, as callers not yet moved pass one
+    assert len(collect(MlflowClient(tracking_uri), experiment="abl").runs) == 2
+
+
+def test_histories_artifacts_and_missing_runs(tracking_uri, tmp_path):
+    store = TrackingStore.open(tracking_uri)
+    experiment_id = store.experiment("reading")
+    run_id = make_run(store, experiment_id, {}, status="RUNNING")
+    for step in (1, 2, 3):
+        store.log_metrics(run_id, {"val_miou": step / 10}, step=step)
+    (tmp_path / "note.txt").write_text("hello")
+    store.log_artifact(run_id, tmp_path / "note.txt", "notes")
+    store.end_run(run_id, "FINISHED")
+
+    histories = store.metric_histories([run_id], "val_miou")
+    assert histories.sort_values("step")["value"].tolist() == [0.1, 0.2, 0.3]
+    assert store.artifact_paths(run_id, "notes") == ["notes/note.txt"]
+    local = store.download_artifacts(run_id, ["notes/note.txt", "notes/missing.txt"], tmp_path)
+    assert [Path(p).read_text() for p in local] == ["hello"]  # the missing one is skipped
+    assert store.run(run_id).info.status == "FINISHED"
+    assert store.run("0" * 32) is None
