@@ -1,5 +1,6 @@
 """The layers of STYLE.md hold: ``latentseg.train`` has no import cycle, no room imports a
-room above it, and a report's statistics load and run without torch.
+room above it, only ``latentseg.tracking`` imports MLflow, and a report's statistics load and
+run without torch.
 
 The import graph is read from the source with ``ast``, not from ``sys.modules``: every
 ``import``/``from ... import`` of a latentseg module counts, at module level, inside a
@@ -9,6 +10,7 @@ function (a deferred import that dodges a cycle is still a cycle) and under
 from __future__ import annotations
 
 import ast
+import fnmatch
 import json
 import subprocess
 import sys
@@ -215,6 +217,57 @@ def test_the_entry_points_are_imported_by_no_room():
         if room(target) in ENTRY_POINTS and room(source) != room(target)
     }
     assert importers <= {("cli", "bench")}  # the command line runs the bench
+
+
+# --------------------------------------------------------------------------- mlflow in tracking
+
+# Being moved; remove when done: the CLI and the bench are leaving MLflow to the tracking
+# store (issue 16, items 5 and 6), and are checked once they have.
+MLFLOW_MOVING = {"latentseg/cli.py", "latentseg/cli/*", "latentseg/bench.py", "latentseg/bench/*"}
+
+
+def imports_of(path: Path) -> set[str]:
+    """The top-level packages ``path`` imports anywhere in its source (absolute imports)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def mlflow_importers(package: Path = PACKAGE) -> list[str]:
+    """The modules of ``package`` outside ``tracking/`` that import ``mlflow`` (as paths
+    relative to its parent, e.g. ``latentseg/report/collect.py``)."""
+    return sorted(
+        str(path.relative_to(package.parent))
+        for path in package.rglob("*.py")
+        if path.relative_to(package).parts[0] != "tracking" and "mlflow" in imports_of(path)
+    )
+
+
+def test_the_mlflow_check_sees_deferred_and_from_imports(tmp_path):
+    package = write_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "tracking/store.py": "import mlflow\n",
+            "report/collect.py": "def f():\n    from mlflow.exceptions import MlflowException\n",
+            "study/runner.py": "import mlflow.pytorch as mp\n",
+            "study/spec.py": "mlflow_experiment = 'mlflow'\n",
+        },
+    )
+    assert mlflow_importers(package) == ["latentseg/report/collect.py", "latentseg/study/runner.py"]
+
+
+def test_only_tracking_imports_mlflow():
+    wrong = [
+        path
+        for path in mlflow_importers()
+        if not any(fnmatch.fnmatch(path, pattern) for pattern in MLFLOW_MOVING)
+    ]
+    assert wrong == [], "import mlflow through latentseg.tracking (TrackingStore) instead"
 
 
 # --------------------------------------------------------------------------- no torch in stats

@@ -13,7 +13,8 @@ import optuna
 from latentseg.config import ExperimentConfig
 from latentseg.study.spec import CategoricalParam, FloatParam, IntParam, LoadedStudy
 from latentseg.tracking import run_experiment
-from latentseg.tracking.study import RUN_TYPE, end_trial_run, start_trial_run
+from latentseg.tracking.store import RUN_TYPE, STUDY_TAG, TRIAL_TAG
+from latentseg.tracking.study import end_trial_run, start_trial_run
 from latentseg.train import TrainCallback, TrainingInterrupted, TrainingPruned
 from latentseg.train.interrupt import stop_requested
 
@@ -87,77 +88,34 @@ def objective_value(
 
 
 def run_trial(
-    trial: optuna.Trial, ctx: TrialContext, client, attrs: dict[str, Any] | None = None
+    trial: optuna.Trial, ctx: TrialContext, store, attrs: dict[str, Any] | None = None
 ) -> float:
     """Train the trial's config with each seed; the objective is the mean over seeds.
-    ``attrs`` (the trial's system attributes) carry an adaptive round's seeds and why they
-    run; a trial after the first round is never pruned (its pairs must stay complete)."""
-    from latentseg.study.rounds import FIRST_ROUND, OPEN_ATTR, ROUND_ATTR, trial_seeds
+    ``store`` is the :class:`~latentseg.tracking.store.TrackingStore` that gets the trial's
+    run. ``attrs`` (the trial's system attributes) carry an adaptive round's seeds and why
+    they run; a trial after the first round is never pruned (its pairs must stay complete)."""
+    from latentseg.study.rounds import ROUND_ATTR, trial_seeds
 
-    loaded = ctx.study
-    spec = loaded.spec
-    attrs = attrs or {}
+    loaded, attrs = ctx.study, attrs or {}
     round_ = int(attrs.get(ROUND_ATTR, 1))
-    seeds = trial_seeds(attrs, loaded.seeds)
-    adaptive = {
-        "latentseg.round": str(round_),
-        "latentseg.open_comparison": str(attrs.get(OPEN_ATTR, FIRST_ROUND))[:4900],
-    } if spec.adaptive else {}  # fmt: skip
-    params = {key: suggest(trial, key, param) for key, param in spec.search_space.items()}
-    config: ExperimentConfig = loaded.base.with_updates(
-        {
-            **params,
-            "train.threads": ctx.threads,
-            "tracking.enabled": True,
-            "tracking.experiment": spec.mlflow_experiment or loaded.name,
-        }
-    )
-    stopped = stop_requested()
-    if stopped:  # a signal between trials: start nothing new (the worker queues it again)
-        raise TrainingInterrupted(stopped)
+    adaptive = _adaptive_tags(loaded, attrs, round_)
+    params = {key: suggest(trial, key, param) for key, param in loaded.spec.search_space.items()}
+    config = _trial_config(loaded, params, ctx.threads)
+    _start_nothing_when_stopping()  # a signal between trials: the worker queues it again
     run_id = start_trial_run(
-        client,
-        ctx.experiment_id,
-        ctx.parent_run_id,
-        loaded.name,
-        trial.number,
-        params,
-        config,
-        loaded.path,
-        extra_tags=adaptive,
-    )
+        store, ctx.experiment_id, ctx.parent_run_id, loaded.name, trial.number, params, config,
+        loaded.path, extra_tags=adaptive,
+    )  # fmt: skip
     trial.set_user_attr("mlflow_run_id", run_id)
-    state, metric = "FAIL", spec.objective.metric
+    state, metric = "FAIL", loaded.spec.objective.metric
     values: dict[int, float] = {}
     tags: dict[str, str] = {}
     try:
-        for index, seed in enumerate(seeds):
-            stopped = stop_requested()
-            if stopped:  # between two seeds: the trial ends KILLED, no new seed run starts
-                raise TrainingInterrupted(stopped)
-            seed_config = config.with_updates(
-                {"train.seed": seed, "tracking.run_name": f"trial-{trial.number}-seed-{seed}"}
-            )
+        for index, seed in enumerate(trial_seeds(attrs, loaded.seeds)):
+            _start_nothing_when_stopping()  # between two seeds: the trial ends KILLED
             offset = (seed - loaded.base.train.seed if round_ > 1 else index) * config.train.epochs
-            reporter = ReportToOptuna(trial, metric, offset, prune=round_ == 1)
             tags["pruned_at_seed"] = str(seed)  # kept only when pruned
-            result = run_experiment(
-                seed_config,
-                tracking_uri=ctx.tracking_uri,
-                callbacks=[reporter],
-                parent_run_id=run_id,
-                extra_tags={
-                    RUN_TYPE: "seed",
-                    "latentseg.study": loaded.name,
-                    "latentseg.trial_number": str(trial.number),
-                    **adaptive,
-                },
-                progress=False,
-                source=loaded.path,
-            )
-            values[seed] = objective_value(
-                result.summary, metric, reporter.values, spec.objective.resolved_direction
-            )
+            values[seed] = _run_seed(trial, ctx, config, run_id, seed, offset, round_, adaptive)
             trial.set_user_attr(f"seed_{seed}_{metric}", values[seed])
         state = "COMPLETE"
         return statistics.fmean(values.values())
@@ -177,11 +135,78 @@ def run_trial(
     finally:
         if state != "PRUNED":
             tags.pop("pruned_at_seed", None)
-        # Per-seed values always; the mean and spread only when every seed finished.
-        metrics = {f"seed_{s}_{metric}": v for s, v in values.items()}
-        if state == "COMPLETE":
-            metrics[metric] = statistics.fmean(values.values())
-            metrics["n_seeds"] = len(values)
-            if len(values) > 1:
-                metrics[f"{metric}_std"] = statistics.stdev(values.values())
-        end_trial_run(client, run_id, state, metrics, tags)
+        end_trial_run(store, run_id, state, _trial_metrics(values, metric, state), tags)
+
+
+def _adaptive_tags(loaded: LoadedStudy, attrs: dict[str, Any], round_: int) -> dict[str, str]:
+    """With adaptive seeds: the round and the open comparison a trial's runs belong to."""
+    from latentseg.study.rounds import FIRST_ROUND, OPEN_ATTR
+
+    if not loaded.spec.adaptive:
+        return {}
+    return {
+        "latentseg.round": str(round_),
+        "latentseg.open_comparison": str(attrs.get(OPEN_ATTR, FIRST_ROUND))[:4900],
+    }
+
+
+def _trial_config(loaded: LoadedStudy, params: dict[str, Any], threads: int) -> ExperimentConfig:
+    """The base experiment with the trial's sampled ``params``, tracked in the study's
+    experiment."""
+    return loaded.base.with_updates(
+        {
+            **params,
+            "train.threads": threads,
+            "tracking.enabled": True,
+            "tracking.experiment": loaded.spec.mlflow_experiment or loaded.name,
+        }
+    )
+
+
+def _start_nothing_when_stopping() -> None:
+    """Raise TrainingInterrupted when a stop signal has arrived."""
+    stopped = stop_requested()
+    if stopped:
+        raise TrainingInterrupted(stopped)
+
+
+def _run_seed(
+    trial: optuna.Trial, ctx: TrialContext, config: ExperimentConfig, run_id: str, seed: int,
+    offset: int, round_: int, adaptive: dict[str, str],
+) -> float:  # fmt: skip
+    """Train ``config`` with ``seed`` as a seed run nested under the trial's run ``run_id``,
+    reporting each epoch to the pruner at step ``offset + epoch`` (pruning in the first round
+    only); returns the seed's objective value."""
+    loaded, metric = ctx.study, ctx.study.spec.objective.metric
+    seed_config = config.with_updates(
+        {"train.seed": seed, "tracking.run_name": f"trial-{trial.number}-seed-{seed}"}
+    )
+    reporter = ReportToOptuna(trial, metric, offset, prune=round_ == 1)
+    result = run_experiment(
+        seed_config,
+        tracking_uri=ctx.tracking_uri,
+        callbacks=[reporter],
+        parent_run_id=run_id,
+        extra_tags={
+            RUN_TYPE: "seed",
+            STUDY_TAG: loaded.name,
+            TRIAL_TAG: str(trial.number),
+            **adaptive,
+        },
+        progress=False,
+        source=loaded.path,
+    )
+    return objective_value(
+        result.summary, metric, reporter.values, loaded.spec.objective.resolved_direction
+    )
+
+
+def _trial_metrics(values: dict[int, float], metric: str, state: str) -> dict[str, float]:
+    """Per-seed values always; the mean and spread only when every seed finished."""
+    metrics = {f"seed_{s}_{metric}": v for s, v in values.items()}
+    if state == "COMPLETE":
+        metrics[metric] = statistics.fmean(values.values())
+        metrics["n_seeds"] = len(values)
+        if len(values) > 1:
+            metrics[f"{metric}_std"] = statistics.stdev(values.values())
+    return metrics

@@ -1,5 +1,11 @@
 """``latentseg study``: the parent creates the study, queues its trials and the MLflow parent
-run, then runs W workers on the same storage and summarises the study at the end."""
+run, then runs W workers on the same storage and summarises the study at the end.
+
+A launch reads as its phases (:func:`run_study`): load the spec, open the storage and the
+tracking store, recover what dead launches left, queue, run the workers round after round,
+summarise. Storage concerns live in :mod:`latentseg.study.storage`, MLflow ones in the
+tracking store (:class:`~latentseg.tracking.store.TrackingStore`,
+:mod:`latentseg.tracking.study`)."""
 
 from __future__ import annotations
 
@@ -15,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from latentseg.errors import ConfigError, LatentSegError
@@ -24,17 +29,16 @@ from latentseg.study.objective import TrialContext, run_trial
 from latentseg.study.rounds import Judge
 from latentseg.study.spec import LoadedStudy, load_study_spec, redact
 from latentseg.study.storage import (
-    DEFAULT_JOURNAL,
     Heartbeat,
-    database_lock,
-    default_journal,
     make_storage,
+    open_storage,
     pop_waiting_trial,
+    queue_lock,
     recover_dead_trials,
     retry,
     storage_of,
 )
-from latentseg.tracking.store import connect, get_or_create_experiment, resolve_tracking_uri
+from latentseg.tracking.store import TrackingStore, resolve_tracking_uri
 from latentseg.tracking.study import (
     close_dead_study_runs,
     close_orphans,
@@ -142,97 +146,83 @@ def worker_loop(
     import torch
 
     torch.set_num_threads(ctx.threads)
-    loaded = ctx.study
-    storage = make_storage(storage_url, loaded.spec.max_retry, workers=1)
-    finished = len(
-        optuna.load_study(study_name=loaded.name, storage=storage).get_trials(
-            deepcopy=False, states=FINISHED_STATES
-        )
-    )
-    study = optuna.load_study(
-        study_name=loaded.name,
-        storage=storage,
-        sampler=build_sampler(loaded, worker_index, finished),
-        pruner=build_pruner(loaded),
-    )
-    client = connect(ctx.tracking_uri)
+    study = _load_worker_study(ctx.study, storage_url, worker_index)
+    store = TrackingStore.open(ctx.tracking_uri)
     done = 0
     with StopSignal() as stop:
         while not stop() and (deadline is None or time.time() < deadline):
-            if parent_pid is not None and os.getppid() != parent_pid:
-                # the launch that started this worker is gone (SIGKILL, OOM): take no more
-                # trials; its parent run and anything left are closed by the next launch
-                print(
-                    f"worker {worker_index}: the launch (pid {parent_pid}) is gone; "
-                    "taking no more trials",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            if _launch_gone(parent_pid, worker_index):
                 break
             popped = pop_waiting_trial(study)
             if popped is None:
                 break
-            trial, trial_id = popped
-            attrs = storage_of(study).get_trial(trial_id).system_attrs
-            with Heartbeat(study, trial_id):
-                try:
-                    value = run_trial(trial, ctx, client, attrs)
-                except optuna.TrialPruned:
-                    study.tell(trial, state=TrialState.PRUNED)
-                except (TrainingInterrupted, KeyboardInterrupt):
-                    study.tell(trial, state=TrialState.FAIL)
-                    retry(
-                        study,
-                        storage_of(study).get_trial(trial_id),
-                        loaded.spec.max_retry,
-                        count=False,
-                    )
-                    raise
-                except LatentSegError as exc:  # an invalid sampled config: retrying cannot help
-                    study.tell(trial, state=TrialState.FAIL)
-                    print(f"trial {trial.number} failed: {exc}", file=sys.stderr, flush=True)
-                except Exception as exc:
-                    study.tell(trial, state=TrialState.FAIL)
-                    print(
-                        f"trial {trial.number} failed: {type(exc).__name__}: {exc}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    retry(
-                        study,
-                        storage_of(study).get_trial(trial_id),
-                        max_retry=loaded.spec.max_retry,
-                    )
-                else:
-                    study.tell(trial, value)
+            _run_and_tell(study, *popped, ctx, store)
             done += 1
         if stop():
             raise TrainingInterrupted(str(stop.received), None)
     return done
 
 
-def _wait_for_other_launches(
-    study: optuna.Study, max_retry: int, stop, deadline, client, experiment_id: str, name: str
-) -> list:
-    """With a heartbeat storage (shared by machines), poll while other launches hold RUNNING
-    trials: returns the WAITING trials once some are queued again (a dead machine's, failed by
-    its lapsed heartbeat), or [] when none is left running. Journal storages return at once."""
-    storage = storage_of(study)
-    get_interval = getattr(storage, "get_heartbeat_interval", None)
-    interval = get_interval() if get_interval else None
-    if not interval:
-        return []
-    while not stop() and not (deadline and time.time() >= deadline):
-        for trial in recover_dead_trials(study, max_retry):
-            close_orphans(client, experiment_id, name, trial.number, "worker process died")
-        close_dead_study_runs(client, experiment_id, name)  # a dead launch's parent, this host
-        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if waiting:
-            return waiting
-        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            return []
-        time.sleep(min(interval, 5))
-    return []
+def _load_worker_study(loaded: LoadedStudy, storage_url: str | None, worker_index: int):
+    """The study as a worker sees it: its own sampler seed, offset by the trials finished."""
+    storage = make_storage(storage_url, loaded.spec.max_retry, workers=1)
+    finished = len(
+        optuna.load_study(study_name=loaded.name, storage=storage).get_trials(
+            deepcopy=False, states=FINISHED_STATES
+        )
+    )
+    return optuna.load_study(
+        study_name=loaded.name,
+        storage=storage,
+        sampler=build_sampler(loaded, worker_index, finished),
+        pruner=build_pruner(loaded),
+    )
+
+
+def _launch_gone(parent_pid: int | None, worker_index: int) -> bool:
+    """Whether the launch that started this worker is gone (SIGKILL, OOM): the worker takes
+    no more trials; its parent run and anything left are closed by the next launch."""
+    if parent_pid is None or os.getppid() == parent_pid:
+        return False
+    print(
+        f"worker {worker_index}: the launch (pid {parent_pid}) is gone; taking no more trials",
+        file=sys.stderr,
+        flush=True,
+    )
+    return True
+
+
+def _run_and_tell(
+    study: optuna.Study, trial: optuna.Trial, trial_id: int, ctx: TrialContext,
+    store: TrackingStore,
+) -> None:  # fmt: skip
+    """Run one popped trial and tell the study how it ended: pruned; failed and queued again
+    (an exception, up to ``max_retry``; a signal, without spending a retry, and the signal
+    propagates); failed for good (an invalid sampled config); or its value."""
+    max_retry = ctx.study.spec.max_retry
+    attrs = storage_of(study).get_trial(trial_id).system_attrs
+    with Heartbeat(study, trial_id):
+        try:
+            value = run_trial(trial, ctx, store, attrs)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        except (TrainingInterrupted, KeyboardInterrupt):
+            study.tell(trial, state=TrialState.FAIL)
+            retry(study, storage_of(study).get_trial(trial_id), max_retry, count=False)
+            raise
+        except LatentSegError as exc:  # an invalid sampled config: retrying cannot help
+            study.tell(trial, state=TrialState.FAIL)
+            print(f"trial {trial.number} failed: {exc}", file=sys.stderr, flush=True)
+        except Exception as exc:
+            study.tell(trial, state=TrialState.FAIL)
+            print(
+                f"trial {trial.number} failed: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
+            retry(study, storage_of(study).get_trial(trial_id), max_retry=max_retry)
+        else:
+            study.tell(trial, value)
 
 
 def worker_devices(workers: int, gpus: int, visible: str | None = None) -> list[str | None]:
@@ -288,6 +278,11 @@ class Progress(threading.Thread):
         self.loaded = loaded if loaded is not None and loaded.spec.adaptive else None
         self.open: int | None = None  # set by the launch after each round's look
         self.stop_event = threading.Event()
+
+    def finish(self) -> None:
+        """Stop polling (the bar shows its last state) and wait for the thread."""
+        self.stop_event.set()
+        self.join(timeout=10)
 
     def snapshot(self) -> tuple[int, float | None, str]:
         every = self.study.get_trials(deepcopy=False)
@@ -346,6 +341,36 @@ class Progress(threading.Thread):
                 return
 
 
+@dataclass
+class Launch:
+    """One launch of a study: its spec, its Optuna storage and study, its tracking store and
+    experiment, and how it runs (workers, deadline)."""
+
+    loaded: LoadedStudy
+    spec_path: str
+    storage_url: str
+    storage: optuna.storages.BaseStorage
+    study: optuna.Study
+    store: TrackingStore
+    experiment_id: str
+    workers: int
+    deadline: float | None
+
+    def recover_dead_trials(self) -> None:
+        """Fail (and queue again) the trials of dead workers, and close the runs they left."""
+        for trial in recover_dead_trials(self.study, self.loaded.spec.max_retry):
+            close_orphans(
+                self.store, self.experiment_id, self.loaded.name, trial.number,
+                "worker process died",
+            )  # fmt: skip
+
+    def waiting(self) -> list:
+        return self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+
+    def late(self) -> bool:
+        return bool(self.deadline) and time.time() >= self.deadline
+
+
 @quiet_optuna()
 def run_study(
     spec_path: str,
@@ -364,21 +389,63 @@ def run_study(
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     loaded = load_study_spec(spec_path, overrides, n_trials)
+    launch = open_launch(loaded, spec_path, workers, storage, tracking_uri, started)
+    recover(launch)
+    with queue_lock(launch.storage_url):
+        queue_trials(launch.study, loaded)
+    if loaded.spec.adaptive and judge is None:
+        from latentseg.report.adaptive import judge  # the one default from above
+    # Signals only set a flag from here on, so the parent run is always closed and the
+    # summary written, whatever arrives when.
+    with StopSignal() as stop:
+        ctx = start_parent_run(launch)
+        status, summary, workers_started = run_and_summarize(launch, ctx, judge, stop, progress)
+    if status == "KILLED":
+        raise TrainingInterrupted(str(stop.received or "SIGINT"))
+    return StudyResult(
+        loaded.name,
+        ctx.parent_run_id,
+        launch.experiment_id,
+        launch.store.uri,
+        redact(launch.storage_url),
+        summary,
+        time.time() - started,
+        workers_started,
+    )
+
+
+def open_launch(
+    loaded: LoadedStudy, spec_path: str, workers: int, storage: str | None,
+    tracking_uri: str | None, started: float,
+) -> Launch:  # fmt: skip
+    """Open the study's storage, its tracking store and the Optuna study, and check that this
+    launch may continue it (the same spec, the same tracking store)."""
     spec = loaded.spec
     uri = resolve_tracking_uri(tracking_uri, loaded.base.tracking.tracking_uri)
     # Without --storage, the study lives in the journal of the store its runs go to.
-    journal = default_journal(uri)
-    storage_url = storage or spec.storage or f"journal:{journal}"
-    optuna_storage = make_storage(storage_url, spec.max_retry, workers)
-    if not (storage or spec.storage):
-        _note_older_journal(loaded.name, optuna_storage, journal)
+    storage_url, optuna_storage = open_storage(
+        loaded.name, storage or spec.storage, spec.max_retry, workers, uri
+    )
     # MLflow first: an unreachable tracking server must fail before the study is touched.
-    client = connect(uri)
-    direction = spec.objective.resolved_direction
+    store = TrackingStore.open(uri)
+    study = _open_study(loaded, spec_path, optuna_storage)
+    _check_fingerprint(study, loaded, spec_path)
+    _check_store(study, loaded, store, spec_path, storage_url)
+    experiment_id = store.experiment(spec.mlflow_experiment or loaded.name)
+    deadline = started + spec.timeout if spec.timeout else None
+    return Launch(
+        loaded, spec_path, storage_url, optuna_storage, study, store, experiment_id, workers,
+        deadline,
+    )  # fmt: skip
+
+
+def _open_study(loaded: LoadedStudy, spec_path: str, storage) -> optuna.Study:
+    """The study, created or loaded; its direction must be the spec's."""
+    direction = loaded.spec.objective.resolved_direction
     try:
         study = optuna.create_study(
             study_name=loaded.name,
-            storage=optuna_storage,
+            storage=storage,
             direction=direction,
             load_if_exists=True,
             sampler=build_sampler(loaded),
@@ -390,151 +457,159 @@ def run_study(
         raise ConfigError(
             f"{spec_path}: study '{loaded.name}' exists with direction {study.direction.name.lower()}, the spec asks {direction}"
         )
+    return study
 
-    _check_fingerprint(study, loaded, spec_path)
-    _check_store(study, loaded, uri, client, spec_path, storage_url)
-    experiment_id = get_or_create_experiment(client, spec.mlflow_experiment or loaded.name, uri)
-    close_dead_study_runs(client, experiment_id, loaded.name)
-    for dead in recover_dead_trials(study, spec.max_retry):
-        close_orphans(client, experiment_id, loaded.name, dead.number, "worker process died")
-    with queue_lock(storage_url):
-        queue_trials(study, loaded)
 
-    storage_label = redact(storage_url)
-    spec_params = {
+def recover(launch: Launch) -> None:
+    """What dead launches and workers left: their parent runs end KILLED, their trials are
+    failed and queued again, and the trial and seed runs they left RUNNING are closed."""
+    close_dead_study_runs(launch.store, launch.experiment_id, launch.loaded.name)
+    launch.recover_dead_trials()
+
+
+def start_parent_run(launch: Launch) -> TrialContext:
+    """This launch's parent run, with the spec as its params; returns the context its
+    workers run trials in."""
+    loaded = launch.loaded
+    parent_run_id = start_study_run(
+        launch.store, launch.experiment_id, loaded.name, redact(launch.storage_url),
+        loaded.path, spec_params(loaded, launch.storage_url), launch.workers,
+    )  # fmt: skip
+    threads = max(1, (os.cpu_count() or 1) // launch.workers)
+    return TrialContext(loaded, launch.store.uri, launch.experiment_id, parent_run_id, threads)
+
+
+def spec_params(loaded: LoadedStudy, storage_url: str) -> dict[str, Any]:
+    """The spec as the parent run's params: ``study.*`` (the storage redacted), the looks of
+    adaptive seeds (the report takes them from here) and ``search_space.*``."""
+    spec = loaded.spec
+    params = {
         f"study.{k}": v
         for k, v in _flat(spec.model_dump(mode="json", exclude={"search_space"})).items()
     }
-    spec_params["study.storage"] = storage_label  # never a password
-    if spec.adaptive:  # the report takes its looks from here
-        spec_params["study.seeds.looks"] = ",".join(map(str, spec.adaptive.looks()))
-        if judge is None:
-            from latentseg.report.adaptive import judge  # the one default from above
-    spec_params.update(
+    params["study.storage"] = redact(storage_url)  # never a password
+    if spec.adaptive:
+        params["study.seeds.looks"] = ",".join(map(str, spec.adaptive.looks()))
+    params.update(
         {f"search_space.{k}": p.model_dump(mode="json") for k, p in spec.search_space.items()}
     )
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    deadline = started + spec.timeout if spec.timeout else None
-    status = "FAILED"
-    # Signals only set a flag from here on, so the parent run is always closed and the
-    # summary written, whatever arrives when.
-    with StopSignal() as stop:
-        parent_run_id = start_study_run(
-            client, experiment_id, loaded.name, storage_label, loaded.path, spec_params, workers
-        )
-        ctx = TrialContext(loaded, uri, experiment_id, parent_run_id, threads)
-        monitor = Progress(
-            study,
-            len(latest_attempts(study.get_trials(deepcopy=False))),
-            direction,
-            progress,
-            loaded,
-        )
-        monitor.start()
-        try:
-            passes = 0  # worker passes in this round: the round, then retries of dead workers
-            started_workers = 0
-            round_ = rounds.current_round(study.get_trials(deepcopy=False))
-            while passes <= spec.max_retry:
-                if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                    _run_workers(ctx, storage_url, deadline, workers, stop)
-                    started_workers += workers
-                passes += 1  # (a relaunch with nothing queued starts no worker)
-                for trial in recover_dead_trials(study, spec.max_retry):
-                    close_orphans(
-                        client, experiment_id, loaded.name, trial.number, "worker process died"
-                    )
-                waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-                if not waiting and not stop():
-                    # Trials still RUNNING belong to other launches (other machines): wait
-                    # until they finish or their heartbeat lapses and they come back queued.
-                    waiting = _wait_for_other_launches(
-                        study, spec.max_retry, stop, deadline, client, experiment_id, loaded.name
-                    )
-                late = deadline and time.time() >= deadline
-                if not waiting and not stop() and not late and spec.adaptive:
-                    _next_round(study, loaded, judge, ctx, storage_url, client, monitor)
-                    # the next round's trials, queued here or by another launch of the study
-                    trials = study.get_trials(deepcopy=False)
-                    waiting = [t for t in trials if t.state == TrialState.WAITING]
-                    if rounds.current_round(trials) > round_:  # a new round: fresh passes
-                        round_, passes = rounds.current_round(trials), 0
-                if stop() or not waiting or late:
-                    break
-            status = "KILLED" if stop() else "FINISHED"
-        except (TrainingInterrupted, KeyboardInterrupt):
-            status = "KILLED"
-        finally:
-            monitor.stop_event.set()
-            monitor.join(timeout=10)
-            try:
-                final = optuna.load_study(study_name=loaded.name, storage=optuna_storage)
-                summary = log_study_summary(
-                    client,
-                    parent_run_id,
-                    final,
-                    spec.objective.metric,
-                    plots=status != "KILLED",  # a stop is quick; the next launch plots
-                )
-            finally:
-                with ignore_interrupts():
-                    client.set_terminated(parent_run_id, status)
-    if status == "KILLED":
-        raise TrainingInterrupted(str(stop.received or "SIGINT"))
-    return StudyResult(
-        loaded.name,
-        parent_run_id,
-        experiment_id,
-        uri,
-        storage_label,
-        summary,
-        time.time() - started,
-        started_workers,
+    return params
+
+
+def run_and_summarize(
+    launch: Launch, ctx: TrialContext, judge: Judge | None, stop, progress: bool
+) -> tuple[str, dict[str, Any], int]:
+    """Run the rounds with a progress bar, then summarise the study on the parent run and
+    close it: FINISHED, KILLED (a stop; the summary skips its plots) or FAILED (an error,
+    which propagates). Returns the status, the summary and the workers started."""
+    monitor = Progress(
+        launch.study,
+        len(latest_attempts(launch.study.get_trials(deepcopy=False))),
+        launch.loaded.spec.objective.resolved_direction,
+        progress,
+        launch.loaded,
     )
-
-
-def _note_older_journal(name: str, storage, journal: Path) -> None:
-    """Before studies kept the journal of their tracking store, every store's studies went to
-    ``mlruns/optuna/journal.log`` of the working directory. A study found only there is not
-    taken over silently (its runs may be in another store): the launch says where it is."""
-    if not DEFAULT_JOURNAL.is_file() or DEFAULT_JOURNAL.resolve() == journal.resolve():
-        return
-    if name in optuna.get_all_study_names(storage):
-        return
+    monitor.start()
+    status, workers_started = "FAILED", 0
     try:
-        older = optuna.storages.JournalStorage(JournalFileBackend(str(DEFAULT_JOURNAL)))
-        found = name in optuna.get_all_study_names(older)
-    except Exception:  # noqa: BLE001 - an unreadable older journal: nothing to point at
-        return
-    if found:
-        print(
-            f"note: a study '{name}' is in {DEFAULT_JOURNAL}, the journal every store shared "
-            f"before; this launch starts it afresh in {journal}, the journal of its tracking "
-            f"store. To continue the older one, pass --storage journal:{DEFAULT_JOURNAL}",
-            file=sys.stderr,
-            flush=True,
+        workers_started = run_rounds(launch, ctx, judge, stop, monitor)
+        status = "KILLED" if stop() else "FINISHED"
+    except (TrainingInterrupted, KeyboardInterrupt):
+        status = "KILLED"
+    finally:
+        monitor.finish()
+        summary = summarize(launch, ctx.parent_run_id, status)
+    return status, summary, workers_started
+
+
+def run_rounds(
+    launch: Launch, ctx: TrialContext, judge: Judge | None, stop, monitor: Progress
+) -> int:
+    """Run workers while trials are queued: after each pass the dead workers' trials are
+    queued again (up to ``max_retry`` passes a round), other launches' running trials are
+    waited for, and with adaptive seeds the next round is queued; until nothing is left, a
+    stop or the deadline. Returns the number of workers started (0: nothing was queued)."""
+    study, spec = launch.study, launch.loaded.spec
+    passes = 0  # worker passes in this round: the round, then retries of dead workers
+    workers_started = 0
+    round_ = rounds.current_round(study.get_trials(deepcopy=False))
+    while passes <= spec.max_retry:
+        if launch.waiting():
+            _run_workers(ctx, launch.storage_url, launch.deadline, launch.workers, stop)
+            workers_started += launch.workers
+        passes += 1  # (a relaunch with nothing queued starts no worker)
+        launch.recover_dead_trials()
+        waiting = launch.waiting()
+        if not waiting and not stop():
+            # Trials still RUNNING belong to other launches (other machines): wait until
+            # they finish or their heartbeat lapses and they come back queued.
+            waiting = _wait_for_other_launches(launch, stop)
+        late = launch.late()
+        if not waiting and not stop() and not late and spec.adaptive:
+            _next_round(launch, judge, ctx, monitor)
+            # the next round's trials, queued here or by another launch of the study
+            trials = study.get_trials(deepcopy=False)
+            waiting = [t for t in trials if t.state == TrialState.WAITING]
+            if rounds.current_round(trials) > round_:  # a new round: fresh passes
+                round_, passes = rounds.current_round(trials), 0
+        if stop() or not waiting or late:
+            break
+    return workers_started
+
+
+def summarize(launch: Launch, parent_run_id: str, status: str) -> dict[str, Any]:
+    """The study's summary logged on the parent run (without plots after a stop: a stop is
+    quick, the next launch plots), which is then closed with ``status`` whatever happens."""
+    try:
+        final = optuna.load_study(study_name=launch.loaded.name, storage=launch.storage)
+        return log_study_summary(
+            launch.store,
+            parent_run_id,
+            final,
+            launch.loaded.spec.objective.metric,
+            plots=status != "KILLED",
         )
+    finally:
+        with ignore_interrupts():
+            launch.store.end_run(parent_run_id, status)
 
 
-def _next_round(
-    study: optuna.Study, loaded: LoadedStudy, judge: Judge, ctx: TrialContext,
-    storage_url: str | None, client, monitor: Progress,
-) -> int:  # fmt: skip
+def _wait_for_other_launches(launch: Launch, stop) -> list:
+    """With a heartbeat storage (shared by machines), poll while other launches hold RUNNING
+    trials: returns the WAITING trials once some are queued again (a dead machine's, failed by
+    its lapsed heartbeat), or [] when none is left running. Journal storages return at once."""
+    get_interval = getattr(storage_of(launch.study), "get_heartbeat_interval", None)
+    interval = get_interval() if get_interval else None
+    if not interval:
+        return []
+    while not stop() and not launch.late():
+        recover(launch)  # a dead launch's parent too (on this host)
+        waiting = launch.waiting()
+        if waiting:
+            return waiting
+        if not launch.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return []
+        time.sleep(min(interval, 5))
+    return []
+
+
+def _next_round(launch: Launch, judge: Judge, ctx: TrialContext, monitor: Progress) -> int:
     """Adaptive seeds, once the current round has finished everywhere: take its look's
     verdicts, log them on the parent run, and queue the next round's seeds for the points
     that need them (under the queue lock, once per round whichever launch gets there first).
     Returns the number of trials queued."""
-    with queue_lock(storage_url):
-        trials = study.get_trials(deepcopy=False)
+    loaded = launch.loaded
+    with queue_lock(launch.storage_url):
+        trials = launch.study.get_trials(deepcopy=False)
         if not rounds.round_finished(trials):
             return 0  # another launch queued the next round first: run it
         current = rounds.current_round(trials)
         judgement = judge(loaded, ctx.tracking_uri, current)
         planned = rounds.plan(loaded, trials, judgement, current)
-        queued = rounds.queue_round(study, planned, current + 1)
+        queued = rounds.queue_round(launch.study, planned, current + 1)
     spent = rounds.seeds_spent(trials, loaded.seeds)
     log_round(
-        client, ctx.parent_run_id, current,
+        launch.store, ctx.parent_run_id, current,
         {"open": judgement.open, "decided": judgement.decided, "queued": queued,
          "seed_runs": spent},
         judgement.table,
@@ -591,31 +666,24 @@ def _store_id(uri: str) -> str:
 
 
 def _check_store(
-    study: optuna.Study, loaded: LoadedStudy, uri: str, client, spec_path: str,
+    study: optuna.Study, loaded: LoadedStudy, store: TrackingStore, spec_path: str,
     storage_url: str | None,
 ) -> None:  # fmt: skip
     """A study's trials name MLflow runs in one tracking store: a launch against another store
     would find its work done and summarise runs that store lacks. The study records its store
     at its first launch; a launch with another is refused (exit 2), naming both. A study from
     before that record is checked by its trials' run ids."""
-    from mlflow.exceptions import MlflowException
-
     key = "latentseg.tracking_store"
-    here = _store_id(uri)
+    here = _store_id(store.uri)
     stored = study.user_attrs.get(key)
     if stored is None:
         ids = [
             t.user_attrs["mlflow_run_id"] for t in study.trials if "mlflow_run_id" in t.user_attrs
         ]
-        for run_id in ids[:3]:
-            try:
-                client.get_run(run_id)
-            except MlflowException:
-                stored = "another tracking store"
-                break
-        else:
+        if all(store.run(run_id) is not None for run_id in ids[:3]):
             study.set_user_attr(key, here)
             return
+        stored = "another tracking store"
     if stored != here:
         where = redact(storage_url)
         raise ConfigError(
@@ -623,32 +691,6 @@ def _check_store(
             f"{redact(here)}: relaunch with --tracking-uri {stored}, or keep this store and give "
             "the study a new `name` (or another --storage)"
         )
-
-
-@contextlib.contextmanager
-def queue_lock(storage_url: str | None):
-    """Serialises queueing between launches that share a storage (two launches must not both
-    queue the same missing grid point): a file lock beside a journal or SQLite file on this
-    machine, a database lock for PostgreSQL or MySQL shared by launches on many machines."""
-    if storage_url is not None and storage_url.startswith(("postgresql", "mysql")):
-        with database_lock(storage_url):
-            yield
-        return
-    import fcntl
-
-    if storage_url is not None and storage_url.startswith("sqlite:///"):
-        path = Path(storage_url.removeprefix("sqlite:///") + ".queue.lock")
-    else:
-        path = Path(
-            storage_url.removeprefix("journal:") if storage_url else DEFAULT_JOURNAL
-        ).with_suffix(".queue.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _run_workers(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -61,6 +62,43 @@ def default_journal(tracking_uri: str) -> Path:
 
 
 OWNER_ATTR = "latentseg_owner"  # {"host", "pid", "start"} of the process running a trial
+
+
+def open_storage(
+    name: str, url: str | None, max_retry: int, workers: int, tracking_uri: str
+) -> tuple[str, optuna.storages.BaseStorage]:
+    """The URL and the storage of the study ``name``: ``url`` (``--storage`` or the spec's),
+    else the journal of the tracking store its runs go to (:func:`default_journal`); a study
+    found only in the older shared journal is pointed at (:func:`note_older_journal`)."""
+    journal = default_journal(tracking_uri)
+    storage_url = url or f"journal:{journal}"
+    storage = make_storage(storage_url, max_retry, workers)
+    if not url:
+        note_older_journal(name, storage, journal)
+    return storage_url, storage
+
+
+def note_older_journal(name: str, storage, journal: Path) -> None:
+    """Before studies kept the journal of their tracking store, every store's studies went to
+    ``mlruns/optuna/journal.log`` of the working directory. A study found only there is not
+    taken over silently (its runs may be in another store): the launch says where it is."""
+    if not DEFAULT_JOURNAL.is_file() or DEFAULT_JOURNAL.resolve() == journal.resolve():
+        return
+    if name in optuna.get_all_study_names(storage):
+        return
+    try:
+        older = optuna.storages.JournalStorage(JournalFileBackend(str(DEFAULT_JOURNAL)))
+        found = name in optuna.get_all_study_names(older)
+    except Exception:  # noqa: BLE001 - an unreadable older journal: nothing to point at
+        return
+    if found:
+        print(
+            f"note: a study '{name}' is in {DEFAULT_JOURNAL}, the journal every store shared "
+            f"before; this launch starts it afresh in {journal}, the journal of its tracking "
+            f"store. To continue the older one, pass --storage journal:{DEFAULT_JOURNAL}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def make_storage(url: str | None, max_retry: int, workers: int = 1) -> optuna.storages.BaseStorage:
@@ -144,8 +182,6 @@ def repair_journal_tail(path: Path) -> int:
             handle.truncate(keep)
     finally:
         lock.release()
-    import sys
-
     print(
         f"note: {path}: its last line was a write cut short ({len(data) - keep} bytes, a crash "
         f"or a full disk); moved to {path}.damaged and dropped (it never completed)",
@@ -209,7 +245,30 @@ def database_lock(storage_url: str):
         engine.dispose()
 
 
-# --------------------------------------------------------------------------- ownership
+@contextlib.contextmanager
+def queue_lock(storage_url: str | None):
+    """Serialises queueing between launches that share a storage (two launches must not both
+    queue the same missing grid point): a file lock beside a journal or SQLite file on this
+    machine, a database lock for PostgreSQL or MySQL shared by launches on many machines."""
+    if storage_url is not None and storage_url.startswith(("postgresql", "mysql")):
+        with database_lock(storage_url):
+            yield
+        return
+    import fcntl
+
+    if storage_url is not None and storage_url.startswith("sqlite:///"):
+        path = Path(storage_url.removeprefix("sqlite:///") + ".queue.lock")
+    else:
+        path = Path(
+            storage_url.removeprefix("journal:") if storage_url else DEFAULT_JOURNAL
+        ).with_suffix(".queue.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- queue

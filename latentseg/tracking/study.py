@@ -9,39 +9,23 @@ import json
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from latentseg.process import owner_alive, owner_record
 from latentseg.tracking.run import run_tags
-from latentseg.tracking.store import quote
+from latentseg.tracking.store import RUN_TYPE, STUDY_TAG, TRIAL_TAG, TrackingStore
 
-RUN_TYPE = "latentseg.run_type"  # study | trial | seed
 # Optuna's fANOVA walks every combination of a categorical's one-hot splits: its time doubles
 # with each choice (a 40-point grid axis would never finish). Wider axes get PED-ANOVA only.
 FANOVA_MAX_CHOICES = 16
-
-
-def _params(client, run_id: str, params: dict[str, Any]) -> None:
-    from mlflow.entities import Param
-
-    items = [
-        Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-        for k, v in sorted(params.items())
-    ]
-    for start in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[start : start + 100])
-
-
-def _metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+# The Optuna state a trial ends in -> the status of its MLflow run.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "KILLED": "KILLED"}
 
 
 def start_study_run(
-    client,
+    store: TrackingStore,
     experiment_id: str,
     study_name: str,
     storage: str,
@@ -49,23 +33,23 @@ def start_study_run(
     params: dict[str, Any],
     workers: int,
 ) -> str:
+    """The parent run of one launch of ``study_name``, with the spec's ``params``."""
     tags = {
         RUN_TYPE: "study",
-        "latentseg.study": study_name,
+        STUDY_TAG: study_name,
         "latentseg.storage": storage,
         "latentseg.spec": spec_path,
         "latentseg.workers": str(workers),
         "latentseg.owner": json.dumps(owner_record()),
     }
-    run = client.create_run(
-        experiment_id, tags=tags, run_name=f"study-{study_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    _params(client, run.info.run_id, params)
-    return run.info.run_id
+    run_name = f"study-{study_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_id = store.create_run(experiment_id, run_name, tags)
+    store.log_params(run_id, params)
+    return run_id
 
 
 def start_trial_run(
-    client,
+    store: TrackingStore,
     experiment_id: str,
     parent_run_id: str,
     study_name: str,
@@ -75,29 +59,28 @@ def start_trial_run(
     source: str,
     extra_tags: dict[str, str] | None = None,
 ) -> str:
+    """A trial's run under the parent run, with the sampled ``params`` and the full config."""
     tags = (
         run_tags(config, source)
         | (extra_tags or {})
         | {
             RUN_TYPE: "trial",
             "mlflow.parentRunId": parent_run_id,
-            "latentseg.study": study_name,
-            "latentseg.trial_number": str(trial_number),
+            STUDY_TAG: study_name,
+            TRIAL_TAG: str(trial_number),
             "latentseg.optuna_state": "RUNNING",
             "latentseg.config_hash": config.config_hash(include_seed=False),
             "latentseg.owner": json.dumps(owner_record()),  # the worker process running it
         }
     )
     tags.pop("latentseg.seed", None)
-    run = client.create_run(experiment_id, tags=tags, run_name=f"trial-{trial_number}")
-    _params(
-        client, run.info.run_id, {**config.flat(), **{f"trial.{k}": v for k, v in params.items()}}
-    )
-    return run.info.run_id
+    run_id = store.create_run(experiment_id, f"trial-{trial_number}", tags)
+    store.log_params(run_id, {**config.flat(), **{f"trial.{k}": v for k, v in params.items()}})
+    return run_id
 
 
 def end_trial_run(
-    client,
+    store: TrackingStore,
     run_id: str,
     state: str,
     metrics: dict[str, float] | None = None,
@@ -106,60 +89,59 @@ def end_trial_run(
     """``state``: the Optuna state (COMPLETE, PRUNED, FAIL) -> FINISHED, KILLED, FAILED;
     ``KILLED`` (interrupted by a signal; Optuna records FAIL) -> KILLED."""
     if metrics:
-        _metrics(client, run_id, metrics)
+        store.log_metrics(run_id, metrics)
     optuna_state = "FAIL" if state == "KILLED" else state
-    for key, value in {"latentseg.optuna_state": optuna_state, **(tags or {})}.items():
-        client.set_tag(run_id, key, value)
-    client.set_terminated(
-        run_id,
-        {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "KILLED": "KILLED"}.get(state, "FAILED"),
-    )
+    store.set_tags(run_id, {"latentseg.optuna_state": optuna_state, **(tags or {})})
+    store.end_run(run_id, RUN_STATUS.get(state, "FAILED"))
 
 
 def close_orphans(
-    client, experiment_id: str, study_name: str, trial_number: int, reason: str
+    store: TrackingStore, experiment_id: str, study_name: str, trial_number: int, reason: str
 ) -> None:
     """Close the runs a dead worker left RUNNING for one trial: the trial run and its seed
     runs (found by their tags, so even a run whose id never reached Optuna is closed)."""
-    base = f"tags.`latentseg.study` = {quote(study_name)} and tags.`latentseg.trial_number` = {quote(str(trial_number))} and attributes.status = 'RUNNING'"
-    for run in client.search_runs([experiment_id], filter_string=base, max_results=1000):
-        client.set_tag(run.info.run_id, "latentseg.error", reason)
+    for run in store.study_runs(
+        study_name, trial_number=trial_number, status="RUNNING", experiment_ids=[experiment_id]
+    ):
+        store.set_tags(run.info.run_id, {"latentseg.error": reason})
         if run.data.tags.get(RUN_TYPE) == "trial":
-            client.set_tag(run.info.run_id, "latentseg.optuna_state", "FAIL")
-        client.set_terminated(run.info.run_id, "FAILED")
+            store.set_tags(run.info.run_id, {"latentseg.optuna_state": "FAIL"})
+        store.end_run(run.info.run_id, "FAILED")
 
 
-def close_dead_study_runs(client, experiment_id: str, study_name: str) -> None:
+def close_dead_study_runs(store: TrackingStore, experiment_id: str, study_name: str) -> None:
     """A parent run left RUNNING by a launch whose process is gone ends KILLED."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`latentseg.study` = {quote(study_name)} and tags.`{RUN_TYPE}` = 'study' and attributes.status = 'RUNNING'",
-    )
-    for run in runs:
+    for run in store.study_runs(
+        study_name, "study", status="RUNNING", experiment_ids=[experiment_id]
+    ):
         owner = run.data.tags.get("latentseg.owner")
         if owner and not owner_alive(json.loads(owner)):
-            client.set_tag(run.info.run_id, "latentseg.error", "the launching process died")
-            client.set_terminated(run.info.run_id, "KILLED")
+            store.set_tags(run.info.run_id, {"latentseg.error": "the launching process died"})
+            store.end_run(run.info.run_id, "KILLED")
 
 
 def log_round(
-    client, run_id: str, round_: int, counts: dict[str, float], table: list[dict[str, Any]]
+    store: TrackingStore,
+    run_id: str,
+    round_: int,
+    counts: dict[str, float],
+    table: list[dict[str, Any]],
 ) -> None:
     """An adaptive study's look after ``round_``: the counts as metrics at step ``round_``
     (``rounds.open``, ``rounds.decided``, ``rounds.queued``, ``rounds.seed_runs``) and the
     verdict of every comparison in ``rounds/round-<k>.json``."""
-    _metrics(client, run_id, {f"rounds.{k}": v for k, v in counts.items()}, step=round_)
-    client.set_tag(run_id, "latentseg.round", str(round_))
+    store.log_metrics(run_id, {f"rounds.{k}": v for k, v in counts.items()}, step=round_)
+    store.set_tags(run_id, {"latentseg.round": str(round_)})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"round-{round_}.json"
         path.write_text(
             json.dumps({"round": round_, **counts, "comparisons": table}, indent=2, default=str)
         )
-        client.log_artifact(run_id, str(path), "rounds")
+        store.log_artifact(run_id, path, "rounds")
 
 
 def log_study_summary(
-    client, run_id: str, study, metric: str, plots: bool = True
+    store: TrackingStore, run_id: str, study, metric: str, plots: bool = True
 ) -> dict[str, Any]:
     """Best params/value, ``trials.csv``, Optuna's plots and importances on the parent run
     (without ``plots``: the table and counts only, for a quick stop)."""
@@ -173,31 +155,37 @@ def log_study_summary(
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
-        client.log_artifact(run_id, str(folder / "trials.csv"))
+        store.log_artifact(run_id, folder / "trials.csv")
         if complete:
-            best = study.best_trial
-            summary.update(best_value=best.value, best_trial=best.number, best_params=best.params)
-            _metrics(
-                client, run_id, {f"best_{metric}": best.value, "best_trial_number": best.number}
-            )
-            _params(client, run_id, {f"best.{k}": v for k, v in best.params.items()})
-            client.set_tag(run_id, "latentseg.best_trial", str(best.number))
-        _metrics(client, run_id, {k: v for k, v in summary.items() if k.startswith("n_")})
+            summary.update(_log_best(store, run_id, study.best_trial, metric))
+        store.log_metrics(run_id, {k: v for k, v in summary.items() if k.startswith("n_")})
         if plots:
-            _log_plots(client, run_id, study, metric, complete, summary, folder)
+            makers, summary["importances"] = _importances(store, run_id, study, metric, complete)
+            summary["plots_skipped"] = _log_plots(store, run_id, makers, folder)
         (folder / "study_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        client.log_artifact(run_id, str(folder / "study_summary.json"))
+        store.log_artifact(run_id, folder / "study_summary.json")
     return summary
 
 
-def _log_plots(client, run_id: str, study, metric: str, complete, summary, folder: Path) -> None:
-    """Optuna's plots and parameter importances, logged to the parent run (into ``summary``:
-    the importances, and the plots that could not be drawn)."""
-    import matplotlib.pyplot as plt
+def _log_best(store: TrackingStore, run_id: str, best, metric: str) -> dict[str, Any]:
+    """The best trial's value, number and params on the parent run; returns them."""
+    store.log_metrics(run_id, {f"best_{metric}": best.value, "best_trial_number": best.number})
+    store.log_params(run_id, {f"best.{k}": v for k, v in best.params.items()})
+    store.set_tags(run_id, {"latentseg.best_trial": str(best.number)})
+    return {"best_value": best.value, "best_trial": best.number, "best_params": best.params}
+
+
+def _importances(
+    store: TrackingStore, run_id: str, study, metric: str, complete
+) -> tuple[dict[str, Callable], dict[str, Any]]:
+    """Optuna's parameter importances (PED-ANOVA and fANOVA), logged as metrics on the parent
+    run. Returns the plots to draw (Optuna's history, intermediate values and parallel
+    coordinates, and one importance plot per evaluator that ran) and the importances (or why
+    one was not computed)."""
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    plots = {
+    plots: dict[str, Callable] = {
         "optimization_history": lambda: ovm.plot_optimization_history(study, target_name=metric),
         "intermediate_values": lambda: ovm.plot_intermediate_values(study),
         "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target_name=metric),
@@ -207,15 +195,7 @@ def _log_plots(client, run_id: str, study, metric: str, complete, summary, folde
         "fanova": optuna.importance.FanovaImportanceEvaluator,
     }
     importances: dict[str, Any] = {}
-    choices, widest = max(
-        (
-            (len(d.choices), key)
-            for t in complete
-            for key, d in t.distributions.items()
-            if isinstance(d, optuna.distributions.CategoricalDistribution)
-        ),
-        default=(0, None),
-    )
+    choices, widest = _widest_categorical(complete)
     for name, evaluator in evaluators.items():
         if name == "fanova" and choices > FANOVA_MAX_CHOICES:
             importances[name] = (
@@ -237,10 +217,34 @@ def _log_plots(client, run_id: str, study, metric: str, complete, summary, folde
                 study, evaluator=evaluator(), target_name=f"{metric} ({name})"
             )
         )
-        _metrics(
-            client, run_id, {f"importance.{name}.{k}": v for k, v in importances[name].items()}
+        store.log_metrics(
+            run_id, {f"importance.{name}.{k}": v for k, v in importances[name].items()}
         )
-    summary["importances"] = importances
+    return plots, importances
+
+
+def _widest_categorical(complete) -> tuple[int, str | None]:
+    """``(choices, key)`` of the categorical axis with the most choices; ``(0, None)``."""
+    import optuna
+
+    return max(
+        (
+            (len(d.choices), key)
+            for t in complete
+            for key, d in t.distributions.items()
+            if isinstance(d, optuna.distributions.CategoricalDistribution)
+        ),
+        default=(0, None),
+    )
+
+
+def _log_plots(
+    store: TrackingStore, run_id: str, plots: dict[str, Callable], folder: Path
+) -> dict[str, str]:
+    """Draw each plot and log it under ``plots/`` of the parent run; returns the plots that
+    could not be drawn, with why."""
+    import matplotlib.pyplot as plt
+
     skipped = {}
     for name, make in plots.items():
         try:
@@ -250,7 +254,7 @@ def _log_plots(client, run_id: str, study, metric: str, complete, summary, folde
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
             figure.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
             plt.close(figure)
-            client.log_artifact(run_id, str(folder / f"{name}.png"), "plots")
+            store.log_artifact(run_id, folder / f"{name}.png", "plots")
         except Exception as exc:
             skipped[name] = f"{type(exc).__name__}: {exc}"
-    summary["plots_skipped"] = skipped
+    return skipped
