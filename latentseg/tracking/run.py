@@ -1,5 +1,7 @@
-"""One training run, tracked: create (or reopen) the MLflow run, train, close it with the
-right status. No run is left RUNNING by a process that exits normally or on a signal.
+"""One training run, tracked. :func:`run_experiment` reads as its steps: load the config,
+prepare the data and model, then train inside :func:`tracked_run`, the context manager that
+creates (or reopens) the MLflow run and closes it with the right status on every exit. No
+run is left RUNNING by a process that exits normally or on a signal.
 
 Checkpoints are written under the store's local state folder (``<store>/checkpoints/RUN_ID``,
 :func:`~latentseg.tracking.store.local_state_dir`) and uploaded to the run's artifacts; that
