@@ -46,9 +46,29 @@ def _isolated(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory) -> Path:
+    """A new SQLite store's file as latentseg creates it (MLflow's schema, no experiment yet),
+    built once per test process: building the schema takes seconds, a copy milliseconds."""
+    from latentseg.tracking.store import _create_sqlite_store
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    _create_sqlite_store(path)
+    return path
+
+
 @pytest.fixture
-def tracking_uri(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+def tracking_uri(tmp_path, _empty_store) -> str:
+    """A new, empty SQLite store in the test's folder: a copy of :func:`_empty_store`, which
+    the first client opens as it would a store it had just created (its Default experiment
+    and artifact root are made then, in the test's folder). Tests of creating a store use a
+    path of their own (tests/reliability/test_store_creation.py)."""
+    import shutil
+
+    path = tmp_path / "store" / "mlflow.db"
+    path.parent.mkdir()
+    shutil.copyfile(_empty_store, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture

@@ -68,6 +68,7 @@ def test_a_hand_made_folder_reads_jpeg_images_palette_masks_and_classes_yaml(tmp
     assert torch.equal(masks[0], torch.from_numpy(scene(int(stem[3:]))[1].astype(np.int64)))
 
 
+@pytest.mark.slow
 def test_the_acceptance_folder_checks_clean_and_trains(tmp_path, tiny_yaml, tracking_uri, capsys):
     root = make_folder(tmp_path / "data")
     assert main(["datasets", "check", str(root)]) == 0
@@ -85,8 +86,9 @@ def test_the_acceptance_folder_checks_clean_and_trains(tmp_path, tiny_yaml, trac
 
 
 def test_a_resized_mask_and_an_out_of_range_label_exit_2_naming_both_before_any_run(
-    tmp_path, tiny_yaml, tracking_uri, capsys
+    tmp_path, tiny_yaml, capsys
 ):
+    tracking_uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"  # not made yet
     root = make_folder(tmp_path / "data")
     resized, bad_label = break_folder(root)
     assert main(["datasets", "check", str(root)]) == 2
@@ -221,6 +223,7 @@ def test_bad_structure_and_classes_files_are_named(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_size_cap_larger_than_the_split_takes_the_whole_split_and_says_so(
     tmp_path, tiny_yaml, tracking_uri
 ):

@@ -78,6 +78,7 @@ def cli(args, target, cwd):
     )
 
 
+@pytest.mark.slow
 def test_the_readme_plugin_installed_by_pip_lists_and_trains(tmp_path, tiny_yaml, tracking_uri):
     target = tmp_path / "site"
     pip_install(write_plugin_package(tmp_path / "plugin"), target)
@@ -107,6 +108,7 @@ def test_the_readme_plugin_installed_by_pip_lists_and_trains(tmp_path, tiny_yaml
     assert checked.returncode == 0 and "stripe" in checked.stdout, checked.stdout + checked.stderr
 
 
+@pytest.mark.slow
 def test_a_module_callable_reference_trains_without_packaging(tmp_path, monkeypatch, tiny):
     (tmp_path / "stripes_plugin.py").write_text(readme_plugin())
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -89,6 +89,7 @@ def test_bf16_logits_stay_within_the_stated_tolerance_of_float32():
     assert (approx.argmax(1) == exact.argmax(1)).float().mean() > 0.95
 
 
+@pytest.mark.slow
 def test_the_stock_reference_process_trains_the_same_model_with_torchs_default_memory_settings():
     """bench's baseline process: the reference with identical weights and inputs, and none of
     latentseg's process settings (huge pages, kept freed memory)."""
@@ -110,6 +111,7 @@ def test_the_stock_reference_process_trains_the_same_model_with_torchs_default_m
     assert stock.process.returncode == 0
 
 
+@pytest.mark.slow
 def test_training_processes_keep_freed_memory_unless_turned_off():
     probe = "from latentseg.train.fastpath import keep_freed_memory; print(keep_freed_memory())"
     for value, expected in (("1", "True"), ("0", "False")):
@@ -150,6 +152,7 @@ QUOTED_BF16_FIGURES = (
 )
 
 
+@pytest.mark.slow
 def test_bench_writes_every_quoted_figure_as_json_and_prints_the_same_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = ["--only", "models,data,report", "--variants", "tutorial", "--report-runs", "3",
@@ -218,6 +221,7 @@ def test_bench_activation_memory_counts_saved_tensors_once():
     assert sizes[6]["fast"] < sizes[6]["reference"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not bf16_supported(CPU), reason="this CPU has no bf16 support in oneDNN")
 def test_a_bf16_trained_run_reaches_the_float32_val_miou_within_0_01(tmp_path, tiny):
     from latentseg.tracking.run import run_experiment

@@ -204,7 +204,7 @@ def test_an_unwritable_checkpoint_folder_is_a_clear_error_and_the_run_ends_faile
 ):
     """Item 8, read-only: works as root too (chmod does not stop root). The store's
     ``checkpoints`` is a regular file, or a link into sysfs, where nobody may create folders."""
-    (tmp_path / "store").mkdir()
+    (tmp_path / "store").mkdir(exist_ok=True)  # the tracking_uri fixture's store lies there
     if obstacle.endswith("/sys"):
         if not Path("/sys").is_dir():
             pytest.skip("SKIPPED LOUDLY: no /sys on this system")

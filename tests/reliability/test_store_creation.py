@@ -8,11 +8,15 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
 from mlflow import MlflowClient
 
 from latentseg.cli import main
 from latentseg.tracking.store import connect
 from tests.conftest import subprocess_env, with_private_mounts
+
+# each test starts the CLI in a new process (and a mount namespace): 13-17 s apiece
+pytestmark = pytest.mark.slow
 
 TMPFS = "mount -t tmpfs -o size=128k tmpfs {where}"
 

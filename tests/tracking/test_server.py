@@ -45,6 +45,7 @@ def command_lines(pid: int) -> list[str]:
     return lines
 
 
+@pytest.mark.slow
 def test_a_team_server_on_postgresql_serves_runs_and_artifacts_and_hides_the_password(
     postgres_db, tiny_yaml, tmp_path
 ):
@@ -122,6 +123,7 @@ def stop(server: subprocess.Popen) -> None:
     server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_study_survives_the_tracking_server_going_away_for_a_few_seconds(
     postgres_db, study_spec, tmp_path
 ):
@@ -176,6 +178,7 @@ def test_a_study_survives_the_tracking_server_going_away_for_a_few_seconds(
         stop(server)
 
 
+@pytest.mark.slow
 def test_three_workers_on_postgresql_and_a_server_with_one_killed_finish_the_grid_once(
     make_postgres_db, study_spec, tmp_path
 ):

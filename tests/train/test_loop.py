@@ -17,6 +17,7 @@ def _history(checkpoint_dir):
     ]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_metrics_on_cpu(tiny, tmp_path):
     config = tiny({"model": {"variant": "residual"}})
     first = fit(prepare(config), tmp_path / "a")
@@ -41,6 +42,7 @@ class StopAfter(TrainCallback):
         return self.seen >= self.steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_after_steps", [8, 13])  # at an epoch boundary and mid-epoch
 def test_interrupt_then_resume_ends_with_the_metrics_of_an_uninterrupted_run(
     tiny, tmp_path, stop_after_steps
@@ -58,6 +60,7 @@ def test_interrupt_then_resume_ends_with_the_metrics_of_an_uninterrupted_run(
     assert _history(tmp_path / "cut") == _history(tmp_path / "full")
 
 
+@pytest.mark.slow
 def test_checkpoints_rebuild_the_model_alone(tiny, tmp_path):
     config = tiny({"model": {"variant": "latents-4", "pixel_residual": True}})
     prepared = prepare(config)
@@ -73,12 +76,14 @@ def test_checkpoints_rebuild_the_model_alone(tiny, tmp_path):
     assert not model.training  # ready for inference
 
 
+@pytest.mark.slow
 def test_non_finite_loss_fails_with_the_epoch(tiny, tmp_path):
     config = tiny({"optim": {"lr": 1e30}, "train": {"epochs": 3}})
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch \d"):
         fit(prepare(config), tmp_path / "ck")
 
 
+@pytest.mark.slow
 def test_early_stopping_and_steps_per_epoch(tiny, tmp_path):
     config = tiny(
         {
@@ -100,6 +105,7 @@ def test_early_stopping_and_steps_per_epoch(tiny, tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list_models())
 def test_every_variant_trains_and_evaluates_end_to_end(tiny, tmp_path, variant):
     config = tiny({"model": {"variant": variant}, "train": {"epochs": 1}})
@@ -108,6 +114,7 @@ def test_every_variant_trains_and_evaluates_end_to_end(tiny, tmp_path, variant):
     assert ("test_latent_usage_entropy" in summary) == prepare(config).model_config.expert_attention
 
 
+@pytest.mark.slow
 def test_a_resumed_early_stopped_run_trains_no_further(tiny, tmp_path):
     config = tiny({"optim": {"lr": 1e-12}, "train": {"epochs": 6, "early_stopping_patience": 1}})
     first = fit(prepare(config), tmp_path / "ck")
