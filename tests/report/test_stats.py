@@ -297,3 +297,50 @@ def test_without_the_tutorial_among_the_runs_the_baseline_is_not_chosen_by_its_s
     # 16 latents is the tutorial's; the best-scoring variant (8 latents) is not picked
     assert chosen == {"model.num_latents": "16", "model.variant": "c"}
     assert "without looking at the metric" in reason
+
+
+def test_seeds_without_a_partner_are_left_out_of_the_comparison_and_the_pairs_say_so():
+    """The baseline ran seeds 1-3, the variant seeds 2-5: only seeds 2 and 3 pair. The
+    unpaired runs (baseline seed 1, variant seeds 4 and 5) still count in each variant's own
+    summary, but never in the difference: changing their values changes no comparison."""
+    from latentseg.report.collect import Collected
+    from latentseg.report.render import build
+
+    def frame(unpaired: tuple[float, float, float]):
+        rows = [("True", "1", unpaired[0]), ("True", "2", 0.6), ("True", "3", 0.7)]
+        rows += [("False", "2", 0.8), ("False", "3", 0.7)]
+        rows += [("False", "4", unpaired[1]), ("False", "5", unpaired[2])]
+        return runs([(e, s, v, 1, 1.0) for e, s, v in rows])
+
+    axes, baseline = ["params.model.expert_attention"], {"model.expert_attention": "True"}
+    tables = [
+        compare(frame(unpaired), axes, "val_miou", baseline).set_index("model.expert_attention")
+        for unpaired in ((0.5, 0.1, 0.1), (0.9, 0.95, 0.0))
+    ]
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    off, base = tables[0].loc["False"], tables[0].loc["True"]
+    # paired differences 0.2 and 0.0: mean 0.1, sd 0.1414, se 0.1, 1 df; t = 1 on 1 df (a
+    # Cauchy variable) exceeds |1| with probability 1/2
+    assert off["n_pairs"] == 2 and base["n_pairs"] == 3  # the baseline pairs with itself
+    assert off["diff"] == pytest.approx(0.1) and off["se"] == pytest.approx(0.1)
+    assert off["df"] == 1 and off["p"] == pytest.approx(0.5)
+    summary = summarize(frame((0.5, 0.1, 0.1)), axes, "val_miou")
+    summary = summary.set_index("model.expert_attention")
+    assert summary.loc["False", "n"] == 4 and summary.loc["True", "n"] == 3
+    assert summary.loc["False", "mean"] == pytest.approx(0.425)  # every run of the variant
+
+    scored = frame((0.5, 0.1, 0.1)).rename(columns={"metrics.val_miou": "metrics.test_miou"})
+    report = build(Collected(scored, {}, []), "unpaired", baseline=baseline, figures=False)
+    row = report.summary.set_index("model.expert_attention").loc["False"]
+    assert row["n"] == 4 and row["n_pairs"] == 2
+    verdicts = report.markdown.split("## Verdicts")[1].split("##")[0]
+    assert "| expert_attention False | inconclusive | +0.1000 " in verdicts
+    assert verdicts.splitlines()[2].startswith("| change from the baseline")
+    line = next(line for line in verdicts.splitlines() if "expert_attention False" in line)
+    header = verdicts.splitlines()[2].split("|")
+    assert line.split("|")[header.index(" pairs ")].strip() == "2"  # the pairs, not the 4 runs
+    no_partner = compare(
+        frame((0.5, 0.1, 0.1)).query("`params.train.seed` in ['1', '4', '5']"),
+        axes, "val_miou", baseline,
+    ).set_index("model.expert_attention")  # fmt: skip
+    assert no_partner.loc["False", "n_pairs"] == 0 and math.isnan(no_partner.loc["False", "p"])
