@@ -3,7 +3,7 @@ import torch
 
 from latentseg.config import ModelConfig
 from latentseg.errors import ConfigError, RegistryError
-from latentseg.models import LatentSegModel, count_flops, count_params, create_model, list_models
+from latentseg.models import count_flops, count_params, create_model, list_models
 from tests.models.tutorial_reference import SegmentationModel
 
 SEED_PARAMS = 70_466  # the tutorial's SegmentationModel(3, 64, 64, 16, 4, 2)
@@ -140,7 +140,11 @@ def test_registry_api():
     assert list_models("latents-*") == ["latents-32", "latents-4", "latents-8"]
     assert create_model("latents-8").config.num_latents == 8
     assert create_model("latents-8", num_latents=2).config.num_latents == 2  # overrides win
-    assert isinstance(create_model("tutorial"), LatentSegModel)
+    model = create_model("tutorial", num_classes=5).eval()
+    with torch.no_grad():  # a segmentation: class scores on a grid that follows the image
+        small, large = model(torch.randn(2, 3, 32, 32)), model(torch.randn(1, 3, 64, 96))
+    assert small.shape[:2] == (2, 5) and large.shape[:2] == (1, 5)
+    assert (large.shape[2] / small.shape[2], large.shape[3] / small.shape[3]) == (2, 3)
     with pytest.raises(RegistryError, match="Did you mean 'tutorial'"):
         create_model("tutoral")
     with pytest.raises(ConfigError, match="model.num_latnts"):
@@ -154,7 +158,10 @@ def test_the_variant_once_called_seed_still_resolves_to_tutorial_with_a_note(tmp
 
     with pytest.warns(RenamedWarning, match="'seed' is now called 'tutorial'"):
         model = create_model("seed", num_latents=8)
-    assert model.variant == "tutorial" and model.config == create_model("tutorial", num_latents=8).config
+    assert (
+        model.variant == "tutorial"
+        and model.config == create_model("tutorial", num_latents=8).config
+    )
     path = tmp_path / "old.yaml"
     path.write_text("model:\n  variant: seed\n")
     with pytest.warns(RenamedWarning):

@@ -1,7 +1,6 @@
 """A real MLflow SQLite store with runs of known values."""
 
 import pytest
-from mlflow import MlflowClient
 
 from latentseg.errors import TrackingError
 from latentseg.report.collect import collect
@@ -75,13 +74,16 @@ def test_collect_keeps_finished_training_runs_and_counts_the_rest(tracking_uri):
     ] == pytest.approx(0.7)
 
 
-def test_unknown_experiment_or_study_is_a_clear_error(tracking_uri):
+def test_unknown_experiment_or_study_is_a_clear_error_and_creates_nothing(tracking_uri):
     client = connect(tracking_uri)
+    before = [e.name for e in client.search_experiments()]
     with pytest.raises(TrackingError, match="no MLflow experiment named 'nope'"):
         collect(client, experiment="nope")
     with pytest.raises(TrackingError, match="no study named 'nope'"):
         collect(client, study="nope")
-    assert isinstance(client, MlflowClient)
+    # a report only reads: no experiment named 'nope' appears, and no run
+    assert [e.name for e in client.search_experiments()] == before == ["Default"]
+    assert client.search_runs(["0"]) == []
 
 
 @pytest.mark.parametrize(
