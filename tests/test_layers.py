@@ -10,7 +10,6 @@ function (a deferred import that dodges a cycle is still a cycle) and under
 from __future__ import annotations
 
 import ast
-import fnmatch
 import json
 import subprocess
 import sys
@@ -221,11 +220,6 @@ def test_the_entry_points_are_imported_by_no_room():
 
 # --------------------------------------------------------------------------- mlflow in tracking
 
-# Being moved; remove when done: the bench is leaving MLflow to the tracking store (issue
-# 16, item 6), and is checked once it has.
-MLFLOW_MOVING = {"latentseg/bench.py", "latentseg/bench/*"}
-
-
 def imports_of(path: Path) -> set[str]:
     """The top-level packages ``path`` imports anywhere in its source (absolute imports)."""
     found: set[str] = set()
@@ -262,11 +256,7 @@ def test_the_mlflow_check_sees_deferred_and_from_imports(tmp_path):
 
 
 def test_only_tracking_imports_mlflow():
-    wrong = [
-        path
-        for path in mlflow_importers()
-        if not any(fnmatch.fnmatch(path, pattern) for pattern in MLFLOW_MOVING)
-    ]
+    wrong = mlflow_importers()
     assert wrong == [], "import mlflow through latentseg.tracking (TrackingStore) instead"
 
 

@@ -182,10 +182,10 @@ def write_study(folder: Path, trials: int) -> Path:
 def trial_durations(uri: str, experiment: str) -> tuple[list[float], list[float]]:
     """Seconds from start to end of each trial run of ``experiment``, and the training time
     of each seed run (its ``epoch_time_s``)."""
-    from latentseg.tracking.store import connect
+    from latentseg.tracking.store import TrackingStore
 
-    client = connect(uri)
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    store = TrackingStore.open(uri)
+    runs = store.search([store.existing_experiment(experiment)])
     of_type = {
         kind: [r for r in runs if r.data.tags.get("latentseg.run_type") == kind]
         for kind in ("trial", "seed")
@@ -235,18 +235,18 @@ def bench_report(runs: int) -> dict[str, Any]:
     store; ``log_s`` is the time writing them took."""
     from latentseg.report.collect import collect
     from latentseg.report.render import build, write
-    from latentseg.tracking.store import connect
+    from latentseg.tracking.store import TrackingStore
     from latentseg.tracking.synthetic_runs import log_ablation_runs
 
     with scratch() as tmp:
-        client = connect(f"sqlite:///{tmp}/mlflow.db")
-        experiment_id = client.create_experiment("scale")
+        store = TrackingStore.open(f"sqlite:///{tmp}/mlflow.db")
+        experiment_id = store.experiment("scale")
         with stopwatch() as writing:
-            log_ablation_runs(client, experiment_id, runs)
+            log_ablation_runs(store.client, experiment_id, runs)
         with stopwatch() as reporting:
             with stopwatch() as collecting:
-                collected = collect(client, experiment="scale")
-            write(build(collected, "scale", client=client), tmp / "report")
+                collected = collect(store, experiment="scale")
+            write(build(collected, "scale", store=store), tmp / "report")
     return {
         "runs": runs,
         "report_s": reporting.wall_s,

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from latentseg.errors import StoreWriteError
     from latentseg.report import ablation_report
     from latentseg.report.render import verdict_lines
-    from latentseg.tracking.attach import attach_files
+    from latentseg.tracking import TrackingStore
 
     name = args.study or args.experiment
     report = ablation_report(
@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if report.parent_run_id is not None:
         try:
-            attach_files(report.tracking_uri, report.parent_run_id, report.paths, "report")
+            store = TrackingStore.open(report.tracking_uri, create=False)
+            store.attach_files(report.parent_run_id, report.paths, "report")
         except StoreWriteError as exc:  # a read-only store: the report still stands
             print(f"note: the report is not attached to the study's parent run: {exc}")
     print(report.notes[0])  # the runs left out

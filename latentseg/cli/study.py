@@ -94,9 +94,10 @@ def print_grid_verdicts(result) -> None:
     from latentseg.cli.report import describe_baseline
     from latentseg.report import ablation_report
     from latentseg.report.render import verdict_lines
-    from latentseg.tracking.attach import run_params
+    from latentseg.tracking import TrackingStore
 
-    sampler = run_params(result.tracking_uri, result.parent_run_id).get("study.sampler.name")
+    parent = TrackingStore.open(result.tracking_uri, create=False).run(result.parent_run_id)
+    sampler = parent.data.params.get("study.sampler.name") if parent else None
     if sampler != "grid":
         return  # a search: its answer is the best trial, printed above
     try:

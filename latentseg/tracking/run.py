@@ -45,12 +45,7 @@ from latentseg.tracking.resume import (
     download,
     reopen,
 )
-from latentseg.tracking.store import (
-    connect,
-    get_or_create_experiment,
-    local_state_dir,
-    resolve_tracking_uri,
-)
+from latentseg.tracking.store import TrackingStore, local_state_dir, resolve_tracking_uri
 from latentseg.tracking.tracker import MLflowTracker
 from latentseg.train import (
     ConsoleProgress,
@@ -260,10 +255,10 @@ def tracked_run(uri: str, prepared: Prepared, request: RunRequest) -> Iterator[T
     turn ``run.should_stop`` true, so training stops at a checkpoint. Leaving closes the run
     on every exit with the status it earned (:func:`_closed_with_status`)."""
     opening = time.perf_counter()
-    client = connect(uri)
+    store = TrackingStore.open(uri)
     with StopSignal() as stop:
         inputs = dataset_inputs(prepared.config, prepared.dataset)  # a bug here leaves no run
-        run = _open_run(client, uri, prepared.config, request, stop)
+        run = _open_run(store, prepared.config, request, stop)
         run.tracking_s = time.perf_counter() - opening
         with _closed_with_status(run):
             _log_inputs(run, prepared, inputs)
@@ -272,15 +267,16 @@ def tracked_run(uri: str, prepared: Prepared, request: RunRequest) -> Iterator[T
 
 
 def _open_run(
-    client, uri: str, config: ExperimentConfig, request: RunRequest, stop: StopSignal
+    store: TrackingStore, config: ExperimentConfig, request: RunRequest, stop: StopSignal
 ) -> TrackedRun:
     """Create the run, or reopen the one to resume (marked RUNNING, its checkpoints fetched)."""
+    client, uri = store.client, store.uri
     checkpoints_root = local_state_dir(uri) / "checkpoints"
     if request.resume_run_id:
         run_id = request.resume_run_id
         resume_path, experiment_id = reopen(client, run_id, config, checkpoints_root / run_id)
     else:
-        experiment_id = get_or_create_experiment(client, config.tracking.experiment, uri)
+        experiment_id = store.experiment(config.tracking.experiment)
         tags = _new_run_tags(config, request)
         run_name = (
             config.tracking.run_name
@@ -443,7 +439,7 @@ def load_model(path_or_run_id: str, tracking_uri: str | None = None, map_locatio
     """A model from a checkpoint path, or from the best checkpoint of an MLflow run."""
     if Path(path_or_run_id).exists():
         return load_model_file(path_or_run_id, map_location)
-    client = connect(resolve_tracking_uri(tracking_uri))
+    client = TrackingStore.open(resolve_tracking_uri(tracking_uri)).client
     with tempfile.TemporaryDirectory(prefix="latentseg-model-") as folder:  # gone once loaded
         path = download(client, path_or_run_id, "checkpoints/best.safetensors", Path(folder))
         return load_model_file(path, map_location)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from latentseg.errors import TrackingError
+from latentseg.errors import StoreWriteError, TrackingError
 
 if TYPE_CHECKING:  # pandas is loaded when runs are read, not with latentseg
     import pandas as pd
@@ -567,6 +567,19 @@ class TrackingStore:
     def log_artifact(self, run_id: str, path, folder: str | None = None) -> None:
         """The file ``path`` into the run's artifacts (under ``folder``)."""
         self.client.log_artifact(run_id, str(path), folder)
+
+    def attach_files(self, run_id: str, paths, folder: str) -> None:
+        """Log each of ``paths`` into the run's artifacts under ``folder``. A store that opens
+        but cannot be written (read-only, full) raises :class:`StoreWriteError` with the
+        reason."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            for path in paths:
+                self.log_artifact(run_id, path, folder)
+        except (OSError, MlflowException) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            raise StoreWriteError(f"the store {self.uri} cannot be written ({reason})") from None
 
     def end_run(self, run_id: str, status: str) -> None:
         """Close the run with ``status`` (FINISHED, FAILED, KILLED)."""
