@@ -17,9 +17,10 @@ check`` runs: it collects every problem instead of stopping at the first.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +45,7 @@ from latentseg.data.images import (
     FileProblem,
     ImageSplit,
     MaxPixels,
+    Pair,
     PixelBudget,
     TooLarge,
     parse_size,
@@ -279,6 +281,33 @@ def scan_folder(
     ``size`` (native size when ``None``). Files above ``max_pixels`` are problems, never
     decoded; what decodes at once stays within ``max_pixels``. Structural errors (no such directory, a malformed
     classes.yaml) raise ``DatasetError``; problems with individual files are collected."""
+    root = _checked_root(root)
+    classes = read_classes(root)
+    ignore = (
+        ignore_index if ignore_index is not None else (classes.ignore_index if classes else None)
+    )
+    scan = FolderScan(root, classes, ignore)
+    images, masks = _list_pairs(scan)
+    _read_splits(root, scan)
+    pairs = sorted(images.keys() & masks.keys())
+    scan.pairs = len(pairs)
+    read = partial(
+        read_pair,
+        size=size if load else None,
+        fit=fit,
+        colours=classes.colours if classes else None,
+        max_pixels=max_pixels,
+        budget=PixelBudget(max_pixels),
+    )
+    check = partial(_check_pair, images=images, masks=masks, read=read, scan=scan, load=load)
+    _read_pairs(scan, pairs, check, workers)
+    _check_split_stems(scan, pairs)
+    _check_whole(scan, ignore_given=ignore_index is not None)
+    return scan
+
+
+def _checked_root(root: str | Path) -> Path:
+    """``root`` as a path, refused unless it holds both ``images/`` and ``masks/``."""
     root = Path(root).expanduser()
     if not root.is_dir():
         where = f"{root} ({root.resolve()})" if not root.is_absolute() else str(root)
@@ -289,13 +318,14 @@ def scan_folder(
             f"{root} has no {' or '.join(d + '/' for d in missing)} directory: a folder dataset is "
             f"{root}/images/<stem>.png|jpg and {root}/masks/<stem>.png with matching stems"
         )
-    classes = read_classes(root)
-    ignore = (
-        ignore_index if ignore_index is not None else (classes.ignore_index if classes else None)
-    )
-    scan = FolderScan(root, classes, ignore)
-    images = _list(root / "images", IMAGE_SUFFIXES, "images", scan)
-    masks = _list(root / "masks", MASK_SUFFIXES, "masks", scan)
+    return root
+
+
+def _list_pairs(scan: FolderScan) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The images and the masks by stem; an image without a mask, or a mask without an
+    image, is a problem."""
+    images = _list(scan.root / "images", IMAGE_SUFFIXES, "images", scan)
+    masks = _list(scan.root / "masks", MASK_SUFFIXES, "masks", scan)
     for stem in sorted(images.keys() - masks.keys()):
         scan.problems.append(
             Problem("missing mask", f"images/{images[stem].name}", f"no masks/{stem}.png")
@@ -304,84 +334,122 @@ def scan_folder(
         scan.problems.append(
             Problem("extra mask", f"masks/{masks[stem].name}", f"no images/{stem}.png|jpg")
         )
-    _read_splits(root, scan)
-    pairs = sorted(images.keys() & masks.keys())
-    scan.pairs = len(pairs)
-    colours = classes.colours if classes else None
+    return images, masks
 
-    budget = PixelBudget(max_pixels)
 
-    def check(stem: str):
-        image_path, mask_path = images[stem], masks[stem]
-        found: list[Problem] = []
-        try:
-            pair = read_pair(
-                image_path,
-                mask_path,
-                size=size if load else None,
-                fit=fit,
-                colours=colours,
-                max_pixels=max_pixels,
-                budget=budget,
-            )
-        except FileProblem as exc:
-            return stem, None, [_file_problem(exc, root)]
-        if pair.native != pair.mask_native:
-            found.append(
-                Problem(
-                    "size mismatch",
-                    f"masks/{mask_path.name}",
-                    f"mask is {pair.mask_native[1]}x{pair.mask_native[0]} but "
-                    f"images/{image_path.name} is {pair.native[1]}x{pair.native[0]} "
-                    "(width x height)",
-                )
-            )
-        histogram = pair.histogram
-        if classes is not None:
-            bad = [v for v in histogram if v >= len(classes.names) and v != ignore]
-            if bad:
-                allowed = f"classes 0..{len(classes.names) - 1}" + (
-                    f", ignore {ignore}" if ignore is not None else ""
-                )
-                found.append(
-                    Problem(
-                        "label out of range",
-                        f"masks/{mask_path.name}",
-                        f"value(s) {', '.join(map(str, bad[:8]))} outside {allowed}",
-                    )
-                )
-        sample = (pair.image, pair.mask) if load and not found else None
-        return stem, (pair.native, pair.grey, histogram, sample), found
+@dataclass
+class _Checked:
+    """What reading one pair kept: ``sample`` only when loading and the pair is clean."""
 
+    native: tuple[int, int]
+    grey: bool
+    histogram: dict[int, int]
+    sample: tuple[np.ndarray, np.ndarray] | None
+
+
+def _check_pair(
+    stem: str,
+    *,
+    images: dict[str, Path],
+    masks: dict[str, Path],
+    read: Callable[[Path, Path], Pair],
+    scan: FolderScan,
+    load: bool,
+) -> tuple[_Checked | None, list[Problem]]:
+    """Read the pair ``stem`` with ``read`` and check it; ``None`` when it cannot be read."""
+    image_path, mask_path = images[stem], masks[stem]
+    try:
+        pair = read(image_path, mask_path)
+    except FileProblem as exc:
+        return None, [_file_problem(exc, scan.root)]
+    found = _size_mismatch(pair, image_path, mask_path)
+    found += _labels_out_of_range(pair.histogram, mask_path, scan.classes, scan.ignore_index)
+    sample = (pair.image, pair.mask) if load and not found else None
+    return _Checked(pair.native, pair.grey, pair.histogram, sample), found
+
+
+def _size_mismatch(pair: Pair, image_path: Path, mask_path: Path) -> list[Problem]:
+    if pair.native == pair.mask_native:
+        return []
+    return [
+        Problem(
+            "size mismatch",
+            f"masks/{mask_path.name}",
+            f"mask is {pair.mask_native[1]}x{pair.mask_native[0]} but "
+            f"images/{image_path.name} is {pair.native[1]}x{pair.native[0]} "
+            "(width x height)",
+        )
+    ]
+
+
+def _labels_out_of_range(
+    histogram: dict[int, int], mask_path: Path, classes: ClassesFile | None, ignore: int | None
+) -> list[Problem]:
+    """Mask values that are neither a class of ``classes.yaml`` nor the ignore index."""
+    if classes is None:
+        return []
+    bad = [v for v in histogram if v >= len(classes.names) and v != ignore]
+    if not bad:
+        return []
+    allowed = f"classes 0..{len(classes.names) - 1}" + (
+        f", ignore {ignore}" if ignore is not None else ""
+    )
+    return [
+        Problem(
+            "label out of range",
+            f"masks/{mask_path.name}",
+            f"value(s) {', '.join(map(str, bad[:8]))} outside {allowed}",
+        )
+    ]
+
+
+def _read_pairs(
+    scan: FolderScan,
+    pairs: list[str],
+    check: Callable[[str], tuple[_Checked | None, list[Problem]]],
+    workers: int,
+) -> None:
+    """``check`` every pair on ``workers`` threads and record it in ``scan``, in stem order:
+    the histogram counts every readable mask; only clean pairs join the stems."""
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(pairs) or 1))) as pool:
-        for stem, result, found in pool.map(check, pairs):
+        for stem, (checked, found) in zip(pairs, pool.map(check, pairs), strict=True):
             scan.problems += found
-            if result is None:
+            if checked is None:
                 continue
-            native, grey, histogram, sample = result
-            scan.histogram.update(histogram)
+            scan.histogram.update(checked.histogram)
             if found:
                 continue
             scan.stems.append(stem)
-            scan.sizes[stem], scan.grey[stem] = native, grey
-            if sample is not None:
-                scan.samples[stem] = sample
-    if scan.splits is not None:
-        known = set(pairs)
-        for name, stems in scan.splits.items():
-            for stem in stems:
-                if stem not in known:
-                    scan.problems.append(
-                        Problem(
-                            "unknown stem in splits",
-                            SPLITS_FILE,
-                            f"{name}: '{stem}' has no image+mask pair",
-                        )
+            scan.sizes[stem], scan.grey[stem] = checked.native, checked.grey
+            if checked.sample is not None:
+                scan.samples[stem] = checked.sample
+
+
+def _check_split_stems(scan: FolderScan, pairs: list[str]) -> None:
+    """Every stem that ``splits.yaml`` names must be a pair."""
+    if scan.splits is None:
+        return
+    known = set(pairs)
+    for name, stems in scan.splits.items():
+        for stem in stems:
+            if stem not in known:
+                scan.problems.append(
+                    Problem(
+                        "unknown stem in splits",
+                        SPLITS_FILE,
+                        f"{name}: '{stem}' has no image+mask pair",
                     )
-    if not pairs and not scan.problems:
+                )
+
+
+def _check_whole(scan: FolderScan, ignore_given: bool) -> None:
+    """The folder as a whole: some pairs (when nothing else is wrong), and an ignore index
+    (``ignore_given``: from the params, else classes.yaml) that is no class."""
+    if not scan.pairs and not scan.problems:
         scan.problems.append(Problem("empty", "images/", "no image+mask pairs"))
+    ignore = scan.ignore_index
     if ignore is not None and ignore < scan.num_classes:
-        source = "data.params.ignore_index" if ignore_index is not None else CLASSES_FILE
+        source = "data.params.ignore_index" if ignore_given else CLASSES_FILE
         scan.problems.append(
             Problem(
                 "ignore index is a class",
@@ -390,7 +458,6 @@ def scan_folder(
                 f"(classes 0..{scan.num_classes - 1}); use a value above the classes, e.g. 255",
             )
         )
-    return scan
 
 
 def load_folder(p: FolderParams) -> FolderScan:
@@ -432,36 +499,18 @@ class Folder(SegmentationDataset):
         sizes = split_sizes or SplitSizes()
         size = parse_size(p.image_size, "image_size")
         self.root = scan.root
-        if scan.problems:
-            raise DatasetError(
-                f"folder dataset {scan.root} has {len(scan.problems)} problem(s):\n"
-                f"{scan.summary()}\n"
-                f"`latentseg datasets check {scan.root}` lists them all with the class histogram"
-            )
+        _refuse_problems(scan)
         if size is None:
-            native = Counter(scan.sizes.values())
-            if len(native) > 1:
-                (common, _), (other, _) = native.most_common(2)
-                odd = next(s for s, v in scan.sizes.items() if v == other)
-                raise DatasetError(
-                    f"{scan.root}: images differ in size ({common[1]}x{common[0]} and e.g. "
-                    f"images/{odd}: {other[1]}x{other[0]}); set data.params.image_size"
-                )
-            size = next(iter(native))
-            try:
-                parse_size(list(size), "the images' own size")
-            except ValueError as exc:
-                raise DatasetError(f"{scan.root}: {exc}; set data.params.image_size") from None
+            size = _common_size(scan)
         channels = p.channels or (1 if all(scan.grey.values()) else 3)
         stems = self._split_stems(scan, seed)
-        ignore = scan.ignore_index
         self.info = DatasetInfo(
             f"folder:{scan.root.name}",
             scan.num_classes,
             channels,
             scan.class_names,
             (int(size[0]), int(size[1])),
-            ignore,
+            scan.ignore_index,
         )
         self.colours = (
             tuple(map(tuple, scan.classes.colours))
@@ -474,23 +523,26 @@ class Folder(SegmentationDataset):
             chosen = cap_split(
                 stems[name], getattr(sizes, name), name, f"folder {scan.root}", self.notes
             )
-            images = (
-                torch.from_numpy(
-                    np.stack([_channels(scan.samples[s][0], channels) for s in chosen])
-                )
-                .permute(0, 3, 1, 2)
-                .contiguous()
-            )
-            masks = torch.from_numpy(
-                np.stack([scan.samples[s][1] for s in chosen]).astype(np.int32)
-            )
-            self._splits[name] = ImageSplit(
-                images,
-                masks,
-                chosen,
-                augment=p.augment if name == "train" else None,
-                pad_label=ignore if ignore is not None else 0,
-            )
+            self._splits[name] = self._image_split(scan, name, chosen, channels)
+
+    def _image_split(
+        self, scan: FolderScan, name: str, chosen: list[str], channels: int
+    ) -> ImageSplit:
+        """The split ``name`` of the ``chosen`` stems, as tensors with ``channels``."""
+        images = (
+            torch.from_numpy(np.stack([_channels(scan.samples[s][0], channels) for s in chosen]))
+            .permute(0, 3, 1, 2)
+            .contiguous()
+        )
+        masks = torch.from_numpy(np.stack([scan.samples[s][1] for s in chosen]).astype(np.int32))
+        ignore = scan.ignore_index
+        return ImageSplit(
+            images,
+            masks,
+            chosen,
+            augment=self.params.augment if name == "train" else None,
+            pad_label=ignore if ignore is not None else 0,
+        )
 
     def _split_stems(self, scan: FolderScan, seed: int) -> dict[str, list[str]]:
         p = self.params
@@ -517,6 +569,33 @@ class Folder(SegmentationDataset):
             "val": order[n_test : n_test + n_val],
             "train": order[n_test + n_val :],
         }
+
+
+def _refuse_problems(scan: FolderScan) -> None:
+    if scan.problems:
+        raise DatasetError(
+            f"folder dataset {scan.root} has {len(scan.problems)} problem(s):\n"
+            f"{scan.summary()}\n"
+            f"`latentseg datasets check {scan.root}` lists them all with the class histogram"
+        )
+
+
+def _common_size(scan: FolderScan) -> tuple[int, int]:
+    """The images' own (h, w), when they all share one that the models take."""
+    native = Counter(scan.sizes.values())
+    if len(native) > 1:
+        (common, _), (other, _) = native.most_common(2)
+        odd = next(s for s, v in scan.sizes.items() if v == other)
+        raise DatasetError(
+            f"{scan.root}: images differ in size ({common[1]}x{common[0]} and e.g. "
+            f"images/{odd}: {other[1]}x{other[0]}); set data.params.image_size"
+        )
+    size = next(iter(native))
+    try:
+        parse_size(list(size), "the images' own size")
+    except ValueError as exc:
+        raise DatasetError(f"{scan.root}: {exc}; set data.params.image_size") from None
+    return size
 
 
 def _channels(image: np.ndarray, channels: int) -> np.ndarray:
