@@ -203,6 +203,7 @@ BASELINE = {
 }
 
 
+@pytest.mark.slow  # thousands of simulated studies: 15-35 s
 def test_main_effects_of_a_factorial_keep_the_error_rate_and_cover_the_truth():
     """Main effects with the seed as a block: with no true effect, even when the effect of
     one axis varies from seed to seed (as much as the run noise), no family of three gets a
@@ -279,6 +280,7 @@ def adaptive_study(rng, effects: np.ndarray, looks: list[int], kind: str = "norm
 ADAPTIVE_LOOKS = ([3, 6, 9], [3, 4, 5, 6, 7, 8, 9, 10])
 
 
+@pytest.mark.slow  # thousands of simulated studies: 15-35 s
 @pytest.mark.parametrize("kind", ["normal", "skewed"])
 def test_adaptive_seeds_keep_false_better_or_worse_at_most_5_percent_of_families(kind):
     """Deciding after every round of seeds is a sequential test. With alpha spent over the
@@ -303,6 +305,7 @@ def test_adaptive_seeds_keep_false_better_or_worse_at_most_5_percent_of_families
             assert covered / simulations >= 0.95 - 3 * math.sqrt(0.05 * 0.95 / simulations)
 
 
+@pytest.mark.slow  # thousands of simulated studies: 15-35 s
 def test_adaptive_seeds_spend_fewer_seeds_than_the_fixed_design_of_equal_power():
     """A family of 7 where two variants differ by 0.06 and 0.04 (large against the 0.028
     spread of a seed pair), one by 0.02, and four not at all. Adaptive seeds (3, 6, 9)

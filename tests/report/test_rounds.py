@@ -58,6 +58,7 @@ def simulate(rng) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow  # twelve simulated adaptive studies, each reported in full: 17 s
 def test_adaptive_verdicts_are_the_first_decided_fixed_rule_verdict_across_the_looks():
     """For each comparison, the report's verdict and interval are those of the first look
     whose fixed-rule decision (runs of rounds 1..k, alpha_k) was decided, or the last look's
