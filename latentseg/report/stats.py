@@ -312,47 +312,63 @@ def axis_effects(
     labels = _labels(runs, axes)
     pairs = pairing(runs, axes).to_numpy(dtype=str)
     outcome = runs[column].to_numpy(float)
-    defaults = ModelConfig()
+    flops, speed = _cost_columns(runs)
     diff_bounds = difference_bounds(bounds)
     rows = []
     for axis in axes:
-        key = axis.removeprefix("params.")
-        if is_stratum(axis):
+        reference = None if is_stratum(axis) else _reference_level(axis, baseline, labels[axis])
+        if reference is None:
             continue
-        reference = str(baseline[key])
-        values = labels[axis]
-        if reference == NOT_APPLICABLE:
-            default = getattr(defaults, key.removeprefix("model."), NOT_APPLICABLE)
-            if not key.startswith("model.") or str(default) not in set(values):
-                continue
-            reference = str(default)
         # an axis's effect is measured where it applies (num_latents: with expert attention)
-        mask = values != NOT_APPLICABLE
-        level = values[mask]
-        if reference not in set(level):
-            continue
-        others = sorted(set(level) - {reference})
+        mask = labels[axis] != NOT_APPLICABLE
+        level = labels[axis][mask]
         per_block = _block_effects(
             outcome[mask], pairs[mask], level, reference, _context(labels, mask, axes, [axis])
         )
-        flops, speed = (
-            runs[c].to_numpy(float)[mask] if c in runs else np.full(len(level), np.nan)
-            for c in ("metrics.model_flops_per_image", "metrics.train_images_per_s")
-        )
-        for value in others:
-            at, base = level == value, level == reference
-            rows.append(
-                {
-                    "axis": key,
-                    "value": value,
-                    "baseline_value": reference,
-                    **_paired(np.asarray(per_block[value], dtype=float), diff_bounds),
-                    "flops_ratio": _mean_ratio(flops[at], flops[base]),
-                    # seconds per image: the inverse of throughput
-                    "time_ratio": _mean_ratio(speed[base], speed[at]),
-                }
-            )
+        rows += [
+            {
+                "axis": axis.removeprefix("params."),
+                "value": value,
+                "baseline_value": reference,
+                **_paired(np.asarray(per_block[value], dtype=float), diff_bounds),
+                **_change_cost(flops[mask], speed[mask], level == value, level == reference),
+            }
+            for value in sorted(set(level) - {reference})
+        ]
     return pd.DataFrame(rows)
+
+
+def _reference_level(axis: str, baseline: Mapping[str, Any], values: np.ndarray) -> str | None:
+    """The value an axis's effect is measured against: the baseline's, or the tutorial's
+    where the baseline does not use the axis; ``None`` when no run where it applies has it."""
+    key = axis.removeprefix("params.")
+    reference = str(baseline[key])
+    if reference == NOT_APPLICABLE:
+        default = getattr(ModelConfig(), key.removeprefix("model."), NOT_APPLICABLE)
+        if not key.startswith("model.") or str(default) not in set(values):
+            return None
+        reference = str(default)
+    return reference if reference in set(values[values != NOT_APPLICABLE]) else None
+
+
+def _cost_columns(runs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each run's FLOPs per image and training images per second (NaN where not logged)."""
+    flops, speed = (
+        runs[c].to_numpy(float) if c in runs else np.full(len(runs), np.nan)
+        for c in ("metrics.model_flops_per_image", "metrics.train_images_per_s")
+    )
+    return flops, speed
+
+
+def _change_cost(
+    flops: np.ndarray, speed: np.ndarray, at: np.ndarray, base: np.ndarray
+) -> dict[str, float]:
+    """What a change costs, the runs ``at`` it over the ``base`` runs: FLOPs, and training
+    seconds per image (the inverse of throughput)."""
+    return {
+        "flops_ratio": _mean_ratio(flops[at], flops[base]),
+        "time_ratio": _mean_ratio(speed[base], speed[at]),
+    }
 
 
 def _block_effects(
