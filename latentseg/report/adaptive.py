@@ -10,16 +10,20 @@ decide alike.
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import pandas as pd
+
+from latentseg.errors import LatentSegError
+from latentseg.report.collect import collect
+from latentseg.report.render import build, change, decision_for, label
+from latentseg.report.stats import is_stratum, mark_inert
+from latentseg.report.verdicts import out_of_reach, spending
 from latentseg.study.rounds import Judgement, Need
+from latentseg.tracking.store import TrackingStore
 
 
 def judge(loaded, tracking_uri: str, round_: int) -> Judgement:
-    from latentseg.errors import LatentSegError
-    from latentseg.report.collect import collect
-    from latentseg.report.render import build, decision_for
-    from latentseg.tracking.store import TrackingStore
-
     store = TrackingStore.open(tracking_uri, create=False)
     collected = collect(store, study=loaded.name)
     parent = store.parent_run(loaded.name, collected.experiment_ids)
@@ -34,92 +38,134 @@ def judge(loaded, tracking_uri: str, round_: int) -> Judgement:
 def needs(report, runs, adaptive) -> Judgement:
     """What the next round needs, from a ``report`` of the ``runs`` (as collected, with
     their ``tags.latentseg.trial_number``) of a study whose seeds are ``adaptive``."""
-    from latentseg.report.render import change, label
-    from latentseg.report.stats import is_stratum, mark_inert
-    from latentseg.report.verdicts import out_of_reach, spending
-
     if report.family is None:  # one point: nothing to compare, nothing to seed
         return Judgement([], 0, 0)
-    keys = report.axes
+    trials_of = _trials_by_point(runs, report.axes)
+    table = _comparison_records(report)
+    if adaptive.until == "effects":
+        seeded, open_count = _seed_every_point_while_an_effect_is_open(report, trials_of)
+    else:
+        seeded, open_count = _seed_open_variants(report, trials_of, adaptive.looks())
+    decided = sum(1 for record in table if record["verdict"] in ("better", "worse", "equivalent"))
+    return Judgement(seeded, open_count, decided, table)
+
+
+def _point(row, keys: list[str]) -> str:
+    """A grid point's key: its value on each axis."""
+    return "|".join(str(row[k]) for k in keys)
+
+
+def _trials_by_point(runs: pd.DataFrame, keys: list[str]) -> dict[str, list[int]]:
+    """The trial numbers whose runs make each grid point (with the params as the report
+    reads them: n/a where the model ignores one)."""
     runs, _ = mark_inert(runs)
     run_keys = runs[[f"params.{k}" for k in keys]].map(str).agg("|".join, axis=1)
-    trials_of = (
+    return (
         runs.assign(_key=run_keys)
         .groupby("_key")["tags.latentseg.trial_number"]
         .agg(lambda numbers: sorted({int(n) for n in numbers.dropna()}))
         .to_dict()
     )
-    summary = report.summary
-    rows = summary[summary["verdict"] != "baseline"]
+
+
+def _on_task(row, keys: list[str]) -> str:
+    """ " on digits" when the dataset varies, else nothing."""
     tasks = [k for k in keys if is_stratum(k)]
+    return f" on {row[tasks[0]]}" if tasks else ""
 
-    def key(row) -> str:
-        return "|".join(str(row[k]) for k in keys)
 
-    def name(row) -> str:
-        scope = f" on {row[tasks[0]]}" if tasks else ""
-        return f"{change(row, keys, report.baseline)}{scope}"
+def _variant_name(row, report) -> str:
+    return f"{change(row, report.axes, report.baseline)}{_on_task(row, report.axes)}"
 
-    family = report.family
-    looks = adaptive.looks()
-    last_error = spending(family.alpha, looks)[-1] / max(family.size, 1)
 
-    def still_open(row) -> bool:
-        if row["verdict"] != "inconclusive":
-            return False
-        # identical differences on every seed pair (a replicate of the baseline) never decide
-        if row["n_pairs"] >= 2 and not (row["se"] > 0):
-            return False
-        reach = out_of_reach(
-            row["diff"], row["se"], int(row["n_pairs"]), looks[-1], last_error, family.sesoi
-        )
-        return not reach
+def _comparison_records(report) -> list[dict[str, Any]]:
+    """One record per comparison, the variants then the main effects (NaN as None)."""
+    variants = report.summary[report.summary["verdict"] != "baseline"]
+    return [_record(_variant_name(row, report), row) for _, row in variants.iterrows()] + [
+        _record(f"main effect: {r['axis']} {r['value']} vs {r['baseline_value']} ({r['scope']})", r)
+        for _, r in report.effects.iterrows()
+    ]
 
+
+def _record(comparison: str, row) -> dict[str, Any]:
+    return {
+        "comparison": comparison,
+        "verdict": row["verdict"],
+        "diff": _number(row["diff"]),
+        "ci_low": _number(row["diff_ci_low"]),
+        "ci_high": _number(row["diff_ci_high"]),
+        "n_pairs": int(row["n_pairs"]),
+        "decided_round": int(row.get("decided_round", 0) or 0),
+    }
+
+
+def _number(value) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _seed_every_point_while_an_effect_is_open(report, trials_of) -> tuple[list[Need], int]:
+    """``until: effects``: every point gets seeds while a main effect is inconclusive."""
     effects = report.effects
     open_effects = (
         effects[effects["verdict"] == "inconclusive"] if "verdict" in effects else effects.iloc[:0]
     )
-    table = [
-        {"comparison": name(row), "verdict": row["verdict"], "diff": row["diff"],
-         "ci_low": row["diff_ci_low"], "ci_high": row["diff_ci_high"],
-         "n_pairs": int(row["n_pairs"]), "decided_round": int(row.get("decided_round", 0) or 0)}
-        for _, row in rows.iterrows()
-    ] + [
-        {"comparison": f"main effect: {r['axis']} {r['value']} vs {r['baseline_value']} ({r['scope']})",
-         "verdict": r["verdict"], "diff": r["diff"], "ci_low": r["diff_ci_low"],
-         "ci_high": r["diff_ci_high"], "n_pairs": int(r["n_pairs"]),
-         "decided_round": int(r.get("decided_round", 0) or 0)}
-        for _, r in effects.iterrows()
-    ]  # fmt: skip
-    for record in table:
-        for field in ("diff", "ci_low", "ci_high"):
-            value = record[field]
-            record[field] = None if value is None or math.isnan(value) else float(value)
-    needs: list[Need] = []
-    if adaptive.until == "effects":
-        open_count = len(open_effects)
-        if open_count:
-            reason = "main effect open: " + ", ".join(
-                f"{r['axis']} {r['value']} vs {r['baseline_value']}"
-                for _, r in open_effects.iterrows()
-            )
-            needs = [Need(trials_of.get(key(row), []), reason) for _, row in summary.iterrows()]
-    else:
-        open_rows = [row for _, row in rows.iterrows() if still_open(row)]
-        open_count = len(open_rows)
-        for row in open_rows:
-            needs.append(Need(trials_of.get(key(row), []), f"{name(row)} vs baseline"))
-        bases = summary[summary["verdict"] == "baseline"]
-        for _, base in bases.iterrows():
-            waiting = [r for r in open_rows if all(str(r[t]) == str(base[t]) for t in tasks)]
-            if waiting:
-                scope = f" on {base[tasks[0]]}" if tasks else ""
-                needs.append(
-                    Need(
-                        trials_of.get(key(base), []),
-                        f"baseline ({label(report.baseline, [k for k in keys if not is_stratum(k)])}{scope}) "
-                        f"of {len(waiting)} open comparison(s)",
-                    )
+    if not len(open_effects):
+        return [], 0
+    reason = "main effect open: " + ", ".join(
+        f"{r['axis']} {r['value']} vs {r['baseline_value']}" for _, r in open_effects.iterrows()
+    )
+    seeded = [
+        Need(trials_of.get(_point(row, report.axes), []), reason)
+        for _, row in report.summary.iterrows()
+    ]
+    return seeded, len(open_effects)
+
+
+def _seed_open_variants(report, trials_of, looks: list[int]) -> tuple[list[Need], int]:
+    """``until: variants``: each open comparison that the last look could still decide gets
+    seeds, and so does the baseline it is compared with (on its dataset)."""
+    family = report.family
+    last_error = spending(family.alpha, looks)[-1] / max(family.size, 1)
+    summary = report.summary
+    open_rows = [
+        row
+        for _, row in summary[summary["verdict"] != "baseline"].iterrows()
+        if _still_open(row, looks[-1], last_error, family.sesoi)
+    ]
+    seeded = [
+        Need(
+            trials_of.get(_point(row, report.axes), []), f"{_variant_name(row, report)} vs baseline"
+        )
+        for row in open_rows
+    ]
+    return seeded + _baselines_of(report, open_rows, trials_of), len(open_rows)
+
+
+def _still_open(row, max_seeds: int, last_error: float, sesoi: float) -> bool:
+    """Inconclusive, and within reach of a decision at ``max_seeds``."""
+    if row["verdict"] != "inconclusive":
+        return False
+    # identical differences on every seed pair (a replicate of the baseline) never decide
+    if row["n_pairs"] >= 2 and not (row["se"] > 0):
+        return False
+    reach = out_of_reach(row["diff"], row["se"], int(row["n_pairs"]), max_seeds, last_error, sesoi)
+    return not reach
+
+
+def _baselines_of(report, open_rows, trials_of) -> list[Need]:
+    """The baseline of each dataset that open comparisons wait on."""
+    keys = report.axes
+    tasks = [k for k in keys if is_stratum(k)]
+    variant_keys = [k for k in keys if not is_stratum(k)]
+    seeded = []
+    for _, base in report.summary[report.summary["verdict"] == "baseline"].iterrows():
+        waiting = [r for r in open_rows if all(str(r[t]) == str(base[t]) for t in tasks)]
+        if waiting:
+            seeded.append(
+                Need(
+                    trials_of.get(_point(base, keys), []),
+                    f"baseline ({label(report.baseline, variant_keys)}{_on_task(base, keys)}) "
+                    f"of {len(waiting)} open comparison(s)",
                 )
-    decided = sum(1 for record in table if record["verdict"] in ("better", "worse", "equivalent"))
-    return Judgement(needs, open_count, decided, table)
+            )
+    return seeded
