@@ -122,46 +122,67 @@ def run_metric(metric: str) -> str:
 def choose_baseline(
     table: pd.DataFrame, axes: list[str], given: dict[str, Any] | None
 ) -> tuple[dict[str, Any], str]:
+    """The baseline variant (its value on each axis) and why it was chosen: the one
+    ``given`` with --baseline, else the tutorial's configuration, else the variant closest
+    to it."""
     keys = [a.removeprefix("params.") for a in axes]
     if given:
-        unknown = sorted(set(given) - set(keys))
-        if unknown:
-            raise ConfigError(
-                f"--baseline {unknown[0]}: not an ablation axis here; axes: {', '.join(keys) or '(none)'}"
-            )
-        tasks = [k for k in keys if is_stratum(k)]
-        if set(given) & set(tasks):
-            raise ConfigError(
-                f"--baseline {sorted(set(given) & set(tasks))[0]}: a dataset is not a variant; "
-                "each variant is compared with the baseline on the same dataset"
-            )
-        rows = table[
-            [all(str(row[k]) == str(given[k]) for k in given) for _, row in table.iterrows()]
-        ]
-        per_task = rows.groupby(tasks).size() if tasks else pd.Series([len(rows)])
-        if rows.empty or (per_task != 1).any():
-            variant_axes = [k for k in keys if k not in tasks]
-            raise ConfigError(
-                f"--baseline {given}: matches {len(rows)} variants; give a value for each axis: {', '.join(variant_axes)}"
-            )
-        return {k: rows.iloc[0][k] for k in keys}, "given with --baseline" + (
-            " (on each dataset)" if tasks else ""
+        return _given_baseline(table, keys, given)
+    return _tutorial_baseline(table, keys) or _closest_to_tutorial(table, keys)
+
+
+def _given_baseline(
+    table: pd.DataFrame, keys: list[str], given: dict[str, Any]
+) -> tuple[dict[str, Any], str]:
+    """The one variant (on each dataset) that matches the axes ``given``."""
+    unknown = sorted(set(given) - set(keys))
+    if unknown:
+        raise ConfigError(
+            f"--baseline {unknown[0]}: not an ablation axis here; axes: {', '.join(keys) or '(none)'}"
         )
+    tasks = [k for k in keys if is_stratum(k)]
+    if set(given) & set(tasks):
+        raise ConfigError(
+            f"--baseline {sorted(set(given) & set(tasks))[0]}: a dataset is not a variant; "
+            "each variant is compared with the baseline on the same dataset"
+        )
+    rows = table[[all(str(row[k]) == str(given[k]) for k in given) for _, row in table.iterrows()]]
+    per_task = rows.groupby(tasks).size() if tasks else pd.Series([len(rows)])
+    if rows.empty or (per_task != 1).any():
+        variant_axes = [k for k in keys if k not in tasks]
+        raise ConfigError(
+            f"--baseline {given}: matches {len(rows)} variants; give a value for each axis: {', '.join(variant_axes)}"
+        )
+    return {k: rows.iloc[0][k] for k in keys}, "given with --baseline" + (
+        " (on each dataset)" if tasks else ""
+    )
+
+
+def _tutorial_baseline(table: pd.DataFrame, keys: list[str]) -> tuple[dict[str, Any], str] | None:
+    """The first variant with the tutorial's value (or n/a) on every model axis; ``None``
+    when an axis is not the model's or no variant has them all."""
     tutorial = ModelConfig()
     variant_keys = [k for k in keys if not is_stratum(k)]
-    if variant_keys and all(
+    if not variant_keys or not all(
         k.startswith("model.") and hasattr(tutorial, k.removeprefix("model.")) for k in variant_keys
     ):
-        wanted = {k: getattr(tutorial, k.removeprefix("model.")) for k in variant_keys}
-        for _, row in table.iterrows():
-            if all(str(row[k]) in (str(wanted[k]), NOT_APPLICABLE) for k in variant_keys):
-                return {k: row[k] for k in keys}, (
-                    "the tutorial's configuration (seed)"
-                    + (" on each dataset" if len(variant_keys) < len(keys) else "")
-                )
+        return None
+    wanted = {k: getattr(tutorial, k.removeprefix("model.")) for k in variant_keys}
+    for _, row in table.iterrows():
+        if all(str(row[k]) in (str(wanted[k]), NOT_APPLICABLE) for k in variant_keys):
+            return {k: row[k] for k in keys}, (
+                "the tutorial's configuration (seed)"
+                + (" on each dataset" if len(variant_keys) < len(keys) else "")
+            )
+    return None
 
-    # Not the best-scoring variant: choosing the reference on the scored data would bias
-    # every comparison against it. The one closest to the tutorial, by its axes alone.
+
+def _closest_to_tutorial(table: pd.DataFrame, keys: list[str]) -> tuple[dict[str, Any], str]:
+    """Not the best-scoring variant: choosing the reference on the scored data would bias
+    every comparison against it. The one closest to the tutorial, by its axes alone."""
+    tutorial = ModelConfig()
+    variant_keys = [k for k in keys if not is_stratum(k)]
+
     def closeness(row) -> int:
         return sum(
             k.startswith("model.")
@@ -196,8 +217,39 @@ def build(
     tracking ``store`` (a :class:`~latentseg.tracking.store.TrackingStore`; ``client``, an
     ``MlflowClient``, is taken for it) it also draws learning curves from the metric histories
     and shows the best run's attention maps and, for a study, the parameter importances."""
-    decision = decision or Decision()
-    store = store or client
+    scored = _scored_runs(collected, name, metric)
+    runs, column = scored.runs, scored.column
+    axes = ablation_axes(runs)
+    table = _variant_table(runs, axes, column)
+    chosen, reason = choose_baseline(table, axes, baseline)
+    keys = [a.removeprefix("params.") for a in axes]
+    report = Report(name, column, keys, chosen, reason, table, "", {}, [])
+    if axes:
+        _decide(report, runs, axes, decision or Decision())
+    else:
+        table["verdict"] = "baseline"
+    report.notes = _notes(collected, scored)
+    if figures:
+        report.figures, report.images = _drawings(report, runs, axes, store or client, collected)
+    report.findings = _findings(axes, keys, column, report.summary, report.effects)
+    shown = [*report.figures, *report.images]
+    report.markdown = _markdown(report, collected, report.findings, shown)
+    return report
+
+
+@dataclass
+class _Scored:
+    """The runs a report compares, and what preparing them left out."""
+
+    runs: pd.DataFrame  # finished, reporting ``column``; inert params n/a; each seed once
+    column: str  # the compared metric, e.g. test_miou
+    inert_note: str | None  # the params that do not change the model, if any
+    merged: int  # runs that repeat a configuration and seed
+    missing: int  # finished runs without ``column``
+
+
+def _scored_runs(collected: Collected, name: str, metric: str) -> _Scored:
+    """The runs that report the compared metric, each configuration and seed once."""
     runs = collected.runs
     if runs.empty:
         raise ConfigError(
@@ -206,73 +258,89 @@ def build(
     column = run_metric(metric)
     if f"metrics.{column}" not in runs:
         raise ConfigError(f"--metric {metric}: the runs report no {column}")
-    bounds = metric_bounds(column)
     runs, inert_note = mark_inert(runs)
     runs, merged = deduplicate(runs)
     missing = int(runs[f"metrics.{column}"].isna().sum())
     runs = runs[runs[f"metrics.{column}"].notna()].reset_index(drop=True)
     if runs.empty:
         raise ConfigError(f"'{name}': no finished run reports {column}")
-    axes = ablation_axes(runs)
-    table = summarize(runs, axes, column, bounds)
+    return _Scored(runs, column, inert_note, merged, missing)
+
+
+def _variant_table(runs: pd.DataFrame, axes: list[str], column: str) -> pd.DataFrame:
+    """Each variant's statistics over its seeds (and, for a few seeds, each seed's value)."""
+    table = summarize(runs, axes, column, metric_bounds(column))
     if axes and table["n"].max() <= SEED_VALUES_UP_TO:  # a few seeds: show each value
         values = runs.groupby(axes, dropna=False, sort=True)[f"metrics.{column}"].agg(
             lambda v: ", ".join(f"{x:.3f}" for x in v)
         )
         table["seed_values"] = values.to_numpy()
-    chosen, reason = choose_baseline(table, axes, baseline)
-    keys = [a.removeprefix("params.") for a in axes]
-    effects = interaction_table = pd.DataFrame()
-    family = None
-    rounds: list[dict] = []
-    if axes:
+    return table
 
-        def decide_look(subset, complete, alpha):
-            return apply_verdicts(
-                [
-                    compare(subset, axes, column, chosen, bounds),
-                    _effects(complete, axes, column, chosen, bounds),
-                ],
-                sesoi=decision.resolved_sesoi(column),
-                alpha=alpha,
-                method=decision.correction,
-                bounds=bounds,
-            )
 
-        if decision.looks:  # adaptive seeds: a look per round, alpha spent over the looks
-            (comparisons, effects), family, rounds = sequential(
-                runs, axes, decision.looks, decision.alpha, decide_look,
-                (keys, ["axis", "value", "scope"]),
-            )  # fmt: skip
-            interaction_table = interactions(complete_blocks(runs, axes), axes, column)
-        else:
-            (comparisons, effects), family = decide_look(runs, runs, decision.alpha)
-            interaction_table = interactions(runs, axes, column)
-        table = table.merge(comparisons, on=keys, how="left")
-        table = _cost_ratios(table, axes, keys)
+def _decide(report: Report, runs: pd.DataFrame, axes: list[str], decision: Decision) -> None:
+    """The verdicts of every comparison with the baseline and every main effect, one family
+    (at each planned look, with adaptive seeds), into ``report``; and the interactions."""
+    keys, column, chosen = report.axes, report.metric, report.baseline
+    bounds = metric_bounds(column)
+
+    def decide_look(subset, complete, alpha):
+        return apply_verdicts(
+            [
+                compare(subset, axes, column, chosen, bounds),
+                _effects(complete, axes, column, chosen, bounds),
+            ],
+            sesoi=decision.resolved_sesoi(column),
+            alpha=alpha,
+            method=decision.correction,
+            bounds=bounds,
+        )
+
+    if decision.looks:  # adaptive seeds: a look per round, alpha spent over the looks
+        (comparisons, effects), family, rounds = sequential(
+            runs, axes, decision.looks, decision.alpha, decide_look,
+            (keys, ["axis", "value", "scope"]),
+        )  # fmt: skip
+        report.interactions = interactions(complete_blocks(runs, axes), axes, column)
     else:
-        table["verdict"] = "baseline"
-    control = negative_control(runs)
-    notes = [
+        (comparisons, effects), family = decide_look(runs, runs, decision.alpha)
+        rounds = []
+        report.interactions = interactions(runs, axes, column)
+    table = report.summary.merge(comparisons, on=keys, how="left")
+    report.summary = _cost_ratios(table, axes, keys)
+    report.effects, report.family, report.rounds = effects, family, rounds
+
+
+def _notes(collected: Collected, scored: _Scored) -> list[str]:
+    """Left-out, merged and metric-less runs, the negative control and the inert params."""
+    control = negative_control(scored.runs)
+    return [
         collected.left_out_line(),
-        *([_merged_note(merged)] if merged else []),
-        *([f"{missing} finished run(s) report no {column} and are left out."] if missing else []),
+        *([_merged_note(scored.merged)] if scored.merged else []),
+        *(
+            [f"{scored.missing} finished run(s) report no {scored.column} and are left out."]
+            if scored.missing
+            else []
+        ),
         *([control] if control else []),
-        *([inert_note] if inert_note else []),
+        *([scored.inert_note] if scored.inert_note else []),
     ]
-    drawn = _figures(runs, table, effects, axes, keys, column, family, chosen) if figures else {}
-    images: dict[str, bytes] = {}
-    if store is not None and figures:
-        store = TrackingStore.of(store)
-        drawn.update(_curves(store, runs, table, axes, keys, column, chosen))
-        images = _run_images(store, runs, column, collected)
-    findings = _findings(axes, keys, column, table, effects)
-    report = Report(
-        name, column, keys, chosen, reason, table, "", drawn, notes, images,
-        effects, interaction_table, family, findings, rounds=rounds,
-    )  # fmt: skip
-    report.markdown = _markdown(report, collected, findings, [*drawn, *images])
-    return report
+
+
+def _drawings(
+    report: Report, runs: pd.DataFrame, axes: list[str], store, collected: Collected
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The report's figures and, with a tracking ``store``, the learning curves and the
+    images logged by the best run (and its study)."""
+    keys, column, table = report.axes, report.metric, report.summary
+    drawn = _figures(
+        runs, table, report.effects, axes, keys, column, report.family, report.baseline
+    )
+    if store is None:
+        return drawn, {}
+    store = TrackingStore.of(store)
+    drawn.update(_curves(store, runs, table, axes, keys, column, report.baseline))
+    return drawn, _run_images(store, runs, column, collected)
 
 
 def _merged_note(merged: int) -> str:
@@ -551,8 +619,24 @@ def _round_cell(row) -> str:
     return "–" if value is None or pd.isna(value) or int(value) == 0 else str(int(value))
 
 
-def _sections(report: Report) -> list[tuple[str, str, list[str], list[list[str]]]]:
+_Section = tuple[str, str, list[str], list[list[str]]]  # title, id, header, rows
+
+
+def _sections(report: Report) -> list[_Section]:
     """The report's tables, in order: (title, id, header, rows); shared by Markdown and HTML."""
+    sections = [_verdicts_section(report)]
+    if report.rounds:
+        sections.append(_rounds_section(report))
+    if not report.effects.empty:
+        sections.append(_effects_section(report))
+    if not report.interactions.empty:
+        sections.append(_interactions_section(report))
+    sections.append(_details_section(report))
+    return sections
+
+
+def _verdicts_section(report: Report) -> _Section:
+    """Each variant against the baseline, by dataset, decided verdicts first."""
     keys, table = report.axes, report.summary
     tasks = [k for k in keys if is_stratum(k)]
     order = table.assign(
@@ -564,10 +648,10 @@ def _sections(report: Report) -> list[tuple[str, str, list[str], list[list[str]]
     head = [*(["dataset"] if tasks else []), "change from the baseline", "verdict"]
     head += [*(["round"] if adaptive else []), "difference [adjusted CI]"]
     head += ["adjusted p", "pairs", "MDE", "seeds to decide", "FLOPs", "time/img"]
-    verdicts = []
+    rows = []
     for _, row in order.iterrows():
         base = row["verdict"] == "baseline"
-        verdicts.append(
+        rows.append(
             [*([str(row[tasks[0]])] if tasks else []),
              "(baseline)" if base else change(row, keys, report.baseline),
              str(row["verdict"]),
@@ -580,50 +664,58 @@ def _sections(report: Report) -> list[tuple[str, str, list[str], list[list[str]]
              "–" if base else _ratio_cell(row.get("flops_ratio", math.nan)),
              "–" if base else _ratio_cell(row.get("time_ratio", math.nan))]
         )  # fmt: skip
-    sections = [("Verdicts", "verdicts", head, verdicts)]
-    if adaptive:
-        rows = [
-            [
-                str(r["round"]),
-                str(r["seeds"]),
-                f"{r['alpha']:.4f}",
-                str(r["decided"]),
-                str(r["open"]),
-            ]
-            for r in report.rounds
-        ]
-        head = ["round", "seeds per open point", "alpha spent", "decided so far", "inconclusive"]
-        sections.append(("Rounds of seeds", "rounds", head, rows))
-    if not report.effects.empty:
-        rows = [
-            [str(r["axis"]), f"{r['value']} vs {r['baseline_value']}",
-             "all" if r["scope"] == "all" else str(r["scope"]), str(r["verdict"]), _interval(r),
-             _fmt(r["p_adjusted"], 3), str(int(r["n_pairs"])), _fmt(r["mde"]),
-             _seeds_cell(r["seeds_needed"]), _ratio_cell(r["flops_ratio"]),
-             _ratio_cell(r["time_ratio"])]
-            for _, r in report.effects.sort_values(
-                "verdict", key=lambda v: v == "inconclusive", kind="stable"
-            ).iterrows()  # decided verdicts lead
-        ]  # fmt: skip
-        head = ["axis", "change", "datasets", "verdict", "difference [adjusted CI]"]
-        head += ["adjusted p", "seed blocks", "MDE", "seeds to decide", "FLOPs", "time/img"]
-        sections.append(("Main effects", "effects", head, rows))
-    if not report.interactions.empty:
-        rows = []
-        for _, r in report.interactions.iterrows():
-            contrast = (
-                f"{_signed(r['contrast'])} [{_signed(r['contrast_ci95_low'])}, {_signed(r['contrast_ci95_high'])}]"
-                if "contrast" in r and not pd.isna(r.get("contrast"))
-                else "–"
-            )
-            rows.append(
-                [f"{r['axis_a']} x {r['axis_b']}", str(r["levels"]), _fmt(r["F"], 2),
-                 f"{_fmt(r['df_num'], 0)}, {_fmt(r['df_den'], 0)}", str(int(r["n_blocks"])), _fmt(r["p"], 3),
-                 _fmt(r["p_adjusted"], 3), contrast]
-            )  # fmt: skip
-        head = ["axes", "levels", "F", "df", "seed blocks", "p", "Holm p", "interaction [95% CI]"]
-        sections.append(("Interactions", "interactions", head, rows))
-    details = table.sort_values("mean", ascending=False)
+    return "Verdicts", "verdicts", head, rows
+
+
+def _rounds_section(report: Report) -> _Section:
+    """Adaptive seeds: what each look spent and decided."""
+    rows = [
+        [str(r["round"]), str(r["seeds"]), f"{r['alpha']:.4f}", str(r["decided"]), str(r["open"])]
+        for r in report.rounds
+    ]
+    head = ["round", "seeds per open point", "alpha spent", "decided so far", "inconclusive"]
+    return "Rounds of seeds", "rounds", head, rows
+
+
+def _effects_section(report: Report) -> _Section:
+    """Each main effect, decided verdicts first."""
+    rows = [
+        [str(r["axis"]), f"{r['value']} vs {r['baseline_value']}",
+         "all" if r["scope"] == "all" else str(r["scope"]), str(r["verdict"]), _interval(r),
+         _fmt(r["p_adjusted"], 3), str(int(r["n_pairs"])), _fmt(r["mde"]),
+         _seeds_cell(r["seeds_needed"]), _ratio_cell(r["flops_ratio"]),
+         _ratio_cell(r["time_ratio"])]
+        for _, r in report.effects.sort_values(
+            "verdict", key=lambda v: v == "inconclusive", kind="stable"
+        ).iterrows()  # decided verdicts lead
+    ]  # fmt: skip
+    head = ["axis", "change", "datasets", "verdict", "difference [adjusted CI]"]
+    head += ["adjusted p", "seed blocks", "MDE", "seeds to decide", "FLOPs", "time/img"]
+    return "Main effects", "effects", head, rows
+
+
+def _interactions_section(report: Report) -> _Section:
+    """Each two-way interaction, with its contrast when it has one."""
+    rows = []
+    for _, r in report.interactions.iterrows():
+        contrast = (
+            f"{_signed(r['contrast'])} [{_signed(r['contrast_ci95_low'])}, {_signed(r['contrast_ci95_high'])}]"
+            if "contrast" in r and not pd.isna(r.get("contrast"))
+            else "–"
+        )
+        rows.append(
+            [f"{r['axis_a']} x {r['axis_b']}", str(r["levels"]), _fmt(r["F"], 2),
+             f"{_fmt(r['df_num'], 0)}, {_fmt(r['df_den'], 0)}", str(int(r["n_blocks"])), _fmt(r["p"], 3),
+             _fmt(r["p_adjusted"], 3), contrast]
+        )  # fmt: skip
+    head = ["axes", "levels", "F", "df", "seed blocks", "p", "Holm p", "interaction [95% CI]"]
+    return "Interactions", "interactions", head, rows
+
+
+def _details_section(report: Report) -> _Section:
+    """Every variant, best mean first, with its unadjusted statistics and costs."""
+    keys = report.axes
+    details = report.summary.sort_values("mean", ascending=False)
     show_values = "seed_values" in details and details["n"].max() <= SEED_VALUES_UP_TO
     head = [*keys, "n", "mean", "95% CI", *(["per seed"] if show_values else [])]
     head += ["diff", "95% CI of diff (unadjusted)", "p (unadjusted)", "Hedges g"]
@@ -640,8 +732,7 @@ def _sections(report: Report) -> list[tuple[str, str, list[str], list[list[str]]
              _fmt(row.get("wilcoxon_p", math.nan), 3), _fmt(row["params"], 0),
              _fmt(row["flops_per_image"] / 1e9, 3), _fmt(row["wall_time_s"], 0)]
         )  # fmt: skip
-    sections.append(("Details per variant", "summary", head, rows))
-    return sections
+    return "Details per variant", "summary", head, rows
 
 
 def _lead(report: Report) -> list[str]:
