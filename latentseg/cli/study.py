@@ -30,6 +30,15 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--storage",
         help="Optuna storage URL (default: the journal in the tracking store's optuna/ folder, e.g. mlruns/optuna/journal.log; sqlite:///, postgresql://)",
     )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the workers on a Ray cluster: none (a local Ray for this launch), auto, or "
+        "ray://HOST:10001; each asks for the spec's resources (default {cpus: 1, gpus: 0}); "
+        "needs pip install 'latentseg[ray]'",
+    )
     flags.tracking_uri(parser)
     flags.overrides(parser)
     flags.no_progress(parser, help="no progress bar")
@@ -49,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         overrides=args.overrides,
         progress=not args.no_progress,
+        ray=args.ray,
     )
     print_outcome(result)
     summary = result.summary

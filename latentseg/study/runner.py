@@ -138,16 +138,18 @@ def worker_loop(
     deadline: float | None,
     worker_index: int = 0,
     parent_pid: int | None = None,
+    store: TrackingStore | None = None,
 ) -> int:
     """Take queued trials until none is left, the deadline passes or a signal arrives;
     returns the number of trials run. A trial interrupted by a signal is failed and queued
     again without spending a retry, then the interruption propagates; a trial whose sampled
-    config is invalid is failed and not retried."""
+    config is invalid is failed and not retried. ``store`` (default: opened from
+    ``ctx.tracking_uri``) gets the trial runs."""
     import torch
 
     torch.set_num_threads(ctx.threads)
     study = _load_worker_study(ctx.study, storage_url, worker_index)
-    store = TrackingStore.open(ctx.tracking_uri)
+    store = store or TrackingStore.open(ctx.tracking_uri)
     done = 0
     with StopSignal() as stop:
         while not stop() and (deadline is None or time.time() < deadline):
@@ -355,6 +357,9 @@ class Launch:
     experiment_id: str
     workers: int
     deadline: float | None
+    # where the workers run: None, processes on this machine; else a pool with the shape of
+    # latentseg.study.ray_workers.RayWorkers (run, threads, describe)
+    pool: Any = None
 
     def recover_dead_trials(self) -> None:
         """Fail (and queue again) the trials of dead workers, and close the runs they left."""
@@ -381,15 +386,39 @@ def run_study(
     overrides: list[str] | tuple[str, ...] = (),
     progress: bool = True,
     judge: Judge | None = None,
+    ray: str | None = None,
 ) -> StudyResult:
     """Run (or resume) the study in ``spec_path`` with ``workers`` processes. With adaptive
     seeds, ``judge`` takes the verdicts after each round (default: the ablation report's,
-    :func:`latentseg.report.adaptive.judge`)."""
+    :func:`latentseg.report.adaptive.judge`). ``ray`` runs the workers on a Ray cluster
+    instead (``local``: one started for this launch; ``auto``; ``ray://host:10001``)."""
     started = time.time()
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     loaded = load_study_spec(spec_path, overrides, n_trials)
+    with _worker_pool(ray, loaded, storage, tracking_uri) as pool:
+        return _run_launch(
+            loaded, spec_path, workers, storage, tracking_uri, progress, judge, started, pool
+        )
+
+
+def _worker_pool(ray: str | None, loaded: LoadedStudy, storage: str | None, tracking_uri):
+    """Where the workers run: processes on this machine, or a Ray cluster (connected, and
+    checked to reach the study's storage and tracking store, before anything starts)."""
+    if ray is None:
+        return contextlib.nullcontext(None)
+    from latentseg.study.ray_workers import ray_cluster
+
+    uri = resolve_tracking_uri(tracking_uri, loaded.base.tracking.tracking_uri)
+    return ray_cluster(ray, loaded, storage or loaded.spec.storage, uri)
+
+
+def _run_launch(
+    loaded: LoadedStudy, spec_path: str, workers: int, storage: str | None,
+    tracking_uri: str | None, progress: bool, judge: Judge | None, started: float, pool,
+) -> StudyResult:  # fmt: skip
     launch = open_launch(loaded, spec_path, workers, storage, tracking_uri, started)
+    launch.pool = pool
     recover(launch)
     with queue_lock(launch.storage_url):
         queue_trials(launch.study, loaded)
@@ -476,6 +505,9 @@ def start_parent_run(launch: Launch) -> TrialContext:
         loaded.path, spec_params(loaded, launch.storage_url), launch.workers,
     )  # fmt: skip
     threads = max(1, (os.cpu_count() or 1) // launch.workers)
+    if launch.pool is not None:
+        threads = launch.pool.threads
+        launch.store.set_tags(parent_run_id, launch.pool.describe())
     return TrialContext(loaded, launch.store.uri, launch.experiment_id, parent_run_id, threads)
 
 
@@ -535,7 +567,8 @@ def run_rounds(
     round_ = rounds.current_round(study.get_trials(deepcopy=False))
     while passes <= spec.max_retry:
         if launch.waiting():
-            _run_workers(ctx, launch.storage_url, launch.deadline, launch.workers, stop)
+            run_workers = launch.pool.run if launch.pool is not None else _run_workers
+            run_workers(ctx, launch.storage_url, launch.deadline, launch.workers, stop)
             workers_started += launch.workers
         passes += 1  # (a relaunch with nothing queued starts no worker)
         launch.recover_dead_trials()
@@ -638,7 +671,7 @@ def _fingerprint(loaded: LoadedStudy) -> str:
     import json
 
     spec = loaded.spec.model_dump(
-        mode="json", exclude={"n_trials", "timeout", "storage", "name", "report"}
+        mode="json", exclude={"n_trials", "timeout", "storage", "name", "report", "resources"}
     )
     base = loaded.base.config_hash(include_seed=True)
     return hashlib.sha256(json.dumps([spec, base], sort_keys=True).encode()).hexdigest()[:16]

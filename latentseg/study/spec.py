@@ -186,6 +186,19 @@ class PrunerSpec(StrictModel):
     reduction_factor: int = Field(3, ge=2, description="hyperband: reduction factor.")
 
 
+class WorkerResources(StrictModel):
+    """What each worker asks of a Ray cluster (``latentseg study SPEC --ray``); Ray places
+    the workers where these are free and sets each one's visible GPUs. Local workers
+    (``--workers`` alone) ignore it."""
+
+    cpus: float = Field(
+        1, gt=0, description="CPU cores per Ray worker (also its torch threads, at least 1)."
+    )
+    gpus: float = Field(
+        0, ge=0, description="GPUs per Ray worker (0: CPU only; a fraction shares a GPU)."
+    )
+
+
 class StudySpec(StrictModel):
     name: str | None = Field(None, description="Optuna study name; default: the spec file's stem.")  # noqa: UP045
     experiment: str = Field(description="Base experiment YAML, relative to the spec file.")
@@ -220,6 +233,10 @@ class StudySpec(StrictModel):
         description="Optuna storage URL; default: the journal in the tracking store's optuna/ folder (mlruns/optuna/journal.log for the default store).",
     )  # noqa: UP045
     max_retry: int = Field(1, ge=0, description="Retries of a failed trial (crash or dead worker).")
+    resources: WorkerResources = Field(
+        default_factory=WorkerResources,
+        description="Per Ray worker: {cpus: 1, gpus: 0} by default (used with --ray only).",
+    )
 
     @field_validator("search_space", mode="before")
     @classmethod

@@ -1,0 +1,227 @@
+"""A study's workers on a Ray cluster (``latentseg study SPEC --ray [ADDRESS]``).
+
+Ray places the workers, gives each the CPUs and GPUs the spec's ``resources`` ask for (it
+sets the visible GPUs), and restarts a worker whose process or node died (up to
+``WORKER_RESTARTS`` times). Each Ray worker runs the same :func:`worker_loop` as a local
+worker: trials come from the Optuna storage's queue, exactly once, and a dead worker's trial
+is failed and queued again by the launch's existing recovery. Nothing of the study's state
+lives in Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from latentseg.errors import ConfigError
+from latentseg.study.objective import TrialContext
+from latentseg.study.spec import LoadedStudy, redact
+from latentseg.tracking.store import TrackingStore
+
+INSTALL_HINT = "--ray needs Ray: pip install 'latentseg[ray]'"
+# A worker whose process or node died is started again this many times (then its task fails
+# and the launch's next pass, up to max_retry, runs what it left).
+WORKER_RESTARTS = 3
+# After a stop, how long the workers get to close their runs KILLED before they are killed.
+CANCEL_GRACE_S = 60.0
+NODE_TAG = "latentseg.ray.node"
+NODE_IP_TAG = "latentseg.ray.node_ip"
+WORKER_TAG = "latentseg.ray.worker"
+# Environment a worker on any node needs as the launch has it (heartbeat timing, waits).
+FORWARDED_ENV_PREFIX = "LATENTSEG_"
+
+
+def import_ray():
+    """Ray, or a ConfigError (exit 2) that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(INSTALL_HINT) from None
+    return ray
+
+
+def local_only(url: str | None) -> bool:
+    """Whether a storage or tracking URL names something only this machine can read: a
+    journal file (the default storage), a SQLite file or a folder."""
+    if url is None:
+        return True
+    return not url.startswith(("postgresql", "mysql", "http://", "https://", "grpc://"))
+
+
+def check_reachable(nodes: int, storage_url: str | None, tracking_uri: str) -> None:
+    """Refuse (exit 2) to send workers to other nodes with a storage or tracking store that
+    only this machine can read."""
+    if nodes < 2:
+        return
+    if local_only(storage_url):
+        where = redact(storage_url) or "the default journal file"
+        raise ConfigError(
+            f"--ray: the cluster has {nodes} nodes, but the study's storage ({where}) is a "
+            "file only this machine can read: use --storage postgresql://USER@HOST/DB"
+        )
+    if local_only(tracking_uri):
+        raise ConfigError(
+            f"--ray: the cluster has {nodes} nodes, but the tracking store ({redact(tracking_uri)}) "
+            "is only on this machine: use --tracking-uri http://HOST:PORT (latentseg server)"
+        )
+
+
+class TaggedStore(TrackingStore):
+    """The tracking store, with the Ray node and worker tagged on every run it opens."""
+
+    def __init__(self, store: TrackingStore, tags: dict[str, str]) -> None:
+        super().__init__(store.client, store.uri)
+        self.tags = tags
+
+    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        return super().create_run(experiment_id, run_name, {**tags, **self.tags})
+
+
+def ray_worker(
+    ctx: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int,
+    driver_cwd: str,
+) -> int:  # fmt: skip
+    """One Ray worker: the local worker loop, its runs tagged with its node and index.
+    Returns the trials it ran."""
+    import matplotlib
+    import ray
+
+    import latentseg
+    from latentseg.study.runner import worker_loop
+    from latentseg.train import TrainingInterrupted
+
+    latentseg.tune_process()
+    matplotlib.use("Agg")
+    if os.path.isdir(driver_cwd):  # a node on the driver's machine: relative paths hold
+        os.chdir(driver_cwd)
+    runtime = ray.get_runtime_context()
+    tags = {
+        NODE_TAG: runtime.get_node_id(),
+        NODE_IP_TAG: ray.util.get_node_ip_address(),
+        WORKER_TAG: str(worker_index),
+    }
+    store = TaggedStore(TrackingStore.open(ctx.tracking_uri), tags)
+    try:
+        return worker_loop(ctx, storage_url, deadline, worker_index, store=store)
+    except KeyboardInterrupt:  # ray.cancel: the trial was failed and queued again
+        raise TrainingInterrupted("cancelled by the launch", None) from None
+
+
+@dataclasses.dataclass
+class RayWorkers:
+    """A connected Ray cluster that runs a launch's workers (``pool`` of the launch)."""
+
+    ray: Any
+    address: str
+    resources: dict[str, float]  # per worker: {"cpus": N, "gpus": M}
+    nodes: int
+    dashboard: str | None
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.resources["cpus"]))
+
+    def describe(self) -> dict[str, str]:
+        """Tags for the study's parent run: the cluster, its resources and the workers'."""
+        total = self.ray.cluster_resources()
+        cluster = {k: v for k, v in total.items() if not k.startswith("node:")}
+        return {
+            "latentseg.ray.address": self.address,
+            "latentseg.ray.nodes": str(self.nodes),
+            "latentseg.ray.cluster_resources": json.dumps(cluster, sort_keys=True),
+            "latentseg.ray.worker_resources": json.dumps(self.resources, sort_keys=True),
+            **({"latentseg.ray.dashboard": self.dashboard} if self.dashboard else {}),
+        }
+
+    def run(
+        self, ctx: TrialContext, storage_url: str | None, deadline: float | None, workers: int,
+        stop,
+    ) -> None:  # fmt: skip
+        """Run ``workers`` Ray workers until each has found the queue empty (or the deadline
+        passed); a stop cancels them (their trials are queued again, their runs KILLED)."""
+        ray = self.ray
+        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
+        remote = ray.remote(ray_worker)
+        options = {
+            "num_cpus": self.resources["cpus"],
+            "num_gpus": self.resources["gpus"],
+            "max_retries": WORKER_RESTARTS,
+            "retry_exceptions": False,
+            "scheduling_strategy": "SPREAD",
+            **({"runtime_env": {"env_vars": env}} if env else {}),
+        }
+        ctx = dataclasses.replace(ctx, threads=self.threads)
+        pending = [
+            remote.options(name=f"latentseg-worker-{index}", **options).remote(
+                ctx, storage_url, deadline, index, os.getcwd()
+            )
+            for index in range(workers)
+        ]
+        cancelled_at: float | None = None
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+                for ref in done:
+                    self._report(ref)
+                if stop() and cancelled_at is None:
+                    cancelled_at = time.monotonic()
+                    for ref in pending:
+                        ray.cancel(ref)
+                elif cancelled_at and time.monotonic() - cancelled_at > CANCEL_GRACE_S:
+                    for ref in pending:
+                        ray.cancel(ref, force=True)
+                    cancelled_at = float("inf")
+        finally:
+            for ref in pending:  # the driver itself is going (an error, a second Ctrl-C)
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+
+    def _report(self, ref) -> None:
+        """A worker that ended with an error says so; the launch repairs what it left."""
+        try:
+            self.ray.get(ref)
+        except self.ray.exceptions.TaskCancelledError:
+            pass
+        except self.ray.exceptions.RayError as exc:
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            print(f"ray worker ended: {first}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def ray_cluster(
+    address: str, loaded: LoadedStudy, storage_url: str | None, tracking_uri: str
+) -> Iterator[RayWorkers]:
+    """Connect to the Ray cluster at ``address`` (``local``: start one for this launch),
+    refuse a multi-node cluster with a store only this machine can read, and print the
+    dashboard's address; disconnects (and stops a local one) at the end."""
+    ray = import_ray()
+    local = address == "local"
+    context = ray.init(
+        address=None if local else address,
+        logging_level="ERROR",
+        log_to_driver=True,
+        configure_logging=True,
+    )
+    try:
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        check_reachable(nodes, storage_url, tracking_uri)
+        dashboard = getattr(context, "dashboard_url", None) or None
+        if dashboard and not dashboard.startswith("http"):
+            dashboard = f"http://{dashboard}"
+        where = "a local Ray" if local else f"Ray at {address}"
+        print(
+            f"{where}: {nodes} node(s)" + (f", dashboard {dashboard}" if dashboard else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+        resources = loaded.spec.resources
+        yield RayWorkers(
+            ray, address, {"cpus": resources.cpus, "gpus": resources.gpus}, nodes, dashboard
+        )
+    finally:
+        ray.shutdown()

@@ -1,0 +1,359 @@
+"""The Ray backend (``latentseg study SPEC --ray``) on a real Ray cluster: a head and a second
+node started on 127.0.0.1 from their own temporary folders, a real PostgreSQL study storage
+and a real ``latentseg server``; and its refusals before anything starts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from latentseg.errors import ConfigError
+from latentseg.study.ray_workers import INSTALL_HINT, check_reachable
+from latentseg.study.storage import OWNER_ATTR
+from tests.conftest import subprocess_env
+
+RAY = Path(sys.executable).with_name("ray")
+GRID = {"model.num_latents": [2, 4], "model.expert_attention": [True, False]}
+POINTS = [(2, False), (2, True), (4, False), (4, True)]
+
+
+# ---------------------------------------------------------------- refusals (no cluster needed)
+
+
+@pytest.mark.parametrize(
+    ("storage", "tracking", "says"),
+    [
+        (None, "http://127.0.0.1:5000", "--storage postgresql://"),
+        ("journal:/data/j.log", "http://127.0.0.1:5000", "--storage postgresql://"),
+        ("sqlite:///optuna.db", "http://127.0.0.1:5000", "--storage postgresql://"),
+        ("postgresql://u@db/optuna", "sqlite:///mlruns/mlflow.db", "--tracking-uri http://"),
+        ("postgresql://u@db/optuna", "mlruns", "--tracking-uri http://"),
+    ],
+)
+def test_a_cluster_of_several_nodes_refuses_stores_only_this_machine_reads(storage, tracking, says):
+    with pytest.raises(ConfigError, match=says):
+        check_reachable(2, storage, tracking)
+    check_reachable(1, storage, tracking)  # one node: this machine's files are fine
+    check_reachable(3, "postgresql://u@db/optuna", "http://mlflow-host:5000")
+
+
+def test_without_ray_the_study_says_how_to_install_it_and_exits_2(study_spec, tmp_path):
+    path = study_spec({"name": "noray", "search_space": {"model.num_latents": [2, 4]},
+                       "sampler": {"name": "grid"}})  # fmt: skip
+    # Ray made unimportable in that process alone, as on a machine without the extra
+    code = (
+        "import sys; sys.modules['ray'] = None; from latentseg.cli import main; "
+        f"sys.exit(main(['study', {str(path)!r}, '--ray', '--no-progress']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(), capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"error: {INSTALL_HINT}"
+    assert not (tmp_path / "mlruns").exists()  # nothing started
+
+
+def test_the_ray_flag_takes_an_optional_address():
+    from latentseg.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["study", "s.yaml"]).ray is None
+    assert parse(["study", "s.yaml", "--ray"]).ray == "local"
+    assert parse(["study", "s.yaml", "--ray", "auto"]).ray == "auto"
+    assert parse(["study", "s.yaml", "--ray", "ray://head:10001"]).ray == "ray://head:10001"
+
+
+# ---------------------------------------------------------------- a real cluster
+
+
+# One token for the tests' clusters and drivers (Ray's token authentication, without touching
+# ~/.ray). The nodes take loopback addresses other than 127.0.0.1, which Ray would replace by
+# the machine's own address: every connection stays on loopback.
+RAY_TOKEN = secrets.token_hex(16)
+HEAD_IP, SECOND_IP = "127.0.0.3", "127.0.0.2"
+
+
+def ray_env() -> dict[str, str]:
+    env = subprocess_env()
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=RAY_TOKEN)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Node:
+    """One Ray node (``ray start --block``) in its own session and temporary folder, on a
+    loopback address, with one CPU; stopped by killing its processes."""
+
+    def __init__(self, head_port: int, head: bool) -> None:
+        # a short folder: Ray's socket paths must fit in 107 characters
+        self.temp_dir = tempfile.mkdtemp(prefix="lsray-")
+        command = [
+            str(RAY), "start", "--block", "--node-ip-address", HEAD_IP if head else SECOND_IP,
+            "--temp-dir", self.temp_dir, "--num-cpus", "1", "--object-store-memory", "80000000",
+            "--disable-usage-stats", "--node-manager-port", str(free_port()),
+            "--object-manager-port", str(free_port()), "--metrics-export-port", str(free_port()),
+            "--dashboard-agent-listen-port", str(free_port()),
+            "--dashboard-agent-grpc-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()),
+        ]  # fmt: skip
+        if head:
+            command += [
+                "--head", "--port", str(head_port), "--include-dashboard", "false",
+                "--ray-client-server-port", str(free_port()),
+            ]  # fmt: skip
+        else:
+            command += ["--address", f"{HEAD_IP}:{head_port}"]
+        self.process = subprocess.Popen(
+            command, env=ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def pids(self) -> list[int]:
+        """Every process of this node: its process group and their descendants (the raylet
+        starts each worker in a session of its own)."""
+        parents: dict[int, int] = {}
+        found: set[int] = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid, parent, group = int(entry.name), int(fields[1]), int(fields[2])
+            parents[pid] = parent
+            if group == self.process.pid:
+                found.add(pid)
+        grown = True
+        while grown:
+            children = {pid for pid, parent in parents.items() if parent in found} - found
+            found |= children
+            grown = bool(children)
+        return sorted(found)
+
+    def stop(self) -> None:
+        for _ in range(3):
+            pids = self.pids()
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        self.process.wait(timeout=30)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def alive_nodes(port: int) -> int:
+    code = (
+        f"import ray; ray.init(address='{HEAD_IP}:{port}', logging_level='ERROR', "
+        "log_to_driver=False); print(sum(1 for n in ray.nodes() if n['Alive']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=ray_env(), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
+
+
+@pytest.fixture
+def ray_cluster():
+    """A head and a second node on 127.0.0.1: ``(port, head, second)``; both stopped after."""
+    port = free_port()
+    head = Node(port, head=True)
+    second = None
+    try:
+        deadline = time.monotonic() + 90
+        while alive_nodes(port) < 1:
+            assert time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(1)
+        second = Node(port, head=False)
+        while alive_nodes(port) < 2:
+            assert time.monotonic() < deadline, "the second Ray node did not join"
+            time.sleep(1)
+        yield port, head, second
+    finally:
+        if second is not None:
+            second.cleanup()
+        head.cleanup()
+
+
+@pytest.fixture
+def tracking_server(make_postgres_db, tmp_path):
+    from tests.tracking.test_server import _free_port, start_server, stop, wait_healthy
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(make_postgres_db(), tmp_path / "served", port, tmp_path)
+    try:
+        wait_healthy(url, server)
+        yield url
+    finally:
+        stop(server)
+
+
+def launch(path, ray_port: int, storage: str, tracking: str, cwd) -> subprocess.Popen:
+    env = ray_env()
+    env["LATENTSEG_HEARTBEAT_INTERVAL_S"] = "2"  # a dead node's trial comes back in seconds
+    env["LATENTSEG_HEARTBEAT_GRACE_S"] = "6"
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "latentseg.cli", "study", str(path), "--workers", "2",
+            "--ray", f"{HEAD_IP}:{ray_port}", "--storage", storage, "--tracking-uri", tracking,
+            "--no-progress",
+        ],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def grid_spec(study_spec, name: str, epochs: int = 2):
+    return study_spec(
+        {"name": name, "search_space": GRID, "sampler": {"name": "grid"}, "seeds": 2,
+         "max_retry": 1},
+        base={"train": {"epochs": epochs}},
+    )  # fmt: skip
+
+
+def assert_each_point_once(name: str, storage: str, tracking: str) -> list:
+    """Each grid point COMPLETE once (Optuna), nothing RUNNING or WAITING; no MLflow run
+    RUNNING; every trial run tagged with its Ray node and worker. Returns the trials."""
+    from mlflow import MlflowClient
+
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    complete = sorted(
+        (t.params["model.num_latents"], t.params["model.expert_attention"])
+        for t in trials
+        if t.state == TrialState.COMPLETE
+    )
+    assert complete == POINTS
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    client = MlflowClient(tracking)
+    experiment_id = client.get_experiment_by_name(name).experiment_id
+    runs = client.search_runs([experiment_id], max_results=1000)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    by_type: dict[str, list] = {}
+    for run in runs:
+        by_type.setdefault(run.data.tags["latentseg.run_type"], []).append(run)
+    finished = [r for r in by_type["trial"] if r.info.status == "FINISHED"]
+    assert len(finished) == 4
+    for run in by_type["trial"]:
+        assert run.data.tags["latentseg.ray.node"] and run.data.tags["latentseg.ray.worker"]
+    (parent,) = by_type["study"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["latentseg.ray.nodes"] == "2"
+    assert '"CPU": 2.0' in parent.data.tags["latentseg.ray.cluster_resources"]
+    return trials
+
+
+def assert_killed_attempt_failed(trials, tracking: str) -> None:
+    """The attempt that died is one FAILED trial, its MLflow run closed FAILED."""
+    from mlflow import MlflowClient
+
+    (failed,) = [t for t in trials if t.state == TrialState.FAIL]
+    run = MlflowClient(tracking).get_run(failed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+
+
+def wait_for_running_trial(
+    study: subprocess.Popen, name: str, storage: str, tracking: str, pick=lambda owner: True
+):
+    """A RUNNING trial (one whose owner ``pick`` accepts) once a seed run has logged an
+    epoch: its Optuna owner record."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        if study.poll() is not None:
+            raise AssertionError(f"the study ended early:\n{study.communicate()[0]}")
+        experiment = client.get_experiment_by_name(name)
+        running = experiment and client.search_runs(
+            [experiment.experiment_id],
+            "attributes.status = 'RUNNING' and tags.`latentseg.run_type` = 'seed'",
+        )
+        if running and any("val_miou" in r.data.metrics for r in running):
+            for trial in optuna.load_study(study_name=name, storage=storage).trials:
+                owner = trial.system_attrs.get(OWNER_ATTR)
+                if trial.state == TrialState.RUNNING and owner and pick(owner):
+                    return owner
+    study.kill()
+    raise AssertionError(f"no worker reached a trial:\n{study.communicate()[0]}")
+
+
+@pytest.mark.slow
+def test_a_grid_on_two_ray_nodes_runs_each_point_once_and_survives_a_killed_worker(
+    ray_cluster, make_postgres_db, tracking_server, study_spec, tmp_path
+):
+    port, _, _ = ray_cluster
+    # refused before anything starts: two nodes and the default journal file
+    path = grid_spec(study_spec, "refused")
+    refused = subprocess.run(
+        [sys.executable, "-m", "latentseg.cli", "study", str(path), "--ray", f"{HEAD_IP}:{port}",
+         "--tracking-uri", tracking_server, "--no-progress"],
+        cwd=tmp_path, env=ray_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert "use --storage postgresql://" in refused.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "mlruns" / "optuna").exists()
+
+    # the grid, two workers on two nodes
+    storage = make_postgres_db()
+    path = grid_spec(study_spec, "raygrid")
+    study = launch(path, port, storage, tracking_server, tmp_path)
+    output = study.communicate(timeout=300)[0]
+    assert study.returncode == 0, output
+    assert assert_each_point_once("raygrid", storage, tracking_server)
+    assert f"Ray at {HEAD_IP}" in output and "2 node(s)" in output
+
+    # one worker process killed mid-trial: Ray restarts it, its trial runs again
+    storage = make_postgres_db()
+    path = grid_spec(study_spec, "raykill", epochs=3)
+    study = launch(path, port, storage, tracking_server, tmp_path)
+    owner = wait_for_running_trial(study, "raykill", storage, tracking_server)
+    os.kill(int(owner["pid"]), signal.SIGKILL)
+    output = study.communicate(timeout=300)[0]
+    assert study.returncode == 0, output
+    trials = assert_each_point_once("raykill", storage, tracking_server)
+    assert_killed_attempt_failed(trials, tracking_server)
+
+
+@pytest.mark.slow
+def test_a_grid_on_ray_survives_its_second_node_stopping_mid_trial(
+    ray_cluster, make_postgres_db, tracking_server, study_spec, tmp_path
+):
+    port, _, second = ray_cluster
+    storage = make_postgres_db()
+    path = grid_spec(study_spec, "raynode", epochs=3)
+    study = launch(path, port, storage, tracking_server, tmp_path)
+    # wait until the second node runs a trial, then stop that node
+    wait_for_running_trial(
+        study, "raynode", storage, tracking_server, lambda owner: owner["pid"] in second.pids()
+    )
+    second.stop()
+    output = study.communicate(timeout=300)[0]
+    assert study.returncode == 0, output
+    trials = assert_each_point_once("raynode", storage, tracking_server)
+    assert_killed_attempt_failed(trials, tracking_server)
