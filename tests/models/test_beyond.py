@@ -115,7 +115,9 @@ def test_depth_and_passes_build_the_stack_and_shared_passes_reuse_one_set_of_wei
     # the shared round runs twice: a third pass changes the output of the two-pass model
     torch.manual_seed(0)
     two = create_model("tutorial", latent_depth=1, cross_attend_passes=2).eval()
-    three = create_model("tutorial", latent_depth=1, cross_attend_passes=3, share_passes=True).eval()
+    three = create_model(
+        "tutorial", latent_depth=1, cross_attend_passes=3, share_passes=True
+    ).eval()
     three.load_state_dict(two.state_dict())
     images = torch.randn(1, 3, 32, 32)
     assert not torch.allclose(two(images), three(images))
