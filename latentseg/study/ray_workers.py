@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ INSTALL_HINT = "--ray needs Ray: pip install 'latentseg[ray]'"
 WORKER_RESTARTS = 3
 # After a stop, how long the workers get to close their runs KILLED before they are killed.
 CANCEL_GRACE_S = 60.0
+# How often a worker asks the launch whether to stop.
+STOP_POLL_S = 1.0
 NODE_TAG = "latentseg.ray.node"
 NODE_IP_TAG = "latentseg.ray.node_ip"
 WORKER_TAG = "latentseg.ray.worker"
@@ -71,6 +74,21 @@ def check_reachable(nodes: int, storage_url: str | None, tracking_uri: str) -> N
         )
 
 
+class StopFlag:
+    """A Ray actor the launch sets on a stop (Ctrl-C, SIGTERM) and its workers poll: Ray's own
+    cancel raises in the task's thread once, and is lost when it lands where a run is being
+    closed."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def set(self, reason: str) -> None:
+        self.reason = reason
+
+    def get(self) -> str | None:
+        return self.reason
+
+
 class TaggedStore(TrackingStore):
     """The tracking store, with the Ray node and worker tagged on every run it opens."""
 
@@ -84,12 +102,62 @@ class TaggedStore(TrackingStore):
 
 def ray_worker(
     ctx: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int,
-    driver_cwd: str,
+    driver_cwd: str, flag,
 ) -> int:  # fmt: skip
-    """One Ray worker: the local worker loop, its runs tagged with its node and index.
-    Returns the trials it ran."""
-    import matplotlib
+    """One Ray worker: the local worker loop in a process of its own (started here, it sees
+    the GPUs Ray gave this task), its runs tagged with its node and index. A stop of the
+    launch reaches it as a SIGINT (the graceful stop a Ctrl-C gives a local worker); a
+    worker process that dies takes this Ray worker with it, so that Ray starts it again."""
+    import multiprocessing
+
     import ray
+
+    from latentseg.train import TrainingInterrupted
+
+    if os.path.isdir(driver_cwd):  # a node on the driver's machine: relative paths hold
+        os.chdir(driver_cwd)
+    tags = {
+        NODE_TAG: ray.get_runtime_context().get_node_id(),
+        NODE_IP_TAG: ray.util.get_node_ip_address(),
+        WORKER_TAG: str(worker_index),
+    }
+    process = multiprocessing.get_context("spawn").Process(
+        target=worker_process,
+        args=(ctx, storage_url, deadline, worker_index, os.getpid(), tags),
+        name=f"latentseg-worker-{worker_index}",
+    )
+    process.start()
+    stopping = False
+    while process.is_alive():
+        process.join(STOP_POLL_S)
+        if not stopping and process.is_alive() and _stop_reason(ray, flag):
+            os.kill(process.pid, signal.SIGINT)
+            stopping = True
+    if process.exitcode == 130 or stopping:
+        raise TrainingInterrupted("the launch", None)
+    if process.exitcode != 0:  # killed (OOM, SIGKILL): Ray restarts a worker that dies
+        print(
+            f"worker {worker_index}: its process ended with {process.exitcode}; restarting",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(1)
+    return 0
+
+
+def _stop_reason(ray, flag) -> str | None:
+    try:
+        return ray.get(flag.get.remote(), timeout=30)
+    except Exception:
+        return None  # the launch is gone: Ray ends this task with it
+
+
+def worker_process(
+    ctx: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int,
+    parent_pid: int, tags: dict[str, str],
+) -> None:  # fmt: skip
+    """The worker process a Ray worker starts: tuned as the CLI is, the local worker loop."""
+    import matplotlib
 
     import latentseg
     from latentseg.study.runner import worker_loop
@@ -97,19 +165,11 @@ def ray_worker(
 
     latentseg.tune_process()
     matplotlib.use("Agg")
-    if os.path.isdir(driver_cwd):  # a node on the driver's machine: relative paths hold
-        os.chdir(driver_cwd)
-    runtime = ray.get_runtime_context()
-    tags = {
-        NODE_TAG: runtime.get_node_id(),
-        NODE_IP_TAG: ray.util.get_node_ip_address(),
-        WORKER_TAG: str(worker_index),
-    }
     store = TaggedStore(TrackingStore.open(ctx.tracking_uri), tags)
     try:
-        return worker_loop(ctx, storage_url, deadline, worker_index, store=store)
-    except KeyboardInterrupt:  # ray.cancel: the trial was failed and queued again
-        raise TrainingInterrupted("cancelled by the launch", None) from None
+        worker_loop(ctx, storage_url, deadline, worker_index, parent_pid, store=store)
+    except (TrainingInterrupted, KeyboardInterrupt):
+        sys.exit(130)
 
 
 @dataclasses.dataclass
@@ -143,7 +203,8 @@ class RayWorkers:
         stop,
     ) -> None:  # fmt: skip
         """Run ``workers`` Ray workers until each has found the queue empty (or the deadline
-        passed); a stop cancels them (their trials are queued again, their runs KILLED)."""
+        passed); a stop stops them (their trials are queued again, their runs KILLED), and
+        kills those still running ``CANCEL_GRACE_S`` later."""
         ray = self.ray
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
         remote = ray.remote(ray_worker)
@@ -156,9 +217,10 @@ class RayWorkers:
             **({"runtime_env": {"env_vars": env}} if env else {}),
         }
         ctx = dataclasses.replace(ctx, threads=self.threads)
+        flag = ray.remote(StopFlag).options(num_cpus=0).remote()
         pending = [
             remote.options(name=f"latentseg-worker-{index}", **options).remote(
-                ctx, storage_url, deadline, index, os.getcwd()
+                ctx, storage_url, deadline, index, os.getcwd(), flag
             )
             for index in range(workers)
         ]
@@ -170,8 +232,7 @@ class RayWorkers:
                     self._report(ref)
                 if stop() and cancelled_at is None:
                     cancelled_at = time.monotonic()
-                    for ref in pending:
-                        ray.cancel(ref)
+                    flag.set.remote("stopped by the launch")
                 elif cancelled_at and time.monotonic() - cancelled_at > CANCEL_GRACE_S:
                     for ref in pending:
                         ray.cancel(ref, force=True)

@@ -304,7 +304,7 @@ def wait_for_running_trial(
 
 
 @pytest.mark.slow
-def test_a_grid_on_two_ray_nodes_runs_each_point_once_and_survives_a_killed_worker(
+def test_a_grid_on_two_ray_nodes_runs_each_point_once_survives_a_killed_worker_and_stops(
     ray_cluster, make_postgres_db, tracking_server, study_spec, tmp_path
 ):
     port, _, _ = ray_cluster
@@ -338,6 +338,27 @@ def test_a_grid_on_two_ray_nodes_runs_each_point_once_and_survives_a_killed_work
     assert study.returncode == 0, output
     trials = assert_each_point_once("raykill", storage, tracking_server)
     assert_killed_attempt_failed(trials, tracking_server)
+
+    # Ctrl-C on the driver: the Ray workers stop, their runs end KILLED, the launch exits 130
+    storage = make_postgres_db()
+    path = grid_spec(study_spec, "raystop", epochs=3)
+    study = launch(path, port, storage, tracking_server, tmp_path)
+    wait_for_running_trial(study, "raystop", storage, tracking_server)
+    study.send_signal(signal.SIGINT)
+    output = study.communicate(timeout=120)[0]
+    assert study.returncode == 130, output
+    trials = optuna.load_study(study_name="raystop", storage=storage).trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert [t for t in trials if t.state == TrialState.WAITING]  # queued for the next launch
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_server)
+    runs = client.search_runs([client.get_experiment_by_name("raystop").experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    statuses = {r.data.tags["latentseg.run_type"]: r.info.status for r in runs if
+                r.data.tags["latentseg.run_type"] in ("study", "trial") and
+                r.info.status != "FINISHED"}  # fmt: skip
+    assert statuses == {"study": "KILLED", "trial": "KILLED"}
 
 
 @pytest.mark.slow
