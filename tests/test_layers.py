@@ -220,6 +220,7 @@ def test_the_entry_points_are_imported_by_no_room():
 
 # --------------------------------------------------------------------------- mlflow in tracking
 
+
 def imports_of(path: Path) -> set[str]:
     """The top-level packages ``path`` imports anywhere in its source (absolute imports)."""
     found: set[str] = set()

@@ -118,6 +118,7 @@ class Node:
         if head:
             command += [
                 "--head", "--port", str(head_port), "--include-dashboard", "false",
+                "--dashboard-port", str(free_port()),
                 "--ray-client-server-port", str(free_port()),
             ]  # fmt: skip
         else:
@@ -304,6 +305,7 @@ def wait_for_running_trial(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one cluster at a time on this machine
 def test_a_grid_on_two_ray_nodes_runs_each_point_once_survives_a_killed_worker_and_stops(
     ray_cluster, make_postgres_db, tracking_server, study_spec, tmp_path
 ):
@@ -362,6 +364,7 @@ def test_a_grid_on_two_ray_nodes_runs_each_point_once_survives_a_killed_worker_a
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one cluster at a time on this machine
 def test_a_grid_on_ray_survives_its_second_node_stopping_mid_trial(
     ray_cluster, make_postgres_db, tracking_server, study_spec, tmp_path
 ):
