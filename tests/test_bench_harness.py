@@ -70,6 +70,20 @@ def test_repeated_runs_its_step_as_many_times_as_asked():
     assert run(7) >= 0 and len(count) == 7
 
 
+def test_a_window_waits_for_queued_work_before_and_after_its_steps():
+    """On a GPU a step only queues work: the window waits for it (``synchronize``) before
+    the clock starts and before it stops, so the queued work counts where it was queued."""
+    events = []
+
+    def synchronize():
+        events.append("synchronize")
+        time.sleep(0.05)  # the work queued by the steps, finishing
+
+    run = repeated(lambda: events.append("step"), synchronize=synchronize)
+    assert run(2) >= 0.05
+    assert events == ["synchronize", "step", "step", "synchronize"]
+
+
 def test_a_ratio_names_the_slower_contender_first():
     timings = Timings({"reference": [3.0, 3.0, 3.0], "fast": [1.0, 1.5, 1.0]})
     assert timings.ratio("reference", "fast") == 3.0  # the fast path's speed-up

@@ -59,13 +59,20 @@ def alternate(
     return Timings(times)
 
 
-def repeated(step: Callable[[], Any]) -> Contender:
-    """``step`` (one step, its result ignored) as a contender for :func:`alternate`."""
+def repeated(step: Callable[[], Any], synchronize: Callable[[], Any] | None = None) -> Contender:
+    """``step`` (one step, its result ignored) as a contender for :func:`alternate`.
+    ``synchronize`` (``torch.cuda.synchronize`` on a GPU) waits for the work queued so far:
+    it runs before the clock starts and before it stops, so that an accelerator's
+    asynchronous work is counted in the window that queued it."""
 
     def run(steps: int) -> float:
+        if synchronize:
+            synchronize()
         started = time.perf_counter()
         for _ in range(steps):
             step()
+        if synchronize:
+            synchronize()
         return time.perf_counter() - started
 
     return run

@@ -4,6 +4,8 @@ side by side in one run on the timing harness (:mod:`latentseg.bench.harness`).
 
 The baseline is the reference in a process of its own with PyTorch's stock memory settings
 (:class:`StockReference`); the same reference code in latentseg's process is timed beside it.
+Everything runs on one device, the CPU by default (``latentseg bench --device cuda``: both
+processes on the GPU, each window waiting for the GPU's queued work before its clock stops).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentseg.bench.harness import Timings, alternate, repeated
+from latentseg.bench.machine import CPU, synchronizer
 from latentseg.config import OptimConfig
 from latentseg.models import create_model, model_config
 from latentseg.models.model import count_flops, count_params
@@ -39,12 +42,13 @@ class Contender:
     optimizer: torch.optim.Optimizer
     fast: bool
     bf16: bool = False
+    device: torch.device = CPU  # where the model is; inputs are given on it
 
     def _inputs(self, images: torch.Tensor) -> torch.Tensor:
-        return to_device(images, torch.device("cpu")) if self.fast else images
+        return to_device(images, self.device) if self.fast else images
 
     def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.model(self._inputs(images))
             loss = F.cross_entropy(logits.float(), target_at(masks, logits.shape[-2:]))
         self.optimizer.zero_grad(set_to_none=True)
@@ -53,43 +57,50 @@ class Contender:
 
     @torch.inference_mode()
     def infer(self, images: torch.Tensor) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             self.model(self._inputs(images))
 
 
-def reference_contender(variant: str) -> Contender:
+def reference_contender(variant: str, device: torch.device = CPU) -> Contender:
     """The tutorial's reference: nn.MultiheadAttention calls, NCHW float32, plain Adam."""
     torch.manual_seed(0)
     model = create_model(
         variant, attention_impl="reference", num_classes=NUM_CLASSES, in_channels=IN_CHANNELS
-    )
-    return Contender(model, torch.optim.Adam(model.parameters(), lr=1e-3), fast=False)
+    ).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    return Contender(model, optimizer, fast=False, device=device)
 
 
-def contenders(variant: str, bf16: bool) -> dict[str, Contender]:
+def contenders(variant: str, bf16: bool, device: torch.device = CPU) -> dict[str, Contender]:
     """The reference (:func:`reference_contender`) and latentseg's fast path, with identical
-    weights, in this process."""
+    weights, in this process, on ``device``."""
     kwargs = {"num_classes": NUM_CLASSES, "in_channels": IN_CHANNELS}
-    reference = reference_contender(variant)
+    reference = reference_contender(variant, device)
     fast = create_model(variant, attention_impl="fused", **kwargs)
     fast.load_state_dict(reference.model.state_dict())
-    fast = prepare_model(fast, torch.device("cpu"))
+    fast = prepare_model(fast, device)
     optim = OptimConfig(name="adam", lr=1e-3)
-    out = {"reference": reference, "fast": Contender(fast, build_optimizer(fast, optim), fast=True)}
+    out = {
+        "reference": reference,
+        "fast": Contender(fast, build_optimizer(fast, optim), fast=True, device=device),
+    }
     if bf16:
-        fast_bf16 = prepare_model(create_model(variant, **kwargs), torch.device("cpu"))
+        fast_bf16 = prepare_model(create_model(variant, **kwargs), device)
         fast_bf16.load_state_dict(reference.model.state_dict())
         out["fast_bf16"] = Contender(
-            fast_bf16, build_optimizer(fast_bf16, optim), fast=True, bf16=True
+            fast_bf16, build_optimizer(fast_bf16, optim), fast=True, bf16=True, device=device
         )
     return out
 
 
-def bench_inputs(batch_size: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def bench_inputs(
+    batch_size: int, image_size: int, device: torch.device = CPU
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of images and masks, the same on every device (drawn on the CPU)."""
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(batch_size, IN_CHANNELS, image_size, image_size, generator=gen)
     masks = torch.randint(0, NUM_CLASSES, (batch_size, image_size, image_size), generator=gen)
-    return images, masks
+    return images.to(device), masks.to(device)
 
 
 class StockReference:
@@ -100,7 +111,14 @@ class StockReference:
 
     The two processes take turns: the parent blocks while this one runs a window."""
 
-    def __init__(self, variant: str, batch_size: int, image_size: int, threads: int) -> None:
+    def __init__(
+        self,
+        variant: str,
+        batch_size: int,
+        image_size: int,
+        threads: int,
+        device: torch.device = CPU,
+    ) -> None:
         env = {**os.environ, "THP_MEM_ALLOC_ENABLE": "0", "LATENTSEG_MALLOC_TUNING": "0"}
         for key in [k for k in env if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))]:
             del env[key]
@@ -122,6 +140,7 @@ class StockReference:
                 "batch_size": batch_size,
                 "image_size": image_size,
                 "threads": threads,
+                "device": str(device),
             }
         )
 
@@ -149,11 +168,13 @@ def serve_reference() -> None:
     ``{"op": "train" | "infer", "steps": N}`` requests, one JSON reply line each."""
     setup = json.loads(sys.stdin.readline())
     torch.set_num_threads(setup["threads"])
-    contender = reference_contender(setup["variant"])
-    images, masks = bench_inputs(setup["batch_size"], setup["image_size"])
+    device = torch.device(setup["device"])
+    contender = reference_contender(setup["variant"], device)
+    images, masks = bench_inputs(setup["batch_size"], setup["image_size"], device)
+    synchronize = synchronizer(device)
     ops = {
-        "train": repeated(lambda: contender.train_step(images, masks)),
-        "infer": repeated(lambda: contender.infer(images)),
+        "train": repeated(lambda: contender.train_step(images, masks), synchronize),
+        "infer": repeated(lambda: contender.infer(images), synchronize),
     }
     print(json.dumps("ready"), flush=True)
     for line in sys.stdin:
@@ -175,7 +196,7 @@ def activation_megabytes(contender: Contender, images: torch.Tensor) -> float:
 
     with (
         torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
-        torch.autocast("cpu", dtype=torch.bfloat16, enabled=contender.bf16),
+        torch.autocast(contender.device.type, dtype=torch.bfloat16, enabled=contender.bf16),
     ):
         contender.model(contender._inputs(images))
     return sum(storages.values()) / 1e6
@@ -197,15 +218,17 @@ def time_side_by_side(
     """Training and inference timings, alternated window by window, of ``reference`` (the
     tutorial's code in a stock PyTorch process, :class:`StockReference`),
     ``reference_same_process`` (the same code in this process) and the fast path's contenders
-    (``fast``, ``fast_bf16``). The models are left in training mode."""
-    batch_size, image_size = images.shape[0], images.shape[-1]
-    stock = StockReference(variant, batch_size, image_size, torch.get_num_threads())
+    (``fast``, ``fast_bf16``), all on the device of ``images``. The models are left in
+    training mode."""
+    batch_size, image_size, device = images.shape[0], images.shape[-1], images.device
+    stock = StockReference(variant, batch_size, image_size, torch.get_num_threads(), device)
     names = {"reference_same_process": "reference"} | {k: k for k in impls if k != "reference"}
+    synchronize = synchronizer(device)
     try:
         train = alternate(
             {"reference": stock.runner("train")}
             | {
-                name: repeated(lambda c=impls[key]: c.train_step(images, masks))
+                name: repeated(lambda c=impls[key]: c.train_step(images, masks), synchronize)
                 for name, key in names.items()
             },
             windows,
@@ -215,7 +238,10 @@ def time_side_by_side(
             contender.model.eval()
         infer = alternate(
             {"reference": stock.runner("infer")}
-            | {name: repeated(lambda c=impls[key]: c.infer(images)) for name, key in names.items()},
+            | {
+                name: repeated(lambda c=impls[key]: c.infer(images), synchronize)
+                for name, key in names.items()
+            },
             windows,
             steps,
         )
@@ -273,11 +299,13 @@ def bench_variant(
     steps: int,
     machine_gflops: float,
     bf16: bool,
+    device: torch.device = CPU,
 ) -> dict[str, Any]:
     """One row of the bench's ``models``: the variant's size and FLOPs, then the speed,
-    activation memory and speed-ups of :func:`time_side_by_side`'s contenders."""
-    impls = contenders(variant, bf16)
-    images, masks = bench_inputs(batch_size, image_size)
+    activation memory and speed-ups of :func:`time_side_by_side`'s contenders on
+    ``device``."""
+    impls = contenders(variant, bf16, device)
+    images, masks = bench_inputs(batch_size, image_size, device)
     train, infer = time_side_by_side(variant, impls, images, masks, windows, steps)
     config = model_config(variant, num_classes=NUM_CLASSES, in_channels=IN_CHANNELS)
     flops = count_flops(config, (image_size, image_size))

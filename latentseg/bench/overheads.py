@@ -4,8 +4,10 @@ report over many runs, and what bf16 costs in accuracy.
 
 Every benchmark that writes a store, a journal or checkpoints does so in a temporary folder
 with every path given explicitly, so the working directory is never changed and nothing
-lands in the user's ``mlruns/``. The library's pipelines are imported where they run, so
-importing the bench (as the stock reference process does) stays light.
+lands in the user's ``mlruns/``. Each trains on the bench's ``device`` (``cpu``, the
+default, or ``cuda``), never on whatever ``train.device: auto`` would find. The library's
+pipelines are imported where they run, so importing the bench (as the stock reference
+process does) stays light.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from latentseg.bench.harness import alternate, repeated, stopwatch
+from latentseg.bench.machine import synchronizer
 from latentseg.bench.model_speed import contenders
 
 
@@ -28,8 +33,8 @@ def scratch() -> Iterator[Path]:
         yield Path(tmp)
 
 
-def small_run_config(epochs: int, tracking: bool) -> dict[str, Any]:
-    """A training run like the demo study's trials (``studies/quick.yaml``)."""
+def small_run_config(epochs: int, tracking: bool, device: str = "cpu") -> dict[str, Any]:
+    """A training run like the demo study's trials (``studies/quick.yaml``), on ``device``."""
     return {
         "model": {"variant": "deep-residual"},
         "data": {
@@ -41,15 +46,15 @@ def small_run_config(epochs: int, tracking: bool) -> dict[str, Any]:
             "test_size": 256,
         },
         "optim": {"name": "adamw", "lr": 2e-3, "schedule": "cosine", "warmup_steps": 50},
-        "train": {"epochs": epochs, "seed": 1},
+        "train": {"epochs": epochs, "seed": 1, "device": device},
         "tracking": {"experiment": "bench", "enabled": tracking, "log_model": False},
     }
 
 
-def tracking_run_config(epochs: int, tracking: bool) -> dict[str, Any]:
+def tracking_run_config(epochs: int, tracking: bool, device: str = "cpu") -> dict[str, Any]:
     """``experiments/shapes.yaml``'s run (the README's headline result), on half its training
     images and fewer epochs so that the benchmark takes minutes."""
-    config = small_run_config(epochs, tracking)
+    config = small_run_config(epochs, tracking, device)
     config["data"].update({"params": {"image_size": 64}, "train_size": 2048})
     return config
 
@@ -58,10 +63,15 @@ def tracking_run_config(epochs: int, tracking: bool) -> dict[str, Any]:
 
 
 def bench_data(
-    batch_size: int, image_size: int, windows: int, steps: int, variant: str = "deep-residual"
+    batch_size: int,
+    image_size: int,
+    windows: int,
+    steps: int,
+    variant: str = "deep-residual",
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Reading a batch of ``shapes`` (cached, as training does) and generating one fresh,
-    against one fast training step of ``variant`` on that batch, alternated."""
+    against one fast training step of ``variant`` on that batch on ``device``, alternated."""
     from latentseg.data import SplitSizes, create_dataset
 
     dataset = create_dataset(
@@ -71,12 +81,13 @@ def bench_data(
     )
     split = dataset.split("train")
     split.get_batch([0])  # fills the cache
-    impl = contenders(variant, False)["fast"]
-    images, masks = split.get_batch(list(range(batch_size)))
+    impl = contenders(variant, False, torch.device(device))["fast"]
+    images, masks = (t.to(device) for t in split.get_batch(list(range(batch_size))))
     indices = list(range(batch_size))
+    synchronize = synchronizer(torch.device(device))
     median = alternate(
         {
-            "train_step": repeated(lambda: impl.train_step(images, masks)),
+            "train_step": repeated(lambda: impl.train_step(images, masks), synchronize),
             "read_cached": repeated(lambda: split.train_batch(indices, seed=1)),
             "generate": repeated(lambda: dataset.generate(range(10_000, 10_000 + batch_size))),
         },
@@ -105,7 +116,7 @@ def format_data(figures: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- tracking
 
 
-def bench_tracking(repeats: int = 3, epochs: int = 3) -> dict[str, Any]:
+def bench_tracking(repeats: int = 3, epochs: int = 3, device: str = "cpu") -> dict[str, Any]:
     """The same training run (:func:`tracking_run_config`) with full tracking (params,
     per-epoch metrics, attention images at the first, best and last epoch, checkpoints every
     epoch) and with tracking off, alternated; the best time of each and the overhead. Beside
@@ -119,7 +130,7 @@ def bench_tracking(repeats: int = 3, epochs: int = 3) -> dict[str, Any]:
         uri = f"sqlite:///{tmp}/mlflow.db"
 
         def train(tracking: bool, epochs: int = epochs) -> None:
-            config = ExperimentConfig.model_validate(tracking_run_config(epochs, tracking))
+            config = ExperimentConfig.model_validate(tracking_run_config(epochs, tracking, device))
             result = run_experiment(config, tracking_uri=uri, progress=False)
             if tracking:
                 spent.append(result.tracking_s)
@@ -158,12 +169,12 @@ def format_tracking(figures: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- study
 
 
-def write_study(folder: Path, trials: int) -> Path:
-    """A grid study of ``trials`` trials that train one step each (so that what a trial
-    costs beyond that is overhead), written with its base experiment into ``folder``."""
+def write_study(folder: Path, trials: int, device: str = "cpu") -> Path:
+    """A grid study of ``trials`` trials that train one step each on ``device`` (so that what
+    a trial costs beyond that is overhead), written with its base experiment into ``folder``."""
     import yaml
 
-    base = small_run_config(1, True)
+    base = small_run_config(1, True, device)
     base["model"]["variant"] = "tutorial"
     base["train"]["steps_per_epoch"] = 1
     base["data"].update({"train_size": 16, "val_size": 16, "test_size": 16})
@@ -195,14 +206,14 @@ def trial_durations(uri: str, experiment: str) -> tuple[list[float], list[float]
     return trial_s, training_s
 
 
-def bench_study(trials: int = 8) -> dict[str, Any]:
+def bench_study(trials: int = 8, device: str = "cpu") -> dict[str, Any]:
     """Per-trial cost of a study beyond training: storage, MLflow parent/trial/seed runs,
     closing them. Trials train one step, so what remains is overhead; the trial's own
     training time (from its seed run) is subtracted."""
     from latentseg.study.runner import run_study
 
     with scratch() as tmp:
-        spec = write_study(tmp, trials)
+        spec = write_study(tmp, trials, device)
         uri = f"sqlite:///{tmp}/mlflow.db"
         with stopwatch() as study:
             run_study(str(spec), tracking_uri=uri, progress=False)
@@ -265,15 +276,15 @@ def format_report(figures: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- bf16
 
 
-def bench_bf16_accuracy(epochs: int = 4) -> dict[str, Any]:
-    """The same short training run in float32 and with bf16 autocast: val mIoU and time of
-    each (bf16 is opt-in, ``train.bf16``; this is what it costs in accuracy)."""
+def bench_bf16_accuracy(epochs: int = 4, device: str = "cpu") -> dict[str, Any]:
+    """The same short training run on ``device`` in float32 and with bf16 autocast: val mIoU
+    and time of each (bf16 is opt-in, ``train.bf16``; this is what it costs in accuracy)."""
     from latentseg.config import ExperimentConfig
     from latentseg.tracking.run import run_experiment
 
     out: dict[str, Any] = {"epochs": epochs}
     for name, bf16 in (("float32", False), ("bf16", True)):
-        config = small_run_config(epochs, tracking=False)
+        config = small_run_config(epochs, tracking=False, device=device)
         config["train"]["bf16"] = bf16
         with stopwatch() as elapsed:
             result = run_experiment(ExperimentConfig.model_validate(config), progress=False)

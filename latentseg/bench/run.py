@@ -37,18 +37,21 @@ def run_bench(
     sections: tuple[str, ...] = SECTIONS,
     report_runs: tuple[int, ...] = (1000,),
     log: Callable[[str], None] = print,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run the bench's ``sections`` (of :data:`SECTIONS`, in that order) on ``threads``
-    torch threads (default: torch's), printing a line per figure through ``log``. Returns
-    ``machine`` and ``settings``, then one entry per section run: ``models`` (a row per
-    variant), ``data``, ``tracking``, ``study``, ``report`` (a row per count of
-    ``report_runs``) and ``bf16_accuracy`` (where this CPU has bf16)."""
+    torch threads (default: torch's), the models on ``device`` (``cpu`` or ``cuda``),
+    printing a line per figure through ``log``. Returns ``machine`` and ``settings``, then
+    one entry per section run: ``models`` (a row per variant), ``data``, ``tracking``,
+    ``study``, ``report`` (a row per count of ``report_runs``) and ``bf16_accuracy`` (where
+    the device has bf16)."""
     if threads:
         torch.set_num_threads(threads)
-    gflops = machine.matmul_gflops()
-    bf16 = bf16_supported(torch.device("cpu"))
+    on = torch.device(device)
+    gflops = machine.matmul_gflops(device=on)
+    bf16 = bf16_supported(on)
     result: dict[str, Any] = {
-        "machine": machine.describe(gflops, bf16),
+        "machine": machine.describe(gflops, bf16, on),
         "settings": {
             "batch_size": batch_size,
             "image_size": image_size,
@@ -56,8 +59,14 @@ def run_bench(
             "steps": steps,
         },
     }
+    described = result["machine"]
+    runs_on = (
+        f"{described['gpu']} (CUDA {described['cuda']})"
+        if on.type == "cuda"
+        else described["cpu_capability"]
+    )
     log(
-        f"{torch.get_num_threads()} threads, {result['machine']['cpu_capability']}, "
+        f"{torch.get_num_threads()} threads, {runs_on}, "
         f"fp32 matmul {gflops:.0f} GFLOP/s; batch {batch_size}, {image_size}x{image_size}, "
         f"medians of {windows} alternating windows of {steps} steps"
     )
@@ -69,16 +78,18 @@ def run_bench(
     if "models" in sections:
         result["models"] = []
         for variant in variants:
-            row = bench_variant(variant, batch_size, image_size, windows, steps, gflops, bf16)
+            row = bench_variant(variant, batch_size, image_size, windows, steps, gflops, bf16, on)
             result["models"].append(logged(row, format_model_row))
     if "data" in sections:
-        result["data"] = logged(bench_data(16, 64, windows, steps), format_data)
+        figures = bench_data(16, 64, windows, steps, device=device)
+        result["data"] = logged(figures, format_data)
     if "tracking" in sections:
-        result["tracking"] = logged(bench_tracking(), format_tracking)
+        result["tracking"] = logged(bench_tracking(device=device), format_tracking)
     if "study" in sections:
-        result["study"] = logged(bench_study(), format_study)
+        result["study"] = logged(bench_study(device=device), format_study)
     if "report" in sections:
         result["report"] = [logged(bench_report(runs), format_report) for runs in report_runs]
     if "bf16" in sections and bf16:
-        result["bf16_accuracy"] = logged(bench_bf16_accuracy(), format_bf16_accuracy)
+        figures = bench_bf16_accuracy(device=device)
+        result["bf16_accuracy"] = logged(figures, format_bf16_accuracy)
     return result

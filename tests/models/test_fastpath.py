@@ -1,4 +1,6 @@
-"""The fast path (what training runs) is the same model as the tutorial's reference."""
+"""The fast path (what training runs) is the same model as the tutorial's reference: the
+agreement tests take ``device`` (tests/models/conftest.py), the CPU and, where there is one,
+a CUDA GPU."""
 
 from __future__ import annotations
 
@@ -32,14 +34,14 @@ def batch(size=4, image=32, classes=4, seed=0):
 @pytest.mark.parametrize(
     "variant", ["tutorial", "deep-residual", "no-expert", "perceiver-p3", "mla-r8", "beyond-all"]
 )
-def test_fast_path_outputs_and_gradients_match_the_reference_in_float32(variant):
+def test_fast_path_outputs_and_gradients_match_the_reference_in_float32(variant, device):
     torch.manual_seed(0)
-    reference = create_model(variant, attention_impl="reference", num_classes=4)
+    reference = create_model(variant, attention_impl="reference", num_classes=4).to(device)
     fast = create_model(variant, attention_impl="fused", num_classes=4)
     fast.load_state_dict(reference.state_dict())
-    fast = prepare_model(fast, CPU)
-    images, masks = batch()
-    for model, inputs in ((reference, images), (fast, to_device(images, CPU))):
+    fast = prepare_model(fast, device)
+    images, masks = (t.to(device) for t in batch())
+    for model, inputs in ((reference, images), (fast, to_device(images, device))):
         logits = model(inputs)
         F.cross_entropy(logits, target_at(masks, logits.shape[-2:])).backward()
         model.logits = logits.detach()
@@ -75,15 +77,16 @@ def test_the_fused_optimizer_steps_like_the_tutorials_adam():
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
 
 
-@pytest.mark.skipif(not bf16_supported(CPU), reason="this CPU has no bf16 support in oneDNN")
-def test_bf16_logits_stay_within_the_stated_tolerance_of_float32():
+def test_bf16_logits_stay_within_the_stated_tolerance_of_float32(device):
     """bf16 keeps 8 mantissa bits: logits within 5% of their range of float32's."""
-    impls = contenders("tutorial", bf16=True)
-    images, _ = batch(size=8, image=64)
+    if not bf16_supported(device):
+        pytest.skip(f"no bf16 support on this {device.type} (oneDNN on a CPU, CUDA on a GPU)")
+    impls = contenders("tutorial", bf16=True, device=device)
+    images = batch(size=8, image=64)[0].to(device)
     with torch.no_grad():
-        exact = impls["fast"].model.eval()(to_device(images, CPU))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            approx = impls["fast_bf16"].model.eval()(to_device(images, CPU)).float()
+        exact = impls["fast"].model.eval()(to_device(images, device))
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            approx = impls["fast_bf16"].model.eval()(to_device(images, device)).float()
     spread = exact.max() - exact.min()
     assert (approx - exact).abs().max() <= 0.05 * spread
     assert (approx.argmax(1) == exact.argmax(1)).float().mean() > 0.95

@@ -48,21 +48,21 @@ def test_tutorial_reproduces_the_tutorial_model_from_the_same_seed(impl):
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "tutorial",
 )
-def test_fused_and_reference_agree_on_outputs_gradients_and_attention(overrides):
+def test_fused_and_reference_agree_on_outputs_gradients_and_attention(overrides, device):
     torch.manual_seed(0)
-    reference = create_model("tutorial", attention_impl="reference", **overrides)
-    fused = create_model("tutorial", attention_impl="fused", **overrides)
+    reference = create_model("tutorial", attention_impl="reference", **overrides).to(device)
+    fused = create_model("tutorial", attention_impl="fused", **overrides).to(device)
     fused.load_state_dict(reference.state_dict())
     reference.eval()
     fused.eval()
-    images = torch.randn(3, 3, 32, 32)
+    images = torch.randn(3, 3, 32, 32).to(device)
     out_r, maps_r = reference(images, return_attention=True)
     out_f, maps_f = fused(images, return_attention=True)
     torch.testing.assert_close(out_f, out_r, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(maps_f.latent_to_pixel, maps_r.latent_to_pixel, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(maps_f.pixel_to_latent, maps_r.pixel_to_latent, rtol=1e-5, atol=1e-6)
     # Training path (no weights materialised in the fused one): same outputs and gradients.
-    target = torch.randint(0, 2, out_r.shape[:1] + out_r.shape[2:])
+    target = torch.randint(0, 2, out_r.shape[:1] + out_r.shape[2:]).to(device)
     for model in (reference, fused):
         model.train()
         model.zero_grad()
