@@ -61,14 +61,14 @@ class ReportToOptuna(TrainCallback):
         self.prune = prune
         self.values: list[float] = []
 
-    def on_epoch_end(self, ctx, metrics: dict[str, float], improved: bool) -> None:
+    def on_epoch_end(self, context, metrics: dict[str, float], improved: bool) -> None:
         value = metrics.get(self.metric)
         if value is None or math.isnan(value):
             return
         self.values.append(value)
-        self.trial.report(value, self.step_offset + ctx.state.epoch)
+        self.trial.report(value, self.step_offset + context.state.epoch)
         if self.prune and self.trial.should_prune():
-            raise TrainingPruned(ctx.state.epoch, "pruned by Optuna")
+            raise TrainingPruned(context.state.epoch, "pruned by Optuna")
 
 
 def objective_value(
@@ -88,7 +88,7 @@ def objective_value(
 
 
 def run_trial(
-    trial: optuna.Trial, ctx: TrialContext, store, attrs: dict[str, Any] | None = None
+    trial: optuna.Trial, trial_context: TrialContext, store, attrs: dict[str, Any] | None = None
 ) -> float:
     """Train the trial's config with each seed; the objective is the mean over seeds.
     ``store`` is the :class:`~latentseg.tracking.store.TrackingStore` that gets the trial's
@@ -96,14 +96,14 @@ def run_trial(
     they run; a trial after the first round is never pruned (its pairs must stay complete)."""
     from latentseg.study.rounds import ROUND_ATTR, trial_seeds
 
-    loaded, attrs = ctx.study, attrs or {}
+    loaded, attrs = trial_context.study, attrs or {}
     round_ = int(attrs.get(ROUND_ATTR, 1))
     adaptive = _adaptive_tags(loaded, attrs, round_)
     params = {key: suggest(trial, key, param) for key, param in loaded.spec.search_space.items()}
-    config = _trial_config(loaded, params, ctx.threads)
+    config = _trial_config(loaded, params, trial_context.threads)
     _start_nothing_when_stopping()  # a signal between trials: the worker queues it again
     run_id = start_trial_run(
-        store, ctx.experiment_id, ctx.parent_run_id, loaded.name, trial.number, params, config,
+        store, trial_context.experiment_id, trial_context.parent_run_id, loaded.name, trial.number, params, config,
         loaded.path, extra_tags=adaptive,
     )  # fmt: skip
     trial.set_user_attr("mlflow_run_id", run_id)
@@ -115,7 +115,9 @@ def run_trial(
             _start_nothing_when_stopping()  # between two seeds: the trial ends KILLED
             offset = (seed - loaded.base.train.seed if round_ > 1 else index) * config.train.epochs
             tags["pruned_at_seed"] = str(seed)  # kept only when pruned
-            values[seed] = _run_seed(trial, ctx, config, run_id, seed, offset, round_, adaptive)
+            values[seed] = _run_seed(
+                trial, trial_context, config, run_id, seed, offset, round_, adaptive
+            )
             trial.set_user_attr(f"seed_{seed}_{metric}", values[seed])
         state = "COMPLETE"
         return statistics.fmean(values.values())
@@ -171,20 +173,20 @@ def _start_nothing_when_stopping() -> None:
 
 
 def _run_seed(
-    trial: optuna.Trial, ctx: TrialContext, config: ExperimentConfig, run_id: str, seed: int,
+    trial: optuna.Trial, trial_context: TrialContext, config: ExperimentConfig, run_id: str, seed: int,
     offset: int, round_: int, adaptive: dict[str, str],
 ) -> float:  # fmt: skip
     """Train ``config`` with ``seed`` as a seed run nested under the trial's run ``run_id``,
     reporting each epoch to the pruner at step ``offset + epoch`` (pruning in the first round
     only); returns the seed's objective value."""
-    loaded, metric = ctx.study, ctx.study.spec.objective.metric
+    loaded, metric = trial_context.study, trial_context.study.spec.objective.metric
     seed_config = config.with_updates(
         {"train.seed": seed, "tracking.run_name": f"trial-{trial.number}-seed-{seed}"}
     )
     reporter = ReportToOptuna(trial, metric, offset, prune=round_ == 1)
     result = run_experiment(
         seed_config,
-        tracking_uri=ctx.tracking_uri,
+        tracking_uri=trial_context.tracking_uri,
         callbacks=[reporter],
         parent_run_id=run_id,
         extra_tags={

@@ -101,7 +101,7 @@ class TaggedStore(TrackingStore):
 
 
 def ray_worker(
-    ctx: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int,
+    trial_context: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int,
     driver_cwd: str, flag,
 ) -> int:  # fmt: skip
     """One Ray worker: the local worker loop in a process of its own (started here, it sees
@@ -123,7 +123,7 @@ def ray_worker(
     }
     process = multiprocessing.get_context("spawn").Process(
         target=worker_process,
-        args=(ctx, storage_url, deadline, worker_index, os.getpid(), tags),
+        args=(trial_context, storage_url, deadline, worker_index, os.getpid(), tags),
         name=f"latentseg-worker-{worker_index}",
     )
     process.start()
@@ -153,7 +153,7 @@ def _stop_reason(ray, flag) -> str | None:
 
 
 def worker_process(
-    ctx: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int,
+    trial_context: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int,
     parent_pid: int, tags: dict[str, str],
 ) -> None:  # fmt: skip
     """The worker process a Ray worker starts: tuned as the CLI is, the local worker loop."""
@@ -165,9 +165,9 @@ def worker_process(
 
     latentseg.tune_process()
     matplotlib.use("Agg")
-    store = TaggedStore(TrackingStore.open(ctx.tracking_uri), tags)
+    store = TaggedStore(TrackingStore.open(trial_context.tracking_uri), tags)
     try:
-        worker_loop(ctx, storage_url, deadline, worker_index, parent_pid, store=store)
+        worker_loop(trial_context, storage_url, deadline, worker_index, parent_pid, store=store)
     except (TrainingInterrupted, KeyboardInterrupt):
         sys.exit(130)
 
@@ -199,7 +199,7 @@ class RayWorkers:
         }
 
     def run(
-        self, ctx: TrialContext, storage_url: str | None, deadline: float | None, workers: int,
+        self, trial_context: TrialContext, storage_url: str | None, deadline: float | None, workers: int,
         stop,
     ) -> None:  # fmt: skip
         """Run ``workers`` Ray workers until each has found the queue empty (or the deadline
@@ -216,11 +216,11 @@ class RayWorkers:
             "scheduling_strategy": "SPREAD",
             **({"runtime_env": {"env_vars": env}} if env else {}),
         }
-        ctx = dataclasses.replace(ctx, threads=self.threads)
+        trial_context = dataclasses.replace(trial_context, threads=self.threads)
         flag = ray.remote(StopFlag).options(num_cpus=0).remote()
         pending = [
             remote.options(name=f"latentseg-worker-{index}", **options).remote(
-                ctx, storage_url, deadline, index, os.getcwd(), flag
+                trial_context, storage_url, deadline, index, os.getcwd(), flag
             )
             for index in range(workers)
         ]

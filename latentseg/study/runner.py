@@ -133,7 +133,7 @@ def queue_trials(study: optuna.Study, loaded: LoadedStudy) -> int:
 
 @quiet_optuna()
 def worker_loop(
-    ctx: TrialContext,
+    trial_context: TrialContext,
     storage_url: str | None,
     deadline: float | None,
     worker_index: int = 0,
@@ -144,12 +144,12 @@ def worker_loop(
     returns the number of trials run. A trial interrupted by a signal is failed and queued
     again without spending a retry, then the interruption propagates; a trial whose sampled
     config is invalid is failed and not retried. ``store`` (default: opened from
-    ``ctx.tracking_uri``) gets the trial runs."""
+    ``trial_context.tracking_uri``) gets the trial runs."""
     import torch
 
-    torch.set_num_threads(ctx.threads)
-    study = _load_worker_study(ctx.study, storage_url, worker_index)
-    store = store or TrackingStore.open(ctx.tracking_uri)
+    torch.set_num_threads(trial_context.threads)
+    study = _load_worker_study(trial_context.study, storage_url, worker_index)
+    store = store or TrackingStore.open(trial_context.tracking_uri)
     done = 0
     with StopSignal() as stop:
         while not stop() and (deadline is None or time.time() < deadline):
@@ -158,7 +158,7 @@ def worker_loop(
             popped = pop_waiting_trial(study)
             if popped is None:
                 break
-            _run_and_tell(study, *popped, ctx, store)
+            _run_and_tell(study, *popped, trial_context, store)
             done += 1
         if stop():
             raise TrainingInterrupted(str(stop.received), None)
@@ -195,17 +195,17 @@ def _launch_gone(parent_pid: int | None, worker_index: int) -> bool:
 
 
 def _run_and_tell(
-    study: optuna.Study, trial: optuna.Trial, trial_id: int, ctx: TrialContext,
+    study: optuna.Study, trial: optuna.Trial, trial_id: int, trial_context: TrialContext,
     store: TrackingStore,
 ) -> None:  # fmt: skip
     """Run one popped trial and tell the study how it ended: pruned; failed and queued again
     (an exception, up to ``max_retry``; a signal, without spending a retry, and the signal
     propagates); failed for good (an invalid sampled config); or its value."""
-    max_retry = ctx.study.spec.max_retry
+    max_retry = trial_context.study.spec.max_retry
     attrs = storage_of(study).get_trial(trial_id).system_attrs
     with Heartbeat(study, trial_id):
         try:
-            value = run_trial(trial, ctx, store, attrs)
+            value = run_trial(trial, trial_context, store, attrs)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
         except (TrainingInterrupted, KeyboardInterrupt):
@@ -239,7 +239,7 @@ def worker_devices(workers: int, gpus: int, visible: str | None = None) -> list[
 
 
 def _worker_process(
-    ctx: TrialContext,
+    trial_context: TrialContext,
     storage_url: str | None,
     deadline: float | None,
     worker_index: int,
@@ -252,7 +252,7 @@ def _worker_process(
     latentseg.tune_process()  # a worker process of latentseg's own, tuned as the CLI is
     matplotlib.use("Agg")
     try:
-        worker_loop(ctx, storage_url, deadline, worker_index, parent_pid)
+        worker_loop(trial_context, storage_url, deadline, worker_index, parent_pid)
     except (TrainingInterrupted, KeyboardInterrupt):
         sys.exit(130)
 
@@ -427,13 +427,15 @@ def _run_launch(
     # Signals only set a flag from here on, so the parent run is always closed and the
     # summary written, whatever arrives when.
     with StopSignal() as stop:
-        ctx = start_parent_run(launch)
-        status, summary, workers_started = run_and_summarize(launch, ctx, judge, stop, progress)
+        trial_context = start_parent_run(launch)
+        status, summary, workers_started = run_and_summarize(
+            launch, trial_context, judge, stop, progress
+        )
     if status == "KILLED":
         raise TrainingInterrupted(str(stop.received or "SIGINT"))
     return StudyResult(
         loaded.name,
-        ctx.parent_run_id,
+        trial_context.parent_run_id,
         launch.experiment_id,
         launch.store.uri,
         redact(launch.storage_url),
@@ -529,7 +531,7 @@ def spec_params(loaded: LoadedStudy, storage_url: str) -> dict[str, Any]:
 
 
 def run_and_summarize(
-    launch: Launch, ctx: TrialContext, judge: Judge | None, stop, progress: bool
+    launch: Launch, trial_context: TrialContext, judge: Judge | None, stop, progress: bool
 ) -> tuple[str, dict[str, Any], int]:
     """Run the rounds with a progress bar, then summarise the study on the parent run and
     close it: FINISHED, KILLED (a stop; the summary skips its plots) or FAILED (an error,
@@ -544,18 +546,18 @@ def run_and_summarize(
     monitor.start()
     status, workers_started = "FAILED", 0
     try:
-        workers_started = run_rounds(launch, ctx, judge, stop, monitor)
+        workers_started = run_rounds(launch, trial_context, judge, stop, monitor)
         status = "KILLED" if stop() else "FINISHED"
     except (TrainingInterrupted, KeyboardInterrupt):
         status = "KILLED"
     finally:
         monitor.finish()
-        summary = summarize(launch, ctx.parent_run_id, status)
+        summary = summarize(launch, trial_context.parent_run_id, status)
     return status, summary, workers_started
 
 
 def run_rounds(
-    launch: Launch, ctx: TrialContext, judge: Judge | None, stop, monitor: Progress
+    launch: Launch, trial_context: TrialContext, judge: Judge | None, stop, monitor: Progress
 ) -> int:
     """Run workers while trials are queued: after each pass the dead workers' trials are
     queued again (up to ``max_retry`` passes a round), other launches' running trials are
@@ -568,7 +570,7 @@ def run_rounds(
     while passes <= spec.max_retry:
         if launch.waiting():
             run_workers = launch.pool.run if launch.pool is not None else _run_workers
-            run_workers(ctx, launch.storage_url, launch.deadline, launch.workers, stop)
+            run_workers(trial_context, launch.storage_url, launch.deadline, launch.workers, stop)
             workers_started += launch.workers
         passes += 1  # (a relaunch with nothing queued starts no worker)
         launch.recover_dead_trials()
@@ -579,7 +581,7 @@ def run_rounds(
             waiting = _wait_for_other_launches(launch, stop)
         late = launch.late()
         if not waiting and not stop() and not late and spec.adaptive:
-            _next_round(launch, judge, ctx, monitor)
+            _next_round(launch, judge, trial_context, monitor)
             # the next round's trials, queued here or by another launch of the study
             trials = study.get_trials(deepcopy=False)
             waiting = [t for t in trials if t.state == TrialState.WAITING]
@@ -626,7 +628,9 @@ def _wait_for_other_launches(launch: Launch, stop) -> list:
     return []
 
 
-def _next_round(launch: Launch, judge: Judge, ctx: TrialContext, monitor: Progress) -> int:
+def _next_round(
+    launch: Launch, judge: Judge, trial_context: TrialContext, monitor: Progress
+) -> int:
     """Adaptive seeds, once the current round has finished everywhere: take its look's
     verdicts, log them on the parent run, and queue the next round's seeds for the points
     that need them (under the queue lock, once per round whichever launch gets there first).
@@ -637,12 +641,12 @@ def _next_round(launch: Launch, judge: Judge, ctx: TrialContext, monitor: Progre
         if not rounds.round_finished(trials):
             return 0  # another launch queued the next round first: run it
         current = rounds.current_round(trials)
-        judgement = judge(loaded, ctx.tracking_uri, current)
+        judgement = judge(loaded, trial_context.tracking_uri, current)
         planned = rounds.plan(loaded, trials, judgement, current)
         queued = rounds.queue_round(launch.study, planned, current + 1)
     spent = rounds.seeds_spent(trials, loaded.seeds)
     log_round(
-        launch.store, ctx.parent_run_id, current,
+        launch.store, trial_context.parent_run_id, current,
         {"open": judgement.open, "decided": judgement.decided, "queued": queued,
          "seed_runs": spent},
         judgement.table,
@@ -727,16 +731,16 @@ def _check_store(
 
 
 def _run_workers(
-    ctx: TrialContext, storage_url: str | None, deadline: float | None, workers: int, stop
+    trial_context: TrialContext, storage_url: str | None, deadline: float | None, workers: int, stop
 ) -> None:
     if workers == 1:
-        worker_loop(ctx, storage_url, deadline)
+        worker_loop(trial_context, storage_url, deadline)
         return
     spawn = multiprocessing.get_context("spawn")
     processes = [
         spawn.Process(
             target=_worker_process,
-            args=(ctx, storage_url, deadline, i, os.getpid()),
+            args=(trial_context, storage_url, deadline, i, os.getpid()),
             name=f"latentseg-worker-{i}",
         )
         for i in range(workers)
