@@ -171,7 +171,7 @@ def _tutorial_baseline(table: pd.DataFrame, keys: list[str]) -> tuple[dict[str, 
     for _, row in table.iterrows():
         if all(str(row[k]) in (str(wanted[k]), NOT_APPLICABLE) for k in variant_keys):
             return {k: row[k] for k in keys}, (
-                "the tutorial's configuration (seed)"
+                "the tutorial's configuration"
                 + (" on each dataset" if len(variant_keys) < len(keys) else "")
             )
     return None
