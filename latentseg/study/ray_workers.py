@@ -14,7 +14,9 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 from latentseg.errors import ConfigError
 from latentseg.study.objective import TrialContext
 from latentseg.study.spec import LoadedStudy, redact
+from latentseg.study.storage import env_seconds
 from latentseg.tracking.store import TrackingStore
 
 INSTALL_HINT = "--ray needs Ray: pip install 'latentseg[ray]'"
@@ -253,6 +256,83 @@ class RayWorkers:
             print(f"ray worker ended: {first}", file=sys.stderr, flush=True)
 
 
+ADDRESS_FORMS = "auto, HOST:PORT or ray://HOST:10001 (or no ADDRESS: a local Ray)"
+# How long a cluster's address gets to answer before the launch says nothing is there (Ray
+# itself retries an unreachable address for minutes).
+CONNECT_TIMEOUT_S = 5.0
+# How long joining a cluster at an address may take.
+JOIN_TIMEOUT_S = 120
+
+
+def host_and_port(address: str) -> tuple[str, int] | None:
+    """The host and port a ``--ray`` address names (``None`` for ``local`` and ``auto``), or a
+    ConfigError naming the forms it takes."""
+    if address in ("local", "auto"):
+        return None
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or "/" in host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--ray {address}: expected {ADDRESS_FORMS}")
+    return host, int(port)
+
+
+def _init(ray, address: str):
+    return ray.init(
+        address=None if address == "local" else address,
+        logging_level="ERROR",
+        log_to_driver=True,
+        configure_logging=True,
+    )
+
+
+def _init_within(ray, address: str, timeout_s: float):
+    """``ray.init`` on a thread of its own, given ``timeout_s``: at an address that answers
+    but is not a Ray cluster (a dashboard's port, a database), Ray waits for minutes."""
+    outcome: dict[str, Any] = {}
+
+    def init() -> None:
+        try:
+            outcome["context"] = _init(ray, address)
+        except BaseException as exc:  # handed to the launch's thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=init, name="ray-init", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"no Ray cluster answered there within {timeout_s:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["context"]
+
+
+def connect(ray, address: str):
+    """``ray.init`` for ``address``; an address where nothing answers, or a cluster Ray cannot
+    join, is a ConfigError (exit 2) before anything of the study starts."""
+    target = host_and_port(address)
+    if target is not None:
+        try:
+            socket.create_connection(target, timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(
+                f"--ray {address}: nothing answers at {target[0]}:{target[1]} ({reason}); "
+                "start a cluster there with `ray start --head`, or leave out ADDRESS for a local Ray"
+            ) from None
+    try:
+        if target is None:  # local and auto: on this machine, in the launch's main thread
+            return _init(ray, address)
+        timeout_s = env_seconds("LATENTSEG_RAY_JOIN_TIMEOUT_S", JOIN_TIMEOUT_S)
+        return _init_within(ray, address, timeout_s)
+    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
+        if address == "auto" and isinstance(exc, ConnectionError):
+            raise ConfigError(
+                "--ray auto: no Ray cluster runs on this machine; start one with `ray start "
+                "--head`, or leave out ADDRESS for a local Ray"
+            ) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--ray {address}: could not join a Ray cluster: {first}") from None
+
+
 @contextlib.contextmanager
 def ray_cluster(
     address: str, loaded: LoadedStudy, storage_url: str | None, tracking_uri: str
@@ -262,12 +342,7 @@ def ray_cluster(
     dashboard's address; disconnects (and stops a local one) at the end."""
     ray = import_ray()
     local = address == "local"
-    context = ray.init(
-        address=None if local else address,
-        logging_level="ERROR",
-        log_to_driver=True,
-        configure_logging=True,
-    )
+    context = connect(ray, address)
     try:
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         check_reachable(nodes, storage_url, tracking_uri)

@@ -67,6 +67,34 @@ def test_without_ray_the_study_says_how_to_install_it_and_exits_2(study_spec, tm
     assert not (tmp_path / "mlruns").exists()  # nothing started
 
 
+@pytest.mark.parametrize("kind", ["malformed", "nothing listening", "not a Ray cluster"])
+def test_a_bad_ray_address_is_one_line_and_exit_2_before_anything_starts(
+    kind, study_spec, tmp_path
+):
+    path = study_spec({"name": "badray", "search_space": {"model.num_latents": [2, 4]},
+                       "sampler": {"name": "grid"}})  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        if kind == "malformed":
+            address, says = "ray://:10001", "expected auto, HOST:PORT or ray://HOST:10001"
+        elif kind == "nothing listening":
+            address, says = f"127.0.0.1:{free_port()}", "nothing answers at 127.0.0.1:"
+        else:  # a port that accepts connections and never speaks Ray (a dashboard, a database)
+            listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+            address = f"127.0.0.1:{listener.getsockname()[1]}"
+            says = "could not join a Ray cluster: no Ray cluster answered there within 3 s"
+        env = {**subprocess_env(), "LATENTSEG_RAY_JOIN_TIMEOUT_S": "3"}
+        done = subprocess.run(
+            [sys.executable, "-m", "latentseg.cli", "study", str(path), "--ray", address,
+             "--no-progress"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: --ray {address}: ") and says in last, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "mlruns").exists()  # nothing started
+
+
 def test_the_ray_flag_takes_an_optional_address():
     from latentseg.cli import build_parser
 
