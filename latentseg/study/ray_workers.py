@@ -77,6 +77,34 @@ def check_reachable(nodes: int, storage_url: str | None, tracking_uri: str) -> N
         )
 
 
+def check_fits(alive_nodes: list[dict], cpus: float, gpus: float, local: bool) -> None:
+    """A worker no node can hold waits for one to join: refused (exit 2) on a local Ray,
+    which no node ever joins; said in a note on a cluster, where an autoscaler may add it."""
+
+    def holds(node: dict) -> bool:
+        offered = node.get("Resources", {})
+        return offered.get("CPU", 0) >= cpus and offered.get("GPU", 0) >= gpus
+
+    if any(holds(node) for node in alive_nodes):
+        return
+    largest = max(
+        ((n.get("Resources", {}).get("CPU", 0), n.get("Resources", {}).get("GPU", 0))
+         for n in alive_nodes),
+        default=(0, 0),
+    )  # fmt: skip
+    message = (
+        f"resources: each worker asks for {cpus:g} CPU(s) and {gpus:g} GPU(s), and no node "
+        f"has them (the largest offers {largest[0]:g} CPU(s) and {largest[1]:g} GPU(s))"
+    )
+    if local:
+        raise ConfigError(f"--ray: {message}; lower the spec's resources")
+    print(
+        f"note: {message}; the workers wait until such a node joins (an autoscaler may add one)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 class StopFlag:
     """A Ray actor the launch sets on a stop (Ctrl-C, SIGTERM) and its workers poll: Ray's own
     cancel raises in the task's thread once, and is lost when it lands where a run is being
@@ -344,8 +372,11 @@ def ray_cluster(
     local = address == "local"
     context = connect(ray, address)
     try:
-        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        alive = [node for node in ray.nodes() if node.get("Alive")]
+        nodes = len(alive)
         check_reachable(nodes, storage_url, tracking_uri)
+        resources = loaded.spec.resources
+        check_fits(alive, resources.cpus, resources.gpus, local)
         dashboard = getattr(context, "dashboard_url", None) or None
         if dashboard and not dashboard.startswith("http"):
             dashboard = f"http://{dashboard}"
@@ -355,7 +386,6 @@ def ray_cluster(
             file=sys.stderr,
             flush=True,
         )
-        resources = loaded.spec.resources
         yield RayWorkers(
             ray, address, {"cpus": resources.cpus, "gpus": resources.gpus}, nodes, dashboard
         )

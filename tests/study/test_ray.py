@@ -21,7 +21,7 @@ import pytest
 from optuna.trial import TrialState
 
 from latentseg.errors import ConfigError
-from latentseg.study.ray_workers import INSTALL_HINT, check_reachable
+from latentseg.study.ray_workers import INSTALL_HINT, check_fits, check_reachable
 from latentseg.study.storage import OWNER_ATTR
 from tests.conftest import subprocess_env
 
@@ -93,6 +93,34 @@ def test_a_bad_ray_address_is_one_line_and_exit_2_before_anything_starts(
     assert last.startswith(f"error: --ray {address}: ") and says in last, done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "mlruns").exists()  # nothing started
+
+
+def node(cpus: float, gpus: float = 0, alive: bool = True) -> dict:
+    """A node as ``ray.nodes()`` describes it (the fields check_fits reads)."""
+    return {"Alive": alive, "Resources": {"CPU": cpus, **({"GPU": gpus} if gpus else {})}}
+
+
+def test_a_worker_no_node_can_hold_is_refused_on_a_local_ray_and_a_note_on_a_cluster(capsys):
+    check_fits([node(2), node(8, 1)], 4, 1, local=False)  # the second node holds it
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ConfigError, match=r"asks for 1 CPU\(s\) and 1 GPU\(s\).*offers 2 CPU"):
+        check_fits([node(2)], 1, 1, local=True)
+    check_fits([node(2), node(4)], 8, 0, local=False)  # an autoscaler may add a bigger node
+    assert capsys.readouterr().err.startswith("note: resources: each worker asks for 8 CPU(s)")
+
+
+@pytest.mark.slow
+def test_a_local_ray_refuses_a_spec_asking_for_a_gpu_it_has_not(study_spec, tmp_path):
+    path = study_spec({"name": "gpuless", "search_space": {"model.num_latents": [2, 4]},
+                       "sampler": {"name": "grid"}, "resources": {"cpus": 1, "gpus": 1}})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "latentseg.cli", "study", str(path), "--ray", "--no-progress"],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --ray: resources: each worker asks for 1 CPU(s) and 1 GPU(s)")
+    assert not list(tmp_path.glob("mlruns/optuna/*")), "no trial was queued"
 
 
 def test_the_ray_flag_takes_an_optional_address():
