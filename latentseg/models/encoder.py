@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -33,58 +32,9 @@ class SimpleEncoder(nn.Module):
         """``(first-stage features [B, width, H/2, W/2], features [B, F, H/4, W/4])``."""
         if self.pool_first:
             x = F.relu(self.pool(self.conv1(x)), inplace=True)
-            return x, F.relu(self.pool(conv_chunked_weight_grad(self.conv2, x)), inplace=True)
+            return x, F.relu(self.pool(self.conv2(x)), inplace=True)
         x = self.pool(F.relu(self.conv1(x)))
         return x, self.pool(F.relu(self.conv2(x)))
-
-
-WEIGHT_GRAD_CHUNKS = 2
-
-
-class _ChunkedWeightGrad(torch.autograd.Function):
-    """``F.conv2d`` (stride 1) whose backward computes the weight gradient as the sum over
-    ``chunks`` slices of the batch; the input gradient is computed whole.
-
-    oneDNN's CPU backward-weights kernel runs a 32-image batch of the tutorial's second
-    convolution (32 -> 64 channels at 64 x 64) markedly slower in one call than in two
-    halves, on AVX2 most (measured with AVX2: 94 -> 76 ms for that convolution's backward).
-    The gradient is the same sum in another order (equal to float32 rounding).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, padding: int, chunks: int) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.chunks = padding, chunks
-        return F.conv2d(x, weight, bias, padding=padding)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        pad = [ctx.padding] * 2
-
-        def backward_of(grad: Tensor, x: Tensor, mask: list[bool]):
-            return torch.ops.aten.convolution_backward(
-                grad, x, weight, [weight.shape[0]], [1, 1], pad, [1, 1], False, [0, 0], 1, mask
-            )
-
-        grad_x = backward_of(grad, x, [True, False, False])[0] if ctx.needs_input_grad[0] else None
-        grad_weight = None
-        if ctx.needs_input_grad[1]:
-            parts = zip(grad.chunk(ctx.chunks), x.chunk(ctx.chunks))
-            grad_weight = sum(backward_of(g, part, [False, True, False])[1] for g, part in parts)
-        grad_bias = grad.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias, None, None
-
-
-def conv_chunked_weight_grad(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """``conv(x)`` with the weight gradient computed in batch chunks on the CPU
-    (:class:`_ChunkedWeightGrad`); elsewhere, or for a small batch, ``conv(x)`` itself."""
-    chunks = WEIGHT_GRAD_CHUNKS
-    if chunks < 2 or x.device.type != "cpu" or x.shape[0] < 2 * chunks:
-        return conv(x)
-    if not torch.is_grad_enabled():
-        return conv(x)
-    return _ChunkedWeightGrad.apply(x, conv.weight, conv.bias, conv.padding[0], chunks)
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Sequential:
