@@ -148,15 +148,55 @@ def attend_tokens(
     (w_q, b_q), key_in, value_in = attention.in_slices()
     if query_proj is not None:
         w_q, b_q = compose((w_q, b_q), query_proj)
-    q = F.linear(queries, w_q, b_q).expand(batch, -1, -1)
+    q = F.linear(queries, w_q, b_q)
     if down is not None:
-        out, weights = attention.attend_compressed(q, down(tokens), need_weights)
-    else:
-        w_k, b_k = compose(key_in, owner.key_proj)
-        w_v, b_v = compose(value_in, owner.value_proj)
-        k, v = F.linear(tokens, torch.cat([w_k, w_v]), torch.cat([b_k, b_v])).chunk(2, dim=-1)
-        out, weights = attention.attend(q, k, v, need_weights)
+        out, weights = attention.attend_compressed(
+            q.expand(batch, -1, -1), down(tokens), need_weights
+        )
+        return attention.out_proj(out), weights
+    w_k, b_k = compose(key_in, owner.key_proj)
+    w_v, b_v = compose(value_in, owner.value_proj)
+    len_q, dim = q.shape[-2:]
+    if not need_weights and q.shape[0] == 1 and len_q * attention.num_heads <= 2 * dim:
+        return attention.out_proj(
+            attend_shared(attention, q[0], tokens, (w_k, b_k), (w_v, b_v))
+        ), None
+    k, v = F.linear(tokens, torch.cat([w_k, w_v]), torch.cat([b_k, b_v])).chunk(2, dim=-1)
+    out, weights = attention.attend(q.expand(batch, -1, -1), k, v, need_weights)
     return attention.out_proj(out), weights
+
+
+def attend_shared(
+    attention: MultiheadCrossAttention,
+    q: Tensor,
+    tokens: Tensor,
+    key: tuple[Tensor, Tensor],
+    value: tuple[Tensor, Tensor],
+) -> Tensor:
+    """Multi-head attention of in-projected queries ``q [L, D]``, the same for every image,
+    over the tokens ``[B, N, F]`` whose keys and values are ``key`` / ``value`` (weight
+    ``[D, F]``, bias) of them: ``[B, L, D]`` before the output projection.
+
+    The keys and values of the tokens are never built (DeepSeek-V2's absorption, as in
+    :meth:`MultiheadCrossAttention.attend_compressed`): per head, ``q.(W_k t + b_k) =
+    (W_k^T q).t + q.b_k``, so every score comes from one matmul over the tokens
+    (``heads * L`` columns, no more than the ``2 D`` of the key and value projection), and
+    ``sum_n a_n (W_v t_n + b_v) = W_v (sum_n a_n t_n) + b_v``. The key bias stays in the
+    scores, so it gets its gradient as in the reference. Same values as :meth:`attend`.
+    """
+    (w_k, b_k), (w_v, b_v) = key, value
+    batch, _, features = tokens.shape
+    len_q, dim = q.shape
+    heads = attention.num_heads
+    head_dim = dim // heads
+    q = q.view(len_q, heads, head_dim).transpose(0, 1) * head_dim**-0.5  # [heads, L, hd]
+    score_weight = (q @ w_k.view(heads, head_dim, features)).reshape(heads * len_q, features)
+    score_bias = (q @ b_k.view(heads, head_dim, 1)).reshape(heads * len_q)
+    weights = F.linear(tokens, score_weight, score_bias).softmax(dim=1)  # [B, N, heads * L]
+    pooled = weights.transpose(1, 2) @ tokens  # [B, heads * L, F]
+    w_v = w_v.view(heads, head_dim, features).transpose(-2, -1)
+    out = pooled.view(batch, heads, len_q, features) @ w_v  # [B, heads, L, hd]
+    return out.transpose(1, 2).reshape(batch, len_q, dim) + b_v
 
 
 class LatentAttention(nn.Module):
