@@ -300,7 +300,7 @@ def host_and_port(address: str) -> tuple[str, int] | None:
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not host or "/" in host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--ray {address}: expected {ADDRESS_FORMS}")
-    return host, int(port)
+    return host.removeprefix("[").removesuffix("]"), int(port)  # [::1]:6379 for IPv6
 
 
 def _init(ray, address: str):

@@ -123,6 +123,18 @@ def test_a_local_ray_refuses_a_spec_asking_for_a_gpu_it_has_not(study_spec, tmp_
     assert not list(tmp_path.glob("mlruns/optuna/*")), "no trial was queued"
 
 
+def test_ray_addresses_name_the_host_and_port_to_probe():
+    from latentseg.study.ray_workers import host_and_port
+
+    assert host_and_port("local") is None and host_and_port("auto") is None
+    assert host_and_port("head:6379") == ("head", 6379)
+    assert host_and_port("ray://10.0.0.5:10001") == ("10.0.0.5", 10001)
+    assert host_and_port("[::1]:6379") == ("::1", 6379)
+    for bad in ("head", "head:port", "head:0", "ray://:10001", "http://head/x:1"):
+        with pytest.raises(ConfigError, match="expected auto, HOST:PORT"):
+            host_and_port(bad)
+
+
 def test_the_ray_flag_takes_an_optional_address():
     from latentseg.cli import build_parser
 
