@@ -357,8 +357,8 @@ class Launch:
     experiment_id: str
     workers: int
     deadline: float | None
-    # where the workers run: None, processes on this machine; else a pool with the shape of
-    # latentseg.study.ray_workers.RayWorkers (run, threads, describe)
+    # where the workers run: LocalWorkers, or ray_workers.RayWorkers on a Ray cluster (both
+    # have threads, describe and run)
     pool: Any = None
 
     def recover_dead_trials(self) -> None:
@@ -396,17 +396,19 @@ def run_study(
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     loaded = load_study_spec(spec_path, overrides, n_trials)
-    with _worker_pool(ray, loaded, storage, tracking_uri) as pool:
+    with _worker_pool(ray, workers, loaded, storage, tracking_uri) as pool:
         return _run_launch(
             loaded, spec_path, workers, storage, tracking_uri, progress, judge, started, pool
         )
 
 
-def _worker_pool(ray: str | None, loaded: LoadedStudy, storage: str | None, tracking_uri):
+def _worker_pool(
+    ray: str | None, workers: int, loaded: LoadedStudy, storage: str | None, tracking_uri
+):  # fmt: skip
     """Where the workers run: processes on this machine, or a Ray cluster (connected, and
     checked to reach the study's storage and tracking store, before anything starts)."""
     if ray is None:
-        return contextlib.nullcontext(None)
+        return contextlib.nullcontext(LocalWorkers(workers))
     from latentseg.study.ray_workers import ray_cluster
 
     uri = resolve_tracking_uri(tracking_uri, loaded.base.tracking.tracking_uri)
@@ -506,11 +508,11 @@ def start_parent_run(launch: Launch) -> TrialContext:
         launch.store, launch.experiment_id, loaded.name, redact(launch.storage_url),
         loaded.path, spec_params(loaded, launch.storage_url), launch.workers,
     )  # fmt: skip
-    threads = max(1, (os.cpu_count() or 1) // launch.workers)
-    if launch.pool is not None:
-        threads = launch.pool.threads
-        launch.store.set_tags(parent_run_id, launch.pool.describe())
-    return TrialContext(loaded, launch.store.uri, launch.experiment_id, parent_run_id, threads)
+    if tags := launch.pool.describe():
+        launch.store.set_tags(parent_run_id, tags)
+    return TrialContext(
+        loaded, launch.store.uri, launch.experiment_id, parent_run_id, launch.pool.threads
+    )
 
 
 def spec_params(loaded: LoadedStudy, storage_url: str) -> dict[str, Any]:
@@ -569,8 +571,9 @@ def run_rounds(
     round_ = rounds.current_round(study.get_trials(deepcopy=False))
     while passes <= spec.max_retry:
         if launch.waiting():
-            run_workers = launch.pool.run if launch.pool is not None else _run_workers
-            run_workers(trial_context, launch.storage_url, launch.deadline, launch.workers, stop)
+            launch.pool.run(
+                trial_context, launch.storage_url, launch.deadline, launch.workers, stop
+            )
             workers_started += launch.workers
         passes += 1  # (a relaunch with nothing queued starts no worker)
         launch.recover_dead_trials()
@@ -728,6 +731,28 @@ def _check_store(
             f"{redact(here)}: relaunch with --tracking-uri {stored}, or keep this store and give "
             "the study a new `name` (or another --storage)"
         )
+
+
+@dataclass(frozen=True)
+class LocalWorkers:
+    """Worker processes on this machine (``--workers`` without ``--ray``), the torch threads
+    split between them: the pool a launch runs its workers in, as
+    :class:`~latentseg.study.ray_workers.RayWorkers` is on a Ray cluster."""
+
+    workers: int
+
+    @property
+    def threads(self) -> int:
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+    def describe(self) -> dict[str, str]:
+        return {}  # nothing to add to the parent run: its params name the workers
+
+    def run(
+        self, trial_context: TrialContext, storage_url: str | None, deadline: float | None,
+        workers: int, stop,
+    ) -> None:  # fmt: skip
+        _run_workers(trial_context, storage_url, deadline, workers, stop)
 
 
 def _run_workers(
