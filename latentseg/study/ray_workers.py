@@ -80,18 +80,13 @@ def check_reachable(nodes: int, storage_url: str | None, tracking_uri: str) -> N
 def check_fits(alive_nodes: list[dict], cpus: float, gpus: float, local: bool) -> None:
     """A worker no node can hold waits for one to join: refused (exit 2) on a local Ray,
     which no node ever joins; said in a note on a cluster, where an autoscaler may add it."""
-
-    def holds(node: dict) -> bool:
-        offered = node.get("Resources", {})
-        return offered.get("CPU", 0) >= cpus and offered.get("GPU", 0) >= gpus
-
-    if any(holds(node) for node in alive_nodes):
+    offers = [
+        (node.get("Resources", {}).get("CPU", 0), node.get("Resources", {}).get("GPU", 0))
+        for node in alive_nodes
+    ]
+    if any(offered_cpus >= cpus and offered_gpus >= gpus for offered_cpus, offered_gpus in offers):
         return
-    largest = max(
-        ((n.get("Resources", {}).get("CPU", 0), n.get("Resources", {}).get("GPU", 0))
-         for n in alive_nodes),
-        default=(0, 0),
-    )  # fmt: skip
+    largest = max(offers, default=(0, 0))
     message = (
         f"resources: each worker asks for {cpus:g} CPU(s) and {gpus:g} GPU(s), and no node "
         f"has them (the largest offers {largest[0]:g} CPU(s) and {largest[1]:g} GPU(s))"
