@@ -62,12 +62,16 @@ def mark_inert(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
         return runs, None
     runs = runs.copy()
     names: set[str] = set()
-    for position, (_, row) in enumerate(runs[model_columns].iterrows()):
+    # the keys a model ignores depend on its config alone: decided once per distinct config
+    as_text = runs[model_columns].map(str)
+    groups = as_text.groupby(model_columns, sort=False, dropna=False).indices
+    for positions in groups.values():
+        row = runs[model_columns].iloc[positions[0]]
         config = {c.removeprefix("params.model."): row[c] for c in model_columns}
         for key in inert_keys(config):
             column = f"params.model.{key}"
             if column in runs and str(row[column]) != NOT_APPLICABLE:
-                runs.iloc[position, runs.columns.get_loc(column)] = NOT_APPLICABLE
+                runs.iloc[positions, runs.columns.get_loc(column)] = NOT_APPLICABLE
                 names.add(key)
     if not names:
         return runs, None
@@ -95,8 +99,7 @@ def deduplicate(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         return runs, 0
     if "end_time" in runs:
         runs = runs.sort_values("end_time", ascending=False, kind="stable")
-    key = runs[identity].map(str).agg("|".join, axis=1)
-    kept = runs[~key.duplicated()]
+    kept = runs[~runs[identity].map(str).duplicated()]
     return kept.sort_index().reset_index(drop=True), len(runs) - len(kept)
 
 
