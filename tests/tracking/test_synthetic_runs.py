@@ -5,8 +5,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from latentseg.tracking.store import connect
-from latentseg.tracking.synthetic_runs import EPOCHS, GRID, log_ablation_runs
+import pandas as pd
+
+from latentseg.tracking.store import TrackingStore, connect
+from latentseg.tracking.synthetic_runs import (
+    EPOCHS,
+    GRID,
+    log_ablation_runs,
+    write_ablation_runs,
+)
 
 AXES = ("model.num_latents", "model.num_heads", "model.expert_attention")
 
@@ -44,3 +51,36 @@ def test_the_same_seed_writes_the_same_results(tracking_uri):
             )
         )
     assert results[0] == results[1]
+
+
+def test_runs_written_at_once_read_back_as_the_logged_ones(tracking_uri):
+    """The bulk writer (10,000 runs in seconds, for the report benchmark) gives the store
+    what logging each run through the client gives: the same frame, histories and status."""
+    store = TrackingStore.open(tracking_uri)
+    frames, histories = [], []
+    for name in ("logged", "written"):
+        experiment_id = store.experiment(name)
+        if name == "logged":
+            log_ablation_runs(store.client, experiment_id, runs=len(GRID) + 3, seed=5)
+        else:
+            write_ablation_runs(tracking_uri, experiment_id, runs=len(GRID) + 3, seed=5)
+        frame = store.frame([experiment_id])
+        histories.append(
+            sorted(
+                round(m.value, 12)
+                for run_id in frame["run_id"]
+                for m in store.client.get_metric_history(run_id, "val_miou")
+            )
+        )
+        kept = [c for c in frame.columns if c.startswith(("params.", "metrics.", "tags."))]
+        kept = sorted(set(kept) - {"tags.mlflow.runName"}) + ["status"]
+        frames.append(
+            frame[kept].sort_values(["params.train.seed", *(f"params.{a}" for a in AXES), "metrics.test_miou"])
+            .reset_index(drop=True)
+        )  # fmt: skip
+    assert len(frames[1]) == len(GRID) + 3
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    assert histories[0] == histories[1] and len(histories[0]) == (len(GRID) + 3) * EPOCHS
+    assert store.frame([store.existing_experiment("written")])["artifact_uri"].str.endswith(
+        "/artifacts"
+    ).all()
