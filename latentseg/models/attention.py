@@ -199,6 +199,48 @@ def attend_shared(
     return out.transpose(1, 2).reshape(batch, len_q, dim) + b_v
 
 
+def attend_experts(
+    attention: MultiheadCrossAttention,
+    tokens: Tensor,
+    query: tuple[Tensor, Tensor],
+    keys: Tensor,
+    values: Tensor,
+    output: tuple[Tensor, Tensor],
+    skip: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The pixel tokens ``[B, N, F]`` attend to each image's few experts with ``attention``'s
+    heads: ``(output(attended) + skip(tokens) [B, N, C], weights [B, heads, N, L])``, where
+    ``query`` (weight ``[D, F]``, bias) in-projects the tokens, ``keys, values [B, L, D]`` are
+    in-projected, ``output`` (weight ``[C, D]``, bias) maps the attended values and ``skip``
+    (weight ``[C, F]``, bias), if given, maps the tokens alongside.
+
+    Neither the queries nor the attended values of the ``N`` tokens are built (the absorption
+    of :func:`attend_shared`, per image): per head, ``k.(W_q t + b_q) = (W_q^T k).t + k.b_q``,
+    so every score comes from one matmul over the tokens (``heads * L`` columns, no more than
+    the ``D`` of the query projection when ``heads * L <= D``), and
+    ``W_o sum_l a_l v_l = sum_l a_l (W_o v_l)``, so the output is one matmul of the weights
+    with ``C`` columns. Same values as :meth:`MultiheadCrossAttention.attend` between the
+    projections.
+    """
+    (w_q, b_q), (w_out, b_out) = query, output
+    batch, len_k, dim = keys.shape
+    features = tokens.shape[-1]
+    heads = attention.num_heads
+    head_dim = dim // heads
+    k = keys.view(batch, len_k, heads, head_dim).transpose(1, 2) * head_dim**-0.5
+    score_weight = (k @ w_q.view(heads, head_dim, features)).view(batch, heads * len_k, features)
+    score_bias = (k @ b_q.view(heads, head_dim, 1)).view(batch, 1, heads * len_k)
+    scores = torch.baddbmm(score_bias, tokens, score_weight.transpose(1, 2))  # [B, N, heads*L]
+    weights = scores.view(batch, -1, heads, len_k).softmax(dim=-1)
+    v = values.view(batch, len_k, heads, head_dim).transpose(1, 2)
+    value_out = v @ w_out.view(-1, heads, head_dim).permute(1, 2, 0)  # [B, heads, L, C]
+    start = b_out if skip is None else F.linear(tokens, skip[0], skip[1] + b_out)
+    out = torch.baddbmm(
+        start, weights.view(batch, -1, heads * len_k), value_out.reshape(batch, heads * len_k, -1)
+    )
+    return out, weights.transpose(1, 2)
+
+
 class LatentAttention(nn.Module):
     """Learned latents (queries) cross-attend to the pixel tokens: ``[B, N, F] -> [B, L, D]``.
 
@@ -277,11 +319,22 @@ class ExpertSegmentation(nn.Module):
             attended, weights = attention(pixels, experts, experts, need_weights)
             pixels = attended + pixels if self.pixel_residual else attended
             return self.segmentation_head(pixels), weights
-        # Fast path: pixel_proj then the query in-projection as one matmul over the tokens
-        # (with the projected pixels alongside when the residual needs them), and the output
-        # projection folded into the class head.
+        # Fast path: pixel_proj folded into the query in-projection and the output projection
+        # into the class head; with few experts, both absorbed into the experts' keys and
+        # values (attend_experts), so no per-pixel queries or attended values are built.
         query_in, (w_k, b_k), (w_v, b_v) = attention.in_slices()
         w_q, b_q = compose(query_in, self.pixel_proj)
+        head = self.segmentation_head
+        w_out, b_out = compose((head.weight, head.bias), attention.out_proj)
+        k, v = F.linear(experts, torch.cat([w_k, w_v]), torch.cat([b_k, b_v])).chunk(2, dim=-1)
+        if experts.shape[1] * attention.num_heads <= attention.embed_dim:
+            skip = None
+            if self.pixel_residual:  # head(pixel_proj(tokens)), as one map of the tokens
+                skip = (head.weight @ self.pixel_proj.weight, head.weight @ self.pixel_proj.bias)
+            logits, weights = attend_experts(
+                attention, tokens, (w_q, b_q), k, v, (w_out, b_out), skip
+            )
+            return logits, weights if need_weights else None
         if self.pixel_residual:
             both = F.linear(
                 tokens,
@@ -291,10 +344,7 @@ class ExpertSegmentation(nn.Module):
             q, pixels = both.chunk(2, dim=-1)
         else:
             q = F.linear(tokens, w_q, b_q)
-        k, v = F.linear(experts, torch.cat([w_k, w_v]), torch.cat([b_k, b_v])).chunk(2, dim=-1)
         out, weights = attention.attend(q, k, v, need_weights)
-        head = self.segmentation_head
-        w_out, b_out = compose((head.weight, head.bias), attention.out_proj)
         logits = F.linear(out, w_out, b_out)
         if self.pixel_residual:
             logits = logits + F.linear(pixels, head.weight)
