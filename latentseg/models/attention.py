@@ -182,7 +182,8 @@ def attend_shared(
     (W_k^T q).t + q.b_k``, so every score comes from one matmul over the tokens
     (``heads * L`` columns, no more than the ``2 D`` of the key and value projection), and
     ``sum_n a_n (W_v t_n + b_v) = W_v (sum_n a_n t_n) + b_v``. The key bias stays in the
-    scores, so it gets its gradient as in the reference. Same values as :meth:`attend`.
+    scores when gradients are on, so it gets its gradient as in the reference. Same values
+    as :meth:`attend`.
     """
     (w_k, b_k), (w_v, b_v) = key, value
     batch, _, features = tokens.shape
@@ -191,9 +192,18 @@ def attend_shared(
     head_dim = dim // heads
     q = q.view(len_q, heads, head_dim).transpose(0, 1) * head_dim**-0.5  # [heads, L, hd]
     score_weight = (q @ w_k.view(heads, head_dim, features)).reshape(heads * len_q, features)
-    score_bias = (q @ b_k.view(heads, head_dim, 1)).reshape(heads * len_q)
-    weights = F.linear(tokens, score_weight, score_bias).softmax(dim=1)  # [B, N, heads * L]
-    pooled = weights.transpose(1, 2) @ tokens  # [B, heads * L, F]
+    if torch.is_grad_enabled():
+        score_bias = (q @ b_k.view(heads, head_dim, 1)).reshape(heads * len_q)
+        weights = F.linear(tokens, score_weight, score_bias).softmax(dim=1)  # [B, N, heads * L]
+        pooled = weights.transpose(1, 2) @ tokens  # [B, heads * L, F]
+    else:
+        # Inference: the key bias shifts all of a query's scores equally (softmax drops it)
+        # and no weights are kept for a backward, so the score rows attend to the tokens
+        # (keys and values both) in one fused kernel, block by block, without the
+        # [B, N, heads * L] scores and weights.
+        as_head = tokens.unsqueeze(1)
+        rows = score_weight.expand(batch, 1, -1, -1)
+        pooled = F.scaled_dot_product_attention(rows, as_head, as_head, scale=1.0)
     w_v = w_v.view(heads, head_dim, features).transpose(-2, -1)
     out = pooled.view(batch, heads, len_q, features) @ w_v  # [B, heads, L, hd]
     return out.transpose(1, 2).reshape(batch, len_q, dim) + b_v

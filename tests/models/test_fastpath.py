@@ -56,6 +56,30 @@ def test_fast_path_outputs_and_gradients_match_the_reference_in_float32(variant,
         assert (a.grad - b.grad).abs().max() <= 1e-4 * scale, name
 
 
+@pytest.mark.parametrize(
+    "variant", ["tutorial", "deep-residual", "no-expert", "perceiver-p3", "mla-r8", "beyond-all"]
+)
+def test_fast_path_inference_matches_the_reference_in_float32(variant, device):
+    """Without gradients the fast path takes shortcuts that training cannot (no weights or
+    indices kept for a backward): the same logits and attention maps."""
+    torch.manual_seed(0)
+    reference = create_model(variant, attention_impl="reference", num_classes=4).to(device)
+    fast = create_model(variant, attention_impl="fused", num_classes=4)
+    fast.load_state_dict(reference.state_dict())
+    fast = prepare_model(fast, device)
+    images = batch()[0].to(device)
+    expected, expected_maps = reference.eval()(images, return_attention=True)
+    with torch.inference_mode():
+        logits = fast.eval()(to_device(images, device))
+        _, maps = fast(to_device(images, device), return_attention=True)
+    torch.testing.assert_close(logits, expected.detach(), atol=1e-5, rtol=1e-4)
+    if expected_maps is not None:
+        for name in ("latent_to_pixel", "pixel_to_latent"):
+            torch.testing.assert_close(
+                getattr(maps, name), getattr(expected_maps, name).detach(), atol=1e-6, rtol=1e-5
+            )
+
+
 def test_the_fused_optimizer_steps_like_the_tutorials_adam():
     torch.manual_seed(0)
     reference = create_model("deep-residual", num_classes=4)
