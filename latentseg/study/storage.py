@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -280,21 +281,62 @@ def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     return study._storage
 
 
+def waiting_trial_ids(storage: optuna.storages.BaseStorage, study_id: int) -> Iterator[int]:
+    """The ids of the study's WAITING trials, lowest number first.
+
+    An RDB storage (PostgreSQL, MySQL, SQLite) is asked for the ids alone, from Optuna's
+    ``trials`` table: reading the waiting trials themselves loads every one with its params
+    and attributes, which took 0.10-0.15 s on PostgreSQL with 1,000 trials queued, on every
+    pop. A journal holds its trials in memory and is asked as Optuna asks it."""
+    backend = getattr(storage, "_backend", storage)  # RDB storages come wrapped in a cache
+    if isinstance(backend, optuna.storages.RDBStorage):
+        import sqlalchemy
+
+        query = sqlalchemy.text(
+            "SELECT trial_id FROM trials WHERE study_id = :study_id AND state = 'WAITING' "
+            "ORDER BY number"
+        )
+        with backend.engine.connect() as connection:
+            yield from list(connection.execute(query, {"study_id": study_id}).scalars())
+        return
+    for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        yield storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+
+
 def pop_waiting_trial(study: optuna.Study) -> tuple[optuna.Trial, int] | None:
     """Atomically take one WAITING trial (WAITING -> RUNNING): ``(trial, trial_id)``, or None
     when the queue is empty. Never creates a trial."""
     storage = storage_of(study)
     study_id = storage.get_study_id_from_name(study.study_name)
-    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+    for trial_id in waiting_trial_ids(storage, study_id):
         try:
             if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
         storage.set_trial_system_attr(trial_id, OWNER_ATTR, owner_record())
+        _cache_popped(storage, study_id, trial_id)
         return optuna.Trial(study, trial_id), trial_id
     return None
+
+
+def _cache_popped(storage: optuna.storages.BaseStorage, study_id: int, trial_id: int) -> None:
+    """Make an RDB storage's cache know the trial just popped by id: Optuna's cache must hold a
+    trial before its params can be set, and it learns of new trials only by re-reading every
+    unfinished one (the cost :func:`waiting_trial_ids` avoids). Where the cache is not the one
+    this was written against, it is refreshed the public way, reading them all."""
+    studies = getattr(storage, "_studies", None)
+    add = getattr(storage, "_add_trials_to_cache", None)
+    backend = getattr(storage, "_backend", None)
+    if backend is None:  # a journal: its trials are all in memory
+        return
+    if studies is None or add is None or study_id not in studies:
+        storage.get_all_trials(study_id, deepcopy=False)
+        return
+    frozen = backend.get_trial(trial_id)
+    with storage._lock:
+        add(study_id, [frozen])
+        studies[study_id].unfinished_trial_ids.add(trial_id)  # re-read until it finishes
 
 
 def retry(study: optuna.Study, trial: FrozenTrial, max_retry: int, count: bool = True) -> None:
