@@ -248,11 +248,13 @@ def _log_plots(
     skipped = {}
     for name, make in plots.items():
         try:
+            # Optuna's experimental warnings, and matplotlib's when a plot of hundreds of
+            # trials or choices cannot be laid out tightly: nothing the user can act on
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 axes = make()
-            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-            figure.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
+                figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+                figure.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
             plt.close(figure)
             store.log_artifact(run_id, folder / f"{name}.png", "plots")
         except Exception as exc:
