@@ -195,5 +195,15 @@ def make_postgres_db():
 
 
 @pytest.fixture
+def postgres_server() -> str:
+    """The URL of the local PostgreSQL server's ``postgres`` database, for code that makes
+    databases of its own (the bench); skips (loudly) where no server is reachable."""
+    base, reason = _postgres_url()
+    if base is None:
+        pytest.skip(f"SKIPPED LOUDLY: this test needs a PostgreSQL server: {reason}")
+    return base + "postgres"
+
+
+@pytest.fixture
 def postgres_db(make_postgres_db):
     return make_postgres_db()

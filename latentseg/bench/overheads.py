@@ -13,9 +13,11 @@ process does) stays light.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import statistics
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -169,9 +171,14 @@ def format_tracking(figures: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- study
 
 
+STUDY_SIZES = (10, 1000)  # queued trials: a small study and a large one
+
+
 def write_study(folder: Path, trials: int, device: str = "cpu") -> Path:
     """A grid study of ``trials`` trials that train one step each on ``device`` (so that what
-    a trial costs beyond that is overhead), written with its base experiment into ``folder``."""
+    a trial costs beyond that is overhead), written with its base experiment into ``folder``.
+    The trials differ only in the learning rate, so each costs the same whatever its
+    number."""
     import yaml
 
     base = small_run_config(1, True, device)
@@ -183,93 +190,206 @@ def write_study(folder: Path, trials: int, device: str = "cpu") -> Path:
     spec = {
         "experiment": "base.yaml",
         "name": "bench",
-        "search_space": {"model.num_latents": list(range(2, 2 + trials))},
+        "search_space": {"optim.lr": [round(1e-3 + i * 1e-7, 8) for i in range(trials)]},
         "sampler": {"name": "grid"},
     }
     (folder / "study.yaml").write_text(yaml.safe_dump(spec))
     return folder / "study.yaml"
 
 
-def trial_durations(uri: str, experiment: str) -> tuple[list[float], list[float]]:
-    """Seconds from start to end of each trial run of ``experiment``, and the training time
-    of each seed run (its ``epoch_time_s``)."""
-    from latentseg.tracking.store import TrackingStore
+@dataclass(frozen=True)
+class Timeline:
+    """When each trial of a study ran, from its MLflow runs, in the order the trials started:
+    start and end of each trial run (seconds since the epoch) and its seed run's training
+    time (``epoch_time_s``)."""
+
+    starts: list[float]
+    ends: list[float]
+    training: list[float]
+
+    def overheads(self) -> list[float]:
+        """What each trial but the last cost beyond its training: from its start to the next
+        trial's start (the storage's pop and tell, the MLflow runs, closing them), less the
+        training."""
+        cycles = [b - a for a, b in itertools.pairwise(self.starts)]
+        return [c - t for c, t in zip(cycles, self.training[:-1], strict=True)]
+
+
+def study_timeline(uri: str, experiment: str) -> Timeline:
+    """The :class:`Timeline` of the one study in ``experiment`` of the store at ``uri``."""
+    from latentseg.tracking.store import RUN_TYPE, TRIAL_TAG, TrackingStore
 
     store = TrackingStore.open(uri)
     runs = store.search([store.existing_experiment(experiment)])
-    of_type = {
-        kind: [r for r in runs if r.data.tags.get("latentseg.run_type") == kind]
-        for kind in ("trial", "seed")
+    trials = sorted(
+        (r for r in runs if r.data.tags.get(RUN_TYPE) == "trial"), key=lambda r: r.info.start_time
+    )
+    training = {
+        r.data.tags.get(TRIAL_TAG): r.data.metrics.get("epoch_time_s", 0.0)
+        for r in runs
+        if r.data.tags.get(RUN_TYPE) == "seed"
     }
-    trial_s = [(r.info.end_time - r.info.start_time) / 1000 for r in of_type["trial"]]
-    training_s = [r.data.metrics.get("epoch_time_s", 0.0) for r in of_type["seed"]]
-    return trial_s, training_s
+    return Timeline(
+        [r.info.start_time / 1000 for r in trials],
+        [r.info.end_time / 1000 for r in trials],
+        [training.get(r.data.tags.get(TRIAL_TAG), 0.0) for r in trials],
+    )
 
 
-def bench_study(trials: int = 8, device: str = "cpu") -> dict[str, Any]:
-    """Per-trial cost of a study beyond training: storage, MLflow parent/trial/seed runs,
-    closing them. Trials train one step, so what remains is overhead; the trial's own
-    training time (from its seed run) is subtracted."""
+@contextlib.contextmanager
+def scratch_database(server: str) -> Iterator[str]:
+    """The URL of a fresh database on the PostgreSQL server that ``server`` reaches (a URL of
+    a database there the bench may connect to, e.g.
+    ``postgresql://postgres@127.0.0.1:5432/postgres``), dropped afterwards."""
+    import uuid
+
+    import sqlalchemy
+
+    from latentseg.errors import ConfigError
+    from latentseg.tracking.store import redact
+
+    name = f"latentseg_bench_{uuid.uuid4().hex[:10]}"
+    try:
+        engine = sqlalchemy.create_engine(
+            server,
+            isolation_level="AUTOCOMMIT",
+            poolclass=sqlalchemy.pool.NullPool,
+            connect_args={"connect_timeout": 5},
+        )
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # bad URL, no server, no right to create databases: say which
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"--postgres {redact(server)}: cannot create a scratch database there: {reason}"
+        ) from None
+    try:
+        yield engine.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+def study_overhead(trials: int, storage: str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """One study of ``trials`` queued trials (:func:`write_study`) on ``storage`` (None: the
+    journal beside the store, as a study without ``--storage`` has), one worker: what each
+    trial costs beyond its training (median over the trials, and over the first and the last
+    tenth of them, to show whether it grows as the storage fills) and what the launch costs
+    (opening, the worker's start, the summary and its plots)."""
     from latentseg.study.runner import run_study
 
     with scratch() as tmp:
         spec = write_study(tmp, trials, device)
         uri = f"sqlite:///{tmp}/mlflow.db"
         with stopwatch() as study:
-            run_study(str(spec), tracking_uri=uri, progress=False)
-        trial_s, training_s = trial_durations(uri, "bench")
-    overhead = [t - e for t, e in zip(sorted(trial_s), sorted(training_s), strict=False)]
+            run_study(str(spec), tracking_uri=uri, storage=storage, progress=False)
+        timeline = study_timeline(uri, "bench")
+    overheads = timeline.overheads()
+    tenth = max(1, len(overheads) // 10)
     return {
+        "storage": "journal" if storage is None else storage.split(":", 1)[0],
         "trials": trials,
         "study_wall_s": study.wall_s,
-        "trial_median_s": statistics.median(trial_s),
-        "training_median_s": statistics.median(training_s),
-        "overhead_median_s": statistics.median(overhead),
-        "launch_overhead_s": study.wall_s - sum(trial_s),
+        "overhead_median_s": statistics.median(overheads),
+        "overhead_first_tenth_s": statistics.median(overheads[:tenth]),
+        "overhead_last_tenth_s": statistics.median(overheads[-tenth:]),
+        "training_median_s": statistics.median(timeline.training),
+        "launch_s": study.wall_s - (timeline.ends[-1] - timeline.starts[0]),
     }
 
 
-def format_study(figures: dict[str, Any]) -> str:
+def bench_study(
+    sizes: tuple[int, ...] = STUDY_SIZES,
+    postgres: str | None = None,
+    device: str = "cpu",
+    log: Callable[[dict[str, Any]], None] = lambda row: None,
+) -> list[dict[str, Any]]:
+    """:func:`study_overhead` for each count of queued trials in ``sizes``, on the journal
+    and, given a ``postgres`` server (:func:`scratch_database`), on PostgreSQL (an RDB
+    storage with a heartbeat, as studies across machines use). Each study has a fresh
+    storage and a fresh tracking store; ``log`` gets each row as it is measured."""
+    rows = []
+    for trials in sizes:
+        rows.append(study_overhead(trials, None, device))
+        log(rows[-1])
+    if postgres:
+        for trials in sizes:
+            with scratch_database(postgres) as url:
+                rows.append(study_overhead(trials, url, device))
+            log(rows[-1])
+    return rows
+
+
+def format_study(row: dict[str, Any]) -> str:
+    spread = (
+        f" (first tenth {row['overhead_first_tenth_s']:.3f} s, last tenth "
+        f"{row['overhead_last_tenth_s']:.3f} s)"
+        if row["trials"] >= 100
+        else ""
+    )
     return (
-        f"study: {figures['overhead_median_s']:.2f} s overhead per trial (median; trial "
-        f"{figures['trial_median_s']:.2f} s, its training {figures['training_median_s']:.2f} s); "
-        f"launch {figures['launch_overhead_s']:.1f} s"
+        f"study on {row['storage']}, {row['trials']} queued trials: "
+        f"{row['overhead_median_s']:.3f} s overhead per trial{spread}; a trial's training "
+        f"{row['training_median_s']:.3f} s; launch {row['launch_s']:.1f} s"
     )
 
 
 # --------------------------------------------------------------------------- report
 
+REPORT_SIZES = (1000, 10_000)  # runs in the store
 
-def bench_report(runs: int) -> dict[str, Any]:
+
+def bench_report(runs: int, windows: int = 3) -> dict[str, Any]:
     """``latentseg report``'s work (collect from MLflow, statistics, plots, files) over
     ``runs`` finished runs (:mod:`latentseg.tracking.synthetic_runs`) in a fresh SQLite
-    store; ``log_s`` is the time writing them took."""
+    store, alternated with ``mlflow.search_runs`` alone on the same store for ``windows``
+    windows: the medians of each, and ``write_s``, what writing the runs took."""
     from latentseg.report.collect import collect
     from latentseg.report.render import build, write
     from latentseg.tracking.store import TrackingStore
-    from latentseg.tracking.synthetic_runs import log_ablation_runs
+    from latentseg.tracking.synthetic_runs import write_ablation_runs
 
+    collecting: list[float] = []
     with scratch() as tmp:
-        store = TrackingStore.open(f"sqlite:///{tmp}/mlflow.db")
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        store = TrackingStore.open(uri)
         experiment_id = store.experiment("scale")
         with stopwatch() as writing:
-            log_ablation_runs(store.client, experiment_id, runs)
-        with stopwatch() as reporting:
-            with stopwatch() as collecting:
+            write_ablation_runs(uri, experiment_id, runs)
+
+        def report() -> None:
+            with stopwatch() as collected_in:
                 collected = collect(store, experiment="scale")
+            collecting.append(collected_in.wall_s)
             write(build(collected, "scale", store=store), tmp / "report")
+
+        timings = alternate(
+            {
+                "search_runs": repeated(lambda: store.mlflow_frame([experiment_id])),
+                "report": repeated(report),
+            },
+            windows,
+            steps=1,
+            warmup=0,
+        )
+    medians = timings.medians
     return {
         "runs": runs,
-        "report_s": reporting.wall_s,
-        "collect_s": collecting.wall_s,
-        "log_s": writing.wall_s,
+        "report_s": medians["report"],
+        "search_runs_s": medians["search_runs"],
+        "report_to_search_runs": timings.ratio("report", "search_runs"),
+        "collect_s": statistics.median(collecting),
+        "windows": timings.windows,
+        "write_s": writing.wall_s,
     }
 
 
 def format_report(figures: dict[str, Any]) -> str:
     return (
-        f"report: {figures['runs']} runs in {figures['report_s']:.1f} s "
-        f"(collect {figures['collect_s']:.1f} s)"
+        f"report: {figures['runs']} runs in {figures['report_s']:.1f} s (collect "
+        f"{figures['collect_s']:.1f} s); mlflow.search_runs alone {figures['search_runs_s']:.1f} s "
+        f"({figures['report_to_search_runs']:.2f}x)"
     )
 
 

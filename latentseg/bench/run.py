@@ -11,6 +11,8 @@ import torch
 from latentseg.bench import machine
 from latentseg.bench.model_speed import bench_variant, format_model_row
 from latentseg.bench.overheads import (
+    REPORT_SIZES,
+    STUDY_SIZES,
     bench_bf16_accuracy,
     bench_data,
     bench_report,
@@ -35,16 +37,19 @@ def run_bench(
     windows: int = 5,
     steps: int = 5,
     sections: tuple[str, ...] = SECTIONS,
-    report_runs: tuple[int, ...] = (1000,),
+    report_runs: tuple[int, ...] = REPORT_SIZES,
     log: Callable[[str], None] = print,
     device: str = "cpu",
+    study_trials: tuple[int, ...] = STUDY_SIZES,
+    postgres: str | None = None,
 ) -> dict[str, Any]:
     """Run the bench's ``sections`` (of :data:`SECTIONS`, in that order) on ``threads``
     torch threads (default: torch's), the models on ``device`` (``cpu`` or ``cuda``),
     printing a line per figure through ``log``. Returns ``machine`` and ``settings``, then
     one entry per section run: ``models`` (a row per variant), ``data``, ``tracking``,
-    ``study``, ``report`` (a row per count of ``report_runs``) and ``bf16_accuracy`` (where
-    the device has bf16)."""
+    ``study`` (a row per count of ``study_trials``, on the journal, then on PostgreSQL given
+    a ``postgres`` server URL), ``report`` (a row per count of ``report_runs``) and
+    ``bf16_accuracy`` (where the device has bf16)."""
     if threads:
         torch.set_num_threads(threads)
     on = torch.device(device)
@@ -86,7 +91,9 @@ def run_bench(
     if "tracking" in sections:
         result["tracking"] = logged(bench_tracking(device=device), format_tracking)
     if "study" in sections:
-        result["study"] = logged(bench_study(device=device), format_study)
+        result["study"] = bench_study(
+            study_trials, postgres, device=device, log=lambda row: log(format_study(row))
+        )
     if "report" in sections:
         result["report"] = [logged(bench_report(runs), format_report) for runs in report_runs]
     if "bf16" in sections and bf16:

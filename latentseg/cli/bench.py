@@ -65,7 +65,22 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=flags.positive_int,
         action="append",
         default=None,
-        help="run counts for the report section (repeatable; default 1000)",
+        help="run counts for the report section (repeatable; default 1000 and 10000)",
+    )
+    parser.add_argument(
+        "--study-trials",
+        type=flags.positive_int,
+        action="append",
+        default=None,
+        help="queued trials for the study section (repeatable; default 10 and 1000)",
+    )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        default=None,
+        help="also measure the study section on PostgreSQL: a server URL whose database the "
+        "bench may connect to, e.g. postgresql://postgres@127.0.0.1:5432/postgres (it creates "
+        "a scratch database there and drops it after)",
     )
     # Not the shared --json (print instead of a table): the bench prints its tables and also
     # writes the results to FILE.
@@ -79,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from latentseg.bench import SECTIONS, run_bench
+    from latentseg.bench.overheads import REPORT_SIZES, STUDY_SIZES
     from latentseg.io import atomic_write_bytes
     from latentseg.models import list_models
 
@@ -94,8 +110,17 @@ def run(args: argparse.Namespace) -> int:
             "--device cuda: torch sees no CUDA device here (a CPU build of torch, or no GPU); "
             "use --device cpu"
         )
+    if args.postgres is not None and not args.postgres.startswith("postgresql"):
+        raise ConfigError(
+            f"--postgres {args.postgres!r}: expected postgresql://USER@HOST:PORT/DATABASE"
+        )
     if args.json and not Path(args.json).parent.is_dir():
         raise ConfigError(f"--json {args.json}: directory {Path(args.json).parent} does not exist")
+    if args.postgres is not None and "study" in sections:
+        from latentseg.bench.overheads import scratch_database
+
+        with scratch_database(args.postgres):  # reachable, and the bench may create databases
+            pass
     result = run_bench(
         variants,
         batch_size=args.batch_size,
@@ -104,8 +129,10 @@ def run(args: argparse.Namespace) -> int:
         windows=args.windows,
         steps=args.steps,
         sections=sections,
-        report_runs=tuple(args.report_runs or (1000,)),
+        report_runs=tuple(args.report_runs or REPORT_SIZES),
         device=args.device,
+        study_trials=tuple(args.study_trials or STUDY_SIZES),
+        postgres=args.postgres,
     )
     if args.json:
         atomic_write_bytes(Path(args.json), json.dumps(result, indent=2).encode())

@@ -458,6 +458,16 @@ class TrackingStore:
         """The matching runs as one frame, as ``mlflow.search_runs`` gives it (:func:`runs_frame`)."""
         return runs_frame(self.search(experiment_ids, filter_string))
 
+    def mlflow_frame(self, experiment_ids: list[str]) -> pd.DataFrame:
+        """The runs as ``mlflow.search_runs`` itself builds them on this store: the yardstick
+        that :meth:`frame` is measured against (``latentseg bench``'s report section). The
+        process-wide tracking URI is used for the call and restored after."""
+        import mlflow
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        with _use_tracking_uri(self.uri):
+            return mlflow.search_runs(experiment_ids)
+
     def study_runs(
         self,
         study: str,

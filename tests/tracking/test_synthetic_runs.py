@@ -81,6 +81,8 @@ def test_runs_written_at_once_read_back_as_the_logged_ones(tracking_uri):
     assert len(frames[1]) == len(GRID) + 3
     pd.testing.assert_frame_equal(frames[0], frames[1])
     assert histories[0] == histories[1] and len(histories[0]) == (len(GRID) + 3) * EPOCHS
-    assert store.frame([store.existing_experiment("written")])["artifact_uri"].str.endswith(
-        "/artifacts"
-    ).all()
+    assert (
+        store.frame([store.existing_experiment("written")])["artifact_uri"]
+        .str.endswith("/artifacts")
+        .all()
+    )
