@@ -340,6 +340,7 @@ RUN_TYPE = "latentseg.run_type"  # study | trial | seed (untagged: a plain train
 STUDY_TAG = "latentseg.study"
 TRIAL_TAG = "latentseg.trial_number"
 PAGE_SIZE = 10_000  # runs per search request, as mlflow.search_runs pages
+MAX_PARAM_LENGTH = 6000  # characters of a param value that MLflow keeps
 
 
 def study_filter(
@@ -551,15 +552,30 @@ class TrackingStore:
         return self.client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        """``params`` on the run (lists and dicts as JSON), in batches of MLflow's limit."""
+        """``params`` on the run (lists and dicts as JSON), in batches of MLflow's limit. A
+        value longer than MLflow keeps (6,000 characters: a search space of hundreds of
+        choices) is logged cut short, saying so, and in full in the run's
+        ``params.json`` artifact (MLflow would cut it with a warning and keep no more)."""
+        import tempfile
+
         from mlflow.entities import Param
 
-        items = [
-            Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+        values = {
+            k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
             for k, v in sorted(params.items())
-        ]
+        }
+        long = {k: v for k, v in values.items() if len(v) > MAX_PARAM_LENGTH}
+        for key, value in long.items():
+            note = f" ... ({len(value)} characters in all: see params.json)"
+            values[key] = value[: MAX_PARAM_LENGTH - len(note)] + note
+        items = [Param(k, v) for k, v in values.items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start : start + 100])
+        if long:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "params.json"
+                path.write_text(json.dumps(long, indent=2))
+                self.log_artifact(run_id, path)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         """``metrics`` on the run at ``step``, in one request."""

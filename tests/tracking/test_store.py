@@ -2,6 +2,7 @@
 name, runs read into the frame ``mlflow.search_runs`` gives, and no use of MLflow's global
 tracking URI."""
 
+import json
 import time
 from pathlib import Path
 
@@ -138,3 +139,24 @@ def test_histories_artifacts_and_missing_runs(tracking_uri, tmp_path):
     assert [Path(p).read_text() for p in local] == ["hello"]  # the missing one is skipped
     assert store.run(run_id).info.status == "FINISHED"
     assert store.run("0" * 32) is None
+
+
+def test_a_param_longer_than_mlflow_keeps_is_cut_saying_so_and_kept_whole_in_an_artifact(
+    tracking_uri, tmp_path, caplog
+):
+    """A search space of 1,000 learning rates is 11,000 characters of JSON; MLflow keeps 6,000
+    and warns. The store logs it cut short with a note, and whole in params.json."""
+    store = TrackingStore.open(tracking_uri)
+    run_id = store.create_run(store.experiment("long"), "run", {})
+    choices = {"type": "categorical", "choices": [1e-3 + i * 1e-7 for i in range(1000)]}
+    with caplog.at_level("WARNING"):
+        store.log_params(run_id, {"search_space.optim.lr": choices, "study.name": "s"})
+    assert not [r for r in caplog.records if "truncated" in r.getMessage()]
+    logged = store.run(run_id).data.params
+    assert logged["study.name"] == "s"
+    cut = logged["search_space.optim.lr"]
+    assert len(cut) == store_module.MAX_PARAM_LENGTH
+    assert cut.endswith(f" ... ({len(json.dumps(choices))} characters in all: see params.json)")
+    assert json.dumps(choices).startswith(cut.split(" ... (")[0])
+    (path,) = store.download_artifacts(run_id, ["params.json"], tmp_path)
+    assert json.loads(Path(path).read_text()) == {"search_space.optim.lr": json.dumps(choices)}
