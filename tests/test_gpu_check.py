@@ -75,6 +75,7 @@ def test_the_agreement_tests_the_script_runs_are_the_cuda_cases():
     tests = {test_id.split("[")[0] for test_id in ids}
     assert {
         "tests/models/test_fastpath.py::test_fast_path_outputs_and_gradients_match_the_reference_in_float32",
+        "tests/models/test_fastpath.py::test_fast_path_inference_matches_the_reference_in_float32",
         "tests/models/test_fastpath.py::test_bf16_logits_stay_within_the_stated_tolerance_of_float32",
         "tests/models/test_models.py::test_fused_and_reference_agree_on_outputs_gradients_and_attention",
     } == tests
