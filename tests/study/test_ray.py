@@ -419,7 +419,10 @@ def test_a_grid_on_two_ray_nodes_runs_each_point_once_survives_a_killed_worker_a
     assert study.returncode == 130, output
     trials = optuna.load_study(study_name="raystop", storage=storage).trials
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    assert [t for t in trials if t.state == TrialState.WAITING]  # queued for the next launch
+    assert [t for t in trials if t.state == TrialState.WAITING], (
+        output,
+        [(t.number, t.state, t.system_attrs.get("failed_trial")) for t in trials],
+    )  # queued for the next launch
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_server)
