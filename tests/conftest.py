@@ -167,31 +167,17 @@ def _postgres_url():
 @pytest.fixture
 def make_postgres_db():
     """``make_postgres_db()`` -> the URL of a fresh database on the local PostgreSQL server,
-    dropped after the test; skips (loudly) where no server is reachable."""
-    import uuid
+    dropped after the test (the bench's scratch databases); skips (loudly) where no server
+    is reachable."""
+    import contextlib
+
+    from latentseg.bench.overheads import scratch_database
 
     base, reason = _postgres_url()
     if base is None:
         pytest.skip(f"SKIPPED LOUDLY: PostgreSQL storage test needs a server: {reason}")
-    import psycopg
-
-    names: list[str] = []
-
-    def make() -> str:
-        name = f"latentseg_test_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(
-            host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True
-        ) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        names.append(name)
-        return base + name
-
-    yield make
-    with psycopg.connect(
-        host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True
-    ) as admin:
-        for name in names:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with contextlib.ExitStack() as made:
+        yield lambda: made.enter_context(scratch_database(base + "postgres", "latentseg_test_"))
 
 
 @pytest.fixture

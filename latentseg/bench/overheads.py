@@ -237,9 +237,9 @@ def study_timeline(uri: str, experiment: str) -> Timeline:
 
 
 @contextlib.contextmanager
-def scratch_database(server: str) -> Iterator[str]:
-    """The URL of a fresh database on the PostgreSQL server that ``server`` reaches (a URL of
-    a database there the bench may connect to, e.g.
+def scratch_database(server: str, prefix: str = "latentseg_bench_") -> Iterator[str]:
+    """The URL of a fresh database (named ``prefix`` and a random suffix) on the PostgreSQL
+    server that ``server`` reaches (a URL of a database there the bench may connect to, e.g.
     ``postgresql://postgres@127.0.0.1:5432/postgres``), dropped afterwards."""
     import uuid
 
@@ -248,7 +248,7 @@ def scratch_database(server: str) -> Iterator[str]:
     from latentseg.errors import ConfigError
     from latentseg.tracking.store import redact
 
-    name = f"latentseg_bench_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}{uuid.uuid4().hex[:10]}"
     try:
         engine = sqlalchemy.create_engine(
             server,

@@ -63,10 +63,10 @@ def mark_inert(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     runs = runs.copy()
     names: set[str] = set()
     # the keys a model ignores depend on its config alone: decided once per distinct config
-    as_text = runs[model_columns].map(str)
-    groups = as_text.groupby(model_columns, sort=False, dropna=False).indices
+    model = runs[model_columns]
+    groups = model.map(str).groupby(model_columns, sort=False, dropna=False).indices
     for positions in groups.values():
-        row = runs[model_columns].iloc[positions[0]]
+        row = model.iloc[positions[0]]
         config = {c.removeprefix("params.model."): row[c] for c in model_columns}
         for key in inert_keys(config):
             column = f"params.model.{key}"

@@ -340,7 +340,6 @@ RUN_TYPE = "latentseg.run_type"  # study | trial | seed (untagged: a plain train
 STUDY_TAG = "latentseg.study"
 TRIAL_TAG = "latentseg.trial_number"
 PAGE_SIZE = 10_000  # runs per search request, as mlflow.search_runs pages
-MAX_PARAM_LENGTH = 6000  # characters of a param value that MLflow keeps
 
 
 def study_filter(
@@ -559,15 +558,16 @@ class TrackingStore:
         import tempfile
 
         from mlflow.entities import Param
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
         values = {
             k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
             for k, v in sorted(params.items())
         }
-        long = {k: v for k, v in values.items() if len(v) > MAX_PARAM_LENGTH}
+        long = {k: v for k, v in values.items() if len(v) > MAX_PARAM_VAL_LENGTH}
         for key, value in long.items():
             note = f" ... ({len(value)} characters in all: see params.json)"
-            values[key] = value[: MAX_PARAM_LENGTH - len(note)] + note
+            values[key] = value[: MAX_PARAM_VAL_LENGTH - len(note)] + note
         items = [Param(k, v) for k, v in values.items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start : start + 100])

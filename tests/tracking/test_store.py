@@ -10,6 +10,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from latentseg.errors import TrackingError
 from latentseg.report.collect import collect
@@ -155,7 +156,7 @@ def test_a_param_longer_than_mlflow_keeps_is_cut_saying_so_and_kept_whole_in_an_
     logged = store.run(run_id).data.params
     assert logged["study.name"] == "s"
     cut = logged["search_space.optim.lr"]
-    assert len(cut) == store_module.MAX_PARAM_LENGTH
+    assert len(cut) == MAX_PARAM_VAL_LENGTH
     assert cut.endswith(f" ... ({len(json.dumps(choices))} characters in all: see params.json)")
     assert json.dumps(choices).startswith(cut.split(" ... (")[0])
     (path,) = store.download_artifacts(run_id, ["params.json"], tmp_path)
