@@ -411,9 +411,7 @@ def test_a_grid_on_two_ray_nodes_runs_each_point_once_survives_a_killed_worker_a
 
     # Ctrl-C on the driver: the Ray workers stop, their runs end KILLED, the launch exits 130
     storage = make_postgres_db()
-    # enough epochs that the stop lands mid-study even when a loaded machine takes seconds
-    # to carry it to the workers (at 3, they could finish every point first)
-    path = grid_spec(study_spec, "raystop", epochs=12)
+    path = grid_spec(study_spec, "raystop", epochs=3)
     study = launch(path, port, storage, tracking_server, tmp_path)
     wait_for_running_trial(study, "raystop", storage, tracking_server)
     study.send_signal(signal.SIGINT)
