@@ -8,11 +8,17 @@ from pathlib import Path
 from typing import Any
 
 
-def _start_time(pid: int) -> str | None:
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state first), or None."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 def owner_record() -> dict[str, Any]:
@@ -21,7 +27,9 @@ def owner_record() -> dict[str, Any]:
 
 
 def owner_alive(owner: dict[str, Any] | None) -> bool:
-    """False only when the owner ran on this host and its process is gone."""
+    """False only when the owner ran on this host and its process is gone: exited, replaced
+    by another process with its pid, or a zombie (killed, and never reaped: an orphan whose
+    container's first process does not reap, as under Docker without ``--init``)."""
     if not owner or owner.get("host") != socket.gethostname():
         return True
     pid = int(owner["pid"])
@@ -31,4 +39,7 @@ def owner_alive(owner: dict[str, Any] | None) -> bool:
         return False
     except PermissionError:
         return True
+    fields = _stat(pid)
+    if fields and fields[0] in ("Z", "X"):  # zombie or dead: it runs nothing any more
+        return False
     return owner.get("start") is None or _start_time(pid) == owner.get("start")

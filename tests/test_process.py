@@ -23,3 +23,30 @@ def test_a_reused_pid_or_another_host_is_not_taken_for_dead_wrongly():
     assert not owner_alive({**me, "start": "1"})  # our pid, but started at another time
     assert owner_alive({**me, "host": "elsewhere", "pid": 2**22 + 1})  # cannot tell: alive
     assert owner_alive(None) and owner_alive({})  # nothing recorded: never reaped
+
+
+def test_a_killed_orphan_left_unreaped_is_dead():
+    """A launch killed with its process group leaves its worker an orphan; where the
+    container's first process never reaps (Docker without --init, this sandbox), the worker
+    stays a zombie, and its trials must still be taken for dead."""
+    import os
+    import signal
+    import time
+
+    launch = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, time\n"
+         "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+         "print(worker.pid, flush=True)\n"
+         "time.sleep(120)\n"],
+        stdout=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    worker = int(launch.stdout.readline())
+    record = {**owner_record(), "pid": worker, "start": None}
+    assert owner_alive(record)
+    os.killpg(launch.pid, signal.SIGKILL)
+    launch.wait()
+    deadline = time.time() + 10
+    while owner_alive(record) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not owner_alive(record)

@@ -63,6 +63,7 @@ def default_journal(tracking_uri: str) -> Path:
 
 
 OWNER_ATTR = "latentseg_owner"  # {"host", "pid", "start"} of the process running a trial
+CLAIM_PREFIX = "latentseg_claim:"  # + host:pid:start of a process about to take a trial
 
 
 def open_storage(
@@ -305,19 +306,41 @@ def waiting_trial_ids(storage: optuna.storages.BaseStorage, study_id: int) -> It
 
 def pop_waiting_trial(study: optuna.Study) -> tuple[optuna.Trial, int] | None:
     """Atomically take one WAITING trial (WAITING -> RUNNING): ``(trial, trial_id)``, or None
-    when the queue is empty. Never creates a trial."""
+    when the queue is empty. Never creates a trial.
+
+    The taker claims a trial before it tries to take it, and records itself as the owner once
+    it has: a process killed between the two writes (SIGKILL of a launch) leaves a RUNNING
+    trial with no owner, which :func:`recover_dead_trials` then knows by its claims."""
     storage = storage_of(study)
     study_id = storage.get_study_id_from_name(study.study_name)
+    me = owner_record()
+    claim = claim_key(me)
     for trial_id in waiting_trial_ids(storage, study_id):
         try:
+            storage.set_trial_system_attr(trial_id, claim, me)
             if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                storage.set_trial_system_attr(trial_id, claim, None)  # another took it
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        storage.set_trial_system_attr(trial_id, OWNER_ATTR, owner_record())
+        storage.set_trial_system_attr(trial_id, OWNER_ATTR, me)
         _cache_popped(storage, study_id, trial_id)
         return optuna.Trial(study, trial_id), trial_id
     return None
+
+
+def claim_key(owner: dict) -> str:
+    """The system attribute a process's claim on a trial is kept under (one per process, so
+    that claims never overwrite each other, nor the owner)."""
+    return f"{CLAIM_PREFIX}{owner['host']}:{owner['pid']}:{owner['start']}"
+
+
+def trial_owners(system_attrs: dict) -> list[dict]:
+    """Who may be running a RUNNING trial: its owner, or where it has none (its taker was
+    killed before it wrote one), the processes whose claims on it still stand."""
+    if owner := system_attrs.get(OWNER_ATTR):
+        return [owner]
+    return [v for k, v in system_attrs.items() if k.startswith(CLAIM_PREFIX) and v]
 
 
 def _cache_popped(storage: optuna.storages.BaseStorage, study_id: int, trial_id: int) -> None:
@@ -357,6 +380,8 @@ def retry(study: optuna.Study, trial: FrozenTrial, max_retry: int, count: bool =
         "retry_history": history,
     }
     system_attrs.pop(OWNER_ATTR, None)
+    for key in [k for k in system_attrs if k.startswith(CLAIM_PREFIX)]:
+        del system_attrs[key]
     study.add_trial(
         optuna.create_trial(
             state=TrialState.WAITING,
@@ -381,8 +406,9 @@ def recover_dead_trials(study: optuna.Study, max_retry: int) -> list[FrozenTrial
     ]
     study_id = storage.get_study_id_from_name(study.study_name)
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if owner_alive(frozen.system_attrs.get(OWNER_ATTR)):
-            continue
+        owners = trial_owners(frozen.system_attrs)
+        if not owners or any(owner_alive(owner) for owner in owners):
+            continue  # (no owner nor claim: not taken by latentseg; never reaped)
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         try:
             storage.set_trial_user_attr(trial_id, "fail_reason", "worker process died")
