@@ -153,10 +153,23 @@ def ray_worker(
         name=f"latentseg-worker-{worker_index}",
     )
     process.start()
-    stopping = False
+    stopping, unreachable = False, False
     while process.is_alive():
         process.join(STOP_POLL_S)
-        if not stopping and process.is_alive() and _stop_reason(ray, flag):
+        if stopping or not process.is_alive():
+            continue
+        try:
+            reason = ray.get(flag.get.remote(), timeout=30)
+        except Exception as exc:  # the launch is gone (Ray then ends this task) or slow
+            if not unreachable:
+                print(
+                    f"worker {worker_index}: cannot ask the launch whether it stopped "
+                    f"({type(exc).__name__}); the study tells it at its next trial",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            unreachable, reason = True, None
+        if reason:
             os.kill(process.pid, signal.SIGINT)
             stopping = True
     if process.exitcode == 130 or stopping:
@@ -169,13 +182,6 @@ def ray_worker(
         )
         os._exit(1)
     return 0
-
-
-def _stop_reason(ray, flag) -> str | None:
-    try:
-        return ray.get(flag.get.remote(), timeout=30)
-    except Exception:
-        return None  # the launch is gone: Ray ends this task with it
 
 
 def worker_process(

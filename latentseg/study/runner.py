@@ -30,7 +30,9 @@ from latentseg.study.rounds import Judge
 from latentseg.study.spec import LoadedStudy, load_study_spec, redact
 from latentseg.study.storage import (
     Heartbeat,
+    launch_stopped,
     make_storage,
+    mark_launch_stopped,
     open_storage,
     pop_waiting_trial,
     queue_lock,
@@ -155,6 +157,8 @@ def worker_loop(
         while not stop() and (deadline is None or time.time() < deadline):
             if _launch_gone(parent_pid, worker_index):
                 break
+            if reason := launch_stopped(study, trial_context.parent_run_id):
+                raise TrainingInterrupted(reason, None)  # a signal that did not reach us
             popped = pop_waiting_trial(study)
             if popped is None:
                 break
@@ -569,6 +573,7 @@ def run_rounds(
     passes = 0  # worker passes in this round: the round, then retries of dead workers
     workers_started = 0
     round_ = rounds.current_round(study.get_trials(deepcopy=False))
+    stop = StopAnnouncer(stop, study, trial_context.parent_run_id)
     while passes <= spec.max_retry:
         if launch.waiting():
             launch.pool.run(
@@ -593,6 +598,30 @@ def run_rounds(
         if stop() or not waiting or late:
             break
     return workers_started
+
+
+class StopAnnouncer:
+    """The launch's stop as its worker pools poll it, recorded in the study the first time
+    it is seen, so that workers stop taking trials even where the signal the pool forwards
+    reaches them late or never (a Ray worker whose poll of the launch fails)."""
+
+    def __init__(self, stop, study: optuna.Study, launch_id: str) -> None:
+        self.stop, self.study, self.launch_id = stop, study, launch_id
+        self.announced = False
+
+    @property
+    def received(self) -> str | None:
+        return self.stop.received
+
+    def __call__(self) -> bool:
+        stopped = self.stop()
+        if stopped and not self.announced:
+            self.announced = True
+            try:
+                mark_launch_stopped(self.study, self.launch_id, str(self.stop.received))
+            except Exception as exc:  # the signals still go out; the storage says why not
+                print(f"could not record the stop in the study: {exc}", file=sys.stderr)
+        return stopped
 
 
 def summarize(launch: Launch, parent_run_id: str, status: str) -> dict[str, Any]:

@@ -64,6 +64,7 @@ def default_journal(tracking_uri: str) -> Path:
 
 OWNER_ATTR = "latentseg_owner"  # {"host", "pid", "start"} of the process running a trial
 CLAIM_PREFIX = "latentseg_claim:"  # + host:pid:start of a process about to take a trial
+STOP_PREFIX = "latentseg_stop:"  # + a launch's parent run id: that launch was stopped
 
 
 def open_storage(
@@ -327,6 +328,21 @@ def pop_waiting_trial(study: optuna.Study) -> tuple[optuna.Trial, int] | None:
         _cache_popped(storage, study_id, trial_id)
         return optuna.Trial(study, trial_id), trial_id
     return None
+
+
+def mark_launch_stopped(study: optuna.Study, launch_id: str, reason: str) -> None:
+    """Record in the study that launch ``launch_id`` was stopped, so that none of its workers
+    takes another trial, wherever it runs and whether or not a signal reaches it."""
+    storage = storage_of(study)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    storage.set_study_system_attr(study_id, STOP_PREFIX + launch_id, reason)
+
+
+def launch_stopped(study: optuna.Study, launch_id: str) -> str | None:
+    """Why launch ``launch_id`` was stopped (``'SIGINT'``), or None while it runs."""
+    storage = storage_of(study)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_study_system_attrs(study_id).get(STOP_PREFIX + launch_id)
 
 
 def claim_key(owner: dict) -> str:
