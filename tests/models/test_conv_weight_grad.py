@@ -84,13 +84,18 @@ def test_the_fast_model_trains_the_same_with_either_weight_gradient(monkeypatch)
         assert gemm[name].stride() == onednn[name].stride(), name  # same layout for Adam
 
 
-def test_gemm_weight_gradients_are_the_default_on_avx2_only_and_never_under_autocast(
+def test_gemm_weight_gradients_are_the_default_on_avx2_for_large_batches_never_under_autocast(
     monkeypatch,
 ):
     monkeypatch.setattr(encoder, "GEMM_WEIGHT_GRAD", None)
-    assert encoder._gemm_weight_grad() == (torch.backends.cpu.get_cpu_capability() == "AVX2")
-    monkeypatch.setattr(encoder, "GEMM_WEIGHT_GRAD", True)
+    avx2 = torch.backends.cpu.get_cpu_capability() == "AVX2"
     conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    large = torch.randn(4, 3, 128, 128).contiguous(memory_format=torch.channels_last)
+    small = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    taken = {type(encoder.conv3x3(conv, x).grad_fn).__name__ for x in (large, small)}
+    assert ("_Conv3x3GemmWeightGradBackward" in taken) == avx2  # 65,536 pixels: on AVX2
+    assert len(taken) == 1 + avx2  # 16,384 pixels: oneDNN's on every CPU
+    monkeypatch.setattr(encoder, "GEMM_WEIGHT_GRAD", True)
     x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
     assert type(encoder.conv3x3(conv, x).grad_fn).__name__ == "_Conv3x3GemmWeightGradBackward"
     with torch.autocast("cpu", dtype=torch.bfloat16):
