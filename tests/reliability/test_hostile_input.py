@@ -263,8 +263,11 @@ def non_loopback_ipv4() -> str | None:
     return None
 
 
-def listening_addresses(port: int) -> set[str]:
-    """Local addresses of the TCP sockets in LISTEN state on ``port`` (from /proc/net)."""
+def listening_addresses(port: int, group: int) -> set[str]:
+    """Local addresses of the TCP sockets in LISTEN state on ``port`` (from /proc/net) that
+    the processes of process group ``group`` hold: another test's server may listen on the
+    same port meanwhile (and then answer for it)."""
+    owned = group_sockets(group)
     found = set()
     for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
         try:
@@ -272,14 +275,55 @@ def listening_addresses(port: int) -> set[str]:
         except OSError:
             continue
         for line in lines:
-            local, state = line.split()[1], line.split()[3]
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
             address, hex_port = local.split(":")
-            if state != "0A" or int(hex_port, 16) != port:
+            if state != "0A" or int(hex_port, 16) != port or inode not in owned:
                 continue
             raw = bytes.fromhex(address)  # 32-bit words in host (little-endian) order
             packed = b"".join(raw[i : i + 4][::-1] for i in range(0, width, 4))
             found.add(str(ipaddress.ip_address(packed)))
     return found
+
+
+def group_sockets(group: int) -> set[str]:
+    """The inodes of the sockets that the processes of process group ``group`` hold open."""
+    inodes = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) != group:
+                continue
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+    return inodes
+
+
+def serve(args_for, cwd: Path, log: Path) -> tuple[subprocess.Popen, int]:
+    """``latentseg`` with ``args_for(port)`` on a free port, once it listens there itself;
+    another port when another process took that one first (parallel tests start servers
+    too): then this server exits, or what answers on the port is not this server."""
+    for _ in range(3):
+        port = _free_port()
+        process = start(args_for(port), cwd, log)
+        try:
+            wait_up(port, process, log)
+        except AssertionError:
+            if "already in use" not in log.read_text().lower():
+                raise
+            continue
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not listening_addresses(port, process.pid):
+            time.sleep(0.2)
+        if listening_addresses(port, process.pid):
+            return process, port
+        stop(process)
+    raise AssertionError(f"no free port held in 3 tries: {log.read_text()}")
 
 
 def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
@@ -339,14 +383,12 @@ SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"  # host-checked, unl
 
 @pytest.mark.parametrize("command", ["ui", "server"])
 def test_ui_and_server_listen_on_loopback_only_by_default(tmp_path, command):
-    port = _free_port()
     if command == "ui":
         make_default_store(tmp_path)
     log = tmp_path / "server.log"
-    process = start([command, "--port", str(port)], tmp_path, log)
+    process, port = serve(lambda port: [command, "--port", str(port)], tmp_path, log)
     try:
-        wait_up(port, process, log)
-        assert listening_addresses(port) == {"127.0.0.1"}
+        assert listening_addresses(port, process.pid) == {"127.0.0.1"}
         assert get(f"http://127.0.0.1:{port}{SEARCH}") == 200
         address = non_loopback_ipv4()
         if address is None:
@@ -360,19 +402,20 @@ def test_ui_and_server_listen_on_loopback_only_by_default(tmp_path, command):
 
 @pytest.mark.parametrize("command", ["ui", "server"])
 def test_on_all_interfaces_a_foreign_host_header_is_refused(tmp_path, command):
-    port = _free_port()
-    allowed = f"mlflow.lab.example:{port}"
-    args = [command, "--host", "0.0.0.0", "--port", str(port)]
     if command == "ui":  # no --allowed-hosts: MLflow's default (localhost, private addresses)
         make_default_store(tmp_path)
-        allowed = f"localhost:{port}"
-    else:
-        args += ["--allowed-hosts", allowed, "--workers", "1"]
+
+    def args_for(port: int) -> list[str]:
+        args = [command, "--host", "0.0.0.0", "--port", str(port)]
+        if command == "server":
+            args += ["--allowed-hosts", f"mlflow.lab.example:{port}", "--workers", "1"]
+        return args
+
     log = tmp_path / "server.log"
-    process = start(args, tmp_path, log)
+    process, port = serve(args_for, tmp_path, log)
+    allowed = f"localhost:{port}" if command == "ui" else f"mlflow.lab.example:{port}"
     try:
-        wait_up(port, process, log)
-        assert listening_addresses(port) & {"0.0.0.0", "::"}
+        assert listening_addresses(port, process.pid) & {"0.0.0.0", "::"}
         url = f"http://{non_loopback_ipv4() or '127.0.0.1'}:{port}{SEARCH}"
         assert get(url, host="evil.example") == 403
         assert get(url, host=f"evil.example:{port}") == 403
