@@ -39,7 +39,8 @@ def owner_alive(owner: dict[str, Any] | None) -> bool:
         return False
     except PermissionError:
         return True
-    fields = _stat(pid)
+    fields = _stat(pid)  # read once: state and start time
     if fields and fields[0] in ("Z", "X"):  # zombie or dead: it runs nothing any more
         return False
-    return owner.get("start") is None or _start_time(pid) == owner.get("start")
+    start = fields[19] if fields and len(fields) > 19 else None
+    return owner.get("start") is None or start == owner.get("start")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -83,7 +85,13 @@ def _gemm_weight_grad(x: Tensor) -> bool:
     if GEMM_WEIGHT_GRAD is not None:
         return GEMM_WEIGHT_GRAD
     positions = x.shape[0] * x.shape[2] * x.shape[3]
-    return positions >= GEMM_MIN_POSITIONS and torch.backends.cpu.get_cpu_capability() == "AVX2"
+    return positions >= GEMM_MIN_POSITIONS and _cpu_capability() == "AVX2"
+
+
+@functools.cache
+def _cpu_capability() -> str:
+    """The ISA torch's CPU kernels run on, asked once per process (not on every forward)."""
+    return torch.backends.cpu.get_cpu_capability()
 
 
 class _Conv3x3GemmWeightGrad(torch.autograd.Function):
