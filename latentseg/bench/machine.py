@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from latentseg.bench.harness import repeated
+from latentseg.models.encoder import native_first_stage_status
 
 CPU = torch.device("cpu")
 
@@ -56,7 +57,8 @@ def matmul_gflops(
 def describe(matmul: float, bf16: bool, device: torch.device = CPU) -> dict[str, Any]:
     """The ``machine`` record of a bench result: CPU, the ISA torch dispatches to, threads,
     torch's version, the device the models ran on (with the GPU's name on CUDA), its
-    measured matmul speed (:func:`matmul_gflops`) and bf16 support."""
+    measured matmul speed (:func:`matmul_gflops`), bf16 support and whether latentseg's native
+    CPU kernel is in use (:func:`~latentseg.models.encoder.native_first_stage_status`)."""
     record = {
         "cpu": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -65,6 +67,9 @@ def describe(matmul: float, bf16: bool, device: torch.device = CPU) -> dict[str,
         "device": device.type,
         "matmul_gflops": matmul,
         "bf16": bf16,
+        "native_kernel": (
+            native_first_stage_status() if device.type == "cpu" else "off (CPU only)"
+        ),
     }
     if device.type == "cuda":
         record["gpu"] = torch.cuda.get_device_name(device)

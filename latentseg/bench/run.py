@@ -68,7 +68,7 @@ def run_bench(
     runs_on = (
         f"{described['gpu']} (CUDA {described['cuda']})"
         if on.type == "cuda"
-        else described["cpu_capability"]
+        else f"{described['cpu_capability']} (native kernel {described['native_kernel']})"
     )
     log(
         f"{torch.get_num_threads()} threads, {runs_on}, "

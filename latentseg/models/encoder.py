@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentseg.config import ModelConfig
+from latentseg.models import native
 
 
 class SimpleEncoder(nn.Module):
@@ -17,8 +18,9 @@ class SimpleEncoder(nn.Module):
     ``pool_first`` (the fast path) computes ``relu(pool(x))`` instead of the tutorial's
     ``pool(relu(x))``: the same values (max commutes with the monotone ReLU) and the same
     gradients, with the ReLU and its backward on a quarter of the elements; without gradients
-    it pools with :func:`max_pool_2x2`, and on AVX2 CPUs its convolutions' weight gradients are
-    GEMMs (:func:`conv3x3`).
+    it pools with :func:`max_pool_2x2`; on AVX2 CPUs the first stage's backward is a native
+    kernel (:func:`first_stage`) and the second convolution's weight gradient a GEMM
+    (:func:`conv3x3`).
     """
 
     def __init__(
@@ -36,11 +38,115 @@ class SimpleEncoder(nn.Module):
     def stages(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(first-stage features [B, width, H/2, W/2], features [B, F, H/4, W/4])``."""
         if self.pool_first:
-            pool = self.pool if torch.is_grad_enabled() else max_pool_2x2
-            x = F.relu(pool(conv3x3(self.conv1, x)), inplace=True)
-            return x, F.relu(pool(conv3x3(self.conv2, x)), inplace=True)
+            if not torch.is_grad_enabled():
+                x = F.relu(max_pool_2x2(self.conv1(x)), inplace=True)
+                return x, F.relu(max_pool_2x2(self.conv2(x)), inplace=True)
+            x = first_stage(self.conv1, x)
+            return x, F.relu(self.pool(conv3x3(self.conv2, x)), inplace=True)
         x = self.pool(F.relu(self.conv1(x)))
         return x, self.pool(F.relu(self.conv2(x)))
+
+
+# Whether the first stage's backward runs latentseg's native kernel (:func:`first_stage`):
+# None decides as GEMM_WEIGHT_GRAD does (AVX2, at least GEMM_MIN_POSITIONS input pixels a
+# batch), and only where the kernel could be built (latentseg.models.native.status()).
+NATIVE_FIRST_STAGE: bool | None = None
+
+
+def first_stage(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``relu(max_pool2d(conv(x), 2))`` for training. Where the input needs no gradient (the
+    image), the convolution is 3x3, stride 1, padding 1, with at most 3 input channels, on
+    channels_last float32 CPU tensors of even height and width, and :data:`NATIVE_FIRST_STAGE`
+    says so, the backward runs latentseg's native kernel (``first_stage.c``): the weight and
+    bias gradients straight from the pooled gradient, without max_pool2d's backward writing a
+    full-resolution gradient (3/4 zeros) and a GEMM reading it back; the forward pools without
+    writing indices (:func:`max_pool_2x2`). The same values and gradients (ties go to the
+    first maximum of a window, as in max_pool2d). Elsewhere, PyTorch's ops."""
+    if _native_first_stage(conv, x):
+        return _NativeFirstStage.apply(x, conv.weight, conv.bias)
+    return F.relu(F.max_pool2d(conv3x3(conv, x), 2, 2), inplace=True)
+
+
+def native_first_stage_status() -> str:
+    """Whether training batches of at least :data:`GEMM_MIN_POSITIONS` pixels run the native
+    first stage here: ``"on"``, or ``"off (<why>)"``."""
+    if NATIVE_FIRST_STAGE is False:
+        return "off (NATIVE_FIRST_STAGE is False)"
+    if NATIVE_FIRST_STAGE is None and _cpu_capability() != "AVX2":
+        return f"off (AVX2 CPUs only; this one runs {_cpu_capability()})"
+    return native.status()
+
+
+def _native_first_stage(conv: nn.Conv2d, x: Tensor) -> bool:
+    wanted = NATIVE_FIRST_STAGE
+    if wanted is None:
+        positions = x.shape[0] * x.shape[2] * x.shape[3]
+        wanted = positions >= GEMM_MIN_POSITIONS and _cpu_capability() == "AVX2"
+    return (
+        wanted
+        and torch.is_grad_enabled()
+        and conv.weight.requires_grad
+        and not x.requires_grad
+        and x.device.type == "cpu"
+        and x.dtype == conv.weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and x.dim() == 4
+        and x.shape[1] <= native.MAX_IN_CHANNELS
+        and x.shape[2] % 2 == 0
+        and x.shape[3] % 2 == 0
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and _cpu_capability() in ("AVX2", "AVX512")
+        and native.kernel() is not None
+    )
+
+
+class _NativeFirstStage(torch.autograd.Function):
+    """:func:`first_stage` with the native kernel's backward (weight and bias only)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        y = F.conv2d(x, weight, bias, padding=1).contiguous(memory_format=torch.channels_last)
+        batch, channels, height, width = y.shape
+        out = y.new_empty(batch, height // 2, width // 2, channels)
+        window = torch.empty(out.shape, dtype=torch.uint8)
+        native.kernel().first_stage_pool(
+            y.data_ptr(), out.data_ptr(), window.data_ptr(),
+            batch, height, width, channels, torch.get_num_threads(),
+        )  # fmt: skip
+        ctx.save_for_backward(x, window)
+        ctx.has_bias = bias is not None
+        ctx.weight_format = (
+            torch.channels_last
+            if weight.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format
+        )
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, Tensor | None]:
+        x, window = ctx.saved_tensors
+        batch, height, width, channels = window.shape
+        in_channels = x.shape[1]
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        rows = grad.new_empty(channels, native.PATCH_WIDTH)
+        failed = native.kernel().first_stage_weight_grad(
+            x.data_ptr(), window.data_ptr(), grad.data_ptr(),
+            batch, 2 * height, 2 * width, in_channels, channels, rows.data_ptr(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        if failed:
+            raise MemoryError("latentseg's native first-stage kernel could not allocate memory")
+        taps = 9 * in_channels
+        grad_w = rows[:, :taps].view(channels, 3, 3, in_channels).permute(0, 3, 1, 2)
+        grad_b = rows[:, taps].clone() if ctx.has_bias else None
+        return None, grad_w.contiguous(memory_format=ctx.weight_format), grad_b
 
 
 # Whether 3x3 convolutions take their weight gradients as GEMMs (:func:`conv3x3`): None

@@ -1,0 +1,253 @@
+/* latentseg's native kernel for the backward of the SimpleEncoder's first stage,
+   relu(max_pool2d(conv3x3(x), 2)), when the input needs no gradient: the convolution's weight
+   and bias gradients straight from the stage's output gradient, without materialising the
+   full-resolution gradient that max_pool2d's backward scatters (3/4 zeros) and without a
+   dense GEMM over it. Each pooled output's gradient goes to the first input of its window
+   that reached the maximum (max_pool2d's rule at ties) and is multiplied into that input
+   position's im2col row: a sparse outer product, accumulated per channel in registers.
+
+   Built by latentseg.models.native with -O3 -mavx2 -mfma on CPUs with AVX2; loaded with
+   ctypes (no Python or torch headers). */
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define KP 32 /* a patch: 9*CI taps, a 1 for the bias, zeros to 32 (CI <= 3) */
+
+typedef struct {
+    const float *x, *y, *g;
+    float *out;
+    uint8_t *idx;
+    int64_t b0, b1;
+    int H, W, CI, C;
+    double *acc; /* [C][KP] */
+    int failed;
+} job_t;
+
+#define WB 16 /* pooled columns a block: its 2 x 32 patches (8 KB) stay in the L1 cache */
+#define NP (WB + 8) /* the selection's row stride (not a power of two: no cache-set clashes) */
+
+static void *run(void *arg) {
+    job_t *jb = (job_t *)arg;
+    const int H = jb->H, W = jb->W, CI = jb->CI, C = jb->C;
+    const int H2 = H / 2, W2 = W / 2, L = 3 * CI;
+    const int64_t row = (int64_t)(W + 2) * CI;
+    float *patch = aligned_alloc(64, (size_t)(2 * 2 * WB + 1) * KP * sizeof(float));
+    float *vg = aligned_alloc(64, (size_t)C * NP * sizeof(float));
+    int32_t *pi = aligned_alloc(64, (size_t)C * NP * sizeof(int32_t));
+    float *acc = aligned_alloc(64, (size_t)C * KP * sizeof(float));
+    float *xrows = malloc(((size_t)4 * row + 16) * sizeof(float));
+    if (!patch || !vg || !pi || !acc || !xrows) {
+        jb->failed = 1;
+        free(patch); free(vg); free(pi); free(acc); free(xrows);
+        return NULL;
+    }
+    const __m256 tail = _mm256_setr_ps(1.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f);
+    const __m256i four = _mm256_set1_epi32(4), one = _mm256_set1_epi32(1);
+    const __m256i down = _mm256_set1_epi32(2 * WB); /* the next full-resolution row's patches */
+    for (int64_t b = jb->b0; b < jb->b1; b++) {
+        memset(acc, 0, (size_t)C * KP * sizeof(float));
+        const float *xb = jb->x + b * (int64_t)H * W * CI;
+        for (int i2 = 0; i2 < H2; i2++) {
+            /* zero-padded copies of the 4 input rows the pooled row's patches read */
+            for (int r = 0; r < 4; r++) {
+                const int i = 2 * i2 - 1 + r;
+                float *dst = xrows + r * row;
+                if (i < 0 || i >= H) {
+                    memset(dst, 0, (size_t)row * sizeof(float));
+                } else {
+                    memset(dst, 0, CI * sizeof(float));
+                    memcpy(dst + CI, xb + (int64_t)i * W * CI, (size_t)W * CI * sizeof(float));
+                    memset(dst + (int64_t)(W + 1) * CI, 0, CI * sizeof(float));
+                }
+            }
+            for (int j0 = 0; j0 < W2; j0 += WB) {
+                const int jn = j0 + WB < W2 ? WB : W2 - j0;
+                /* im2col rows of the block's 2 x 2jn input positions: 3 runs of 3*CI floats
+                   (one per kernel row), copied 8 floats at a time plus the 9th (a later
+                   store overwrites what an earlier one wrote past its run), then the bias's
+                   1 and zeros */
+                for (int r = 0; r < 2; r++) {
+                    const float *s0 = xrows + r * row + (int64_t)2 * j0 * CI;
+                    const float *s1 = s0 + row, *s2 = s1 + row;
+                    float *p = patch + (int64_t)r * 2 * WB * KP;
+                    for (int j = 0; j < 2 * jn; j++, p += KP, s0 += CI, s1 += CI, s2 += CI) {
+                        _mm256_store_ps(p + 16, _mm256_setzero_ps());
+                        _mm256_store_ps(p + 24, _mm256_setzero_ps());
+                        _mm256_storeu_ps(p, _mm256_loadu_ps(s0));
+                        p[8] = s0[8];
+                        _mm256_storeu_ps(p + L, _mm256_loadu_ps(s1));
+                        p[L + 8] = s1[8];
+                        _mm256_storeu_ps(p + 2 * L, _mm256_loadu_ps(s2));
+                        p[2 * L + 8] = s2[8];
+                        _mm256_storeu_ps(p + 3 * L, tail);
+                    }
+                }
+                /* each pooled output's gradient (0 where the ReLU cut it: window 4) and the
+                   patch of the input that won its window in the forward */
+                for (int n = 0; n < jn; n++) {
+                    const int64_t at = ((b * H2 + i2) * (int64_t)W2 + j0 + n) * C;
+                    const float *gg = jb->g + at;
+                    const uint8_t *wi = jb->idx + at;
+                    const __m256i base = _mm256_set1_epi32(2 * n);
+                    int c = 0;
+                    for (; c + 8 <= C; c += 8) {
+                        const __m256i k = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(wi + c)));
+                        const __m256 kept = _mm256_castsi256_ps(_mm256_cmpgt_epi32(four, k));
+                        const __m256 v = _mm256_and_ps(_mm256_loadu_ps(gg + c), kept);
+                        __m256i q = _mm256_add_epi32(base, _mm256_and_si256(k, one));
+                        q = _mm256_add_epi32(q, _mm256_mullo_epi32(_mm256_and_si256(_mm256_srli_epi32(k, 1), one), down));
+                        q = _mm256_slli_epi32(q, 5); /* x KP */
+                        float vs[8];
+                        int32_t qs[8];
+                        _mm256_storeu_ps(vs, v);
+                        _mm256_storeu_si256((__m256i *)qs, q);
+                        for (int l = 0; l < 8; l++) {
+                            vg[(c + l) * NP + n] = vs[l];
+                            pi[(c + l) * NP + n] = qs[l];
+                        }
+                    }
+                    for (; c < C; c++) {
+                        const int k = wi[c];
+                        vg[c * NP + n] = k < 4 ? gg[c] : 0.f;
+                        pi[c * NP + n] = (2 * n + (k & 1) + ((k >> 1) & 1) * 2 * WB) * KP;
+                    }
+                }
+                for (int c = 0; c < C; c++) {
+                    float *a = acc + c * KP;
+                    __m256 a0 = _mm256_load_ps(a), a1 = _mm256_load_ps(a + 8);
+                    __m256 a2 = _mm256_load_ps(a + 16), a3 = _mm256_load_ps(a + 24);
+                    const float *vv = vg + c * NP;
+                    const int32_t *ii = pi + c * NP;
+                    for (int m = 0; m < jn; m++) {
+                        const __m256 v = _mm256_broadcast_ss(vv + m);
+                        const float *pp = patch + ii[m];
+                        a0 = _mm256_fmadd_ps(v, _mm256_load_ps(pp), a0);
+                        a1 = _mm256_fmadd_ps(v, _mm256_load_ps(pp + 8), a1);
+                        a2 = _mm256_fmadd_ps(v, _mm256_load_ps(pp + 16), a2);
+                        a3 = _mm256_fmadd_ps(v, _mm256_load_ps(pp + 24), a3);
+                    }
+                    _mm256_store_ps(a, a0); _mm256_store_ps(a + 8, a1);
+                    _mm256_store_ps(a + 16, a2); _mm256_store_ps(a + 24, a3);
+                }
+            }
+        }
+        for (int64_t t = 0; t < (int64_t)C * KP; t++) jb->acc[t] += acc[t];
+    }
+    free(patch); free(vg); free(pi); free(acc); free(xrows);
+    return NULL;
+}
+
+/* The weight and bias gradients of relu(max_pool2d(conv3x3(x), 2)) (stride 1, padding 1),
+   all tensors contiguous channels-last: x [B,H,W,CI] float32 (CI <= 3), idx [B,H/2,W/2,C] the
+   window positions first_stage_pool chose, g [B,H/2,W/2,C] float32 the gradient of the
+   stage's output. grad [C][32]: the taps in (kh, kw, ci) order, then the bias. Returns 0, or
+   1 when memory ran out. */
+int first_stage_weight_grad(const float *x, const uint8_t *idx, const float *g, int64_t B,
+                            int H, int W, int CI, int C, float *grad, int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > B) threads = (int)B;
+    job_t *jobs = calloc(threads, sizeof(job_t));
+    pthread_t *tids = calloc(threads, sizeof(pthread_t));
+    char *started = calloc(threads, 1);
+    int rc = 0;
+    for (int t = 0; t < threads; t++) {
+        jobs[t] = (job_t){x, NULL, g, NULL, (uint8_t *)idx, B * t / threads, B * (t + 1) / threads,
+                          H, W, CI, C, calloc((size_t)C * KP, sizeof(double)), 0};
+        if (!jobs[t].acc) rc = 1;
+    }
+    if (!rc) {
+        for (int t = 1; t < threads; t++) started[t] = pthread_create(&tids[t], NULL, run, &jobs[t]) == 0;
+        run(&jobs[0]);
+        for (int t = 1; t < threads; t++) {
+            if (started[t]) pthread_join(tids[t], NULL);
+            else run(&jobs[t]);
+        }
+        for (int64_t i = 0; i < (int64_t)C * KP; i++) {
+            double s = 0;
+            for (int t = 0; t < threads; t++) s += jobs[t].acc[i];
+            grad[i] = (float)s;
+        }
+        for (int t = 0; t < threads; t++) rc |= jobs[t].failed;
+    }
+    for (int t = 0; t < threads; t++) free(jobs[t].acc);
+    free(jobs); free(tids); free(started);
+    return rc;
+}
+
+static void *run_pool(void *arg) {
+    job_t *jb = (job_t *)arg;
+    const int H = jb->H, W = jb->W, C = jb->C;
+    const int H2 = H / 2, W2 = W / 2;
+    const __m256i q1 = _mm256_set1_epi32(1), q2 = _mm256_set1_epi32(2), q3 = _mm256_set1_epi32(3);
+    const __m256i cut = _mm256_set1_epi32(4);
+    for (int64_t b = jb->b0; b < jb->b1; b++) {
+        for (int i2 = 0; i2 < H2; i2++) {
+            for (int j2 = 0; j2 < W2; j2++) {
+                const int64_t p = ((b * H2 + i2) * (int64_t)W2 + j2) * C;
+                const float *y0 = jb->y + ((b * H + 2 * i2) * (int64_t)W + 2 * j2) * C;
+                const float *y1 = y0 + C, *y2 = y0 + (int64_t)W * C, *y3 = y2 + C;
+                float *o = jb->out + p;
+                uint8_t *wi = jb->idx + p;
+                int c = 0;
+                for (; c + 8 <= C; c += 8) {
+                    /* max_pool2d's rule: a later input wins only if greater, or NaN */
+                    __m256 m = _mm256_loadu_ps(y0 + c);
+                    __m256i q = _mm256_setzero_si256();
+                    const float *ys[3] = {y1, y2, y3};
+                    const __m256i qs[3] = {q1, q2, q3};
+                    for (int t = 0; t < 3; t++) {
+                        const __m256 v = _mm256_loadu_ps(ys[t] + c);
+                        const __m256 win = _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ),
+                                                        _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+                        m = _mm256_blendv_ps(m, v, win);
+                        q = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(q), _mm256_castsi256_ps(qs[t]), win));
+                    }
+                    /* the ReLU: keep m where m > 0 or NaN (as torch.relu), else 0 and window 4 */
+                    const __m256 keep = _mm256_cmp_ps(m, _mm256_setzero_ps(), _CMP_NLE_UQ);
+                    _mm256_storeu_ps(o + c, _mm256_and_ps(m, keep));
+                    q = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(cut), _mm256_castsi256_ps(q), keep));
+                    int32_t k[8];
+                    _mm256_storeu_si256((__m256i *)k, q);
+                    for (int l = 0; l < 8; l++) wi[c + l] = (uint8_t)k[l];
+                }
+                for (; c < C; c++) {
+                    const float v[4] = {y0[c], y1[c], y2[c], y3[c]};
+                    float m = v[0];
+                    int q = 0;
+                    for (int t = 1; t < 4; t++)
+                        if (v[t] > m || v[t] != v[t]) { m = v[t]; q = t; }
+                    const int keep = m > 0.f || m != m;
+                    o[c] = keep ? m : 0.f;
+                    wi[c] = (uint8_t)(keep ? q : 4);
+                }
+            }
+        }
+    }
+    return NULL;
+}
+
+/* The stage's forward after the convolution: out = relu(max_pool2d(y, 2)) for y [B,H,W,C]
+   float32 channels-last contiguous (H and W even), and idx [B,H/2,W/2,C]: which input of each
+   window max_pool2d takes (0-3, row-major; a later input wins only if greater, or NaN), or 4
+   where the ReLU cut the output. */
+void first_stage_pool(const float *y, float *out, uint8_t *idx, int64_t B, int H, int W, int C,
+                      int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > B) threads = (int)B;
+    job_t jobs[64];
+    pthread_t tids[64];
+    int started[64] = {0};
+    if (threads > 64) threads = 64;
+    for (int t = 0; t < threads; t++)
+        jobs[t] = (job_t){NULL, y, NULL, out, idx, B * t / threads, B * (t + 1) / threads, H, W, 0,
+                          C, NULL, 0};
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tids[t], NULL, run_pool, &jobs[t]) == 0;
+    run_pool(&jobs[0]);
+    for (int t = 1; t < threads; t++) {
+        if (started[t]) pthread_join(tids[t], NULL);
+        else run_pool(&jobs[t]);
+    }
+}

@@ -1,0 +1,203 @@
+"""latentseg's native first-stage kernel (``first_stage.c``, the fast path's training on AVX2
+CPUs): relu(max_pool2d(conv3x3(x))) with the same outputs and, to float32 rounding, the same
+weight and bias gradients as PyTorch's ops, ties and the ReLU included; the fast model still
+matches the reference with it; the kernel keeps no full-resolution activation; and where the
+kernel cannot be built, training runs on PyTorch's ops and says why."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latentseg.models import create_model, encoder, native
+from latentseg.train.fastpath import prepare_model, to_device
+from latentseg.train.loop import target_at
+
+CPU = torch.device("cpu")
+
+pytestmark = pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512") or native.kernel() is None,
+    reason=f"the native kernel needs an x86-64 CPU with AVX2 and a C compiler: {native.status()}",
+)
+
+
+def stage_grads(conv, x, grad, native_on: bool, monkeypatch):
+    monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", native_on)
+    conv.zero_grad(set_to_none=True)
+    out = encoder.first_stage(conv, x)
+    assert (type(out.grad_fn).__name__ == "_NativeFirstStageBackward") == native_on
+    out.backward(grad)
+    bias = conv.bias.grad.clone() if conv.bias is not None else None
+    return out.detach(), conv.weight.grad.clone(), bias
+
+
+@pytest.mark.parametrize(
+    ("batch", "in_channels", "channels", "size", "bias", "threads"),
+    [
+        (4, 3, 32, 64, True, 2),  # the tutorial's shapes, smaller
+        (3, 1, 12, 70, True, 2),  # grayscale; 35 pooled columns (blocks of 16 and a rest);
+        # channels not a multiple of 8; 3 images over 2 threads
+        (2, 2, 8, 6, False, 1),  # tiny, no bias, one thread
+    ],
+)
+def test_native_first_stage_equals_pytorchs_ops_ties_and_relu_included(
+    batch, in_channels, channels, size, bias, threads, monkeypatch
+):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, in_channels, size, size, generator=gen)
+    x[:, :, : size // 2, : size // 2] = 0.25  # a flat region: every window there ties
+    # below it, each pair of columns is equal, so that the channels that see only the
+    # centre tap tie within their windows where the inputs' patches differ: the tie must go
+    # to the first input of the window (max_pool2d's rule) for the other taps' gradients
+    x[:, :, size // 2 :, 1::2] = x[:, :, size // 2 :, 0::2]
+    x = x.contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(in_channels, channels, 3, padding=1, bias=bias)
+    with torch.no_grad():  # weights large enough for the ReLU to cut some pooled outputs
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
+        centre_only = conv.weight[: channels // 2]
+        centre_only[..., :, [0, 2]] = 0
+        centre_only[..., [0, 2], 1] = 0
+    conv = conv.to(memory_format=torch.channels_last)
+    grad = torch.randn(batch, channels, size // 2, size // 2, generator=gen)
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        expected = stage_grads(conv, x, grad, False, monkeypatch)
+        got = stage_grads(conv, x, grad, True, monkeypatch)
+    finally:
+        torch.set_num_threads(torch_threads)
+    assert 0.05 < (expected[0] == 0).float().mean() < 0.8  # some outputs are cut by the ReLU
+    assert torch.equal(got[0], expected[0])  # the same maxima, and the ReLU's zeros
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    for want, have in zip(expected[1:], got[1:], strict=True):
+        if want is None:
+            assert have is None
+            continue
+        assert have.shape == want.shape and have.stride() == want.stride()
+        # float32 rounding of sums over batch x size^2 / 4 products, in another order; a tie
+        # given to another input of its window would be off by a whole product
+        assert (have - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_the_native_stage_keeps_no_full_resolution_activation(monkeypatch):
+    monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", True)
+    conv = torch.nn.Conv2d(3, 32, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    out = encoder.first_stage(conv, x)
+    saved = out.grad_fn.saved_tensors
+    full_resolution = 2 * 32 * 64 * 64 * 4  # the convolution's float32 output, in bytes
+    held = sum(t.numel() * t.element_size() for t in saved if t is not x)
+    assert held == full_resolution // 16  # one byte per pooled output: its window's winner
+
+
+def trained_grads(model, images, masks, native_on: bool, monkeypatch):
+    monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", native_on)
+    model.zero_grad(set_to_none=True)
+    logits = model(to_device(images, CPU))
+    F.cross_entropy(logits, target_at(masks, logits.shape[-2:])).backward()
+    seen, stack = set(), [logits.grad_fn]
+    while stack:  # which backward functions the step ran
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    return grads, {type(node).__name__ for node in seen}
+
+
+def test_the_fast_model_trains_the_same_with_the_native_first_stage(monkeypatch):
+    torch.manual_seed(0)
+    reference = create_model("tutorial", attention_impl="reference", num_classes=4)
+    fast = create_model("tutorial", attention_impl="fused", num_classes=4)
+    fast.load_state_dict(reference.state_dict())
+    fast = prepare_model(fast, CPU)
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(3, 3, 32, 32, generator=gen)
+    masks = torch.randint(0, 4, (3, 32, 32), generator=gen)
+    logits = reference(images)
+    F.cross_entropy(logits, target_at(masks, logits.shape[-2:])).backward()
+
+    native_grads, native_nodes = trained_grads(fast, images, masks, True, monkeypatch)
+    torch_grads, torch_nodes = trained_grads(fast, images, masks, False, monkeypatch)
+    assert "_NativeFirstStageBackward" in native_nodes
+    assert "_NativeFirstStageBackward" not in torch_nodes
+    for name, parameter in reference.named_parameters():
+        scale = parameter.grad.abs().max().clamp(min=1e-5)
+        for grads in (native_grads, torch_grads):
+            assert (grads[name] - parameter.grad).abs().max() <= 1e-4 * scale, name
+        assert native_grads[name].stride() == torch_grads[name].stride(), name
+
+
+def test_the_native_stage_is_the_default_on_avx2_for_large_batches_only(monkeypatch):
+    monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", None)
+    avx2 = torch.backends.cpu.get_cpu_capability() == "AVX2"
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    large = torch.randn(4, 3, 128, 128).contiguous(memory_format=torch.channels_last)
+    small = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    native_node = "_NativeFirstStageBackward"
+    assert (type(encoder.first_stage(conv, large).grad_fn).__name__ == native_node) == avx2
+    assert type(encoder.first_stage(conv, small).grad_fn).__name__ != native_node
+    status = encoder.native_first_stage_status()
+    assert status == "on" if avx2 else status.startswith("off (AVX2 CPUs only")
+    monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", True)
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert type(encoder.first_stage(conv, x).grad_fn).__name__ == native_node
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert type(encoder.first_stage(conv, x).grad_fn).__name__ != native_node
+    odd = torch.randn(2, 3, 9, 8).contiguous(memory_format=torch.channels_last)
+    four = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    wide = torch.nn.Conv2d(4, 4, 3, padding=1)
+    needs_grad = x.clone().requires_grad_()
+    for stage in (
+        encoder.first_stage(conv, odd),  # odd height
+        encoder.first_stage(wide, four),  # 4 input channels
+        encoder.first_stage(conv, needs_grad),  # an input that needs its own gradient
+        encoder.first_stage(conv, x.contiguous()),  # NCHW
+    ):
+        assert type(stage.grad_fn).__name__ != native_node
+
+
+RUN_STAGE = """
+import torch
+from latentseg.models import encoder, native
+encoder.NATIVE_FIRST_STAGE = True
+conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+out = encoder.first_stage(conv, x)
+out.sum().backward()
+assert conv.weight.grad is not None
+print(native.status(), "|", type(out.grad_fn).__name__)
+"""
+
+
+def run_stage(tmp_path, **environ):
+    env = {**os.environ, "LATENTSEG_CACHE_DIR": str(tmp_path / "cache"), **environ}
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_STAGE], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    status, node = done.stdout.strip().split(" | ")
+    return status, node
+
+
+def test_without_a_compiler_training_runs_on_pytorchs_ops_and_says_why(tmp_path):
+    status, node = run_stage(tmp_path, CC=str(tmp_path / "no-such-cc"))
+    assert status.startswith("off (") and "no-such-cc" in status
+    assert node != "_NativeFirstStageBackward"
+    status, node = run_stage(tmp_path, LATENTSEG_NATIVE="0")
+    assert (status, node != "_NativeFirstStageBackward") == ("off (LATENTSEG_NATIVE=0)", True)
+
+
+def test_workers_building_the_kernel_at_once_each_load_a_whole_one(tmp_path):
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: run_stage(tmp_path), range(4)))
+    assert results == [("on", "_NativeFirstStageBackward")] * 4
+    built = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(built) == 1 and built[0].endswith(".so")  # no partial files left behind
