@@ -17,6 +17,7 @@ import os
 import platform
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("first_stage.c")
@@ -69,15 +70,15 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
 
 def _build(compiler: str) -> Path:
     """The shared library for this source, compiler and flags: built once into the cache
-    (into a file of this process's own, then renamed, so that parallel workers building it
-    at once each load a whole one)."""
+    (into a file of this thread's own, then renamed, so that parallel workers building it at
+    once each load a whole one)."""
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, compiler.encode(), *map(str.encode, FLAGS)]))
     target = cache_dir() / f"first_stage-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.part")
     try:
         done = subprocess.run(
             [compiler, *FLAGS, str(SOURCE), "-o", str(partial)],

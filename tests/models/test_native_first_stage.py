@@ -6,7 +6,6 @@ kernel cannot be built, training runs on PyTorch's ops and says why."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from latentseg.models import create_model, encoder, native
 from latentseg.train.fastpath import prepare_model, to_device
 from latentseg.train.loop import target_at
+from tests.conftest import subprocess_env
 
 CPU = torch.device("cpu")
 
@@ -178,7 +178,7 @@ print(native.status(), "|", type(out.grad_fn).__name__)
 
 
 def run_stage(tmp_path, **environ):
-    env = {**os.environ, "LATENTSEG_CACHE_DIR": str(tmp_path / "cache"), **environ}
+    env = {**subprocess_env(), "LATENTSEG_CACHE_DIR": str(tmp_path / "cache"), **environ}
     done = subprocess.run(
         [sys.executable, "-c", RUN_STAGE], env=env, capture_output=True, text=True, timeout=120
     )
@@ -187,6 +187,7 @@ def run_stage(tmp_path, **environ):
     return status, node
 
 
+@pytest.mark.slow
 def test_without_a_compiler_training_runs_on_pytorchs_ops_and_says_why(tmp_path):
     status, node = run_stage(tmp_path, CC=str(tmp_path / "no-such-cc"))
     assert status.startswith("off (") and "no-such-cc" in status
@@ -195,6 +196,7 @@ def test_without_a_compiler_training_runs_on_pytorchs_ops_and_says_why(tmp_path)
     assert (status, node != "_NativeFirstStageBackward") == ("off (LATENTSEG_NATIVE=0)", True)
 
 
+@pytest.mark.slow
 def test_workers_building_the_kernel_at_once_each_load_a_whole_one(tmp_path):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: run_stage(tmp_path), range(4)))
