@@ -87,20 +87,10 @@ def _native_first_stage(conv: nn.Conv2d, x: Tensor) -> bool:
         and torch.is_grad_enabled()
         and conv.weight.requires_grad
         and not x.requires_grad
-        and x.device.type == "cpu"
-        and x.dtype == conv.weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and x.dim() == 4
+        and _plain_fp32_3x3(conv, x)
         and x.shape[1] <= native.MAX_IN_CHANNELS
         and x.shape[2] % 2 == 0
         and x.shape[3] % 2 == 0
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and conv.kernel_size == (3, 3)
-        and conv.stride == (1, 1)
-        and conv.padding == (1, 1)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and conv.padding_mode == "zeros"
         and _cpu_capability() in ("AVX2", "AVX512")
         and native.kernel() is not None
     )
@@ -172,9 +162,21 @@ def conv3x3(conv: nn.Conv2d, x: Tensor) -> Tensor:
         torch.is_grad_enabled()
         and conv.weight.requires_grad
         and _gemm_weight_grad(x)
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and _plain_fp32_3x3(conv, x)
+    ):
+        return conv(x)
+    return _Conv3x3GemmWeightGrad.apply(x, conv.weight, conv.bias)
+
+
+def _plain_fp32_3x3(conv: nn.Conv2d, x: Tensor) -> bool:
+    """Whether ``conv`` is a 3x3, stride-1, padding-1 convolution (no dilation, no groups)
+    applied to a 4-d channels_last float32 CPU tensor outside autocast: what the GEMM weight
+    gradient and the native first stage handle."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == conv.weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
+        and x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
         and conv.kernel_size == (3, 3)
         and conv.stride == (1, 1)
@@ -182,9 +184,7 @@ def conv3x3(conv: nn.Conv2d, x: Tensor) -> Tensor:
         and conv.dilation == (1, 1)
         and conv.groups == 1
         and conv.padding_mode == "zeros"
-    ):
-        return conv(x)
-    return _Conv3x3GemmWeightGrad.apply(x, conv.weight, conv.bias)
+    )
 
 
 def _gemm_weight_grad(x: Tensor) -> bool:

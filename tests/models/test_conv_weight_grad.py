@@ -1,6 +1,7 @@
 """The 3x3 convolutions' weight gradients as GEMMs (the fast path's backward on AVX2 CPUs):
 the same gradients as PyTorch's own convolution backward, to float32 rounding, whatever the
-batch, the chunking and the bias; and the fast model still matches the reference with it."""
+batch, the chunking and the bias; and the fast model still matches the reference with it, as
+with the native first stage (tests/models/test_native_first_stage.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentseg.models import create_model, encoder
+from latentseg.models import create_model, encoder, native
 from latentseg.train.fastpath import prepare_model, to_device
 from latentseg.train.loop import target_at
 
@@ -46,8 +47,11 @@ def test_gemm_weight_gradients_equal_the_convolutions_own(
         assert grad_b is None
 
 
-def trained_grads(model, images, masks, gemm: bool, monkeypatch):
-    monkeypatch.setattr(encoder, "GEMM_WEIGHT_GRAD", gemm)
+def trained_grads(model, images, masks, monkeypatch, **settings):
+    """The gradients of one step with ``settings`` set on :mod:`latentseg.models.encoder`,
+    and the names of the backward functions the step ran."""
+    for name, value in settings.items():
+        monkeypatch.setattr(encoder, name, value)
     model.zero_grad(set_to_none=True)
     logits = model(to_device(images, CPU))
     F.cross_entropy(logits, target_at(masks, logits.shape[-2:])).backward()
@@ -61,7 +65,23 @@ def trained_grads(model, images, masks, gemm: bool, monkeypatch):
     return grads, {type(node).__name__ for node in seen}
 
 
-def test_the_fast_model_trains_the_same_with_either_weight_gradient(monkeypatch):
+NATIVE_UNAVAILABLE = (
+    torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512") or native.kernel() is None
+)
+
+
+@pytest.mark.parametrize(
+    ("setting", "node"),
+    [
+        ("GEMM_WEIGHT_GRAD", "_Conv3x3GemmWeightGradBackward"),
+        pytest.param(
+            "NATIVE_FIRST_STAGE",
+            "_NativeFirstStageBackward",
+            marks=pytest.mark.skipif(NATIVE_UNAVAILABLE, reason=f"native: {native.status()}"),
+        ),
+    ],
+)
+def test_the_fast_model_trains_the_same_with_either_kernel(setting, node, monkeypatch):
     torch.manual_seed(0)
     reference = create_model("tutorial", attention_impl="reference", num_classes=4)
     fast = create_model("tutorial", attention_impl="fused", num_classes=4)
@@ -73,15 +93,15 @@ def test_the_fast_model_trains_the_same_with_either_weight_gradient(monkeypatch)
     logits = reference(images)
     F.cross_entropy(logits, target_at(masks, logits.shape[-2:])).backward()
 
-    gemm, gemm_nodes = trained_grads(fast, images, masks, True, monkeypatch)
-    onednn, onednn_nodes = trained_grads(fast, images, masks, False, monkeypatch)
-    assert "_Conv3x3GemmWeightGradBackward" in gemm_nodes
-    assert "_Conv3x3GemmWeightGradBackward" not in onednn_nodes
+    with_it, with_it_nodes = trained_grads(fast, images, masks, monkeypatch, **{setting: True})
+    without, without_nodes = trained_grads(fast, images, masks, monkeypatch, **{setting: False})
+    assert node in with_it_nodes
+    assert node not in without_nodes
     for name, parameter in reference.named_parameters():
         scale = parameter.grad.abs().max().clamp(min=1e-5)
-        for grads in (gemm, onednn):
+        for grads in (with_it, without):
             assert (grads[name] - parameter.grad).abs().max() <= 1e-4 * scale, name
-        assert gemm[name].stride() == onednn[name].stride(), name  # same layout for Adam
+        assert with_it[name].stride() == without[name].stride(), name  # same layout for Adam
 
 
 def test_gemm_weight_gradients_are_the_default_on_avx2_for_large_batches_never_under_autocast(

@@ -1,8 +1,9 @@
 """latentseg's native first-stage kernel (``first_stage.c``, the fast path's training on AVX2
 CPUs): relu(max_pool2d(conv3x3(x))) with the same outputs and, to float32 rounding, the same
-weight and bias gradients as PyTorch's ops, ties and the ReLU included; the fast model still
-matches the reference with it; the kernel keeps no full-resolution activation; and where the
-kernel cannot be built, training runs on PyTorch's ops and says why."""
+weight and bias gradients as PyTorch's ops, ties and the ReLU included (the whole fast model
+against the reference: tests/models/test_conv_weight_grad.py); the kernel keeps no
+full-resolution activation; and where the kernel cannot be built, training runs on
+PyTorch's ops and says why."""
 
 from __future__ import annotations
 
@@ -12,11 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from latentseg.models import create_model, encoder, native
-from latentseg.train.fastpath import prepare_model, to_device
-from latentseg.train.loop import target_at
+from latentseg.models import encoder, native
 from tests.conftest import subprocess_env
 
 CPU = torch.device("cpu")
@@ -95,44 +93,6 @@ def test_the_native_stage_keeps_no_full_resolution_activation(monkeypatch):
     full_resolution = 2 * 32 * 64 * 64 * 4  # the convolution's float32 output, in bytes
     held = sum(t.numel() * t.element_size() for t in saved if t is not x)
     assert held == full_resolution // 16  # one byte per pooled output: its window's winner
-
-
-def trained_grads(model, images, masks, native_on: bool, monkeypatch):
-    monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", native_on)
-    model.zero_grad(set_to_none=True)
-    logits = model(to_device(images, CPU))
-    F.cross_entropy(logits, target_at(masks, logits.shape[-2:])).backward()
-    seen, stack = set(), [logits.grad_fn]
-    while stack:  # which backward functions the step ran
-        node = stack.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            stack.extend(next_node for next_node, _ in node.next_functions)
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    return grads, {type(node).__name__ for node in seen}
-
-
-def test_the_fast_model_trains_the_same_with_the_native_first_stage(monkeypatch):
-    torch.manual_seed(0)
-    reference = create_model("tutorial", attention_impl="reference", num_classes=4)
-    fast = create_model("tutorial", attention_impl="fused", num_classes=4)
-    fast.load_state_dict(reference.state_dict())
-    fast = prepare_model(fast, CPU)
-    gen = torch.Generator().manual_seed(1)
-    images = torch.randn(3, 3, 32, 32, generator=gen)
-    masks = torch.randint(0, 4, (3, 32, 32), generator=gen)
-    logits = reference(images)
-    F.cross_entropy(logits, target_at(masks, logits.shape[-2:])).backward()
-
-    native_grads, native_nodes = trained_grads(fast, images, masks, True, monkeypatch)
-    torch_grads, torch_nodes = trained_grads(fast, images, masks, False, monkeypatch)
-    assert "_NativeFirstStageBackward" in native_nodes
-    assert "_NativeFirstStageBackward" not in torch_nodes
-    for name, parameter in reference.named_parameters():
-        scale = parameter.grad.abs().max().clamp(min=1e-5)
-        for grads in (native_grads, torch_grads):
-            assert (grads[name] - parameter.grad).abs().max() <= 1e-4 * scale, name
-        assert native_grads[name].stride() == torch_grads[name].stride(), name
 
 
 def test_the_native_stage_is_the_default_on_avx2_for_large_batches_only(monkeypatch):
