@@ -18,8 +18,8 @@ class SimpleEncoder(nn.Module):
     ``pool_first`` (the fast path) computes ``relu(pool(x))`` instead of the tutorial's
     ``pool(relu(x))``: the same values (max commutes with the monotone ReLU) and the same
     gradients, with the ReLU and its backward on a quarter of the elements; without gradients
-    it pools with :func:`max_pool_2x2`; on AVX2 CPUs the first stage's backward is a native
-    kernel (:func:`first_stage`) and the second convolution's weight gradient a GEMM
+    it pools with :func:`max_pool_2x2`; on AVX2 CPUs the first stage is a native kernel
+    (:func:`first_stage`) and the second convolution's weight gradient a GEMM
     (:func:`conv3x3`).
     """
 
@@ -38,10 +38,9 @@ class SimpleEncoder(nn.Module):
     def stages(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(first-stage features [B, width, H/2, W/2], features [B, F, H/4, W/4])``."""
         if self.pool_first:
-            if not torch.is_grad_enabled():
-                x = F.relu(max_pool_2x2(self.conv1(x)), inplace=True)
-                return x, F.relu(max_pool_2x2(self.conv2(x)), inplace=True)
             x = first_stage(self.conv1, x)
+            if not torch.is_grad_enabled():
+                return x, F.relu(max_pool_2x2(self.conv2(x)), inplace=True)
             return x, F.relu(self.pool(conv3x3(self.conv2, x)), inplace=True)
         x = self.pool(F.relu(self.conv1(x)))
         return x, self.pool(F.relu(self.conv2(x)))
@@ -54,17 +53,50 @@ NATIVE_FIRST_STAGE: bool | None = None
 
 
 def first_stage(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """``relu(max_pool2d(conv(x), 2))`` for training. Where the input needs no gradient (the
-    image), the convolution is 3x3, stride 1, padding 1, with at most 3 input channels, on
-    channels_last float32 CPU tensors of even height and width, and :data:`NATIVE_FIRST_STAGE`
-    says so, the backward runs latentseg's native kernel (``first_stage.c``): the weight and
-    bias gradients straight from the pooled gradient, without max_pool2d's backward writing a
-    full-resolution gradient (3/4 zeros) and a GEMM reading it back; the forward pools without
-    writing indices (:func:`max_pool_2x2`). The same values and gradients (ties go to the
-    first maximum of a window, as in max_pool2d). Elsewhere, PyTorch's ops."""
+    """``relu(max_pool2d(conv(x), 2))``, for training and inference. Where the input needs no
+    gradient (the image), the convolution is 3x3, stride 1, padding 1, with at most 3 input
+    channels, on channels_last float32 CPU tensors of even height and width, and
+    :data:`NATIVE_FIRST_STAGE` says so, it runs latentseg's native kernel (``first_stage.c``):
+    the convolution, pooling and ReLU in one pass that never stores the full-resolution
+    convolution output (with a multiple of 16 output channels; else oneDNN's convolution,
+    then the kernel's pooling), keeping for the backward one byte per pooled output (its
+    window's winner); the backward takes the weight and bias gradients straight from the
+    pooled gradient, without max_pool2d's backward writing a full-resolution gradient (3/4
+    zeros) and a GEMM reading it back. The same values to float32 rounding, and gradients (ties
+    go to the first maximum of a window, as in max_pool2d). Elsewhere, PyTorch's ops."""
     if _native_first_stage(conv, x):
-        return _NativeFirstStage.apply(x, conv.weight, conv.bias)
-    return F.relu(F.max_pool2d(conv3x3(conv, x), 2, 2), inplace=True)
+        trained = [p for p in (conv.weight, conv.bias) if p is not None and p.requires_grad]
+        if torch.is_grad_enabled() and trained:
+            return _NativeFirstStage.apply(x, conv.weight, conv.bias)
+        return _native_forward(x, conv.weight, conv.bias, None)
+    if torch.is_grad_enabled():
+        return F.relu(F.max_pool2d(conv3x3(conv, x), 2, 2), inplace=True)
+    return F.relu(max_pool_2x2(conv(x)), inplace=True)
+
+
+def _native_forward(x: Tensor, weight: Tensor, bias: Tensor | None, window: Tensor | None):
+    """The native stage's output ``[B, C, H/2, W/2]`` (channels_last), and each window's
+    winner into ``window`` ``[B, H/2, W/2, C]`` uint8 unless it is None."""
+    batch, _, height, width = x.shape
+    channels = weight.shape[0]
+    out = x.new_empty(batch, height // 2, width // 2, channels)
+    args = (batch, height, width, x.shape[1], channels, torch.get_num_threads())
+    window_ptr = None if window is None else window.data_ptr()
+    library = native.kernel()
+    if channels % 16 == 0:
+        taps = weight.detach().permute(2, 3, 1, 0).contiguous()  # [kh, kw, in, out]
+        bias_ptr = None if bias is None else bias.detach().contiguous().data_ptr()
+        failed = library.first_stage_forward(
+            x.data_ptr(), taps.data_ptr(), bias_ptr, out.data_ptr(), window_ptr, *args
+        )
+        if failed:
+            raise MemoryError("latentseg's native first-stage kernel could not allocate memory")
+    else:
+        y = F.conv2d(x, weight, bias, padding=1).contiguous(memory_format=torch.channels_last)
+        library.first_stage_pool(
+            y.data_ptr(), out.data_ptr(), window_ptr, *args[:3], channels, args[5]
+        )
+    return out.permute(0, 3, 1, 2)
 
 
 def native_first_stage_status() -> str:
@@ -84,9 +116,8 @@ def _native_first_stage(conv: nn.Conv2d, x: Tensor) -> bool:
         wanted = positions >= GEMM_MIN_POSITIONS and _cpu_capability() == "AVX2"
     return (
         wanted
-        and torch.is_grad_enabled()
-        and conv.weight.requires_grad
-        and not x.requires_grad
+        and x.shape[0] > 0
+        and not (torch.is_grad_enabled() and x.requires_grad)
         and _plain_fp32_3x3(conv, x)
         and x.shape[1] <= native.MAX_IN_CHANNELS
         and x.shape[2] % 2 == 0
@@ -101,14 +132,9 @@ class _NativeFirstStage(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        y = F.conv2d(x, weight, bias, padding=1).contiguous(memory_format=torch.channels_last)
-        batch, channels, height, width = y.shape
-        out = y.new_empty(batch, height // 2, width // 2, channels)
-        window = torch.empty(out.shape, dtype=torch.uint8)
-        native.kernel().first_stage_pool(
-            y.data_ptr(), out.data_ptr(), window.data_ptr(),
-            batch, height, width, channels, torch.get_num_threads(),
-        )  # fmt: skip
+        batch, _, height, width = x.shape
+        window = torch.empty(batch, height // 2, width // 2, weight.shape[0], dtype=torch.uint8)
+        out = _native_forward(x, weight, bias, window)
         ctx.save_for_backward(x, window)
         ctx.has_bias = bias is not None
         ctx.weight_format = (
@@ -116,7 +142,7 @@ class _NativeFirstStage(torch.autograd.Function):
             if weight.is_contiguous(memory_format=torch.channels_last)
             else torch.contiguous_format
         )
-        return out.permute(0, 3, 1, 2)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -7,9 +7,8 @@
    position's im2col row: a sparse outer product, accumulated per channel in registers.
 
    Built by latentseg.models.native with -O3 -mavx2 -mfma on CPUs with AVX2; loaded with
-   ctypes (no Python or torch headers). */
+   ctypes (no Python or torch headers). Built with -fopenmp: its threads are torch's. */
 #include <immintrin.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +25,14 @@ typedef struct {
     int failed;
 } job_t;
 
+/* Runs work(&jobs[t]) for t < threads on the OpenMP threads of the process: built with
+   -fopenmp, this library uses the libgomp that torch has already loaded (the same soname),
+   so its threads are torch's own, not a second pool spinning against them. */
+static void parallel(void *(*work)(void *), void *jobs, size_t size, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int t = 0; t < threads; t++) work((char *)jobs + (size_t)t * size);
+}
+
 #define WB 16 /* pooled columns a block: its 2 x 32 patches (8 KB) stay in the L1 cache */
 #define NP (WB + 8) /* the selection's row stride (not a power of two: no cache-set clashes) */
 
@@ -35,8 +42,10 @@ static void *run(void *arg) {
     const int H2 = H / 2, W2 = W / 2, L = 3 * CI;
     const int64_t row = (int64_t)(W + 2) * CI;
     float *patch = aligned_alloc(64, (size_t)(2 * 2 * WB + 1) * KP * sizeof(float));
-    float *vg = aligned_alloc(64, (size_t)C * NP * sizeof(float));
-    int32_t *pi = aligned_alloc(64, (size_t)C * NP * sizeof(int32_t));
+    const size_t selection = ((size_t)C * NP * sizeof(float) + 63) / 64 * 64; /* aligned_alloc
+        wants a multiple of the alignment */
+    float *vg = aligned_alloc(64, selection);
+    int32_t *pi = aligned_alloc(64, selection);
     float *acc = aligned_alloc(64, (size_t)C * KP * sizeof(float));
     float *xrows = malloc(((size_t)4 * row + 16) * sizeof(float));
     if (!patch || !vg || !pi || !acc || !xrows) {
@@ -48,9 +57,11 @@ static void *run(void *arg) {
     const __m256i four = _mm256_set1_epi32(4), one = _mm256_set1_epi32(1);
     const __m256i down = _mm256_set1_epi32(2 * WB); /* the next full-resolution row's patches */
     for (int64_t b = jb->b0; b < jb->b1; b++) {
-        memset(acc, 0, (size_t)C * KP * sizeof(float));
         const float *xb = jb->x + b * (int64_t)H * W * CI;
         for (int i2 = 0; i2 < H2; i2++) {
+            /* float sums over a pooled row, added into double sums: rounding does not grow
+               with the image */
+            memset(acc, 0, (size_t)C * KP * sizeof(float));
             /* zero-padded copies of the 4 input rows the pooled row's patches read */
             for (int r = 0; r < 4; r++) {
                 const int i = 2 * i2 - 1 + r;
@@ -133,8 +144,8 @@ static void *run(void *arg) {
                     _mm256_store_ps(a + 16, a2); _mm256_store_ps(a + 24, a3);
                 }
             }
+            for (int64_t t = 0; t < (int64_t)C * KP; t++) jb->acc[t] += acc[t];
         }
-        for (int64_t t = 0; t < (int64_t)C * KP; t++) jb->acc[t] += acc[t];
     }
     free(patch); free(vg); free(pi); free(acc); free(xrows);
     return NULL;
@@ -147,24 +158,21 @@ static void *run(void *arg) {
    1 when memory ran out. */
 int first_stage_weight_grad(const float *x, const uint8_t *idx, const float *g, int64_t B,
                             int H, int W, int CI, int C, float *grad, int threads) {
+    if (B <= 0) {
+        memset(grad, 0, (size_t)C * KP * sizeof(float));
+        return 0;
+    }
     if (threads < 1) threads = 1;
     if (threads > B) threads = (int)B;
     job_t *jobs = calloc(threads, sizeof(job_t));
-    pthread_t *tids = calloc(threads, sizeof(pthread_t));
-    char *started = calloc(threads, 1);
-    int rc = 0;
-    for (int t = 0; t < threads; t++) {
+    int rc = !jobs;
+    for (int t = 0; !rc && t < threads; t++) {
         jobs[t] = (job_t){x, NULL, g, NULL, (uint8_t *)idx, B * t / threads, B * (t + 1) / threads,
                           H, W, CI, C, calloc((size_t)C * KP, sizeof(double)), 0};
         if (!jobs[t].acc) rc = 1;
     }
     if (!rc) {
-        for (int t = 1; t < threads; t++) started[t] = pthread_create(&tids[t], NULL, run, &jobs[t]) == 0;
-        run(&jobs[0]);
-        for (int t = 1; t < threads; t++) {
-            if (started[t]) pthread_join(tids[t], NULL);
-            else run(&jobs[t]);
-        }
+        parallel(run, jobs, sizeof(job_t), threads);
         for (int64_t i = 0; i < (int64_t)C * KP; i++) {
             double s = 0;
             for (int t = 0; t < threads; t++) s += jobs[t].acc[i];
@@ -172,8 +180,8 @@ int first_stage_weight_grad(const float *x, const uint8_t *idx, const float *g, 
         }
         for (int t = 0; t < threads; t++) rc |= jobs[t].failed;
     }
-    for (int t = 0; t < threads; t++) free(jobs[t].acc);
-    free(jobs); free(tids); free(started);
+    for (int t = 0; jobs && t < threads; t++) free(jobs[t].acc);
+    free(jobs);
     return rc;
 }
 
@@ -190,7 +198,7 @@ static void *run_pool(void *arg) {
                 const float *y0 = jb->y + ((b * H + 2 * i2) * (int64_t)W + 2 * j2) * C;
                 const float *y1 = y0 + C, *y2 = y0 + (int64_t)W * C, *y3 = y2 + C;
                 float *o = jb->out + p;
-                uint8_t *wi = jb->idx + p;
+                uint8_t *wi = jb->idx ? jb->idx + p : NULL;
                 int c = 0;
                 for (; c + 8 <= C; c += 8) {
                     /* max_pool2d's rule: a later input wins only if greater, or NaN */
@@ -208,10 +216,12 @@ static void *run_pool(void *arg) {
                     /* the ReLU: keep m where m > 0 or NaN (as torch.relu), else 0 and window 4 */
                     const __m256 keep = _mm256_cmp_ps(m, _mm256_setzero_ps(), _CMP_NLE_UQ);
                     _mm256_storeu_ps(o + c, _mm256_and_ps(m, keep));
-                    q = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(cut), _mm256_castsi256_ps(q), keep));
-                    int32_t k[8];
-                    _mm256_storeu_si256((__m256i *)k, q);
-                    for (int l = 0; l < 8; l++) wi[c + l] = (uint8_t)k[l];
+                    if (wi) {
+                        q = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(cut), _mm256_castsi256_ps(q), keep));
+                        int32_t k[8];
+                        _mm256_storeu_si256((__m256i *)k, q);
+                        for (int l = 0; l < 8; l++) wi[c + l] = (uint8_t)k[l];
+                    }
                 }
                 for (; c < C; c++) {
                     const float v[4] = {y0[c], y1[c], y2[c], y3[c]};
@@ -221,7 +231,7 @@ static void *run_pool(void *arg) {
                         if (v[t] > m || v[t] != v[t]) { m = v[t]; q = t; }
                     const int keep = m > 0.f || m != m;
                     o[c] = keep ? m : 0.f;
-                    wi[c] = (uint8_t)(keep ? q : 4);
+                    if (wi) wi[c] = (uint8_t)(keep ? q : 4);
                 }
             }
         }
@@ -230,24 +240,142 @@ static void *run_pool(void *arg) {
 }
 
 /* The stage's forward after the convolution: out = relu(max_pool2d(y, 2)) for y [B,H,W,C]
-   float32 channels-last contiguous (H and W even), and idx [B,H/2,W/2,C]: which input of each
-   window max_pool2d takes (0-3, row-major; a later input wins only if greater, or NaN), or 4
-   where the ReLU cut the output. */
+   float32 channels-last contiguous (H and W even), and, unless idx is NULL, idx [B,H/2,W/2,C]:
+   which input of each window max_pool2d takes (0-3, row-major; a later input wins only if
+   greater, or NaN), or 4 where the ReLU cut the output. */
 void first_stage_pool(const float *y, float *out, uint8_t *idx, int64_t B, int H, int W, int C,
                       int threads) {
+    if (B <= 0) return;
     if (threads < 1) threads = 1;
     if (threads > B) threads = (int)B;
     job_t jobs[64];
-    pthread_t tids[64];
-    int started[64] = {0};
     if (threads > 64) threads = 64;
     for (int t = 0; t < threads; t++)
         jobs[t] = (job_t){NULL, y, NULL, out, idx, B * t / threads, B * (t + 1) / threads, H, W, 0,
                           C, NULL, 0};
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tids[t], NULL, run_pool, &jobs[t]) == 0;
-    run_pool(&jobs[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(tids[t], NULL);
-        else run_pool(&jobs[t]);
+    parallel(run_pool, jobs, sizeof(job_t), threads);
+}
+
+/* The convolution and pooling of one pooled output, 16 channels from cb on: the 4 inputs of
+   its window (2 x 2 convolution outputs, 8 accumulators), then max_pool2d's choice among them
+   and the ReLU, as in run_pool. rows: 4 zero-padded input rows, from the window's row - 1;
+   col: the window's first padded column. CI is a constant at each call, so that the tap
+   loops unroll. */
+static inline __attribute__((always_inline)) void conv_pool16(
+    const float *rows, int64_t row, int col, const float *wk, const float *bias, int C, int cb,
+    float *o, uint8_t *wi, const int CI) {
+    __m256 acc[4][2];
+    const __m256 b0 = bias ? _mm256_loadu_ps(bias + cb) : _mm256_setzero_ps();
+    const __m256 b1 = bias ? _mm256_loadu_ps(bias + cb + 8) : _mm256_setzero_ps();
+    for (int p = 0; p < 4; p++) {
+        acc[p][0] = b0;
+        acc[p][1] = b1;
     }
+    for (int kh = 0; kh < 3; kh++) {
+        for (int kw = 0; kw < 3; kw++) {
+            for (int ci = 0; ci < CI; ci++) {
+                const float *w = wk + (int64_t)((kh * 3 + kw) * CI + ci) * C + cb;
+                __m256 w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8);
+                /* keep the weights in registers for their 4 uses (else the compiler folds a
+                   load into each multiply-add, and loads, not multiply-adds, set the pace) */
+                __asm__("" : "+x"(w0), "+x"(w1));
+                for (int p = 0; p < 4; p++) {
+                    const float *s = rows + (int64_t)((p >> 1) + kh) * row + (int64_t)(col + (p & 1) + kw) * CI + ci;
+                    const __m256 v = _mm256_broadcast_ss(s);
+                    acc[p][0] = _mm256_fmadd_ps(v, w0, acc[p][0]);
+                    acc[p][1] = _mm256_fmadd_ps(v, w1, acc[p][1]);
+                }
+            }
+        }
+    }
+    const __m256i cut = _mm256_set1_epi32(4);
+    for (int h = 0; h < 2; h++) {
+        __m256 m = acc[0][h];
+        __m256i q = _mm256_setzero_si256();
+        for (int p = 1; p < 4; p++) {
+            const __m256 v = acc[p][h];
+            const __m256 win = _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            m = _mm256_blendv_ps(m, v, win);
+            q = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(q), _mm256_castsi256_ps(_mm256_set1_epi32(p)), win));
+        }
+        const __m256 keep = _mm256_cmp_ps(m, _mm256_setzero_ps(), _CMP_NLE_UQ);
+        _mm256_storeu_ps(o + cb + 8 * h, _mm256_and_ps(m, keep));
+        if (wi) {
+            q = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(cut), _mm256_castsi256_ps(q), keep));
+            int32_t k[8];
+            _mm256_storeu_si256((__m256i *)k, q);
+            for (int l = 0; l < 8; l++) wi[cb + 8 * h + l] = (uint8_t)k[l];
+        }
+    }
+}
+
+typedef struct {
+    const float *x, *wk, *bias;
+    float *out;
+    uint8_t *idx;
+    int64_t b0, b1;
+    int H, W, CI, C, failed;
+} conv_job_t;
+
+static void *run_conv_pool(void *arg) {
+    conv_job_t *jb = (conv_job_t *)arg;
+    const int H = jb->H, W = jb->W, CI = jb->CI, C = jb->C;
+    const int H2 = H / 2, W2 = W / 2;
+    const int64_t row = (int64_t)(W + 2) * CI;
+    float *xrows = malloc((size_t)4 * row * sizeof(float));
+    if (!xrows) {
+        jb->failed = 1;
+        return NULL;
+    }
+    for (int64_t b = jb->b0; b < jb->b1; b++) {
+        const float *xb = jb->x + b * (int64_t)H * W * CI;
+        for (int i2 = 0; i2 < H2; i2++) {
+            for (int r = 0; r < 4; r++) {
+                const int i = 2 * i2 - 1 + r;
+                float *dst = xrows + r * row;
+                if (i < 0 || i >= H) {
+                    memset(dst, 0, (size_t)row * sizeof(float));
+                } else {
+                    memset(dst, 0, CI * sizeof(float));
+                    memcpy(dst + CI, xb + (int64_t)i * W * CI, (size_t)W * CI * sizeof(float));
+                    memset(dst + (int64_t)(W + 1) * CI, 0, CI * sizeof(float));
+                }
+            }
+            for (int j2 = 0; j2 < W2; j2++) {
+                const int64_t at = ((b * H2 + i2) * (int64_t)W2 + j2) * C;
+                float *o = jb->out + at;
+                uint8_t *wi = jb->idx ? jb->idx + at : NULL;
+                for (int cb = 0; cb < C; cb += 16) {
+                    switch (CI) {
+                    case 1: conv_pool16(xrows, row, 2 * j2, jb->wk, jb->bias, C, cb, o, wi, 1); break;
+                    case 2: conv_pool16(xrows, row, 2 * j2, jb->wk, jb->bias, C, cb, o, wi, 2); break;
+                    default: conv_pool16(xrows, row, 2 * j2, jb->wk, jb->bias, C, cb, o, wi, 3); break;
+                    }
+                }
+            }
+        }
+    }
+    free(xrows);
+    return NULL;
+}
+
+/* The whole forward of the stage: out = relu(max_pool2d(conv3x3(x) + bias, 2)) for x
+   [B,H,W,CI] float32 channels-last contiguous (CI <= 3, H and W even), weights wk [K][C]
+   (K = 9*CI taps in (kh, kw, ci) order; C a multiple of 16), bias [C] or NULL; and, unless
+   idx is NULL, the windows' winners as first_stage_pool writes them. The convolution's
+   output is never stored. Returns 0, or 1 when memory ran out. */
+int first_stage_forward(const float *x, const float *wk, const float *bias, float *out,
+                        uint8_t *idx, int64_t B, int H, int W, int CI, int C, int threads) {
+    if (B <= 0) return 0;
+    if (threads < 1) threads = 1;
+    if (threads > B) threads = (int)B;
+    if (threads > 64) threads = 64;
+    conv_job_t jobs[64];
+    int rc = 0;
+    for (int t = 0; t < threads; t++)
+        jobs[t] = (conv_job_t){x, wk, bias, out, idx, B * t / threads, B * (t + 1) / threads,
+                               H, W, CI, C, 0};
+    parallel(run_conv_pool, jobs, sizeof(conv_job_t), threads);
+    for (int t = 0; t < threads; t++) rc |= jobs[t].failed;
+    return rc;
 }
