@@ -33,6 +33,23 @@ static void parallel(void *(*work)(void *), void *jobs, size_t size, int threads
     for (int t = 0; t < threads; t++) work((char *)jobs + (size_t)t * size);
 }
 
+/* Zero-padded copies ((W + 2) * CI floats each) of the 4 input rows that pooled row i2's
+   windows and their 3x3 neighbourhoods read: rows 2*i2 - 1 to 2*i2 + 2 of the image xb. */
+static void pad_rows(float *xrows, const float *xb, int i2, int H, int W, int CI) {
+    const int64_t row = (int64_t)(W + 2) * CI;
+    for (int r = 0; r < 4; r++) {
+        const int i = 2 * i2 - 1 + r;
+        float *dst = xrows + r * row;
+        if (i < 0 || i >= H) {
+            memset(dst, 0, (size_t)row * sizeof(float));
+        } else {
+            memset(dst, 0, CI * sizeof(float));
+            memcpy(dst + CI, xb + (int64_t)i * W * CI, (size_t)W * CI * sizeof(float));
+            memset(dst + (int64_t)(W + 1) * CI, 0, CI * sizeof(float));
+        }
+    }
+}
+
 #define WB 16 /* pooled columns a block: its 2 x 32 patches (8 KB) stay in the L1 cache */
 #define NP (WB + 8) /* the selection's row stride (not a power of two: no cache-set clashes) */
 
@@ -62,18 +79,7 @@ static void *run(void *arg) {
             /* float sums over a pooled row, added into double sums: rounding does not grow
                with the image */
             memset(acc, 0, (size_t)C * KP * sizeof(float));
-            /* zero-padded copies of the 4 input rows the pooled row's patches read */
-            for (int r = 0; r < 4; r++) {
-                const int i = 2 * i2 - 1 + r;
-                float *dst = xrows + r * row;
-                if (i < 0 || i >= H) {
-                    memset(dst, 0, (size_t)row * sizeof(float));
-                } else {
-                    memset(dst, 0, CI * sizeof(float));
-                    memcpy(dst + CI, xb + (int64_t)i * W * CI, (size_t)W * CI * sizeof(float));
-                    memset(dst + (int64_t)(W + 1) * CI, 0, CI * sizeof(float));
-                }
-            }
+            pad_rows(xrows, xb, i2, H, W, CI);
             for (int j0 = 0; j0 < W2; j0 += WB) {
                 const int jn = j0 + WB < W2 ? WB : W2 - j0;
                 /* im2col rows of the block's 2 x 2jn input positions: 3 runs of 3*CI floats
@@ -330,17 +336,7 @@ static void *run_conv_pool(void *arg) {
     for (int64_t b = jb->b0; b < jb->b1; b++) {
         const float *xb = jb->x + b * (int64_t)H * W * CI;
         for (int i2 = 0; i2 < H2; i2++) {
-            for (int r = 0; r < 4; r++) {
-                const int i = 2 * i2 - 1 + r;
-                float *dst = xrows + r * row;
-                if (i < 0 || i >= H) {
-                    memset(dst, 0, (size_t)row * sizeof(float));
-                } else {
-                    memset(dst, 0, CI * sizeof(float));
-                    memcpy(dst + CI, xb + (int64_t)i * W * CI, (size_t)W * CI * sizeof(float));
-                    memset(dst + (int64_t)(W + 1) * CI, 0, CI * sizeof(float));
-                }
-            }
+            pad_rows(xrows, xb, i2, H, W, CI);
             for (int j2 = 0; j2 < W2; j2++) {
                 const int64_t at = ((b * H2 + i2) * (int64_t)W2 + j2) * C;
                 float *o = jb->out + at;
