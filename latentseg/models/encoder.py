@@ -46,9 +46,10 @@ class SimpleEncoder(nn.Module):
         return x, self.pool(F.relu(self.conv2(x)))
 
 
-# Whether the first stage's backward runs latentseg's native kernel (:func:`first_stage`):
-# None decides as GEMM_WEIGHT_GRAD does (AVX2, at least GEMM_MIN_POSITIONS input pixels a
-# batch), and only where the kernel could be built (latentseg.models.native.status()).
+# Whether the first stage (forward and backward) runs latentseg's native kernel
+# (:func:`first_stage`): None decides as GEMM_WEIGHT_GRAD does (AVX2, at least
+# GEMM_MIN_POSITIONS input pixels a batch), and only where the kernel could be built
+# (latentseg.models.native.status()).
 NATIVE_FIRST_STAGE: bool | None = None
 
 
@@ -85,10 +86,12 @@ def _native_forward(x: Tensor, weight: Tensor, bias: Tensor | None, window: Tens
     library = native.kernel()
     if channels % 16 == 0:
         taps = weight.detach().permute(2, 3, 1, 0).contiguous()  # [kh, kw, in, out]
-        bias_ptr = None if bias is None else bias.detach().contiguous().data_ptr()
+        # held in a name while the kernel runs: a pointer into a temporary copy would dangle
+        bias = None if bias is None else bias.detach().contiguous()
         failed = library.first_stage_forward(
-            x.data_ptr(), taps.data_ptr(), bias_ptr, out.data_ptr(), window_ptr, *args
-        )
+            x.data_ptr(), taps.data_ptr(), None if bias is None else bias.data_ptr(),
+            out.data_ptr(), window_ptr, *args,
+        )  # fmt: skip
         if failed:
             raise MemoryError("latentseg's native first-stage kernel could not allocate memory")
     else:
@@ -100,8 +103,8 @@ def _native_forward(x: Tensor, weight: Tensor, bias: Tensor | None, window: Tens
 
 
 def native_first_stage_status() -> str:
-    """Whether training batches of at least :data:`GEMM_MIN_POSITIONS` pixels run the native
-    first stage here: ``"on"``, or ``"off (<why>)"``."""
+    """Whether batches of at least :data:`GEMM_MIN_POSITIONS` pixels run the native first
+    stage here (training and inference): ``"on"``, or ``"off (<why>)"``."""
     if NATIVE_FIRST_STAGE is False:
         return "off (NATIVE_FIRST_STAGE is False)"
     if NATIVE_FIRST_STAGE is None and _cpu_capability() != "AVX2":
