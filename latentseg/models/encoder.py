@@ -18,9 +18,9 @@ class SimpleEncoder(nn.Module):
     ``pool_first`` (the fast path) computes ``relu(pool(x))`` instead of the tutorial's
     ``pool(relu(x))``: the same values (max commutes with the monotone ReLU) and the same
     gradients, with the ReLU and its backward on a quarter of the elements; without gradients
-    it pools with :func:`max_pool_2x2`; on AVX2 CPUs the first stage is a native kernel
-    (:func:`first_stage`) and the second convolution's weight gradient a GEMM
-    (:func:`conv3x3`).
+    it pools with :func:`max_pool_2x2` or the native kernel (:func:`pool_relu`); on AVX2 and
+    AVX-512 CPUs the first stage is a native kernel (:func:`first_stage`), and on AVX2 the
+    second convolution's weight gradient a GEMM (:func:`conv3x3`).
     """
 
     def __init__(
@@ -40,17 +40,20 @@ class SimpleEncoder(nn.Module):
         if self.pool_first:
             x = first_stage(self.conv1, x)
             if not torch.is_grad_enabled():
-                return x, F.relu(max_pool_2x2(self.conv2(x)), inplace=True)
+                return x, pool_relu(self.conv2(x))
             return x, F.relu(self.pool(conv3x3(self.conv2, x)), inplace=True)
         x = self.pool(F.relu(self.conv1(x)))
         return x, self.pool(F.relu(self.conv2(x)))
 
 
 # Whether the first stage (forward and backward) runs latentseg's native kernel
-# (:func:`first_stage`): None decides as GEMM_WEIGHT_GRAD does (AVX2, at least
-# GEMM_MIN_POSITIONS input pixels a batch), and only where the kernel could be built
-# (latentseg.models.native.status()).
+# (:func:`first_stage`; the second stage pools with it at inference unless this is False,
+# :func:`pool_relu`): None decides by the size of the batch (at least GEMM_MIN_POSITIONS
+# input pixels), always on a CPU of NATIVE_ISAS and only where the kernel could be built
+# (latentseg.models.native.status()). Measured side by side on an AVX2 and an AVX-512 AMD
+# EPYC (docs/performance.md): faster than PyTorch's ops on both.
 NATIVE_FIRST_STAGE: bool | None = None
+NATIVE_ISAS = ("AVX2", "AVX512")  # torch's CPU capabilities the kernel (AVX2 code) runs on
 
 
 def first_stage(conv: nn.Conv2d, x: Tensor) -> Tensor:
@@ -102,13 +105,42 @@ def _native_forward(x: Tensor, weight: Tensor, bias: Tensor | None, window: Tens
     return out.permute(0, 3, 1, 2)
 
 
+def pool_relu(y: Tensor) -> Tensor:
+    """``relu(max_pool2d(y, 2))`` for inference: unless :data:`NATIVE_FIRST_STAGE` is False,
+    where ``y`` is a channels_last float32 CPU tensor of even height and width, one pass of
+    the native kernel's pooling, at every batch size (as fast or faster than two maxima and a
+    ReLU from 1 to 32 images, measured on an AVX-512 AMD EPYC; the same values:
+    without gradients, which input of a tied window wins does not matter; NaN propagates as in
+    PyTorch); elsewhere :func:`max_pool_2x2` and an in-place ReLU."""
+    batch, channels, height, width = y.shape
+    if not (
+        NATIVE_FIRST_STAGE is not False
+        and batch > 0
+        and not (torch.is_grad_enabled() and y.requires_grad)
+        and y.device.type == "cpu"
+        and y.dtype == torch.float32
+        and y.is_contiguous(memory_format=torch.channels_last)
+        and height % 2 == 0
+        and width % 2 == 0
+        and _cpu_capability() in NATIVE_ISAS
+        and native.kernel() is not None
+    ):
+        return F.relu(max_pool_2x2(y), inplace=True)
+    out = y.new_empty(batch, height // 2, width // 2, channels)
+    native.kernel().first_stage_pool(
+        y.data_ptr(), out.data_ptr(), None, batch, height, width, channels,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return out.permute(0, 3, 1, 2)
+
+
 def native_first_stage_status() -> str:
     """Whether batches of at least :data:`GEMM_MIN_POSITIONS` pixels run the native first
     stage here (training and inference): ``"on"``, or ``"off (<why>)"``."""
     if NATIVE_FIRST_STAGE is False:
         return "off (NATIVE_FIRST_STAGE is False)"
-    if NATIVE_FIRST_STAGE is None and _cpu_capability() != "AVX2":
-        return f"off (AVX2 CPUs only; this one runs {_cpu_capability()})"
+    if _cpu_capability() not in NATIVE_ISAS:
+        return f"off (AVX2 and AVX-512 CPUs only; this one runs {_cpu_capability()})"
     return native.status()
 
 
@@ -116,7 +148,7 @@ def _native_first_stage(conv: nn.Conv2d, x: Tensor) -> bool:
     wanted = NATIVE_FIRST_STAGE
     if wanted is None:
         positions = x.shape[0] * x.shape[2] * x.shape[3]
-        wanted = positions >= GEMM_MIN_POSITIONS and _cpu_capability() == "AVX2"
+        wanted = positions >= GEMM_MIN_POSITIONS
     return (
         wanted
         and x.shape[0] > 0
@@ -125,7 +157,7 @@ def _native_first_stage(conv: nn.Conv2d, x: Tensor) -> bool:
         and x.shape[1] <= native.MAX_IN_CHANNELS
         and x.shape[2] % 2 == 0
         and x.shape[3] % 2 == 0
-        and _cpu_capability() in ("AVX2", "AVX512")
+        and _cpu_capability() in NATIVE_ISAS
         and native.kernel() is not None
     )
 

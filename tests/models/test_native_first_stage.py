@@ -102,9 +102,9 @@ def test_the_native_stage_keeps_no_full_resolution_activation(monkeypatch):
     assert held == full_resolution // 16  # one byte per pooled output: its window's winner
 
 
-def test_the_native_stage_is_the_default_on_avx2_for_large_batches_only(monkeypatch):
+def test_the_native_stage_is_the_default_on_avx2_and_avx512_for_large_batches_only(monkeypatch):
     monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", None)
-    avx2 = torch.backends.cpu.get_cpu_capability() == "AVX2"
+    avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")  # the module's skip
     conv = torch.nn.Conv2d(3, 4, 3, padding=1)
     large = torch.randn(4, 3, 128, 128).contiguous(memory_format=torch.channels_last)
     small = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
@@ -112,7 +112,7 @@ def test_the_native_stage_is_the_default_on_avx2_for_large_batches_only(monkeypa
     assert (type(encoder.first_stage(conv, large).grad_fn).__name__ == native_node) == avx2
     assert type(encoder.first_stage(conv, small).grad_fn).__name__ != native_node
     status = encoder.native_first_stage_status()
-    assert status == "on" if avx2 else status.startswith("off (AVX2 CPUs only")
+    assert status == "on"
     monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", True)
     x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
     assert type(encoder.first_stage(conv, x).grad_fn).__name__ == native_node
@@ -146,6 +146,55 @@ def test_inference_through_the_native_stage_gives_pytorchs_values(channels, mode
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert (got - expected).abs().max() <= 1e-6 * expected.abs().max()
     assert torch.equal(got == 0, expected == 0)
+
+
+def aten_ops(run) -> tuple[torch.Tensor, dict[str, int]]:
+    """``run()``'s result and how many times it called each op (torch's profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = run()
+    return out, {event.key: event.count for event in prof.key_averages()}
+
+
+@pytest.mark.parametrize("native_on", [True, False])
+def test_the_second_stage_pools_natively_at_inference_with_pytorchs_values(native_on, monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    # 24 channels: three 8-wide vectors; ties (a flat region of zeros and of equal values),
+    # negatives the ReLU cuts, and NaN, which max_pool2d and relu propagate
+    y = torch.randn(3, 24, 10, 12, generator=gen)
+    y[:, :, :4, :4] = 0.5
+    y[:, :3, 4:6] = -1.0
+    y[0, 5, 7, 3] = float("nan")
+    y[1, 23, 0, 11] = float("nan")
+    y = y.contiguous(memory_format=torch.channels_last)
+    expected = F.relu(F.max_pool2d(y, 2))
+    monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", native_on)
+    with torch.inference_mode():
+        got, ops = aten_ops(lambda: encoder.pool_relu(y))
+    assert ("aten::maximum" not in ops) == native_on  # the kernel, not two elementwise maxima
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got.isnan(), expected.isnan()) and expected.isnan().sum() == 2
+    assert torch.equal(got.nan_to_num(7.0), expected.nan_to_num(7.0))
+    with torch.inference_mode():  # NCHW input: PyTorch's ops, the same values
+        nchw, ops = aten_ops(lambda: encoder.pool_relu(y.contiguous()))
+    assert "aten::max_pool2d" in ops
+    assert torch.equal(nchw.nan_to_num(7.0), expected.nan_to_num(7.0))
+
+
+def test_the_model_at_inference_pools_natively_by_default_for_large_batches(monkeypatch):
+    from latentseg.models import create_model
+    from latentseg.train.fastpath import prepare_model, to_device
+
+    monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", None)
+    model = prepare_model(create_model("tutorial", num_classes=4, in_channels=3), CPU).eval()
+    images = torch.randn(4, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        got, ops = aten_ops(lambda: model(to_device(images, CPU)))
+        monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", False)
+        expected, plain_ops = aten_ops(lambda: model(to_device(images, CPU)))
+    # the first stage's convolution and the second stage's pooling are the kernel's
+    assert "aten::maximum" in plain_ops and "aten::maximum" not in ops
+    assert plain_ops["aten::mkldnn_convolution"] == 2 and ops["aten::mkldnn_convolution"] == 1
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
 def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(monkeypatch):
