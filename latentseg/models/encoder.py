@@ -39,9 +39,7 @@ class SimpleEncoder(nn.Module):
         """``(first-stage features [B, width, H/2, W/2], features [B, F, H/4, W/4])``."""
         if self.pool_first:
             x = first_stage(self.conv1, x)
-            if not torch.is_grad_enabled():
-                return x, pool_relu(self.conv2(x))
-            return x, F.relu(self.pool(conv3x3(self.conv2, x)), inplace=True)
+            return x, pool_relu(conv3x3(self.conv2, x))
         x = self.pool(F.relu(self.conv1(x)))
         return x, self.pool(F.relu(self.conv2(x)))
 
@@ -83,40 +81,38 @@ def _native_forward(x: Tensor, weight: Tensor, bias: Tensor | None, window: Tens
     winner into ``window`` ``[B, H/2, W/2, C]`` uint8 unless it is None."""
     batch, _, height, width = x.shape
     channels = weight.shape[0]
-    out = x.new_empty(batch, height // 2, width // 2, channels)
-    args = (batch, height, width, x.shape[1], channels, torch.get_num_threads())
-    window_ptr = None if window is None else window.data_ptr()
-    library = native.kernel()
     if channels % 16 == 0:
+        out = x.new_empty(batch, height // 2, width // 2, channels)
+        args = (batch, height, width, x.shape[1], channels, torch.get_num_threads())
         taps = weight.detach().permute(2, 3, 1, 0).contiguous()  # [kh, kw, in, out]
         # held in a name while the kernel runs: a pointer into a temporary copy would dangle
         bias = None if bias is None else bias.detach().contiguous()
-        failed = library.first_stage_forward(
+        failed = native.kernel().first_stage_forward(
             x.data_ptr(), taps.data_ptr(), None if bias is None else bias.data_ptr(),
-            out.data_ptr(), window_ptr, *args,
+            out.data_ptr(), None if window is None else window.data_ptr(), *args,
         )  # fmt: skip
         if failed:
             raise MemoryError("latentseg's native first-stage kernel could not allocate memory")
-    else:
-        y = F.conv2d(x, weight, bias, padding=1).contiguous(memory_format=torch.channels_last)
-        library.first_stage_pool(
-            y.data_ptr(), out.data_ptr(), window_ptr, *args[:3], channels, args[5]
-        )
-    return out.permute(0, 3, 1, 2)
+        return out.permute(0, 3, 1, 2)
+    y = F.conv2d(x, weight, bias, padding=1).contiguous(memory_format=torch.channels_last)
+    return _native_pool(y, window)
 
 
 def pool_relu(y: Tensor) -> Tensor:
-    """``relu(max_pool2d(y, 2))`` for inference: unless :data:`NATIVE_FIRST_STAGE` is False,
-    where ``y`` is a channels_last float32 CPU tensor of even height and width, one pass of
-    the native kernel's pooling, at every batch size (as fast or faster than two maxima and a
-    ReLU from 1 to 32 images, measured on an AVX-512 AMD EPYC; the same values:
-    without gradients, which input of a tied window wins does not matter; NaN propagates as in
-    PyTorch); elsewhere :func:`max_pool_2x2` and an in-place ReLU."""
+    """``relu(max_pool2d(y, 2))``, for training and inference. Unless
+    :data:`NATIVE_FIRST_STAGE` is False, where ``y`` is a channels_last float32 CPU tensor of
+    even height and width, the native kernel pools and applies the ReLU in one pass (at every
+    batch size: as fast or faster than PyTorch's ops from 1 to 32 images, measured on an
+    AVX-512 AMD EPYC), keeping for the backward one byte per output (its window's winner or
+    the ReLU's cut) instead of max_pool2d's int64 indices and the ReLU's output; its backward
+    writes ``y``'s gradient in one pass, each window's gradient to its winner and zeros
+    around it. The same values and gradients as PyTorch's ops (ties go to the first maximum
+    of a window, NaN wins, as in max_pool2d). Elsewhere, without gradients,
+    :func:`max_pool_2x2` and an in-place ReLU; with them, ``max_pool2d`` and the ReLU."""
     batch, channels, height, width = y.shape
     if not (
         NATIVE_FIRST_STAGE is not False
         and batch > 0
-        and not (torch.is_grad_enabled() and y.requires_grad)
         and y.device.type == "cpu"
         and y.dtype == torch.float32
         and y.is_contiguous(memory_format=torch.channels_last)
@@ -125,13 +121,47 @@ def pool_relu(y: Tensor) -> Tensor:
         and _cpu_capability() in NATIVE_ISAS
         and native.kernel() is not None
     ):
+        if torch.is_grad_enabled():
+            return F.relu(F.max_pool2d(y, 2, 2), inplace=True)
         return F.relu(max_pool_2x2(y), inplace=True)
+    if torch.is_grad_enabled() and y.requires_grad:
+        return _NativePoolRelu.apply(y)
+    return _native_pool(y, None)
+
+
+def _native_pool(y: Tensor, window: Tensor | None) -> Tensor:
+    batch, channels, height, width = y.shape
     out = y.new_empty(batch, height // 2, width // 2, channels)
     native.kernel().first_stage_pool(
-        y.data_ptr(), out.data_ptr(), None, batch, height, width, channels,
-        torch.get_num_threads(),
+        y.data_ptr(), out.data_ptr(), None if window is None else window.data_ptr(),
+        batch, height, width, channels, torch.get_num_threads(),
     )  # fmt: skip
     return out.permute(0, 3, 1, 2)
+
+
+class _NativePoolRelu(torch.autograd.Function):
+    """:func:`pool_relu` with the native kernel's backward."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor) -> Tensor:
+        batch, channels, height, width = y.shape
+        window = torch.empty(batch, height // 2, width // 2, channels, dtype=torch.uint8)
+        out = _native_pool(y, window)
+        ctx.save_for_backward(window)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (window,) = ctx.saved_tensors
+        batch, height, width, channels = window.shape
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_y = grad.new_empty(batch, 2 * height, 2 * width, channels)
+        native.kernel().first_stage_unpool(
+            grad.data_ptr(), window.data_ptr(), grad_y.data_ptr(),
+            batch, 2 * height, 2 * width, channels, torch.get_num_threads(),
+        )  # fmt: skip
+        return grad_y.permute(0, 3, 1, 2)
 
 
 def native_first_stage_status() -> str:

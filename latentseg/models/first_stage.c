@@ -1,13 +1,19 @@
-/* latentseg's native kernel for the backward of the SimpleEncoder's first stage,
-   relu(max_pool2d(conv3x3(x), 2)), when the input needs no gradient: the convolution's weight
-   and bias gradients straight from the stage's output gradient, without materialising the
-   full-resolution gradient that max_pool2d's backward scatters (3/4 zeros) and without a
-   dense GEMM over it. Each pooled output's gradient goes to the first input of its window
-   that reached the maximum (max_pool2d's rule at ties) and is multiplied into that input
-   position's im2col row: a sparse outer product, accumulated per channel in registers.
+/* latentseg's native kernel for the SimpleEncoder's stages on AVX2 and AVX-512 CPUs:
+   - first_stage_forward: the first stage, relu(max_pool2d(conv3x3(x), 2)), in one pass that
+     never stores the full-resolution convolution output, keeping one byte per pooled output
+     (which input of its window won, or that the ReLU cut it);
+   - first_stage_weight_grad: that stage's weight and bias gradients when its input needs no
+     gradient, straight from the stage's output gradient, without materialising the
+     full-resolution gradient that max_pool2d's backward scatters (3/4 zeros) and without a
+     dense GEMM over it. Each pooled output's gradient goes to the first input of its window
+     that reached the maximum (max_pool2d's rule at ties) and is multiplied into that input
+     position's im2col row: a sparse outer product, accumulated per channel in registers;
+   - first_stage_pool and first_stage_unpool: relu(max_pool2d(y, 2)) of a convolution's
+     output, and its backward, for the second stage (and the first where its channels are not
+     a multiple of 16).
 
-   Built by latentseg.models.native with -O3 -mavx2 -mfma on CPUs with AVX2; loaded with
-   ctypes (no Python or torch headers). Built with -fopenmp: its threads are torch's. */
+   Built by latentseg.models.native with -O3 -mavx2 -mfma; loaded with ctypes (no Python or
+   torch headers). Built with -fopenmp: its threads are torch's. */
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -374,4 +380,61 @@ int first_stage_forward(const float *x, const float *wk, const float *bias, floa
     parallel(run_conv_pool, jobs, sizeof(conv_job_t), threads);
     for (int t = 0; t < threads; t++) rc |= jobs[t].failed;
     return rc;
+}
+
+typedef struct {
+    const float *g;
+    const uint8_t *idx;
+    float *gy;
+    int64_t b0, b1;
+    int H, W, C;
+} unpool_job_t;
+
+static void *run_unpool(void *arg) {
+    unpool_job_t *jb = (unpool_job_t *)arg;
+    const int H = jb->H, W = jb->W, C = jb->C;
+    const int H2 = H / 2, W2 = W / 2;
+    const __m256 zero = _mm256_setzero_ps();
+    for (int64_t b = jb->b0; b < jb->b1; b++) {
+        for (int i2 = 0; i2 < H2; i2++) {
+            for (int j2 = 0; j2 < W2; j2++) {
+                const int64_t p = ((b * H2 + i2) * (int64_t)W2 + j2) * C;
+                const float *g = jb->g + p;
+                const uint8_t *q = jb->idx + p;
+                float *y[4];
+                y[0] = jb->gy + ((b * H + 2 * i2) * (int64_t)W + 2 * j2) * C;
+                y[1] = y[0] + C;
+                y[2] = y[0] + (int64_t)W * C;
+                y[3] = y[2] + C;
+                int c = 0;
+                for (; c + 8 <= C; c += 8) {
+                    const __m256 v = _mm256_loadu_ps(g + c);
+                    const __m256i k = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + c)));
+                    for (int t = 0; t < 4; t++) {
+                        const __m256 hit = _mm256_castsi256_ps(_mm256_cmpeq_epi32(k, _mm256_set1_epi32(t)));
+                        _mm256_storeu_ps(y[t] + c, _mm256_blendv_ps(zero, v, hit));
+                    }
+                }
+                for (; c < C; c++)
+                    for (int t = 0; t < 4; t++) y[t][c] = q[c] == t ? g[c] : 0.f;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* The backward of first_stage_pool: gy [B,H,W,C] (every element written) gets each pooled
+   output's gradient g [B,H/2,W/2,C] at the input of its window that idx names (0-3), and zero
+   elsewhere; a window whose output the ReLU cut (idx 4) gets zeros. All float32 or uint8,
+   contiguous channels-last. The same values as max_pool2d's backward after relu's. */
+void first_stage_unpool(const float *g, const uint8_t *idx, float *gy, int64_t B, int H, int W,
+                        int C, int threads) {
+    if (B <= 0) return;
+    if (threads < 1) threads = 1;
+    if (threads > B) threads = (int)B;
+    if (threads > 64) threads = 64;
+    unpool_job_t jobs[64];
+    for (int t = 0; t < threads; t++)
+        jobs[t] = (unpool_job_t){g, idx, gy, B * t / threads, B * (t + 1) / threads, H, W, C};
+    parallel(run_unpool, jobs, sizeof(unpool_job_t), threads);
 }

@@ -73,6 +73,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     pointer, size = ctypes.c_void_p, ctypes.c_int
     library.first_stage_pool.restype = None
     library.first_stage_pool.argtypes = [pointer] * 3 + [ctypes.c_int64] + [size] * 4
+    library.first_stage_unpool.restype = None
+    library.first_stage_unpool.argtypes = [pointer] * 3 + [ctypes.c_int64] + [size] * 4
     library.first_stage_forward.restype = ctypes.c_int
     library.first_stage_forward.argtypes = [pointer] * 5 + [ctypes.c_int64] + [size] * 5
     library.first_stage_weight_grad.restype = ctypes.c_int

@@ -155,17 +155,23 @@ def aten_ops(run) -> tuple[torch.Tensor, dict[str, int]]:
     return out, {event.key: event.count for event in prof.key_averages()}
 
 
-@pytest.mark.parametrize("native_on", [True, False])
-def test_the_second_stage_pools_natively_at_inference_with_pytorchs_values(native_on, monkeypatch):
+def pooling_input(channels: int = 24) -> torch.Tensor:
+    """A second stage's convolution output: ties (a flat region of equal values, and equal
+    pairs in every window's first row), negatives the ReLU cuts, and NaN, which max_pool2d and
+    relu propagate; 24 channels (three 8-wide vectors) or a number with a scalar rest."""
     gen = torch.Generator().manual_seed(5)
-    # 24 channels: three 8-wide vectors; ties (a flat region of zeros and of equal values),
-    # negatives the ReLU cuts, and NaN, which max_pool2d and relu propagate
-    y = torch.randn(3, 24, 10, 12, generator=gen)
+    y = torch.randn(3, channels, 10, 12, generator=gen)
     y[:, :, :4, :4] = 0.5
+    y[:, :, 6, 1::2] = y[:, :, 6, 0::2]
     y[:, :3, 4:6] = -1.0
     y[0, 5, 7, 3] = float("nan")
-    y[1, 23, 0, 11] = float("nan")
-    y = y.contiguous(memory_format=torch.channels_last)
+    y[1, channels - 1, 0, 11] = float("nan")
+    return y.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("native_on", [True, False])
+def test_the_second_stage_pools_natively_at_inference_with_pytorchs_values(native_on, monkeypatch):
+    y = pooling_input()
     expected = F.relu(F.max_pool2d(y, 2))
     monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", native_on)
     with torch.inference_mode():
@@ -178,6 +184,29 @@ def test_the_second_stage_pools_natively_at_inference_with_pytorchs_values(nativ
         nchw, ops = aten_ops(lambda: encoder.pool_relu(y.contiguous()))
     assert "aten::max_pool2d" in ops
     assert torch.equal(nchw.nan_to_num(7.0), expected.nan_to_num(7.0))
+
+
+@pytest.mark.parametrize("channels", [24, 13])
+def test_the_native_pooling_trains_with_max_pool2ds_gradients_ties_and_nan_included(
+    channels, monkeypatch
+):
+    y = pooling_input(channels)
+    gen = torch.Generator().manual_seed(6)
+    grad = torch.randn(3, channels, 5, 6, generator=gen)
+    reference = y.clone().requires_grad_()
+    expected = F.relu(F.max_pool2d(reference, 2))
+    expected.backward(grad)
+    monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", True)
+    leaf = y.clone().requires_grad_()
+    got = encoder.pool_relu(leaf)
+    assert type(got.grad_fn).__name__ == "_NativePoolReluBackward"
+    got.backward(grad)
+    assert torch.equal(got.detach().nan_to_num(7.0), expected.detach().nan_to_num(7.0))
+    # each window's gradient went to the same input as max_pool2d's (the first maximum, NaN
+    # first), zero where the ReLU cut: bit for bit
+    assert leaf.grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(leaf.grad, reference.grad)
+    assert (reference.grad != 0).sum() > 100
 
 
 def test_the_model_at_inference_pools_natively_by_default_for_large_batches(monkeypatch):
@@ -193,6 +222,7 @@ def test_the_model_at_inference_pools_natively_by_default_for_large_batches(monk
         expected, plain_ops = aten_ops(lambda: model(to_device(images, CPU)))
     # the first stage's convolution and the second stage's pooling are the kernel's
     assert "aten::maximum" in plain_ops and "aten::maximum" not in ops
+    assert "aten::max_pool2d" not in ops
     assert plain_ops["aten::mkldnn_convolution"] == 2 and ops["aten::mkldnn_convolution"] == 1
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
