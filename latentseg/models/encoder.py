@@ -18,9 +18,9 @@ class SimpleEncoder(nn.Module):
     ``pool_first`` (the fast path) computes ``relu(pool(x))`` instead of the tutorial's
     ``pool(relu(x))``: the same values (max commutes with the monotone ReLU) and the same
     gradients, with the ReLU and its backward on a quarter of the elements; without gradients
-    it pools with :func:`max_pool_2x2` or the native kernel (:func:`pool_relu`); on AVX2 and
-    AVX-512 CPUs the first stage is a native kernel (:func:`first_stage`), and on AVX2 the
-    second convolution's weight gradient a GEMM (:func:`conv3x3`).
+    it pools with :func:`max_pool_2x2`; on AVX2 and AVX-512 CPUs the first stage and the
+    second stage's pooling run a native kernel (:func:`first_stage`, :func:`pool_relu`), and
+    on AVX2 the second convolution's weight gradient is a GEMM (:func:`conv3x3`).
     """
 
     def __init__(
@@ -45,8 +45,8 @@ class SimpleEncoder(nn.Module):
 
 
 # Whether the first stage (forward and backward) runs latentseg's native kernel
-# (:func:`first_stage`; the second stage pools with it at inference unless this is False,
-# :func:`pool_relu`): None decides by the size of the batch (at least GEMM_MIN_POSITIONS
+# (:func:`first_stage`; the second stage pools with it, training and inference, at every
+# batch size unless this is False: :func:`pool_relu`): None decides by the size of the batch (at least GEMM_MIN_POSITIONS
 # input pixels), always on a CPU of NATIVE_ISAS and only where the kernel could be built
 # (latentseg.models.native.status()). Measured side by side on an AVX2 and an AVX-512 AMD
 # EPYC (docs/performance.md): faster than PyTorch's ops on both.
