@@ -46,9 +46,9 @@ class SimpleEncoder(nn.Module):
 
 # Whether the first stage (forward and backward) runs latentseg's native kernel
 # (:func:`first_stage`; the second stage pools with it, training and inference, at every
-# batch size unless this is False: :func:`pool_relu`): None decides by the size of the batch (at least GEMM_MIN_POSITIONS
-# input pixels), always on a CPU of NATIVE_ISAS and only where the kernel could be built
-# (latentseg.models.native.status()). Measured side by side on an AVX2 and an AVX-512 AMD
+# batch size unless this is False: :func:`pool_relu`): None decides by the size of the batch
+# (at least GEMM_MIN_POSITIONS input pixels), always on a CPU of NATIVE_ISAS and only where
+# the kernel could be built (latentseg.models.native.status()). Measured side by side on an AVX2 and an AVX-512 AMD
 # EPYC (docs/performance.md): faster than PyTorch's ops on both.
 NATIVE_FIRST_STAGE: bool | None = None
 NATIVE_ISAS = ("AVX2", "AVX512")  # torch's CPU capabilities the kernel (AVX2 code) runs on
@@ -109,24 +109,29 @@ def pool_relu(y: Tensor) -> Tensor:
     around it. The same values and gradients as PyTorch's ops (ties go to the first maximum
     of a window, NaN wins, as in max_pool2d). Elsewhere, without gradients,
     :func:`max_pool_2x2` and an in-place ReLU; with them, ``max_pool2d`` and the ReLU."""
-    batch, channels, height, width = y.shape
-    if not (
-        NATIVE_FIRST_STAGE is not False
-        and batch > 0
-        and y.device.type == "cpu"
-        and y.dtype == torch.float32
-        and y.is_contiguous(memory_format=torch.channels_last)
-        and height % 2 == 0
-        and width % 2 == 0
-        and _cpu_capability() in NATIVE_ISAS
-        and native.kernel() is not None
-    ):
+    if not (NATIVE_FIRST_STAGE is not False and _native_input(y) and y.dtype == torch.float32):
         if torch.is_grad_enabled():
             return F.relu(F.max_pool2d(y, 2, 2), inplace=True)
         return F.relu(max_pool_2x2(y), inplace=True)
     if torch.is_grad_enabled() and y.requires_grad:
         return _NativePoolRelu.apply(y)
     return _native_pool(y, None)
+
+
+def _native_input(x: Tensor) -> bool:
+    """Whether the native kernel can take ``x`` (its dtype aside): a non-empty 4-d
+    channels_last CPU tensor of even height and width, on a CPU of :data:`NATIVE_ISAS`, with
+    the kernel built."""
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.shape[0] > 0
+        and x.shape[2] % 2 == 0
+        and x.shape[3] % 2 == 0
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and _cpu_capability() in NATIVE_ISAS
+        and native.kernel() is not None
+    )
 
 
 def _native_pool(y: Tensor, window: Tensor | None) -> Tensor:
@@ -181,14 +186,10 @@ def _native_first_stage(conv: nn.Conv2d, x: Tensor) -> bool:
         wanted = positions >= GEMM_MIN_POSITIONS
     return (
         wanted
-        and x.shape[0] > 0
         and not (torch.is_grad_enabled() and x.requires_grad)
         and _plain_fp32_3x3(conv, x)
         and x.shape[1] <= native.MAX_IN_CHANNELS
-        and x.shape[2] % 2 == 0
-        and x.shape[3] % 2 == 0
-        and _cpu_capability() in NATIVE_ISAS
-        and native.kernel() is not None
+        and _native_input(x)
     )
 
 

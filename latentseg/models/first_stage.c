@@ -39,6 +39,13 @@ static void parallel(void *(*work)(void *), void *jobs, size_t size, int threads
     for (int t = 0; t < threads; t++) work((char *)jobs + (size_t)t * size);
 }
 
+/* How many jobs to split B images into: threads, at least 1, at most B and at most `most`. */
+static int job_count(int threads, int64_t B, int most) {
+    if (threads > most) threads = most;
+    if (threads > B) threads = (int)B;
+    return threads < 1 ? 1 : threads;
+}
+
 /* Zero-padded copies ((W + 2) * CI floats each) of the 4 input rows that pooled row i2's
    windows and their 3x3 neighbourhoods read: rows 2*i2 - 1 to 2*i2 + 2 of the image xb. */
 static void pad_rows(float *xrows, const float *xb, int i2, int H, int W, int CI) {
@@ -174,8 +181,7 @@ int first_stage_weight_grad(const float *x, const uint8_t *idx, const float *g, 
         memset(grad, 0, (size_t)C * KP * sizeof(float));
         return 0;
     }
-    if (threads < 1) threads = 1;
-    if (threads > B) threads = (int)B;
+    threads = job_count(threads, B, 1 << 16);
     job_t *jobs = calloc(threads, sizeof(job_t));
     int rc = !jobs;
     for (int t = 0; !rc && t < threads; t++) {
@@ -258,10 +264,8 @@ static void *run_pool(void *arg) {
 void first_stage_pool(const float *y, float *out, uint8_t *idx, int64_t B, int H, int W, int C,
                       int threads) {
     if (B <= 0) return;
-    if (threads < 1) threads = 1;
-    if (threads > B) threads = (int)B;
+    threads = job_count(threads, B, 64);
     job_t jobs[64];
-    if (threads > 64) threads = 64;
     for (int t = 0; t < threads; t++)
         jobs[t] = (job_t){NULL, y, NULL, out, idx, B * t / threads, B * (t + 1) / threads, H, W, 0,
                           C, NULL, 0};
@@ -369,9 +373,7 @@ static void *run_conv_pool(void *arg) {
 int first_stage_forward(const float *x, const float *wk, const float *bias, float *out,
                         uint8_t *idx, int64_t B, int H, int W, int CI, int C, int threads) {
     if (B <= 0) return 0;
-    if (threads < 1) threads = 1;
-    if (threads > B) threads = (int)B;
-    if (threads > 64) threads = 64;
+    threads = job_count(threads, B, 64);
     conv_job_t jobs[64];
     int rc = 0;
     for (int t = 0; t < threads; t++)
@@ -430,9 +432,7 @@ static void *run_unpool(void *arg) {
 void first_stage_unpool(const float *g, const uint8_t *idx, float *gy, int64_t B, int H, int W,
                         int C, int threads) {
     if (B <= 0) return;
-    if (threads < 1) threads = 1;
-    if (threads > B) threads = (int)B;
-    if (threads > 64) threads = 64;
+    threads = job_count(threads, B, 64);
     unpool_job_t jobs[64];
     for (int t = 0; t < threads; t++)
         jobs[t] = (unpool_job_t){g, idx, gy, B * t / threads, B * (t + 1) / threads, H, W, C};

@@ -103,13 +103,12 @@ def test_the_native_stage_keeps_no_full_resolution_activation(monkeypatch):
 
 
 def test_the_native_stage_is_the_default_on_avx2_and_avx512_for_large_batches_only(monkeypatch):
-    monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", None)
-    avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")  # the module's skip
+    monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", None)  # AVX2 or AVX-512: the module's skip
     conv = torch.nn.Conv2d(3, 4, 3, padding=1)
     large = torch.randn(4, 3, 128, 128).contiguous(memory_format=torch.channels_last)
     small = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     native_node = "_NativeFirstStageBackward"
-    assert (type(encoder.first_stage(conv, large).grad_fn).__name__ == native_node) == avx2
+    assert type(encoder.first_stage(conv, large).grad_fn).__name__ == native_node
     assert type(encoder.first_stage(conv, small).grad_fn).__name__ != native_node
     status = encoder.native_first_stage_status()
     assert status == "on"
