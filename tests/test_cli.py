@@ -82,6 +82,11 @@ def test_missing_config_and_bad_flags_exit_2(tmp_path, capsys):
         main(["models", "--frobnicate"])
     assert info.value.code == 2
     assert main(["models", "nothing-matches-*"]) == 2
+    capsys.readouterr()
+    assert main(["datasets", "shapez"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: no dataset matches 'shapez'; `latentseg datasets` lists them all"
+    ]
 
 
 @pytest.mark.parametrize("command", [[], *([name] for name in COMMANDS)])

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from latentseg.cli import flags
-from latentseg.errors import ConfigError
+from latentseg.errors import ConfigError, LatentSegError
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -68,6 +68,10 @@ def run_list(args: argparse.Namespace, pattern: str) -> int:
     with warnings.catch_warnings(record=True) as caught:  # broken plugins: shown below the table
         warnings.simplefilter("always")
         names = list_datasets(pattern)
+    if not names:  # a name typed wrong (or a broken plugin's, warned about): say so
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
+        raise LatentSegError(f"no dataset matches {pattern!r}; `latentseg datasets` lists them all")
     rows = [dataset_row(name) for name in names]
     if args.json:
         print(json.dumps(rows, indent=2))
