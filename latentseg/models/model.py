@@ -205,12 +205,26 @@ def kv_costs(model: LatentSegModel, image_size: tuple[int, int] = (128, 128)) ->
     return {"kv_params": params, "kv_activations": activations}
 
 
+# Forward FLOPs per image already counted in this process, by model config (as JSON) and
+# image size: counting builds the model and runs it under the counter, which is most of what a
+# short trial costs beyond its training, and a study's seeds and trials share their configs.
+_FLOPS: dict[tuple[str, tuple[int, int]], int] = {}
+
+
 def count_flops(config: ModelConfig, image_size: tuple[int, int] = (128, 128)) -> int:
     """Forward FLOPs per image (a multiply-add counts 2), with ``torch.utils.flop_counter``.
 
     Counted on the reference implementation: the CPU SDPA kernel is invisible to the counter,
-    and both implementations do the same arithmetic.
+    and both implementations do the same arithmetic. Counted once per config and size in a
+    process (the count depends on nothing else).
     """
+    key = (config.model_dump_json(), (int(image_size[0]), int(image_size[1])))
+    if key not in _FLOPS:
+        _FLOPS[key] = _count_flops(config, key[1])
+    return _FLOPS[key]
+
+
+def _count_flops(config: ModelConfig, image_size: tuple[int, int]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     model = LatentSegModel(config.model_copy(update={"attention_impl": "reference"})).eval()
