@@ -379,8 +379,12 @@ def test_a_run_whose_process_was_killed_is_resumed_in_place(tiny_yaml, tracking_
     from latentseg.cli import main
 
     config = tiny_yaml(
-        {"data": {"train_size": 64}, "train": {"epochs": 6}, "tracking": {"attention_plots": False}}
-    )
+        {
+            "data": {"train_size": 64},
+            "train": {"epochs": 12},
+            "tracking": {"attention_plots": False},
+        }
+    )  # epochs enough left after the second that the kill lands mid-run
     process = subprocess.Popen(
         train_command(config, "--no-progress", "--tracking-uri", tracking_uri),
         cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -410,7 +414,7 @@ def test_a_run_whose_process_was_killed_is_resumed_in_place(tiny_yaml, tracking_
     assert after.info.status == "FINISHED"
     assert f"process {process.pid} on " in after.data.tags["latentseg.taken_over"]
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")]
-    assert sorted(steps) == sorted(set(steps)) and len(steps) == 6  # each epoch once
+    assert sorted(steps) == sorted(set(steps)) and len(steps) == 12  # each epoch once
     assert len(client.search_runs([run.info.experiment_id])) == 1  # in place, no second run
     assert not (tmp_path / "store" / "checkpoints" / run.info.run_id).exists()  # all uploaded
 

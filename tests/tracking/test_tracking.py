@@ -118,7 +118,7 @@ def test_sigterm_kills_the_run_after_a_checkpoint_and_resume_matches_an_uninterr
 ):
     updates = {
         "data": {"train_size": 256},
-        "train": {"epochs": 3},
+        "train": {"epochs": 6},  # epochs enough left after the first that SIGTERM lands mid-run
         "tracking": {"attention_plots": False},
     }
     path = tiny_yaml(updates)
@@ -149,8 +149,11 @@ def test_sigterm_kills_the_run_after_a_checkpoint_and_resume_matches_an_uninterr
             runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
         except Exception:
             continue
-        if runs and "val_miou" in runs[0].data.metrics:
+        if runs and "val_miou" in runs[0].data.metrics and runs[0].info.status == "RUNNING":
             break
+    else:
+        process.kill()
+        pytest.fail(f"no epoch logged within 120 s:\n{process.communicate()[0]}")
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 130, output
@@ -172,7 +175,7 @@ def test_sigterm_kills_the_run_after_a_checkpoint_and_resume_matches_an_uninterr
     run = client.get_run(run.info.run_id)
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")]
-    assert sorted(steps) == [1, 2, 3]  # every epoch once, none lost, none twice
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # every epoch once, none lost, none twice
 
     again = subprocess.run(
         [*command, "--resume", run.info.run_id],
@@ -182,7 +185,7 @@ def test_sigterm_kills_the_run_after_a_checkpoint_and_resume_matches_an_uninterr
         text=True,
         timeout=300,
     )
-    assert again.returncode == 2 and "already FINISHED its 3 epochs" in again.stderr
+    assert again.returncode == 2 and "already FINISHED its 6 epochs" in again.stderr
 
     reference = run_experiment(tiny(updates), tracking_uri=tracking_uri, progress=False)
     expected = client.get_run(reference.run_id).data.metrics
