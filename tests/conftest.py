@@ -133,6 +133,43 @@ def launch_study(path, storage: str, tracking_uri: str, cwd):
     )  # fmt: skip
 
 
+def owner_of_a_trial_in_its_first_seed(client, name: str, storage: str, pick=lambda owner: True):
+    """The Optuna owner record of a RUNNING trial of the study ``name`` (one whose owner
+    ``pick`` accepts) whose first seed run has logged an epoch, or None. A kill or stop of
+    its worker then lands after the trial's MLflow runs exist, and mid-trial when the rest of
+    that seed run (and any later seeds) outlasts the signal: any RUNNING trial could be one
+    its worker had just taken, with no MLflow run yet, or one about to finish (both were
+    seen to fail tests)."""
+    import collections
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from latentseg.study.storage import OWNER_ATTR
+    from latentseg.tracking.store import TRIAL_TAG
+
+    experiment = client.get_experiment_by_name(name)
+    seeds = experiment and client.search_runs(
+        [experiment.experiment_id], "tags.`latentseg.run_type` = 'seed'"
+    )
+    if not seeds:
+        return None
+    runs_of = collections.Counter(r.data.tags[TRIAL_TAG] for r in seeds)
+    first_seed_training = {
+        int(r.data.tags[TRIAL_TAG])
+        for r in seeds
+        if r.info.status == "RUNNING"
+        and "val_miou" in r.data.metrics
+        and runs_of[r.data.tags[TRIAL_TAG]] == 1
+    }
+    for trial in optuna.load_study(study_name=name, storage=storage).trials:
+        owner = trial.system_attrs.get(OWNER_ATTR)
+        running = trial.state == TrialState.RUNNING and trial.number in first_seed_training
+        if running and owner and pick(owner):
+            return owner
+    return None
+
+
 @pytest.fixture
 def study_spec(tmp_path, tiny_yaml):
     """``study_spec(spec_updates, base_updates)`` -> path of a study YAML over a tiny experiment."""

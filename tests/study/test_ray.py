@@ -22,8 +22,7 @@ from optuna.trial import TrialState
 
 from latentseg.errors import ConfigError
 from latentseg.study.ray_workers import INSTALL_HINT, check_fits, check_reachable
-from latentseg.study.storage import OWNER_ATTR
-from tests.conftest import subprocess_env
+from tests.conftest import owner_of_a_trial_in_its_first_seed, subprocess_env
 
 RAY = Path(sys.executable).with_name("ray")
 GRID = {"model.num_latents": [2, 4], "model.expert_attention": [True, False]}
@@ -348,8 +347,7 @@ def assert_killed_attempt_failed(trials, tracking: str) -> None:
 def wait_for_running_trial(
     study: subprocess.Popen, name: str, storage: str, tracking: str, pick=lambda owner: True
 ):
-    """A RUNNING trial (one whose owner ``pick`` accepts) once a seed run has logged an
-    epoch: its Optuna owner record."""
+    """:func:`owner_of_a_trial_in_its_first_seed`, polled until the study has one."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking)
@@ -358,16 +356,9 @@ def wait_for_running_trial(
         time.sleep(0.3)
         if study.poll() is not None:
             raise AssertionError(f"the study ended early:\n{study.communicate()[0]}")
-        experiment = client.get_experiment_by_name(name)
-        running = experiment and client.search_runs(
-            [experiment.experiment_id],
-            "attributes.status = 'RUNNING' and tags.`latentseg.run_type` = 'seed'",
-        )
-        if running and any("val_miou" in r.data.metrics for r in running):
-            for trial in optuna.load_study(study_name=name, storage=storage).trials:
-                owner = trial.system_attrs.get(OWNER_ATTR)
-                if trial.state == TrialState.RUNNING and owner and pick(owner):
-                    return owner
+        owner = owner_of_a_trial_in_its_first_seed(client, name, storage, pick)
+        if owner:
+            return owner
     study.kill()
     raise AssertionError(f"no worker reached a trial:\n{study.communicate()[0]}")
 
@@ -400,7 +391,7 @@ def test_a_grid_on_two_ray_nodes_runs_each_point_once_survives_a_killed_worker_a
 
     # one worker process killed mid-trial: Ray restarts it, its trial runs again
     storage = make_postgres_db()
-    path = grid_spec(study_spec, "raykill", epochs=3)
+    path = grid_spec(study_spec, "raykill", epochs=6)
     study = launch(path, port, storage, tracking_server, tmp_path)
     owner = wait_for_running_trial(study, "raykill", storage, tracking_server)
     os.kill(int(owner["pid"]), signal.SIGKILL)
@@ -443,7 +434,7 @@ def test_a_grid_on_ray_survives_its_second_node_stopping_mid_trial(
 ):
     port, _, second = ray_cluster
     storage = make_postgres_db()
-    path = grid_spec(study_spec, "raynode", epochs=3)
+    path = grid_spec(study_spec, "raynode", epochs=6)
     study = launch(path, port, storage, tracking_server, tmp_path)
     # wait until the second node runs a trial, then stop that node
     wait_for_running_trial(

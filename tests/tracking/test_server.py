@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from latentseg.cli import build_parser, main, server_command
-from tests.conftest import subprocess_env
+from tests.conftest import owner_of_a_trial_in_its_first_seed, subprocess_env
 from tests.test_cli import _free_port
 
 
@@ -192,8 +192,6 @@ def test_three_workers_on_postgresql_and_a_server_with_one_killed_finish_the_gri
     import optuna
     from optuna.trial import TrialState
 
-    from latentseg.study.storage import OWNER_ATTR
-
     # MLflow and Optuna each keep an alembic_version table: one database each
     mlflow_db, postgres_db = make_postgres_db(), make_postgres_db()
     port = _free_port()
@@ -210,7 +208,7 @@ def test_three_workers_on_postgresql_and_a_server_with_one_killed_finish_the_gri
             },
             base={
                 "data": {"train_size": 256},
-                "train": {"epochs": 3},
+                "train": {"epochs": 6},  # epochs left after the first: the kill lands mid-trial
                 "tracking": {"attention_plots": True},
             },
         )
@@ -229,19 +227,9 @@ def test_three_workers_on_postgresql_and_a_server_with_one_killed_finish_the_gri
             time.sleep(0.3)
             if study.poll() is not None:
                 raise AssertionError(f"the study ended early:\n{study.communicate()[0]}")
-            experiment = client.get_experiment_by_name("team")
-            running = experiment and client.search_runs(
-                [experiment.experiment_id],
-                "attributes.status = 'RUNNING' and tags.`latentseg.run_type` = 'seed'",
-            )
-            if running and any("val_miou" in r.data.metrics for r in running):
-                # the worker that owns a running trial (recorded on the Optuna trial)
-                owners = [
-                    t.system_attrs.get(OWNER_ATTR, {}).get("pid")
-                    for t in optuna.load_study(study_name="team", storage=postgres_db).trials
-                    if t.state == TrialState.RUNNING
-                ]
-                victim = next((pid for pid in owners if pid), None)
+            # the worker that owns a running trial (recorded on the Optuna trial)
+            owner = owner_of_a_trial_in_its_first_seed(client, "team", postgres_db)
+            victim = owner and owner["pid"]
         if victim is None:
             study.kill()
             raise AssertionError(f"no worker reached a trial:\n{study.communicate()[0]}")
