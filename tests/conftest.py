@@ -133,6 +133,29 @@ def launch_study(path, storage: str, tracking_uri: str, cwd):
     )  # fmt: skip
 
 
+def wait_for_a_trial_in_its_first_seed(
+    study, name: str, storage: str, tracking: str, pick=lambda owner: True
+) -> dict:
+    """:func:`owner_of_a_trial_in_its_first_seed` of the launch ``study`` (a Popen whose
+    output is piped), polled for up to 240 s; the test fails if the launch ends first or no
+    such trial appears (the launch is killed then)."""
+    import time
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        if study.poll() is not None:
+            raise AssertionError(f"the study ended early:\n{study.communicate()[0]}")
+        owner = owner_of_a_trial_in_its_first_seed(client, name, storage, pick)
+        if owner:
+            return owner
+    study.kill()
+    raise AssertionError(f"no worker reached a trial:\n{study.communicate()[0]}")
+
+
 def owner_of_a_trial_in_its_first_seed(client, name: str, storage: str, pick=lambda owner: True):
     """The Optuna owner record of a RUNNING trial of the study ``name`` (one whose owner
     ``pick`` accepts) whose first seed run has logged an epoch, or None. A kill or stop of

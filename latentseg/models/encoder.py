@@ -48,8 +48,8 @@ class SimpleEncoder(nn.Module):
 # (:func:`first_stage`; the second stage pools with it, training and inference, at every
 # batch size unless this is False: :func:`pool_relu`): None decides by the size of the batch
 # (at least GEMM_MIN_POSITIONS input pixels), always on a CPU of NATIVE_ISAS and only where
-# the kernel could be built (latentseg.models.native.status()). Measured side by side on an AVX2 and an AVX-512 AMD
-# EPYC (docs/performance.md): faster than PyTorch's ops on both.
+# the kernel could be built (latentseg.models.native.status()). Measured side by side on an
+# AVX2 and an AVX-512 AMD EPYC (docs/performance.md): faster than PyTorch's ops on both.
 NATIVE_FIRST_STAGE: bool | None = None
 NATIVE_ISAS = ("AVX2", "AVX512")  # torch's CPU capabilities the kernel (AVX2 code) runs on
 

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from latentseg.errors import ConfigError
 from latentseg.study.ray_workers import INSTALL_HINT, check_fits, check_reachable
-from tests.conftest import owner_of_a_trial_in_its_first_seed, subprocess_env
+from tests.conftest import subprocess_env, wait_for_a_trial_in_its_first_seed
 
 RAY = Path(sys.executable).with_name("ray")
 GRID = {"model.num_latents": [2, 4], "model.expert_attention": [True, False]}
@@ -344,25 +344,6 @@ def assert_killed_attempt_failed(trials, tracking: str) -> None:
     assert run.info.status == "FAILED"
 
 
-def wait_for_running_trial(
-    study: subprocess.Popen, name: str, storage: str, tracking: str, pick=lambda owner: True
-):
-    """:func:`owner_of_a_trial_in_its_first_seed`, polled until the study has one."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        time.sleep(0.3)
-        if study.poll() is not None:
-            raise AssertionError(f"the study ended early:\n{study.communicate()[0]}")
-        owner = owner_of_a_trial_in_its_first_seed(client, name, storage, pick)
-        if owner:
-            return owner
-    study.kill()
-    raise AssertionError(f"no worker reached a trial:\n{study.communicate()[0]}")
-
-
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")  # one cluster at a time on this machine
 def test_a_grid_on_two_ray_nodes_runs_each_point_once_survives_a_killed_worker_and_stops(
@@ -393,7 +374,7 @@ def test_a_grid_on_two_ray_nodes_runs_each_point_once_survives_a_killed_worker_a
     storage = make_postgres_db()
     path = grid_spec(study_spec, "raykill", epochs=6)
     study = launch(path, port, storage, tracking_server, tmp_path)
-    owner = wait_for_running_trial(study, "raykill", storage, tracking_server)
+    owner = wait_for_a_trial_in_its_first_seed(study, "raykill", storage, tracking_server)
     os.kill(int(owner["pid"]), signal.SIGKILL)
     output = study.communicate(timeout=300)[0]
     assert study.returncode == 0, output
@@ -407,7 +388,7 @@ def test_a_grid_on_two_ray_nodes_runs_each_point_once_survives_a_killed_worker_a
     storage = make_postgres_db()
     path = grid_spec(study_spec, "raystop", epochs=1000)
     study = launch(path, port, storage, tracking_server, tmp_path)
-    wait_for_running_trial(study, "raystop", storage, tracking_server)
+    wait_for_a_trial_in_its_first_seed(study, "raystop", storage, tracking_server)
     study.send_signal(signal.SIGINT)
     output = study.communicate(timeout=120)[0]
     assert study.returncode == 130, output
@@ -437,7 +418,7 @@ def test_a_grid_on_ray_survives_its_second_node_stopping_mid_trial(
     path = grid_spec(study_spec, "raynode", epochs=6)
     study = launch(path, port, storage, tracking_server, tmp_path)
     # wait until the second node runs a trial, then stop that node
-    wait_for_running_trial(
+    wait_for_a_trial_in_its_first_seed(
         study, "raynode", storage, tracking_server, lambda owner: owner["pid"] in second.pids()
     )
     second.stop()

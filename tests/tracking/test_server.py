@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from latentseg.cli import build_parser, main, server_command
-from tests.conftest import owner_of_a_trial_in_its_first_seed, subprocess_env
+from tests.conftest import subprocess_env, wait_for_a_trial_in_its_first_seed
 from tests.test_cli import _free_port
 
 
@@ -221,19 +221,9 @@ def test_three_workers_on_postgresql_and_a_server_with_one_killed_finish_the_gri
             stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         client = MlflowClient(url)
-        deadline = time.monotonic() + 240
-        victim = None
-        while time.monotonic() < deadline and victim is None:
-            time.sleep(0.3)
-            if study.poll() is not None:
-                raise AssertionError(f"the study ended early:\n{study.communicate()[0]}")
-            # the worker that owns a running trial (recorded on the Optuna trial)
-            owner = owner_of_a_trial_in_its_first_seed(client, "team", postgres_db)
-            victim = owner and owner["pid"]
-        if victim is None:
-            study.kill()
-            raise AssertionError(f"no worker reached a trial:\n{study.communicate()[0]}")
-        os.kill(victim, signal.SIGKILL)
+        # the worker that owns a running trial (recorded on the Optuna trial)
+        owner = wait_for_a_trial_in_its_first_seed(study, "team", postgres_db, url)
+        os.kill(owner["pid"], signal.SIGKILL)
         output = study.communicate(timeout=400)[0]
         assert study.returncode == 0, output
 
