@@ -1,9 +1,10 @@
+import collections
 import math
 
 import pytest
 import torch
 
-from latentseg.models import list_models
+from latentseg.models import encoder, list_models, native
 from latentseg.train import NonFiniteLossError, TrainCallback, TrainingInterrupted, fit, prepare
 from latentseg.train.checkpoint import load_model_file, load_training_state, read_weights
 
@@ -58,6 +59,45 @@ def test_interrupt_then_resume_ends_with_the_metrics_of_an_uninterrupted_run(
     resumed = fit(prepare(config), tmp_path / "cut", resume_from=info.value.checkpoint)
     assert resumed == uninterrupted
     assert _history(tmp_path / "cut") == _history(tmp_path / "full")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    encoder.native_first_stage_status() != "on",
+    reason=f"native kernel: {encoder.native_first_stage_status()}",
+)
+def test_training_at_the_native_kernels_size_runs_it_with_pytorchs_metrics(
+    tiny, tmp_path, monkeypatch
+):
+    # 16 images of 64x64: encoder.GEMM_MIN_POSITIONS pixels a batch, from which the first
+    # stage trains and infers on the native kernel (the other training tests stay below it)
+    batch, size = 16, 64
+    pixels = batch * size * size
+    assert pixels >= encoder.GEMM_MIN_POSITIONS
+    config = tiny(
+        {"data": {"params": {"image_size": size}, "batch_size": batch, "eval_batch_size": batch}}
+    )
+    calls = collections.Counter()
+    library = native.kernel()
+    for name in ("first_stage_forward", "first_stage_weight_grad"):
+        function = getattr(library, name)
+
+        def counted(*args, name=name, function=function):
+            calls[name] += 1
+            return function(*args)
+
+        monkeypatch.setattr(library, name, counted)
+    first = fit(prepare(config), tmp_path / "a")
+    # 2 epochs of 4 steps; validation and test, one batch each, without gradients
+    assert calls == {"first_stage_forward": 8 + 2 + 1, "first_stage_weight_grad": 8}
+    assert fit(prepare(config), tmp_path / "b") == first  # the kernel is deterministic
+    monkeypatch.setattr(encoder, "NATIVE_FIRST_STAGE", False)
+    pytorchs = fit(prepare(config), tmp_path / "c")
+    assert calls["first_stage_weight_grad"] == 16
+    # the same training to float32 rounding (the kernel sums in another order): the losses
+    # after 8 steps agree as far as the gradients that led there did
+    for key in ("best_val_loss", "test_loss", "best_val_pixel_accuracy", "test_pixel_accuracy"):
+        assert first[key] == pytest.approx(pytorchs[key], rel=1e-5), key
 
 
 @pytest.mark.slow
