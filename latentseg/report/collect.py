@@ -6,7 +6,7 @@ in one frame (as ``mlflow.search_runs`` would), so the summary needs no request 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -19,6 +19,8 @@ class Collected:
     runs: pd.DataFrame  # finished training runs: params.*, metrics.*, tags.*, wall_time_s
     left_out: dict[str, int]  # FAILED / KILLED / RUNNING training runs not in ``runs``
     experiment_ids: list[str]
+    # the FAILED and KILLED training runs (params and tags): failures counted per variant
+    unfinished: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def left_out_line(self) -> str:
         parts = [f"{n} {status}" for status, n in sorted(self.left_out.items()) if n]
@@ -61,4 +63,5 @@ def collect(store, experiment: str | None = None, study: str | None = None) -> C
     }
     finished = frame[frame["status"] == "FINISHED"].copy()
     finished["wall_time_s"] = (finished["end_time"] - finished["start_time"]).dt.total_seconds()
-    return Collected(finished.reset_index(drop=True), left_out, ids)
+    unfinished = frame[frame["status"].isin(["FAILED", "KILLED"])].reset_index(drop=True)
+    return Collected(finished.reset_index(drop=True), left_out, ids, unfinished)

@@ -15,9 +15,10 @@ from latentseg.config import ModelConfig
 from latentseg.errors import ConfigError
 from latentseg.io import atomic_write_bytes
 from latentseg.report.collect import Collected
-from latentseg.report.rounds import complete_blocks, sequential
+from latentseg.report.rounds import complete_blocks, effect_runs, run_rounds, sequential
 from latentseg.report.stats import (
     NOT_APPLICABLE,
+    TEST_KEY,
     Family,
     ablation_axes,
     apply_verdicts,
@@ -56,6 +57,9 @@ class Report:
     paths: list[Path] = field(default_factory=list)  # the documents, once written
     # adaptive seeds: per look, {round, seeds, alpha, open, decided}
     rounds: list[dict] = field(default_factory=list)
+    # what a reader must not miss (also in the terminal): a rule that differs from the
+    # study's, a secondary metric, runs computed differently, failures that may be the effect
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,10 @@ class Decision:
     # Adaptive seeds: seeds per point at each planned look (a study's ``study.seeds.looks``);
     # empty for a fixed design, decided once at ``alpha``.
     looks: tuple[int, ...] = ()
+    until: str = "variants"  # adaptive seeds: what later rounds seed (``study.seeds.until``)
+    primary: str = "miou"  # the study's primary metric (``report: {metric: ...}``)
+    # the options given that differ from the rule the study logged: "--sesoi 0.02 (the study: 0.01)"
+    differs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.correction not in METHODS:
@@ -79,6 +87,12 @@ class Decision:
             raise ConfigError(f"--alpha {self.alpha}: must be between 0 and 1")
         if self.sesoi is not None and not self.sesoi > 0:
             raise ConfigError(f"--sesoi {self.sesoi}: must be > 0")
+        if self.correction == "bh" and len(self.looks) > 1:
+            raise ConfigError(
+                "--correction bh: this study decides after each round of seeds, which needs "
+                "family-wise control (holm or bonferroni): bh's intervals are not repeated "
+                "confidence intervals"
+            )
 
     def resolved_sesoi(self, metric: str) -> float:
         if self.sesoi is not None:
@@ -88,14 +102,32 @@ class Decision:
 
 def decision_for(given: dict[str, Any], spec_params: dict[str, str]) -> Decision:
     """The decision rule: values ``given`` (None: not given) first, then a study spec's
-    ``report:`` section (logged on its parent run as ``study.report.*``), then the defaults."""
+    ``report:`` section (logged on its parent run as ``study.report.*``), then the defaults.
+    A value given that differs from the study's is recorded (``differs``): the report names
+    it."""
 
-    def pick(key: str):
-        if given.get(key) is not None:
-            return given[key]
+    def logged(key: str):
         value = spec_params.get(f"study.report.{key}")
         return None if value in (None, "None") else value
 
+    def pick(key: str):
+        return given[key] if given.get(key) is not None else logged(key)
+
+    differs = []
+    defaults = {"sesoi": None, "alpha": ALPHA, "correction": "holm"}
+    for key in ("sesoi", "alpha", "correction"):
+        if given.get(key) is None or not spec_params:
+            continue
+        study = logged(key)
+        study_value = study if study is not None else defaults[key]
+        same = (
+            str(given[key]) == str(study_value)
+            if key == "correction" or study_value is None
+            else math.isclose(float(given[key]), float(study_value))
+        )
+        if not same:
+            shown = "the default" if study_value is None else study_value
+            differs.append(f"--{key} {given[key]} (the study's rule: {shown})")
     sesoi, alpha = pick("sesoi"), pick("alpha")
     looks = spec_params.get("study.seeds.looks")
     return Decision(
@@ -103,6 +135,9 @@ def decision_for(given: dict[str, Any], spec_params: dict[str, str]) -> Decision
         alpha=ALPHA if alpha is None else float(alpha),
         correction=pick("correction") or "holm",
         looks=tuple(int(n) for n in looks.split(",")) if looks else (),
+        until=spec_params.get("study.seeds.until") or "variants",
+        primary=logged("metric") or "miou",
+        differs=tuple(differs),
     )
 
 
@@ -224,11 +259,14 @@ def build(
     chosen, reason = choose_baseline(table, axes, baseline)
     keys = [a.removeprefix("params.") for a in axes]
     report = Report(name, column, keys, chosen, reason, table, "", {}, [])
+    decision = decision or Decision()
     if axes:
-        _decide(report, runs, axes, decision or Decision())
+        _decide(report, runs, axes, decision)
+        _count_failures(report, runs, axes, collected.unfinished)
     else:
         table["verdict"] = "baseline"
-    report.notes = _notes(collected, scored)
+    report.warnings = _warnings(report, runs, axes, decision, metric)
+    report.notes = _notes(collected, scored) + _effect_notes(report, decision)
     if figures:
         report.figures, report.images = _drawings(report, runs, axes, store or client, collected)
     report.findings = _findings(axes, keys, column, report.summary, report.effects)
@@ -284,31 +322,260 @@ def _decide(report: Report, runs: pd.DataFrame, axes: list[str], decision: Decis
     keys, column, chosen = report.axes, report.metric, report.baseline
     bounds = metric_bounds(column)
 
-    def decide_look(subset, complete, alpha):
+    def tables_at(subset, effect_runs):
+        comparisons = compare(subset, axes, column, chosen, bounds)
+        effects = _effects(effect_runs, axes, column, chosen, bounds)
+        return [comparisons, _mirror_comparisons(effects, comparisons, keys)]
+
+    def decide(tables, alpha, planning_alpha):
         return apply_verdicts(
-            [
-                compare(subset, axes, column, chosen, bounds),
-                _effects(complete, axes, column, chosen, bounds),
-            ],
+            tables,
             sesoi=decision.resolved_sesoi(column),
             alpha=alpha,
             method=decision.correction,
             bounds=bounds,
+            planning_alpha=planning_alpha,
         )
 
     if decision.looks:  # adaptive seeds: a look per round, alpha spent over the looks
         (comparisons, effects), family, rounds = sequential(
-            runs, axes, decision.looks, decision.alpha, decide_look,
-            (keys, ["axis", "value", "scope"]),
+            runs, axes, decision.looks, decision.alpha, tables_at, decide,
+            (keys, ["axis", "value", "scope"]), decision.until,
         )  # fmt: skip
-        report.interactions = interactions(complete_blocks(runs, axes), axes, column)
+        report.interactions = interactions(
+            complete_blocks(effect_runs(runs, run_rounds(runs), decision.until), axes),
+            axes,
+            column,
+        )
     else:
-        (comparisons, effects), family = decide_look(runs, runs, decision.alpha)
+        (comparisons, effects), family = decide(tables_at(runs, runs), decision.alpha, None)
         rounds = []
         report.interactions = interactions(runs, axes, column)
     table = report.summary.merge(comparisons, on=keys, how="left")
-    report.summary = _cost_ratios(table, axes, keys)
+    report.summary = _paired_means(
+        _cost_ratios(table, axes, keys), runs, axes, keys, chosen, column
+    )
     report.effects, report.family, report.rounds = effects, family, rounds
+
+
+PAIRED_COLUMNS = [
+    "n_pairs", "diff", "se", "df", "sd_diff", "diff_ci95_low", "diff_ci95_high", "p",
+    "hedges_g", "wilcoxon_p", TEST_KEY,
+]  # fmt: skip
+
+
+def _mirror_comparisons(effects: pd.DataFrame, comparisons: pd.DataFrame, keys: list[str]):
+    """With one variant axis, a main effect on one dataset (or with no dataset axis) is by
+    definition the comparison of that value with the baseline there: it takes that
+    comparison's numbers and test, so the family holds the test once (also when an adaptive
+    study's main effects keep the first round's seeds while the comparison grows)."""
+    variant_keys = [k for k in keys if not is_stratum(k)]
+    tasks = [k for k in keys if is_stratum(k)]
+    if effects.empty or len(variant_keys) != 1 or "diff" not in comparisons:
+        return effects
+    (axis,) = variant_keys
+    effects = effects.copy()
+    for i, row in effects.iterrows():
+        if row["axis"] != axis or (tasks and row["scope"] == "all"):
+            continue
+        match = comparisons[comparisons[axis].map(str) == str(row["value"])]
+        if tasks:
+            match = match[match[tasks[0]].map(str) == str(row["scope"])]
+        if len(match) == 1:
+            for name in PAIRED_COLUMNS:
+                if name in match:
+                    effects.loc[i, name] = match.iloc[0][name]
+    return effects
+
+
+def _paired_means(
+    table: pd.DataFrame, runs: pd.DataFrame, axes: list[str], keys: list[str], baseline, metric
+) -> pd.DataFrame:
+    """Each variant's mean and the baseline's over the same seed pairs (``mean_paired``,
+    ``baseline_mean_paired``): with adaptive seeds the baseline runs more seeds than most
+    variants, and means over different seeds can order variants against their verdicts."""
+    from latentseg.report.stats import baseline_mask, pairing
+
+    column = f"metrics.{metric}"
+    runs = runs.assign(
+        _pair=pairing(runs, axes), _variant=runs[axes].map(str).agg("|".join, axis=1)
+    )
+    base = runs[baseline_mask(runs, axes, baseline)].groupby("_pair")[column].mean()
+    mine, theirs = [], []
+    for _, row in table.iterrows():
+        name = "|".join(str(row[k]) for k in keys)
+        values = runs[runs["_variant"] == name].groupby("_pair")[column].mean()
+        shared = values.index.intersection(base.index)
+        mine.append(float(values[shared].mean()) if len(shared) else math.nan)
+        theirs.append(float(base[shared].mean()) if len(shared) else math.nan)
+    return table.assign(mean_paired=mine, baseline_mean_paired=theirs)
+
+
+NUMERICS = {
+    "tags.latentseg.git_commit": "code (git commit)",
+    "tags.latentseg.cpu_capability": "CPU capability",
+    "tags.latentseg.native_kernel": "native kernel",
+    "tags.latentseg.weight_gradient": "weight-gradient path",
+}
+
+
+def _warnings(
+    report: Report, runs: pd.DataFrame, axes: list[str], decision: Decision, metric: str
+) -> list[str]:
+    """What a reader must not miss: a rule that differs from the study's, a secondary
+    metric, comparisons that pair runs computed differently, failures that may be the
+    effect."""
+    out = []
+    if decision.differs:
+        out.append(
+            "The decision rule differs from the one the study logged: "
+            + "; ".join(decision.differs)
+            + "."
+        )
+    primary = run_metric(decision.primary)
+    if run_metric(metric) != primary:
+        out.append(
+            f"Secondary metric: {report.metric}. The study's primary metric is {primary} "
+            "(report: {metric: ...} in its spec); these verdicts control errors within this "
+            "report only, not together with the primary's: read them as supporting evidence."
+        )
+    out += _numerics_warnings(report, runs, axes)
+    summary = report.summary
+    failing = (
+        summary[summary["failures_matter"].astype(bool)]
+        if "failures_matter" in summary
+        else summary.iloc[:0]
+    )
+    for _, row in failing.iterrows():
+        out.append(
+            f"* {change(row, report.axes, report.baseline)}{_on(row, report.axes)}: "
+            f"{_failure_words(row)} on seeds the baseline finished; those seeds are missing "
+            "from its comparison, and failures can be the effect (its verdict is over the "
+            "seeds that finished)."
+        )
+    return out
+
+
+def _numerics_warnings(report: Report, runs: pd.DataFrame, axes: list[str]) -> list[str]:
+    """One warning per kind of numerics (code, CPU capability, kernel, gradient path) that
+    differs between runs that a comparison pairs."""
+    from latentseg.report.stats import baseline_mask, pairing
+
+    if not axes:
+        return []
+    pairs = pairing(runs, axes)
+    variant = runs[axes].map(str).agg("|".join, axis=1)
+    is_base = np.asarray(baseline_mask(runs, axes, report.baseline), bool)
+    out = []
+    for column, what in NUMERICS.items():
+        if column not in runs or runs[column].dropna().nunique() < 2:
+            continue
+        values = runs[column].fillna("(untagged)").astype(str)
+        base_value = dict(zip(pairs[is_base], values[is_base], strict=True))
+        mixed = set()
+        for i in np.flatnonzero(~is_base):
+            other = base_value.get(pairs.iloc[i])
+            if other is not None and other != values.iloc[i]:
+                mixed.add(variant.iloc[i])
+        if not mixed:
+            continue
+        counts = ", ".join(f"{v[:12]} on {n} runs" for v, n in values.value_counts().items())
+        out.append(
+            f"Runs were computed with different {what} ({counts}): {len(mixed)} of "
+            f"{int((~report.summary['is_baseline'].astype(bool)).sum())} comparisons pair runs "
+            "computed differently, so their differences include that change. Run the study "
+            "on one kind of machine and code, or compare within one."
+        )
+    return out
+
+
+def _count_failures(
+    report: Report, runs: pd.DataFrame, axes: list[str], unfinished: pd.DataFrame
+) -> None:
+    """Per variant: ``failed``, ``killed`` and ``diverged`` (a non-finite loss) runs, and
+    ``failures_matter`` where runs failed on seeds that the baseline finished and the
+    variant did not."""
+    from latentseg.report.stats import baseline_mask, pairing
+
+    table = report.summary
+    for name in ("failed", "killed", "diverged"):
+        table[name] = 0
+    table["failures_matter"] = False
+    if unfinished.empty or not set(axes) <= set(unfinished.columns):
+        return
+    gone, _ = mark_inert(unfinished)
+    error = gone.get("tags.latentseg.error", pd.Series("", index=gone.index)).fillna("")
+    gone = gone.assign(
+        _variant=gone[axes].map(str).agg("|".join, axis=1),
+        _pair=pairing(gone, axes),
+        _diverged=error.astype(str).str.startswith("NonFiniteLossError"),
+    )
+    done = runs.assign(
+        _variant=runs[axes].map(str).agg("|".join, axis=1), _pair=pairing(runs, axes)
+    )
+    base_pairs = set(done.loc[baseline_mask(runs, axes, report.baseline), "_pair"])
+    for i, row in table.iterrows():
+        name = "|".join(str(row[k]) for k in report.axes)
+        mine = gone[gone["_variant"] == name]
+        if mine.empty:
+            continue
+        table.loc[i, "failed"] = int((mine["status"] == "FAILED").sum())
+        table.loc[i, "killed"] = int((mine["status"] == "KILLED").sum())
+        table.loc[i, "diverged"] = int(mine["_diverged"].sum())
+        finished = set(done.loc[done["_variant"] == name, "_pair"])
+        lost = set(mine["_pair"]) & base_pairs - finished
+        table.loc[i, "failures_matter"] = bool(lost) and row["verdict"] != "baseline"
+
+
+def _failure_words(row) -> str:
+    parts = [f"{int(row[k])} {k}" for k in ("failed", "killed") if int(row.get(k, 0) or 0)]
+    diverged = int(row.get("diverged", 0) or 0)
+    return " and ".join(parts) + (f" ({diverged} diverged)" if diverged else "") + " run(s)"
+
+
+def _effect_notes(report: Report, decision: Decision) -> list[str]:
+    """How the main effects and the adaptive looks were taken, where it matters."""
+    notes = []
+    effects = report.effects
+    if not effects.empty and "balanced" in effects:
+        partial = effects[~effects["balanced"].astype(bool)]
+        for _, row in partial.iterrows():
+            notes.append(
+                f"Main effect {row['axis']} {row['value']} vs {row['baseline_value']}"
+                f"{'' if row['scope'] == 'all' else ' on ' + str(row['scope'])}: over "
+                f"{row['contexts']} contexts (cells are missing: failed, pruned or not run), "
+                "so it is the effect where both values ran, not the balanced effect over the "
+                "grid."
+            )
+    repeats = [
+        frame[frame["counted_once"].astype(bool)]
+        for frame in (report.summary, effects)
+        if "counted_once" in frame
+    ]
+    repeated = sum(len(r) for r in repeats)
+    if repeated:
+        notes.append(
+            f"{repeated} main effect(s) are the same test as a variant comparison (one axis "
+            "crossed, or one dataset): the family holds each test once, and they share its "
+            "verdict."
+        )
+    if report.rounds:
+        if decision.until != "effects" and not effects.empty:
+            notes.append(
+                "Main effects use the first round's seeds: later rounds seed only the open "
+                "comparisons' points and the baseline (until: variants). To give main effects "
+                "more seeds, use seeds: {until: effects}."
+            )
+        early = pd.concat(
+            [t.get("decided_round", pd.Series(dtype=float)) for t in (report.summary, effects)]
+        )
+        if ((early > 0) & (early < len(report.rounds))).any():
+            notes.append(
+                "A comparison decided at an earlier look keeps that look's difference: "
+                "stopping when a difference looks large biases it away from 0 (its interval "
+                "still holds: it is the look's repeated confidence interval)."
+            )
+    return notes
 
 
 def _notes(collected: Collected, scored: _Scored) -> list[str]:
@@ -610,6 +877,29 @@ def _seeds_cell(value: float) -> str:
     return "> 1000" if math.isinf(value) else str(int(value))
 
 
+def _seeds_pair(row) -> str:
+    """``6 / 14``: seed pairs to detect a difference of SESOI, and to show equivalence."""
+    return (
+        f"{_seeds_cell(row.get('seeds_needed', math.nan))} / "
+        f"{_seeds_cell(row.get('seeds_equivalence', math.nan))}"
+    )
+
+
+def verdict_cell(row) -> str:
+    """The verdict in words: ``equivalent (slightly worse)`` for a decided but negligible
+    difference, ``better (relevant)`` when the whole interval lies beyond the SESOI, a
+    ``*`` where failed runs may be the effect (the notes say which)."""
+    verdict = str(row["verdict"])
+    direction = row.get("direction") or ""
+    if verdict == "equivalent" and direction in ("better", "worse"):
+        verdict += f" (slightly {direction})"
+    elif verdict in ("better", "worse") and bool(row.get("relevant") or False):
+        verdict += " (relevant)"
+    if bool(row.get("failures_matter") or False):
+        verdict += " *"
+    return verdict
+
+
 SEED_VALUES_UP_TO = 5  # with this many seeds or fewer, each seed's value is shown
 
 
@@ -620,6 +910,7 @@ def _round_cell(row) -> str:
 
 
 _Section = tuple[str, str, list[str], list[list[str]]]  # title, id, header, rows
+SEEDS_HEAD = "seeds: detect / equivalence"
 
 
 def _sections(report: Report) -> list[_Section]:
@@ -647,20 +938,20 @@ def _verdicts_section(report: Report) -> _Section:
     adaptive = bool(report.rounds)
     head = [*(["dataset"] if tasks else []), "change from the baseline", "verdict"]
     head += [*(["round"] if adaptive else []), "difference [adjusted CI]"]
-    head += ["adjusted p", "pairs", "MDE", "seeds to decide", "FLOPs", "time/img"]
+    head += ["adjusted p", "pairs", "MDE", SEEDS_HEAD, "FLOPs", "time/img"]
     rows = []
     for _, row in order.iterrows():
         base = row["verdict"] == "baseline"
         rows.append(
             [*([str(row[tasks[0]])] if tasks else []),
              "(baseline)" if base else change(row, keys, report.baseline),
-             str(row["verdict"]),
+             verdict_cell(row),
              *([_round_cell(row)] if adaptive else []),
              "–" if base else _interval(row),
              "–" if base else _fmt(row.get("p_adjusted", math.nan), 3),
              str(int(row.get("n_pairs", row["n"]) or 0)),
              "–" if base else _fmt(row.get("mde", math.nan)),
-             "–" if base else _seeds_cell(row.get("seeds_needed", math.nan)),
+             "–" if base else _seeds_pair(row),
              "–" if base else _ratio_cell(row.get("flops_ratio", math.nan)),
              "–" if base else _ratio_cell(row.get("time_ratio", math.nan))]
         )  # fmt: skip
@@ -681,16 +972,16 @@ def _effects_section(report: Report) -> _Section:
     """Each main effect, decided verdicts first."""
     rows = [
         [str(r["axis"]), f"{r['value']} vs {r['baseline_value']}",
-         "all" if r["scope"] == "all" else str(r["scope"]), str(r["verdict"]), _interval(r),
-         _fmt(r["p_adjusted"], 3), str(int(r["n_pairs"])), _fmt(r["mde"]),
-         _seeds_cell(r["seeds_needed"]), _ratio_cell(r["flops_ratio"]),
+         "all" if r["scope"] == "all" else str(r["scope"]), verdict_cell(r), _interval(r),
+         _fmt(r["p_adjusted"], 3), str(int(r["n_pairs"])), str(r.get("contexts", "–")),
+         _fmt(r["mde"]), _seeds_pair(r), _ratio_cell(r["flops_ratio"]),
          _ratio_cell(r["time_ratio"])]
         for _, r in report.effects.sort_values(
             "verdict", key=lambda v: v == "inconclusive", kind="stable"
         ).iterrows()  # decided verdicts lead
     ]  # fmt: skip
     head = ["axis", "change", "datasets", "verdict", "difference [adjusted CI]"]
-    head += ["adjusted p", "seed blocks", "MDE", "seeds to decide", "FLOPs", "time/img"]
+    head += ["adjusted p", "seed blocks", "contexts", "MDE", SEEDS_HEAD, "FLOPs", "time/img"]
     return "Main effects", "effects", head, rows
 
 
@@ -752,6 +1043,7 @@ def _lead(report: Report) -> list[str]:
             f"{counts.get(v, 0)} {v}" for v in ("better", "worse", "equivalent", "inconclusive")
         ]
         lines.append("Verdicts (variants and main effects): " + ", ".join(shown) + ".")
+    lines += [f"**Warning:** {w}" for w in report.warnings]
     return lines
 
 
@@ -760,18 +1052,26 @@ def _method(report: Report) -> str:
     sesoi = _fmt(family.sesoi, 4) if family else "–"
     return (
         "How to read it. Each variant is compared with the baseline over runs paired by seed "
-        "(within a dataset); each main effect is estimated within each seed by least squares "
-        "over the other axes, then compared across seeds like a paired difference. All of them "
-        "form one family: the adjusted p-values and intervals control the chance of any false "
-        "better/worse verdict across the whole report. better/worse: the adjusted interval "
-        f"excludes 0. equivalent: it lies within ±{sesoi}, the smallest effect of interest. "
-        "inconclusive: neither; more seeds would tell (see seeds to decide). MDE: the smallest "
-        "true difference this design detects with 80% power, with the observed spread. "
-        "Intervals never leave the metric's range. Interactions: the two-way terms estimated "
-        "within each seed and tested across seeds (t-test, or Hotelling's T-squared for more "
-        "than two levels), Holm-adjusted among themselves. Details: per-variant Student-t "
-        "95% intervals and unadjusted per-comparison statistics (Hedges g is bias-corrected; "
-        "Wilcoxon appears only from 6 pairs, where it can reject at 5%)."
+        "(within a dataset); each main effect is, within each seed, the mean over the other "
+        "axes' combinations (contexts) of the difference the axis makes, then compared across "
+        "seeds like a paired difference (contexts: how many of the grid's it covers). All of "
+        "them form one family. better/worse: the test decided the sign, with the chance of any "
+        "false sign in the whole report controlled, and the interval reaches past the smallest "
+        f"effect of interest (±{sesoi}); relevant: all of the interval lies beyond it. "
+        "equivalent: the interval lies within it, whether or not it excludes 0 (slightly "
+        "better/worse: a decided but negligible difference). inconclusive: neither. The "
+        "intervals are the family's: they hold together (see the decision rule). A test "
+        "repeated in the family (a main effect that is also a variant's comparison) counts "
+        "once. MDE: the smallest true difference this design detects with 80% power, with the "
+        "observed spread. Seeds: detect / equivalence: the seed pairs at which a difference of "
+        "the smallest effect of interest is found with 80% power, and at which equivalence is "
+        "shown with 80% chance when the true difference is 0 (always more). Intervals never "
+        "leave the metric's range. Interactions: the two-way terms estimated within each seed "
+        "and tested across seeds (t-test, or Hotelling's T-squared for more than two levels), "
+        "Holm-adjusted among themselves. Details: per-variant Student-t 95% intervals, means "
+        "over the seeds paired with the baseline, and unadjusted per-comparison statistics "
+        "(Hedges g is bias-corrected; Wilcoxon appears only from 6 pairs, where it can reject "
+        "at 5%)."
     )
 
 
@@ -823,15 +1123,18 @@ def write(report: Report, out_dir: str | Path) -> list[Path]:
     html = atomic_write_bytes(out / "report.html", _html(report, embedded).encode())
     tables = [
         atomic_write_bytes(out / f"{name}.csv", frame.to_csv(index=False).encode())
-        for name, frame in (("effects", report.effects), ("interactions", report.interactions))
+        for name, frame in (
+            ("effects", report.effects.drop(columns=TEST_KEY, errors="ignore")),
+            ("interactions", report.interactions),
+        )
         if not frame.empty
     ]
     return [md, csv, html, *tables]
 
 
 SUMMARY_LEAD = [
-    "verdict", "diff", "diff_ci_low", "diff_ci_high", "p_adjusted", "n_pairs", "mde",
-    "decided_round", "ci_level",
+    "verdict", "direction", "relevant", "diff", "diff_ci_low", "diff_ci_high", "p_adjusted",
+    "n_pairs", "mde", "seeds_needed", "seeds_equivalence", "decided_round", "ci_level",
 ]  # fmt: skip
 
 
@@ -839,7 +1142,7 @@ def _summary_csv(report: Report) -> pd.DataFrame:
     """The variants' table with the verdict columns first after the axes."""
     table = report.summary
     lead = [*report.axes, *(c for c in SUMMARY_LEAD if c in table)]
-    return table[lead + [c for c in table.columns if c not in lead]]
+    return table[lead + [c for c in table.columns if c not in lead and not c.startswith("_")]]
 
 
 _SORT_SCRIPT = """
@@ -954,21 +1257,27 @@ def verdict_lines(report: Report) -> list[str]:
     adaptive = bool(report.rounds)
     width = min(60, max((len(name) for name, _ in rows), default=10))
     lines.append(
-        f"  {'compared with the baseline':<{width}}  {'verdict':<12}  {'round  ' if adaptive else ''}"
-        f"{'difference [adjusted CI]':<30}  adj p  pairs  seeds to decide"
+        f"  {'compared with the baseline':<{width}}  {'verdict':<27}  {'round  ' if adaptive else ''}"
+        f"{'difference [adjusted CI]':<30}  adj p  pairs  seeds: detect / equivalence"
     )
     for name, row in rows:
         lines.append(
-            f"  {name[:width]:<{width}}  {row['verdict']:<12}  "
+            f"  {name[:width]:<{width}}  {verdict_cell(row):<27}  "
             f"{f'{_round_cell(row):>5}  ' if adaptive else ''}{_interval(row):<30}  "
-            f"{_fmt(row['p_adjusted'], 3):>5}  {int(row['n_pairs']):>5}  {_seeds_cell(row['seeds_needed']):>15}"
+            f"{_fmt(row['p_adjusted'], 3):>5}  {int(row['n_pairs']):>5}  {_seeds_pair(row):>27}"
         )
     open_rows = [row for _, row in rows if row["verdict"] == "inconclusive"]
     if open_rows:
-        needed = [row["seeds_needed"] for row in open_rows if not math.isnan(row["seeds_needed"])]
-        most = _seeds_cell(max(needed)) if needed else "an unknown number of"
+
+        def most(column: str) -> str:
+            needed = [row[column] for row in open_rows if not math.isnan(row.get(column, math.nan))]
+            return _seeds_cell(max(needed)) if needed else "an unknown number of"
+
         lines.append(
-            f"{len(open_rows)} inconclusive: deciding them at ±{_fmt(report.family.sesoi)} "
-            f"would take up to {most} seeds (80% power at the planned level)."
+            f"{len(open_rows)} inconclusive: at ±{_fmt(report.family.sesoi)}, detecting a "
+            f"difference would take up to {most('seeds_needed')} seeds, showing equivalence up "
+            f"to {most('seeds_equivalence')} (80% power at the "
+            f"{'last planned look' if report.family.looks else 'family'}'s level)."
         )
+    lines += [f"note: {note}" for note in report.warnings]
     return lines

@@ -51,18 +51,49 @@ def complete_blocks(runs: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
 
 
 def _merge(previous: pd.DataFrame | None, new: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """``new``, except rows that ``previous`` had already decided, which keep their numbers."""
+    """``new``, except rows that ``previous`` had already decided, and rows with no new pairs
+    at this look (``stale``), which keep the numbers of the look before."""
     if previous is None or previous.empty or new.empty:
         return new if previous is None or previous.empty else previous
     index = [k for k in keys if k in new]
     old = previous.set_index(previous[index].map(str).agg("|".join, axis=1))
     out = new.set_index(new[index].map(str).agg("|".join, axis=1))
     settled = old.index[old["verdict"].isin(DECIDED)]
-    settled = settled[settled.isin(out.index)]
+    if "stale" in out:
+        settled = settled.union(out.index[out["stale"].astype(bool)])
+    settled = settled[settled.isin(out.index) & settled.isin(old.index)]
     for column in old.columns:
-        if column in out:
+        if column in out and column != "stale":
+            out[column] = out[column].astype(object) if old[column].dtype == object else out[column]
             out.loc[settled, column] = old.loc[settled, column]
     return out.reset_index(drop=True)
+
+
+def _mark_stale(previous: pd.DataFrame | None, new: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``stale``: the rows whose pairs did not grow since the look before (a comparison
+    whose variant got no seeds this round: decided, out of reach, pruned or failed)."""
+    new = new.copy()
+    new["stale"] = False
+    if previous is None or previous.empty or new.empty or "n_pairs" not in new:
+        return new
+    index = [k for k in keys if k in new]
+    before = previous.set_index(previous[index].map(str).agg("|".join, axis=1))["n_pairs"]
+    key = new[index].map(str).agg("|".join, axis=1)
+    seen = key.isin(before.index).to_numpy()
+    pairs_before = np.full(len(new), -1.0)
+    pairs_before[seen] = before.reindex(key[seen]).to_numpy(float)
+    new["stale"] = seen & (new["n_pairs"].to_numpy(float) <= pairs_before)
+    return new
+
+
+def effect_runs(runs: pd.DataFrame, rounds: np.ndarray, until: str) -> pd.DataFrame:
+    """The runs main effects are measured on. ``until: effects`` seeds every point that is
+    still eligible each round, so every round's runs count (a pruned or failed point is
+    missing from its later seeds, and the effects leave its cells out). ``until:
+    variants`` seeds only the open comparisons' points and the baseline after round 1: a
+    later seed covers a few points that earlier verdicts chose, so main effects keep the
+    first round's runs (the same grid in every block)."""
+    return runs if until == "effects" else runs[rounds == 1]
 
 
 def sequential(
@@ -70,22 +101,33 @@ def sequential(
     axes: Sequence[str],
     planned: Sequence[int],
     alpha: float,
-    decide_look: Callable[[pd.DataFrame, pd.DataFrame, float], tuple[list[pd.DataFrame], Family]],
+    tables_at: Callable[[pd.DataFrame, pd.DataFrame], list[pd.DataFrame]],
+    decide: Callable[[list[pd.DataFrame], float, float], tuple[list[pd.DataFrame], Family]],
     keys: tuple[list[str], list[str]],
+    until: str = "variants",
 ) -> tuple[list[pd.DataFrame], Family, list[dict]]:
-    """Decide look by look. ``decide_look(runs, complete_runs, alpha_k)`` gives the
-    comparison and effect tables of one look with their verdicts (the fixed-design rule);
-    ``keys`` name the rows of each table. Returns the settled tables (with ``decided_round``),
-    the family (its size and level as at the last look) and one record per look."""
+    """Decide look by look. ``tables_at(runs, effect_runs)`` gives the comparison and effect
+    tables of one look (before verdicts); ``decide(tables, alpha_k, planning_alpha)`` decides
+    them by the fixed-design rule; ``keys`` name the rows of each table. A row with no new
+    pairs at a look stays in the family with p = 1 and keeps its earlier numbers. Returns the
+    settled tables (with ``decided_round``), the family (its size and level as at the last
+    look) and one record per look."""
     rounds = run_rounds(runs)
     taken = int(min(max(rounds.max(initial=1), 1), len(planned)))
     spent = spending(alpha, list(planned))
     tables: list[pd.DataFrame | None] = [None, None]
+    raw_before: list[pd.DataFrame | None] = [None, None]
     history = []
     family = None
     for look in range(1, taken + 1):
         subset = runs[rounds <= look]
-        new, family = decide_look(subset, complete_blocks(subset, axes), spent[look - 1])
+        raw = tables_at(subset, effect_runs(subset, rounds[rounds <= look], until))
+        raw = [
+            _mark_stale(old, table, k) if look > 1 else table
+            for old, table, k in zip(raw_before, raw, keys, strict=True)
+        ]
+        raw_before = raw
+        new, family = decide(raw, spent[look - 1], spent[-1])
         for table in new:
             if not table.empty and "verdict" in table:
                 fresh = table["verdict"].isin(DECIDED)
@@ -109,4 +151,5 @@ def sequential(
         family.sesoi, alpha, family.method, family.size, family.level,
         tuple(planned), tuple(spent), taken,
     )  # fmt: skip
+    tables = [t.drop(columns="stale") if t is not None and "stale" in t else t for t in tables]
     return [t if t is not None else pd.DataFrame() for t in tables], family, history

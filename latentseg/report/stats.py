@@ -226,8 +226,19 @@ def compare(
         row: dict[str, Any] = dict(zip(keys, key, strict=True))
         row["is_baseline"] = all(str(row[k]) == str(baseline[k]) for k in variant_keys)
         row.update(_paired(diffs, diff_bounds))
+        row[TEST_KEY] = test_key(seeds, diffs)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# A comparison's test, as the pairs it is made of (block and difference): two rows with the
+# same key are one test (a main effect of the only crossed axis is its variant comparison),
+# which the family holds once.
+TEST_KEY = "_test"
+
+
+def test_key(blocks: Sequence[str], diffs: np.ndarray) -> str:
+    return ";".join(f"{b}:{d:.12g}" for b, d in sorted(zip(blocks, diffs.tolist(), strict=True)))
 
 
 def _paired(diffs: np.ndarray, bounds: tuple[float, float]) -> dict[str, Any]:
@@ -325,20 +336,78 @@ def axis_effects(
         # an axis's effect is measured where it applies (num_latents: with expert attention)
         mask = labels[axis] != NOT_APPLICABLE
         level = labels[axis][mask]
-        per_block = _block_effects(
-            outcome[mask], pairs[mask], level, reference, _context(labels, mask, axes, [axis])
-        )
-        rows += [
-            {
-                "axis": axis.removeprefix("params."),
-                "value": value,
-                "baseline_value": reference,
-                **_paired(np.asarray(per_block[value], dtype=float), diff_bounds),
-                **_change_cost(flops[mask], speed[mask], level == value, level == reference),
-            }
-            for value in sorted(set(level) - {reference})
-        ]
+        context = _context(labels, mask, axes, [axis])
+        for value in sorted(set(level) - {reference}):
+            effect = balanced_effect(outcome[mask], pairs[mask], level, value, reference, context)
+            rows.append(
+                {
+                    "axis": axis.removeprefix("params."),
+                    "value": value,
+                    "baseline_value": reference,
+                    **_paired(effect.per_block, diff_bounds),
+                    "contexts": f"{effect.used} of {effect.total}",
+                    "balanced": effect.used == effect.total,
+                    TEST_KEY: test_key(effect.blocks, effect.per_block),
+                    **_change_cost(flops[mask], speed[mask], level == value, level == reference),
+                }
+            )
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class BlockEffect:
+    """One level's effect against the reference, per seed block, over ``used`` of the
+    ``total`` contexts (combinations of the other axes) where both levels were run."""
+
+    blocks: list[str]
+    per_block: np.ndarray
+    used: int
+    total: int
+
+
+def balanced_effect(
+    outcome: np.ndarray,
+    blocks: np.ndarray,
+    level: np.ndarray,
+    value: str,
+    reference: str,
+    context: np.ndarray,
+) -> BlockEffect:
+    """The effect of ``value`` against ``reference``: in each block (seed), the mean over one
+    set of contexts of the difference of the two levels' cell means. The same contexts in
+    every block used, so every block estimates the same thing: on a balanced grid, the
+    effect averaged over the grid (the balanced main effect), whatever the interactions.
+    With cells missing (failed runs, pruned or failed points), the contexts and blocks kept
+    are those that use the most cells (ties: more seeds): a context missing in most seeds,
+    such as a pruned or failed point's, is left out (the effect is then over ``used`` of
+    ``total`` contexts, not the balanced one, and the report says so), a seed missing one of
+    the others is. Nested axes (n/a on some runs) are
+    averaged within their cell."""
+    frame = pd.DataFrame({"block": blocks, "level": level, "context": context, "y": outcome})
+    frame = frame[frame["level"].isin([value, reference])]
+    cells = frame.groupby(["block", "context", "level"])["y"].mean().unstack("level")
+    if value not in cells or reference not in cells:
+        return BlockEffect([], np.array([]), 0, 0)
+    both = cells[value].notna() & cells[reference].notna()
+    difference = (cells[value] - cells[reference])[both].unstack("context")  # block x context
+    present = difference.notna()
+    total = present.shape[1]
+    if total == 0:
+        return BlockEffect([], np.array([]), 0, 0)
+    # contexts by how many blocks hold them; the first k of them, in the blocks holding all k
+    order = present.sum(axis=0).sort_values(ascending=False, kind="stable").index
+    best, chosen = None, ([], [])
+    for k in range(1, total + 1):
+        contexts = list(order[:k])
+        kept = list(present.index[present[contexts].all(axis=1)])
+        # the most cells over 2 or more seeds; ties: more seeds (a failed point is left
+        # out, not a seed), then more contexts
+        score = (k * len(kept) if len(kept) >= 2 else -1, len(kept), k)
+        if best is None or score > best:
+            best, chosen = score, (contexts, kept)
+    contexts, kept = chosen
+    per_block = difference.loc[kept, contexts].mean(axis=1).to_numpy(float)
+    return BlockEffect([str(b) for b in kept], per_block, len(contexts), total)
 
 
 def _reference_level(axis: str, baseline: Mapping[str, Any], values: np.ndarray) -> str | None:
@@ -372,33 +441,6 @@ def _change_cost(
         "flops_ratio": _mean_ratio(flops[at], flops[base]),
         "time_ratio": _mean_ratio(speed[base], speed[at]),
     }
-
-
-def _block_effects(
-    outcome: np.ndarray, blocks: np.ndarray, level: np.ndarray, reference: str, context: np.ndarray
-) -> dict[str, list[float]]:
-    """Each other level's effect against ``reference`` within each block (seed), from the
-    least-squares fit ``outcome ~ context + level`` on that block's runs: like is compared
-    with like even where cells are missing. A block that lacks a level gives it nothing."""
-    effects: dict[str, list[float]] = {v: [] for v in set(level) - {reference}}
-    for block in np.unique(blocks):
-        inside = blocks == block
-        present = sorted(set(level[inside]) - {reference})
-        if reference not in set(level[inside]) or not present:
-            continue
-        design = np.column_stack(
-            [
-                np.ones(int(inside.sum())),
-                _dummies(context[inside]),
-                _dummies(level[inside], reference),
-            ]
-        )
-        coef = np.linalg.lstsq(design, outcome[inside], rcond=None)[0]
-        first = design.shape[1] - len(present)
-        for offset, value in enumerate(present):
-            if _estimable(design, first + offset):
-                effects[value].append(float(coef[first + offset]))
-    return effects
 
 
 def interactions(runs: pd.DataFrame, axes: Sequence[str], metric: str) -> pd.DataFrame:
@@ -525,21 +567,35 @@ class Family:
                 "no comparison could be tested: each needs 2 or more seed pairs that differ; "
                 f"every verdict is inconclusive; {sesoi}"
             )
+        family = f"{self.size} comparison{'s form' if self.size != 1 else ' forms'} one family"
+        if self.method == "bh":
+            intervals = (
+                "false-coverage-rate intervals (Benjamini & Yekutieli): on average at most "
+                f"{self.alpha:g} of the better/worse intervals miss; not simultaneous, so "
+                "equivalent verdicts are exploratory"
+            )
+        else:
+            intervals = (
+                "simultaneous intervals (Bonferroni): all of them cover their true "
+                f"differences together in at least {100 * (1 - self.alpha):g}% of studies"
+            )
         if self.looks:
             spent = ", ".join(f"{a:.4f}" for a in self.spent)
             seeds = ", ".join(map(str, self.looks))
             return (
-                f"{self.size} comparison{'s form' if self.size != 1 else ' forms'} one family, "
-                f"decided after each round of seeds ({self.taken} of {len(self.looks)} planned "
-                f"looks, at {seeds} seeds); {METHODS[self.method]} at each look, alpha "
-                f"{self.alpha:g} spent over the looks ({spent}; union bound); each interval at "
-                f"the level of the look that decided it (column ci_level); {sesoi}"
+                f"{family}, decided after each round of seeds ({self.taken} of {len(self.looks)} "
+                f"planned looks, at {seeds} seeds); {METHODS[self.method]} decides better/worse "
+                f"at each look, alpha {self.alpha:g} spent over the looks ({spent}; union "
+                "bound); each interval at the level of the look that decided it (column "
+                f"ci_level): repeated {intervals}, over every look; {sesoi}"
             )
         return (
-            f"{self.size} comparison{'s form' if self.size != 1 else ' forms'} one family; "
-            f"{METHODS[self.method]} at "
-            f"alpha {self.alpha:g}; intervals at {100 * self.level:.2f}%; {sesoi}"
+            f"{family}; {METHODS[self.method]} decides better/worse at alpha {self.alpha:g}; "
+            f"intervals at {100 * self.level:.2f}%, {intervals}; {sesoi}"
         )
+
+
+BASELINE_CELLS = {"verdict": "baseline", "direction": "", "relevant": False, "counted_once": False}
 
 
 def apply_verdicts(
@@ -549,14 +605,23 @@ def apply_verdicts(
     alpha: float,
     method: str,
     bounds: tuple[float, float],
+    planning_alpha: float | None = None,
 ) -> tuple[list[pd.DataFrame], Family]:
     """Decide every non-baseline row of ``tables`` (frames of :func:`compare` and
-    :func:`axis_effects`) as one family. Adds ``verdict``, ``p_adjusted``, ``diff_ci_low``
-    and ``diff_ci_high`` (the adjusted interval behind the verdict), ``mde`` (the minimal
-    detectable effect at 80% power, at the family's first-step level alpha/m, with the
-    observed spread and n) and ``seeds_needed`` (seed pairs for 80% power at the smallest
-    effect of interest, at the same level)."""
-    from latentseg.report.verdicts import decide, mde, seeds_needed
+    :func:`axis_effects`) as one family. Adds ``verdict``, ``direction`` (the sign the test
+    decided, also for a negligible ``equivalent`` difference), ``relevant`` (the whole
+    interval beyond the SESOI), ``p_adjusted``, ``diff_ci_low`` and ``diff_ci_high`` (the
+    family's interval), ``ci_level``, ``mde`` (the minimal detectable effect at 80% power),
+    ``seeds_needed`` (seed pairs for 80% power at the SESOI) and ``seeds_equivalence``
+    (seed pairs to show equivalence with 80% chance when the true difference is 0), the last
+    three at ``planning_alpha / m`` (the last planned look's share with adaptive seeds;
+    ``alpha`` by default).
+
+    A row whose test (its blocks and differences, column ``_test``) repeats an earlier row's
+    is the same test: the family holds it once (``counted_once`` marks the repeat, which
+    takes the first row's verdict). A row with ``stale`` true got no new pairs at this look
+    of an adaptive study: it stays in the family with p = 1 and is not decided."""
+    from latentseg.report.verdicts import decide, mde, seeds_for_equivalence, seeds_needed
 
     parts = []
     for index, table in enumerate(tables):
@@ -565,35 +630,67 @@ def apply_verdicts(
         compared = ~table["is_baseline"].astype(bool) if "is_baseline" in table else None
         rows = table.index[compared] if compared is not None else table.index
         parts.append((index, rows))
-    estimate = np.concatenate([tables[i].loc[r, "diff"].to_numpy(float) for i, r in parts] or [[]])
-    se = np.concatenate([tables[i].loc[r, "se"].to_numpy(float) for i, r in parts] or [[]])
-    df = np.concatenate([tables[i].loc[r, "df"].to_numpy(float) for i, r in parts] or [[]])
+
+    def column(name: str, default) -> np.ndarray:
+        return np.concatenate(
+            [
+                tables[i].loc[r, name].to_numpy() if name in tables[i] else np.full(len(r), default)
+                for i, r in parts
+            ]
+            or [np.array([], dtype=type(default))]
+        )
+
+    estimate, se, df = (column(c, math.nan).astype(float) for c in ("diff", "se", "df"))
+    n = column("n_pairs", 0).astype(float)
+    stale = column("stale", False).astype(bool)
+    keys = column(TEST_KEY, "")
+    first = {}
+    repeat = np.zeros(len(keys), dtype=int) - 1  # index of the first row of the same test
+    for i, key in enumerate(keys):
+        if key and key in first:
+            repeat[i] = first[key]
+        elif key:
+            first[key] = i
+    once = repeat < 0
     decided = decide(
-        estimate, se, df, sesoi=sesoi, alpha=alpha, method=method,
-        bounds=difference_bounds(bounds),
+        estimate[once], se[once], df[once], sesoi=sesoi, alpha=alpha, method=method,
+        bounds=difference_bounds(bounds), stale=stale[once],
     )  # fmt: skip
-    planning = alpha / max(decided.family_size, 1)
+    source = np.cumsum(once) - 1  # each row's place among the rows tested once
+    source[~once] = source[repeat[~once]]
+    planning = (alpha if planning_alpha is None else planning_alpha) / max(decided.family_size, 1)
+    values = {
+        "verdict": decided.verdict[source],
+        "direction": decided.direction[source],
+        "relevant": decided.relevant[source],
+        "p_adjusted": decided.p_adjusted[source],
+        "diff_ci_low": decided.ci_low[source],
+        "diff_ci_high": decided.ci_high[source],
+        "ci_level": np.full(len(source), decided.level),
+        "counted_once": ~once,
+        "mde": np.array([mde(a, b, planning) for a, b in zip(se, df, strict=True)]),
+        "seeds_needed": np.array(
+            [
+                seeds_needed(a * math.sqrt(k), sesoi, planning) if k > 0 else math.nan
+                for a, k in zip(se, n, strict=True)
+            ]
+        ),
+        "seeds_equivalence": np.array(
+            [
+                seeds_for_equivalence(a * math.sqrt(k), sesoi, planning) if k > 0 else math.nan
+                for a, k in zip(se, n, strict=True)
+            ]
+        ),
+    }
     out = [table.copy() for table in tables]
     start = 0
     for index, rows in parts:
         stop = start + len(rows)
         table = out[index]
-        table["verdict"] = "baseline"
-        for name, values in (
-            ("verdict", decided.verdict[start:stop]),
-            ("p_adjusted", decided.p_adjusted[start:stop]),
-            ("diff_ci_low", decided.ci_low[start:stop]),
-            ("diff_ci_high", decided.ci_high[start:stop]),
-            ("ci_level", np.full(stop - start, decided.level)),
-        ):
-            table.loc[rows, name] = values
-        n = table.loc[rows, "n_pairs"].to_numpy(float)
-        table.loc[rows, "mde"] = [
-            mde(s, d, planning) for s, d in zip(se[start:stop], df[start:stop], strict=True)
-        ]
-        table.loc[rows, "seeds_needed"] = [
-            seeds_needed(s * math.sqrt(k), sesoi, planning) if k > 0 else math.nan
-            for s, k in zip(se[start:stop], n, strict=True)
-        ]
+        for name, array in values.items():
+            table[name] = BASELINE_CELLS.get(name, math.nan)  # the baseline's own row
+            if array.dtype == object:
+                table[name] = table[name].astype(object)
+            table.loc[rows, name] = array[start:stop]
         start = stop
     return out, Family(sesoi, alpha, method, decided.family_size, decided.level)

@@ -2,33 +2,41 @@
 
 Each comparison is an estimate of a difference (variant minus baseline) with its standard
 error and degrees of freedom (a paired t over seeds, of variant runs or of per-seed effects).
-All comparisons of one report form one family:
+All comparisons of one report form one family. Two things are decided from it:
 
-- ``holm`` (default): Holm's step-down procedure controls the family-wise error rate (the
-  chance of any false ``better``/``worse``) at ``alpha``. Every interval is a t-interval at
-  level ``1 - alpha / (m - R)``, where ``m`` is the family size and ``R`` the number Holm
-  rejects: the level of Holm's first step that stopped. An interval then excludes 0 exactly
-  when Holm rejects, so intervals and verdicts agree. With no rejection it is Bonferroni's
-  simultaneous interval.
-- ``bonferroni``: single-step, every interval at ``1 - alpha / m`` (simultaneous).
-- ``bh``: Benjamini-Hochberg, for exploratory sweeps: it controls the false discovery
-  rate, not the family-wise rate; intervals at ``1 - R * alpha / m`` (Benjamini & Yekutieli
-  2005, false-coverage-rate intervals; ``alpha / m`` when nothing is selected).
+- **The sign** (``better``/``worse`` are possible): ``holm`` (default), Holm's step-down
+  procedure, controls the family-wise error rate (the chance of any false sign) at
+  ``alpha``; ``bonferroni`` is its single-step form; ``bh``, Benjamini-Hochberg, controls
+  the false discovery rate instead (exploratory sweeps).
+- **The intervals**, and equivalence drawn from them: under ``holm`` and ``bonferroni``
+  every interval is a t-interval at level ``1 - alpha / m`` (Bonferroni): simultaneous, all
+  of a family's intervals cover their true differences in at least ``1 - alpha`` of
+  studies. Holm's step levels ``alpha / (m - R)`` are not simultaneous (with every
+  difference large, all 30 intervals of a family cover in under half of them), so they
+  decide signs only. Holm can therefore decide a sign whose interval still touches 0 (it is
+  the more powerful test). Under ``bh`` the intervals are the false-coverage-rate intervals
+  of Benjamini & Yekutieli (2005) at ``1 - R * alpha / m``: on average at most ``alpha`` of
+  the selected comparisons' intervals miss; they are not simultaneous, so equivalence under
+  ``bh`` is exploratory.
 
-The verdict follows from the interval alone: ``better`` or ``worse`` when it excludes 0,
-``equivalent`` when it lies inside ``(-sesoi, +sesoi)`` (the smallest effect of interest),
-``inconclusive`` otherwise. Equivalence is thus a two one-sided tests (TOST) decision at
-half the interval's error rate on each side.
+The four outcomes of an equivalence test (Lakens, Scheel & Isager 2018): ``equivalent``
+when the interval lies inside ``(-sesoi, +sesoi)`` (the smallest effect of interest),
+whether or not the sign was also decided (``direction`` then says which way: a negligible
+difference); ``better``/``worse`` when the sign is decided and the interval reaches past the
+SESOI on that side (``relevant`` when all of it lies beyond); ``inconclusive`` otherwise.
+Equivalence is a two one-sided tests (TOST) decision at half the interval's error rate on
+each side.
 
 Adaptive seeds (a study's ``seeds: {min, max, step}``) decide after each round of seeds, a
-sequential test: the verdicts are then taken at K planned looks, the look at n
-seeds at level ``alpha_k`` with ``sum(alpha_k) = alpha`` (``spending``: the Kim-DeMets power
-family ``alpha * t**rho``, t = n / max, rho = 3, which spends little early and most at the
-last look). Each look's family is decided as above at its ``alpha_k``; a comparison keeps
-the first decided verdict (``settle``). By the union bound over looks the chance of any
-false ``better``/``worse`` (or false ``equivalent``) across all looks is at most ``alpha``,
-whatever rule chose which points got more seeds: the intervals are repeated confidence
-intervals (Jennison & Turnbull 1989), valid under any stopping rule.
+sequential test: the verdicts are then taken at K planned looks, the look at n seeds at
+level ``alpha_k`` with ``sum(alpha_k) = alpha`` (``spending``: the Kim-DeMets power family
+``alpha * t**rho``, t = n / max, rho = 3, which spends little early and most at the last
+look). Each look's family is decided as above at its ``alpha_k``; a comparison keeps the
+first decided verdict (``settle``); one with no new pairs at a look stays in the family with
+p = 1 and cannot be decided there. Every interval shown is one of the ``m * K`` intervals at
+level ``1 - alpha_k / m`` over a look's planned seeds, so by the union bound they all cover
+at once in at least ``1 - alpha`` of studies, whatever rule chose which points got more
+seeds: repeated confidence intervals (Jennison & Turnbull 1989).
 
 Pure numpy/scipy: no pandas, no MLflow. ``tests/report/test_calibration.py``
 measures the error rates, coverage and power of this module by simulation.
@@ -65,12 +73,14 @@ SPENDING_RHO = 3.0
 class Decisions:
     """One entry per comparison (NaN/``inconclusive`` where it could not be tested)."""
 
-    p: np.ndarray  # unadjusted two-sided p-value
+    p: np.ndarray  # unadjusted two-sided p-value (1 for a comparison with no new pairs)
     p_adjusted: np.ndarray
-    ci_low: np.ndarray  # the adjusted interval the verdict is based on
+    ci_low: np.ndarray  # the family's interval: simultaneous (holm, bonferroni), FCR (bh)
     ci_high: np.ndarray
     verdict: np.ndarray  # of str
-    level: float  # the confidence level of every interval, e.g. 0.9964
+    direction: np.ndarray  # of str: "better"/"worse" where the test decided a sign, else ""
+    relevant: np.ndarray  # of bool: the whole interval lies beyond the SESOI
+    level: float  # the confidence level of every interval, e.g. 0.9929
     family_size: int  # comparisons that could be tested (standard error > 0, df >= 1)
 
 
@@ -100,13 +110,16 @@ def adjust(p, method: str = "holm") -> np.ndarray:
 
 
 def interval_level(rejected: int, family_size: int, alpha: float, method: str) -> float:
-    """The error rate left to every interval of the family (see the module docstring)."""
+    """The error rate left to every interval of the family. Under ``holm`` and
+    ``bonferroni`` the intervals are Bonferroni's, ``alpha / m``: simultaneous, they all
+    cover their true differences in ``1 - alpha`` of studies (Holm's own step levels,
+    ``alpha / (m - R)``, are not: with every difference large, all 30 of a family cover in
+    under half of them). Under ``bh``: ``R * alpha / m``, the false-coverage-rate intervals
+    of Benjamini & Yekutieli (2005), ``alpha / m`` when nothing is selected."""
     m = max(family_size, 1)
-    if method == "bonferroni":
-        return alpha / m
-    if method == "holm":
-        return alpha / (m - rejected) if rejected < m else alpha
-    return rejected * alpha / m if rejected else alpha / m  # bh
+    if method == "bh" and rejected:
+        return rejected * alpha / m
+    return alpha / m
 
 
 def decide(
@@ -118,34 +131,53 @@ def decide(
     alpha: float = ALPHA,
     method: str = "holm",
     bounds: tuple[float, float] = (-math.inf, math.inf),
+    stale=None,
 ) -> Decisions:
     """Verdicts for a family of differences ``estimate`` with standard errors ``se`` and
     ``df`` degrees of freedom (arrays of one length). ``bounds`` clip the intervals to the
-    range a difference can take (``(-1, 1)`` for a metric in [0, 1])."""
+    range a difference can take (``(-1, 1)`` for a metric in [0, 1]). ``stale`` marks the
+    comparisons that got no new pairs since the last look of an adaptive study: they stay
+    in the family with p = 1 and cannot be newly decided (their numbers are the last look's).
+
+    The four outcomes of an equivalence test (Lakens, Scheel & Isager 2018), from the test
+    and the family's interval:
+
+    - ``equivalent``: the interval lies inside ±``sesoi``, whether or not it also excludes
+      0 (``direction`` then says which way the test decided: a negligible difference).
+    - ``better`` / ``worse``: the test (Holm, Bonferroni or BH) decided a sign and the
+      interval reaches past the SESOI on that side; ``relevant`` where all of it does.
+    - ``inconclusive``: neither."""
     estimate, se, df = (np.atleast_1d(np.asarray(a, dtype=float)) for a in (estimate, se, df))
+    stale = np.zeros(estimate.shape, bool) if stale is None else np.asarray(stale, bool)
     tested = (se > 0) & np.isfinite(se) & (df >= 1) & np.isfinite(estimate)
     p = np.full_like(estimate, np.nan)
     p[tested] = 2 * special.stdtr(df[tested], -np.abs(estimate[tested] / se[tested]))
+    p[tested & stale] = 1.0
     p_adjusted = adjust(p, method)
-    rejected = tested & (p_adjusted <= alpha)
+    rejected = tested & ~stale & (p_adjusted <= alpha)
     m = int(tested.sum())
     error = interval_level(int(rejected.sum()), m, alpha, method)
     half = np.full_like(estimate, np.nan)
     half[tested] = special.stdtrit(df[tested], 1 - error / 2) * se[tested]
     low = np.clip(estimate - half, *bounds)
     high = np.clip(estimate + half, *bounds)
+    inside = tested & ~stale & (low > -sesoi) & (high < sesoi)  # NaN sesoi: never
+    direction = np.full(estimate.shape, "", dtype=object)
+    direction[rejected & (estimate > 0)] = "better"
+    direction[rejected & (estimate < 0)] = "worse"
     verdict = np.full(estimate.shape, "inconclusive", dtype=object)
-    verdict[rejected & (estimate > 0)] = "better"
-    verdict[rejected & (estimate < 0)] = "worse"
-    verdict[tested & ~rejected & (low > -sesoi) & (high < sesoi)] = "equivalent"
-    return Decisions(p, p_adjusted, low, high, verdict, 1 - error, m)
+    verdict[rejected & ~inside] = direction[rejected & ~inside]
+    verdict[inside] = "equivalent"
+    relevant = ((verdict == "better") & (low >= sesoi)) | ((verdict == "worse") & (high <= -sesoi))
+    return Decisions(p, p_adjusted, low, high, verdict, direction, relevant, 1 - error, m)
 
 
 def power(effect: float, se: float, df: float, error: float) -> float:
     """Chance that a two-sided t-test at level ``error`` rejects when the true difference is
-    ``effect`` and its estimate has standard error ``se``: the noncentral t, integrated over
-    the chi-square of the variance estimate on a quantile grid (scipy's ``nct`` loses its
-    accuracy at the 2 to 4 degrees of freedom of a few seeds)."""
+    ``effect`` and its estimate has standard error ``se``: the normal mean, integrated over
+    the chi-square of the variance estimate on a quantile grid. This is the noncentral t's
+    two-sided tail; it agrees with ``scipy.stats.nct.sf`` to about 1e-5 at 2 to 9 degrees of
+    freedom (a test checks), and stays finite where ``nct.cdf`` returns NaN for a large noncentrality."""
     critical = special.stdtrit(df, 1 - error / 2)
     noncentrality = abs(effect) / se
     scale = np.sqrt(_chi2_grid(float(df)) / df)
@@ -183,11 +215,37 @@ def seeds_needed(
     if not (sd > 0 and math.isfinite(sd)) or not sesoi > 0:
         return math.nan
 
-    def enough(n: int) -> bool:
-        return power(sesoi, sd / math.sqrt(n), n - 1, error) >= target
+    return _smallest(lambda n: power(sesoi, sd / math.sqrt(n), n - 1, error) >= target, limit)
 
+
+def equivalence_power(sd: float, n: int, sesoi: float, error: float) -> float:
+    """Chance that the interval at level ``1 - error`` over ``n`` seed pairs lies inside
+    ±``sesoi`` when the true difference is 0 and one pair's difference has standard
+    deviation ``sd``: the mean is normal, the spread chi-square, integrated on a grid."""
+    if n < 2 or not (sd > 0 and math.isfinite(sd)) or not sesoi > 0:
+        return math.nan
+    df = n - 1
+    critical = special.stdtrit(df, 1 - error / 2)
+    room = sesoi * math.sqrt(n) / sd - critical * np.sqrt(_chi2_grid(float(df)) / df)
+    return float(np.clip(2 * special.ndtr(room) - 1, 0.0, 1.0).mean())
+
+
+def seeds_for_equivalence(
+    sd: float, sesoi: float, error: float, target: float = POWER, limit: int = 1000
+) -> float:
+    """Seed pairs needed to show equivalence (the interval inside ±``sesoi``) with
+    probability ``target`` when the true difference is 0. Always more than
+    :func:`seeds_needed` for the same SESOI: the whole interval must fit within the margin.
+    NaN when ``sd`` is unknown, ``inf`` past ``limit``."""
+    if not (sd > 0 and math.isfinite(sd)) or not sesoi > 0:
+        return math.nan
+    return _smallest(lambda n: equivalence_power(sd, n, sesoi, error) >= target, limit)
+
+
+def _smallest(enough, limit: int) -> float:
+    """The smallest n >= 2 with ``enough(n)`` (monotone in n); ``inf`` past ``limit``."""
     low, high = 1, 2  # enough(low) is false (one pair has no spread to test with)
-    while not enough(high):  # double, then bisect: power grows with n
+    while not enough(high):  # double, then bisect
         if high >= limit:
             return math.inf
         low, high = high, min(2 * high, limit)

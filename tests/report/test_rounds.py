@@ -3,14 +3,12 @@ at its share of alpha, the first decided verdict kept. Checked against that defi
 simulated adaptive studies (runs frames as MLflow returns them), and the complete-block rule
 of the main effects."""
 
-import math
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from latentseg.report.collect import Collected
-from latentseg.report.render import Decision, _effects, build
+from latentseg.report.render import Decision, build
 from latentseg.report.rounds import complete_blocks
 from latentseg.report.stats import apply_verdicts, compare
 from latentseg.report.verdicts import spending
@@ -70,18 +68,22 @@ def test_adaptive_verdicts_are_the_first_decided_fixed_rule_verdict_across_the_l
         runs = simulate(rng)
         adaptive = build(runs_frame(runs), "sim", baseline=BASELINE, decision=Decision(looks=LOOKS), figures=False)  # fmt: skip
         rounds = runs["tags.latentseg.round"].astype(int)
-        looks = []
+        looks, before = [], None
         for k in range(1, int(rounds.max()) + 1):
-            # the fixed rule at alpha_k on rounds 1..k (main effects on complete blocks)
+            # the fixed rule at alpha_k on rounds 1..k (main effects on the first round's
+            # runs); a variant with no new pairs since look k-1 has p = 1 there
             subset = runs[rounds <= k]
-            (variants, _), _ = apply_verdicts(
-                [
-                    compare(subset, AXES, "test_miou", BASELINE, (0.0, 1.0)),
-                    _effects(complete_blocks(subset, AXES), AXES, "test_miou", BASELINE, (0.0, 1.0)),
-                ],
+            table = compare(subset, AXES, "test_miou", BASELINE, (0.0, 1.0))
+            stale = table["n_pairs"].to_numpy() <= (
+                before if before is not None else np.full(len(table), -1)
+            )
+            before = table["n_pairs"].to_numpy()
+            # one axis: each main effect is its variant's comparison, held once
+            (variants,), _ = apply_verdicts(
+                [table.assign(stale=stale)],
                 sesoi=0.01, alpha=spent[k - 1], method="holm", bounds=(0.0, 1.0),
             )  # fmt: skip
-            looks.append(variants.set_index("model.num_latents"))
+            looks.append(variants.assign(stale=stale).set_index("model.num_latents"))
         final = adaptive.summary.set_index("model.num_latents")
         # decided verdicts lead the report's verdict table (after the baseline)
         table = adaptive.markdown.split("## Verdicts")[1].split("##")[0]
@@ -92,7 +94,9 @@ def test_adaptive_verdicts_are_the_first_decided_fixed_rule_verdict_across_the_l
                 (k for k, look in enumerate(looks, 1) if look.loc[variant, "verdict"] in ("better", "worse", "equivalent")),
                 None,
             )  # fmt: skip
-            source = looks[(settled or len(looks)) - 1].loc[variant]
+            # an open comparison shows the last look that gave it new pairs
+            last = max(k for k, look in enumerate(looks, 1) if not look.loc[variant, "stale"])
+            source = looks[(settled or last) - 1].loc[variant]
             row = final.loc[variant]
             assert row["verdict"] == source["verdict"], (variant, settled)
             assert row["decided_round"] == (settled or 0)
@@ -126,13 +130,13 @@ def test_main_effects_of_an_adaptive_study_use_complete_seed_blocks_only():
         {"params.data.dataset": "shapes", "params.model.num_latents": "4", "params.train.seed": "1"}
     ]
     kept = complete_blocks(pd.DataFrame(rows), ["params.data.dataset", "params.model.num_latents"])
-    assert len(kept) == 5 and not math.isnan(len(kept))
+    assert len(kept) == 5 and set(kept["params.train.seed"]) == {"0"}
 
 
 def test_the_next_round_seeds_open_comparisons_and_their_baseline_only():
     """After a look: a decided comparison (4 latents, far worse) gets no seeds; an open one
     (8) does, with the baseline; one out of reach of the maximum (64: a difference near 0
-    with a spread 5 times the smallest effect of interest) stops. With ``until: effects``
+    with a spread 5 times the smallest effect of interest, in a family of 5) stops. With ``until: effects``
     every point gets seeds while a main effect is open."""
     from latentseg.report.adaptive import needs
     from latentseg.study.spec import AdaptiveSeeds
@@ -143,6 +147,9 @@ def test_the_next_round_seeds_open_comparisons_and_their_baseline_only():
         "4": [-0.0995, -0.1003, -0.0999],
         "8": [0.0010, -0.0008, 0.0004],
         "64": [0.05, -0.05, 0.001],
+        # two more far-worse variants: a family of 5 tests (the main effects repeat them)
+        "2": [-0.1, -0.1002, -0.0998],
+        "1": [-0.2, -0.2003, -0.1998],
     }
     rows = [
         {"params.model.num_latents": v, "params.train.seed": str(s),
@@ -162,7 +169,8 @@ def test_the_next_round_seeds_open_comparisons_and_their_baseline_only():
         (0,): "baseline (num_latents 16) of 1 open comparison(s)",
     }
     assert judged.open == 1 and judged.decided >= 2  # 4 latents: variant and main effect
+    assert report.family.size == 5  # each main effect is its variant's comparison: held once
 
     everything = needs(report, runs, AdaptiveSeeds(min=3, max=9, until="effects"))
-    assert sorted(n.trials[0] for n in everything.needs) == [0, 1, 2, 3]
+    assert sorted(n.trials[0] for n in everything.needs) == [0, 1, 2, 3, 4, 5]
     assert all(n.reason.startswith("main effect open: ") for n in everything.needs)

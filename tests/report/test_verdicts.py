@@ -50,33 +50,82 @@ def test_adjusted_p_values_equal_statsmodels_multipletests(method, name):
 
 
 @pytest.mark.parametrize("method", ["holm", "bonferroni", "bh"])
-def test_the_interval_excludes_zero_exactly_when_the_verdict_is_better_or_worse(method):
+def test_verdicts_follow_the_four_outcomes_of_an_equivalence_test(method):
+    """equivalent exactly when the interval lies inside ±SESOI (whether or not the sign was
+    decided); better/worse exactly when the sign was decided and the interval reaches past
+    the SESOI; relevant when all of it lies beyond. Under bonferroni the interval excludes 0
+    exactly when the sign is decided; Holm decides at least those signs."""
     rng = np.random.default_rng(1)
+    seen = set()
     for _ in range(300):
         m = int(rng.integers(1, 25))
-        estimate = rng.normal(0, 0.03, m) + rng.choice([0, 0.05], m)
-        se = rng.uniform(0.005, 0.03, m)
+        estimate = rng.normal(0, 0.03, m) + rng.choice([0, 0.05, 0.005], m)
+        se = rng.uniform(0.0005, 0.03, m)
         result = decide(estimate, se, np.full(m, 4.0), sesoi=0.01, method=method)
+        inside = (result.ci_low > -0.01) & (result.ci_high < 0.01)
+        signed = result.direction != ""
+        assert ((result.verdict == "equivalent") == inside).all()
+        assert ((result.verdict == "better") == (signed & ~inside & (estimate > 0))).all()
+        assert ((result.verdict == "worse") == (signed & ~inside & (estimate < 0))).all()
+        beyond = (result.ci_low >= 0.01) | (result.ci_high <= -0.01)
+        assert (result.relevant == (np.isin(result.verdict, ["better", "worse"]) & beyond)).all()
         excludes = (result.ci_low > 0) | (result.ci_high < 0)
-        decided = np.isin(result.verdict, ["better", "worse"])
-        assert (excludes == decided).all()
-        assert (result.verdict[result.ci_low > 0] == "better").all()
-        inside = (result.ci_low > -0.01) & (result.ci_high < 0.01) & ~decided
-        assert (result.verdict[inside] == "equivalent").all()
+        if method == "bonferroni":
+            assert (excludes == signed).all()
+        else:
+            assert (signed[excludes]).all()
+        seen.update(zip(result.verdict, result.direction, result.relevant, strict=True))
+    assert {("equivalent", "better", False), ("better", "better", True)} <= seen
 
 
-def test_holm_intervals_are_at_the_level_of_its_first_step_that_stopped():
+def test_a_decided_but_negligible_difference_is_equivalent_not_worse():
+    """The demo on an AVX2 CPU: -0.0023 [-0.0041, -0.0005] at 5 seeds, SESOI 0.01. The
+    interval excludes 0 and lies inside the margin: equivalent, slightly worse."""
+    se = 0.0018 / stats.t.ppf(0.975, 4)
+    result = decide([-0.0023], [se], [4.0], sesoi=0.01)
+    assert result.ci_low[0] == pytest.approx(-0.0041, abs=1e-6)
+    assert result.ci_high[0] == pytest.approx(-0.0005, abs=1e-6)
+    assert list(result.verdict) == ["equivalent"] and list(result.direction) == ["worse"]
+    large = decide([-0.05], [se], [4.0], sesoi=0.01)
+    assert list(large.verdict) == ["worse"] and bool(large.relevant[0])
+    straddles = decide([-0.012], [0.004], [4.0], sesoi=0.01)  # decided, reaches both sides
+    assert list(straddles.verdict) == ["worse"] and not straddles.relevant[0]
+
+
+def test_intervals_are_simultaneous_bonferroni_ones_and_holm_decides_the_signs():
     # three comparisons, 4 df: p-values about 0.0001, 0.03 and 0.6
     estimate, se, df = np.array([0.2, 0.05, 0.01]), np.array([0.02, 0.016, 0.019]), np.full(3, 4.0)
     result = decide(estimate, se, df, sesoi=0.01)
     p = 2 * stats.t.sf(np.abs(estimate / se), 4)
     rejected = int((adjust(p, "holm") <= 0.05).sum())
     assert rejected == 1 and list(result.verdict) == ["better", "inconclusive", "inconclusive"]
-    assert result.level == pytest.approx(1 - 0.05 / 2)  # alpha / (m - R)
-    half = stats.t.ppf(1 - 0.05 / 4, 4) * se
+    assert result.level == pytest.approx(1 - 0.05 / 3)  # alpha / m, whatever Holm rejects
+    half = stats.t.ppf(1 - 0.05 / 6, 4) * se
     assert result.ci_low == pytest.approx(estimate - half)
     bonferroni = decide(estimate, se, df, sesoi=0.01, method="bonferroni")
     assert bonferroni.level == pytest.approx(1 - 0.05 / 3)
+    # Holm decides a sign Bonferroni does not: the second at 0.05 / 2 once the first is out
+    estimate = np.array([0.2, 0.06])
+    se = np.array([0.02, 0.06 / stats.t.ppf(1 - 0.05 / 3, 4)])  # p between 0.025 and 0.033
+    holm, single = (
+        decide(estimate, se, np.full(2, 4.0), sesoi=0.01),
+        decide(estimate, se, np.full(2, 4.0), sesoi=0.01, method="bonferroni"),
+    )
+    assert list(holm.verdict) == ["better", "better"]
+    assert list(single.verdict) == ["better", "inconclusive"]
+    assert holm.ci_low[1] == single.ci_low[1] < 0  # the same simultaneous interval
+
+
+def test_a_comparison_with_no_new_pairs_stays_in_the_family_undecided():
+    """At a look of an adaptive study a comparison whose variant got no seeds has p = 1: it
+    counts in m, and is neither decided nor found equivalent there."""
+    estimate, se, df = np.array([0.2, 0.2, 0.0]), np.array([0.01, 0.01, 0.001]), np.full(3, 4.0)
+    fresh = decide(estimate, se, df, sesoi=0.01)
+    assert list(fresh.verdict) == ["better", "better", "equivalent"]
+    result = decide(estimate, se, df, sesoi=0.01, stale=[False, True, True])
+    assert list(result.verdict) == ["better", "inconclusive", "inconclusive"]
+    assert result.p[1] == 1.0 and result.family_size == 3
+    assert result.level == pytest.approx(1 - 0.05 / 3)
 
 
 def test_untestable_comparisons_are_inconclusive_and_outside_the_family():
@@ -214,20 +263,48 @@ def test_one_family_decides_the_variants_and_the_main_effects_together():
     assert math.isnan(comparisons.loc[0, "p_adjusted"])
 
 
-def test_a_blocks_effect_is_the_least_squares_coefficient_statsmodels_finds():
-    """One seed's runs on an unbalanced 3x2 design: the per-block effect equals the
-    treatment-coded coefficient of statsmodels' OLS ``y ~ C(context) + C(level)``."""
+def test_a_main_effect_on_a_balanced_grid_is_the_marginal_effect_statsmodels_finds():
+    """On a balanced grid with an interaction, a block's effect is the difference of the
+    level's means over the other axis: statsmodels' OLS with sum-to-zero coding of the
+    context and its interaction finds the same marginal contrast."""
     import statsmodels.formula.api as smf
 
-    from latentseg.report.stats import _block_effects
+    from latentseg.report.stats import balanced_effect
 
     rng = np.random.default_rng(3)
-    level = np.array(["a", "b", "c", "a", "b", "c", "a", "c"])
-    context = np.array(["x", "x", "x", "y", "y", "y", "z", "z"])
+    level = np.repeat(["a", "b", "c"], 3)
+    context = np.tile(["x", "y", "z"], 3)
     y = rng.normal(size=len(level))
-    effects = _block_effects(y, np.zeros(len(y), dtype=str), level, "a", context)
-    fit = smf.ols(
-        "y ~ C(context) + C(level)", pd.DataFrame({"y": y, "level": level, "context": context})
-    ).fit()
-    assert effects["b"] == pytest.approx([fit.params["C(level)[T.b]"]])
-    assert effects["c"] == pytest.approx([fit.params["C(level)[T.c]"]])
+    frame = pd.DataFrame({"y": y, "level": level, "context": context})
+    for value in ("b", "c"):
+        effect = balanced_effect(y, np.zeros(len(y), dtype=str), level, value, "a", context)
+        cells = frame.groupby(["level", "context"])["y"].mean()
+        expected = (cells[value] - cells["a"]).mean()
+        fit = smf.ols("y ~ C(level, Treatment('a')) * C(context, Sum)", frame).fit()
+        assert effect.per_block == pytest.approx([expected])
+        # the treatment coefficient of the level at the sum-coded (average) context
+        assert fit.params[f"C(level, Treatment('a'))[T.{value}]"] == pytest.approx(expected)
+        assert (effect.used, effect.total) == (3, 3)
+
+
+def test_a_main_effect_with_missing_cells_says_when_it_is_not_the_balanced_one():
+    """A 2x2 grid where heads help by 0.01 with expert attention and by 0.04 without (a
+    balanced effect of 0.025), 6 seeds; the (no attention, 4 heads) cell is missing in 4 of
+    them. The effect kept uses the cells present in every seed: heads over 1 of 2 contexts
+    (0.01, said so) rather than a blend weighted by which seeds ran the cell (the per-seed
+    least-squares rule before it reported 0.015 here, neither the balanced 0.025 nor the
+    0.01 where both ran)."""
+    cells = {("True", "1"): 0.6, ("True", "4"): 0.61, ("False", "1"): 0.5, ("False", "4"): 0.54}
+    frame = factorial(cells, seeds=tuple(str(s) for s in range(6)))
+    drop = (
+        (frame["params.model.expert_attention"] == "False")
+        & (frame["params.model.num_heads"] == "4")
+        & frame["params.train.seed"].isin(["1", "2", "3", "4"])
+    )
+    effects = axis_effects(frame[~drop], AXES, "test_miou", BASELINE).set_index("axis")
+    heads = effects.loc["model.num_heads"]
+    assert heads["contexts"] == "1 of 2" and not heads["balanced"]
+    assert heads["diff"] == pytest.approx(0.01, abs=2e-3) and heads["n_pairs"] == 6
+    full = axis_effects(frame, AXES, "test_miou", BASELINE).set_index("axis")
+    assert full.loc["model.num_heads", "diff"] == pytest.approx(0.025, abs=2e-3)
+    assert full.loc["model.num_heads", "balanced"]
