@@ -147,7 +147,31 @@ def run_tags(config: ExperimentConfig, source: str) -> dict[str, str]:
     if commit:
         tags["latentseg.git_commit"] = commit
         tags["mlflow.source.git.commit"] = commit
+    if str(resolve_device(config.train.device)) == "cpu":
+        tags.update(numerics_tags())
     return tags
+
+
+def numerics_tags() -> dict[str, str]:
+    """How this process computes on the CPU: torch's CPU capability, the native first
+    stage's status and the weight-gradient path. Runs computed differently round their
+    floats differently; the report warns when a comparison pairs such runs."""
+    from latentseg.models import encoder
+
+    capability = encoder._cpu_capability()
+    if encoder.GEMM_WEIGHT_GRAD is not None:
+        gradient = "gemm" if encoder.GEMM_WEIGHT_GRAD else "onednn"
+    else:
+        gradient = (
+            f"gemm from {encoder.GEMM_MIN_POSITIONS} pixels" if capability == "AVX2" else "onednn"
+        )
+    native = encoder.native_first_stage_status()
+    return {
+        "latentseg.cpu_capability": capability,
+        # "on", or "off" with the reason cut (the reason names paths and compilers)
+        "latentseg.native_kernel": native.split(" ", 1)[0],
+        "latentseg.weight_gradient": gradient,
+    }
 
 
 def run_experiment(
