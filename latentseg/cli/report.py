@@ -26,8 +26,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", help="output folder (default reports/<name>/)")
     parser.add_argument(
         "--metric",
-        default="miou",
-        help="metric to compare (default miou: test_miou, the test split at each run's best-validation checkpoint)",
+        help="metric to compare (default: the study's primary metric, report.metric in its spec, "
+        "else miou: test_miou, the test split at each run's best-validation checkpoint); another "
+        "metric is reported as secondary",
     )
     parser.add_argument(
         "--baseline",

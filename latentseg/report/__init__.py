@@ -11,7 +11,7 @@ def ablation_report(
     study: str | None = None,
     experiment: str | None = None,
     tracking_uri: str | None = None,
-    metric: str = "miou",
+    metric: str | None = None,
     baseline: dict[str, Any] | None = None,
     sesoi: float | None = None,
     alpha: float | None = None,
@@ -21,7 +21,9 @@ def ablation_report(
 ):
     """The report on a ``study``'s seed runs or an MLflow ``experiment``'s training runs.
 
-    ``metric`` is compared on the test split at each run's best-validation checkpoint.
+    ``metric`` is compared on the test split at each run's best-validation checkpoint; by
+    default the study's primary metric (``report: {metric: ...}`` in its spec), else
+    ``miou``. Another metric is reported as secondary.
     ``sesoi`` (smallest effect of interest), ``alpha`` and ``correction`` (holm,
     bonferroni, bh) default to the study spec's ``report:`` section, then to 0.01 (for
     metrics in [0, 1]), 0.05 and holm. With ``output`` the documents are written there;
@@ -37,7 +39,8 @@ def ablation_report(
 
     # bad options fail before any store is opened
     Decision(sesoi, ALPHA if alpha is None else alpha, correction or "holm")
-    run_metric(metric)
+    if metric is not None:
+        run_metric(metric)
     store = TrackingStore.open(resolve_tracking_uri(tracking_uri), create=False)
     collected = collect(store, experiment=experiment, study=study)
     parent = store.parent_run(study, collected.experiment_ids) if study else None
@@ -46,8 +49,8 @@ def ablation_report(
         parent.data.params if parent else {},
     )
     report = build(
-        collected, study or experiment, metric, baseline, store=store, decision=decision,
-        figures=figures,
+        collected, study or experiment, metric or decision.primary, baseline, store=store,
+        decision=decision, figures=figures,
     )  # fmt: skip
     report.parent_run_id = parent.info.run_id if parent else None
     report.tracking_uri = store.uri

@@ -560,6 +560,11 @@ def _effect_notes(report: Report, decision: Decision) -> list[str]:
             "verdict."
         )
     if report.rounds:
+        notes.append(
+            "Plots of means use the first round's seeds, which every variant ran; the details "
+            "table gives each variant's mean beside the baseline's over the seeds they share "
+            "(the baseline runs more seeds than most variants)."
+        )
         if decision.until != "effects" and not effects.empty:
             notes.append(
                 "Main effects use the first round's seeds: later rounds seed only the open "
@@ -600,6 +605,10 @@ def _drawings(
     """The report's figures and, with a tracking ``store``, the learning curves and the
     images logged by the best run (and its study)."""
     keys, column, table = report.axes, report.metric, report.summary
+    if report.rounds:  # adaptive seeds: means over the seeds every variant ran (round 1)
+        runs = runs[run_rounds(runs) == 1]
+        first = summarize(runs, axes, column, metric_bounds(column))
+        table = table.drop(columns=["mean"]).merge(first[[*keys, "mean"]], on=keys, how="left")
     drawn = _figures(
         runs, table, report.effects, axes, keys, column, report.family, report.baseline
     )
@@ -1006,9 +1015,11 @@ def _interactions_section(report: Report) -> _Section:
 def _details_section(report: Report) -> _Section:
     """Every variant, best mean first, with its unadjusted statistics and costs."""
     keys = report.axes
-    details = report.summary.sort_values("mean", ascending=False)
+    order = "diff" if "diff" in report.summary else "mean"  # paired: the verdicts' order
+    details = report.summary.sort_values(order, ascending=False, kind="stable")
     show_values = "seed_values" in details and details["n"].max() <= SEED_VALUES_UP_TO
     head = [*keys, "n", "mean", "95% CI", *(["per seed"] if show_values else [])]
+    head += ["mean / baseline's, paired seeds"]
     head += ["diff", "95% CI of diff (unadjusted)", "p (unadjusted)", "Hedges g"]
     head += ["Wilcoxon p", "params", "GFLOP/img", "wall s"]
     rows = []
@@ -1017,6 +1028,7 @@ def _details_section(report: Report) -> _Section:
             [*(str(row[k]) for k in keys), str(int(row["n"])), _fmt(row["mean"]),
              f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
              *([str(row["seed_values"])] if show_values else []),
+             f"{_fmt(row.get('mean_paired', math.nan))} / {_fmt(row.get('baseline_mean_paired', math.nan))}",
              _signed(row.get("diff", math.nan)),
              f"[{_signed(row.get('diff_ci95_low', math.nan))}, {_signed(row.get('diff_ci95_high', math.nan))}]",
              _fmt(row.get("p", math.nan), 3), _fmt(row.get("hedges_g", math.nan), 2),

@@ -121,8 +121,23 @@ class ReportSpec(StrictModel):
     alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise error rate (or FDR with bh).")
     correction: Literal["holm", "bonferroni", "bh"] = Field(
         "holm",
-        description="holm (default) or bonferroni control the family-wise error; bh the false discovery rate (exploratory sweeps).",
+        description="holm (default) or bonferroni control the family-wise error; bh the false discovery rate (exploratory sweeps; not with adaptive seeds).",
     )
+    metric: str = Field(
+        "miou",
+        description="The primary metric, declared before the results: the report compares its test split (test_<metric>) at each run's best-validation checkpoint; a report on another metric is labelled secondary.",
+    )
+
+    @field_validator("metric")
+    @classmethod
+    def _primary(cls, value: str) -> str:
+        name = value.removeprefix("test_").removeprefix("val_")
+        if value.startswith("best_") or not name or not name.replace("_", "").isalnum():
+            raise ValueError(
+                f"report.metric {value!r}: name a per-run metric such as miou, mdice or "
+                "pixel_accuracy (its test split at the best-validation checkpoint is compared)"
+            )
+        return name
 
 
 class AdaptiveSeeds(StrictModel):
@@ -261,6 +276,12 @@ class StudySpec(StrictModel):
                 "adaptive seeds need a grid (sampler: {name: grid}): rounds add seeds where a "
                 "point's comparison with the baseline is open, and a search has no baseline"
             )
+        if isinstance(self.seeds, AdaptiveSeeds) and self.report.correction == "bh":
+            raise ValueError(
+                "report.correction bh cannot decide after each round of adaptive seeds: that "
+                "needs family-wise control (holm or bonferroni); bh's intervals are not "
+                "repeated confidence intervals"
+            )
         if "train.seed" in self.search_space:
             raise ValueError(
                 "train.seed cannot be searched; use `seeds` (every trial is trained with each seed)"
@@ -387,6 +408,13 @@ def _check_search_space(spec: StudySpec, base: ExperimentConfig, path: Path) -> 
         "dead_latents",
         *(f"iou_{c}" for c in classes),
     ]
+    if spec.report.metric not in names:
+        close = difflib.get_close_matches(spec.report.metric, names, n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"{path}: report.metric {spec.report.metric!r} is not a metric the runs report.{hint} "
+            f"Metrics: {', '.join(names)}."
+        )
     known = {f"{prefix}_{n}" for prefix in ("val", "best_val") for n in names}
     metric = spec.objective.metric
     if metric not in known:
