@@ -29,9 +29,7 @@ def judge(loaded, tracking_uri: str, round_: int) -> Judgement:
     parent = store.parent_run(loaded.name, collected.experiment_ids)
     decision = decision_for({}, parent.data.params if parent else {})
     try:
-        report = build(
-            collected, loaded.name, decision.primary, decision=decision, figures=False
-        )
+        report = build(collected, loaded.name, decision.primary, decision=decision, figures=False)
     except LatentSegError:  # nothing finished (every trial pruned or failed): nothing to seed
         return Judgement([], 0, 0)
     return needs(report, collected.runs, loaded.spec.adaptive)

@@ -620,7 +620,9 @@ def apply_verdicts(
     A row whose test (its blocks and differences, column ``_test``) repeats an earlier row's
     is the same test: the family holds it once (``counted_once`` marks the repeat, which
     takes the first row's verdict). A row with ``stale`` true got no new pairs at this look
-    of an adaptive study: it stays in the family with p = 1 and is not decided."""
+    of an adaptive study: it stays in the family with p = 1 and is not decided; one with
+    ``rejected_before`` true had its sign decided at an earlier look, which stands (it counts
+    as rejected in Holm's steps)."""
     from latentseg.report.verdicts import decide, mde, seeds_for_equivalence, seeds_needed
 
     parts = []
@@ -643,6 +645,7 @@ def apply_verdicts(
     estimate, se, df = (column(c, math.nan).astype(float) for c in ("diff", "se", "df"))
     n = column("n_pairs", 0).astype(float)
     stale = column("stale", False).astype(bool)
+    rejected_before = column("rejected_before", False).astype(bool)
     keys = column(TEST_KEY, "")
     first = {}
     repeat = np.zeros(len(keys), dtype=int) - 1  # index of the first row of the same test
@@ -655,6 +658,7 @@ def apply_verdicts(
     decided = decide(
         estimate[once], se[once], df[once], sesoi=sesoi, alpha=alpha, method=method,
         bounds=difference_bounds(bounds), stale=stale[once],
+        rejected_before=rejected_before[once],
     )  # fmt: skip
     source = np.cumsum(once) - 1  # each row's place among the rows tested once
     source[~once] = source[repeat[~once]]

@@ -33,7 +33,10 @@ level ``alpha_k`` with ``sum(alpha_k) = alpha`` (``spending``: the Kim-DeMets po
 ``alpha * t**rho``, t = n / max, rho = 3, which spends little early and most at the last
 look). Each look's family is decided as above at its ``alpha_k``; a comparison keeps the
 first decided verdict (``settle``); one with no new pairs at a look stays in the family with
-p = 1 and cannot be decided there. Every interval shown is one of the ``m * K`` intervals at
+p = 1 and cannot be decided there; a sign decided at an earlier look stays rejected in
+Holm's steps at later looks (the closed test over all looks: an intersection of true nulls is
+rejected when any of its members reaches ``alpha_k / |J|`` at some look, size at most
+``sum(alpha_k) = alpha``). Every interval shown is one of the ``m * K`` intervals at
 level ``1 - alpha_k / m`` over a look's planned seeds, so by the union bound they all cover
 at once in at least ``1 - alpha`` of studies, whatever rule chose which points got more
 seeds: repeated confidence intervals (Jennison & Turnbull 1989).
@@ -132,12 +135,15 @@ def decide(
     method: str = "holm",
     bounds: tuple[float, float] = (-math.inf, math.inf),
     stale=None,
+    rejected_before=None,
 ) -> Decisions:
     """Verdicts for a family of differences ``estimate`` with standard errors ``se`` and
     ``df`` degrees of freedom (arrays of one length). ``bounds`` clip the intervals to the
     range a difference can take (``(-1, 1)`` for a metric in [0, 1]). ``stale`` marks the
     comparisons that got no new pairs since the last look of an adaptive study: they stay
     in the family with p = 1 and cannot be newly decided (their numbers are the last look's).
+    ``rejected_before`` marks those whose sign an earlier look decided: a rejection stands,
+    so they count as rejected in Holm's steps (p = 0), as in the closed test over all looks.
 
     The four outcomes of an equivalence test (Lakens, Scheel & Isager 2018), from the test
     and the family's interval:
@@ -153,8 +159,14 @@ def decide(
     p = np.full_like(estimate, np.nan)
     p[tested] = 2 * special.stdtr(df[tested], -np.abs(estimate[tested] / se[tested]))
     p[tested & stale] = 1.0
-    p_adjusted = adjust(p, method)
-    rejected = tested & ~stale & (p_adjusted <= alpha)
+    before = (
+        np.zeros(estimate.shape, bool)
+        if rejected_before is None
+        else np.asarray(rejected_before, bool)
+    )
+    p_test = np.where(tested & before, 0.0, p)
+    p_adjusted = adjust(p_test, method)
+    rejected = tested & ~stale & ~before & (p_adjusted <= alpha)
     m = int(tested.sum())
     error = interval_level(int(rejected.sum()), m, alpha, method)
     half = np.full_like(estimate, np.nan)

@@ -296,7 +296,7 @@ def adaptive_study(
     decided at that look's share of alpha (``spending``), a comparison keeps its first decided
     verdict (``settle``), and only open variants and the baseline get the next seeds. A
     comparison that got no seeds at a look stays in the family with p = 1 and keeps the
-    interval of its last look. Returns the verdicts, the interval of each (at the look that
+    interval of its last look; a sign decided at a look stays rejected in Holm's steps. Returns the verdicts, the interval of each (at the look that
     settled it, or its last look), and the seed runs spent."""
     m, last = len(effects), looks[-1]
     diffs = study(rng, effects, last, kind, sd_scale)  # every seed a variant could get, up front
@@ -305,6 +305,7 @@ def adaptive_study(
     low, high = np.full(m, np.nan), np.full(m, np.nan)
     n = np.zeros(m, dtype=int)
     open_ = np.ones(m, dtype=bool)
+    signed = np.full(m, "", dtype=object)  # a sign decided at a look stays rejected after
     baseline = 0
     last_error = spending(ALPHA, looks)[-1] / m
     for look, (seeds, alpha) in enumerate(zip(looks, spending(ALPHA, looks), strict=True), 1):
@@ -314,8 +315,10 @@ def adaptive_study(
         estimate = np.array([diffs[i, : n[i]].mean() for i in range(m)])
         se = np.array([diffs[i, : n[i]].std(ddof=1) for i in range(m)]) / np.sqrt(n)
         result = decide(
-            estimate, se, n - 1.0, sesoi=SESOI, alpha=alpha, bounds=(-1, 1), stale=~seeded
-        )
+            estimate, se, n - 1.0, sesoi=SESOI, alpha=alpha, bounds=(-1, 1), stale=~seeded,
+            rejected_before=signed != "",
+        )  # fmt: skip
+        signed = np.where(signed != "", signed, result.direction)
         fresh = settle(verdict, decided_at, result.verdict, look)
         shown = fresh | ((verdict == "inconclusive") & seeded)
         low[shown], high[shown] = result.ci_low[shown], result.ci_high[shown]
