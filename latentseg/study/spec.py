@@ -409,7 +409,7 @@ def _check_search_space(spec: StudySpec, base: ExperimentConfig, path: Path) -> 
         *(f"iou_{c}" for c in classes),
     ]
     if spec.report.metric not in names:
-        close = difflib.get_close_matches(spec.report.metric, names, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(spec.report.metric.lower(), names, n=1, cutoff=0.6)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(
             f"{path}: report.metric {spec.report.metric!r} is not a metric the runs report.{hint} "

@@ -65,6 +65,17 @@ def test_plain_lists_are_categorical_and_overrides_apply(study_spec):
         ({"objective": {"metric": "test_miou"}}, "must not tune on the test split"),
         ({"report": {"sesoi": -0.01}}, "report.sesoi"),
         ({"report": {"correction": "fdr"}}, "report.correction"),
+        ({"report": {"metric": "best_val_miou"}}, "report.metric 'best_val_miou'"),
+        ({"report": {"metric": "mIoU"}}, "report.metric 'mIoU'.*Did you mean 'miou'"),
+        (
+            {
+                "search_space": {"model.num_latents": [4, 8]},
+                "sampler": {"name": "grid"},
+                "seeds": {"min": 3, "max": 6},
+                "report": {"correction": "bh"},
+            },
+            "report.correction bh cannot decide after each round",
+        ),
         (
             {
                 "search_space": {"model.latent_dim": [60]},
