@@ -1214,7 +1214,8 @@ def _html(report: Report, images: dict[str, str]) -> str:
         for cells in rows:
             tds = []
             for i, cell in enumerate(cells):
-                css = f' class="{html.escape(cell)}"' if i == verdict_at else ""
+                # the verdict's first word: "equivalent (slightly worse)" is equivalent
+                css = f' class="{html.escape(cell.split()[0])}"' if i == verdict_at else ""
                 tds.append(f'<td data-value="{html.escape(cell)}"{css}>{html.escape(cell)}</td>')
             base = (
                 ' class="baseline"' if verdict_at >= 0 and cells[verdict_at] == "baseline" else ""

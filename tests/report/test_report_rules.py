@@ -166,3 +166,39 @@ def test_bh_is_refused_with_adaptive_looks():
 
     with pytest.raises(ConfigError, match="--correction bh: this study decides after each round"):
         Decision(correction="bh", looks=(3, 6))
+
+
+def test_a_failed_point_leaves_its_cells_out_of_the_main_effects_not_its_seeds():
+    """until: effects, a 3x2 grid, looks at 3 and 5 seeds: point (latents 32, heads 4)
+    failed for good in round 2. The effect of 8 latents keeps all 5 seeds over both head
+    counts; the effect of heads keeps all 5 seeds over the 2 latent counts where both head
+    counts ran (a note says 2 of 3 contexts). The complete-block rule before dropped seeds
+    3 and 4 from every main effect."""
+    rng = np.random.default_rng(4)
+    seed_effect = rng.normal(0, 0.05, 5)
+    out = []
+    for latents, lift in (("16", 0.0), ("8", -0.03), ("32", 0.01)):
+        for heads, more in (("1", 0.0), ("4", 0.02)):
+            for s in range(5):
+                if (latents, heads) == ("32", "4") and s >= 3:
+                    continue  # failed for good in round 2
+                out.append(
+                    {AXIS: latents, "params.model.num_heads": heads, "params.train.seed": str(s),
+                     "metrics.test_miou": 0.5 + lift + more + seed_effect[s] + rng.normal(0, 0.002),
+                     "tags.latentseg.round": "1" if s < 3 else "2"}
+                )  # fmt: skip
+    decision = Decision(looks=(3, 5), until="effects")
+    collected = Collected(pd.DataFrame(out), {}, [])
+    result = build(collected, "dead", baseline={**BASELINE, "model.num_heads": "1"},
+                   decision=decision, figures=False)  # fmt: skip
+    effects = result.effects.set_index(["axis", "value"])
+    assert effects.loc[("model.num_latents", "8"), "n_pairs"] == 5
+    assert effects.loc[("model.num_latents", "8"), "contexts"] == "2 of 2"
+    heads = effects.loc[("model.num_heads", "4")]
+    assert heads["n_pairs"] == 5 and heads["contexts"] == "2 of 3"
+    assert any("model.num_heads 4 vs 1: over 2 of 3 contexts" in n for n in result.notes)
+    # until: variants keeps the first round's seeds for main effects, and says so
+    result = build(collected, "dead", baseline={**BASELINE, "model.num_heads": "1"},
+                   decision=Decision(looks=(3, 5)), figures=False)  # fmt: skip
+    assert (result.effects["n_pairs"] == 3).all()
+    assert any("Main effects use the first round's seeds" in n for n in result.notes)
