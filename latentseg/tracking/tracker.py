@@ -15,6 +15,17 @@ is down the epoch's metrics, checkpoints and images wait in order in memory. The
 once it answers again, and the end of training waits for it (``LATENTSEG_TRACKING_WAIT_S``,
 default 600 s) before giving up with an error that says what was not logged.
 
+A server that dies *during* a call is not waited for either. MLflow retries a failed request
+for minutes (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` 7, backoff doubling from 2 s to 120 s) and
+offers no per-client setting: every request reads those variables from the process's
+environment (``mlflow.utils.rest_utils.http_request``; its callers, the REST store and the
+artifact repository, pass none), and changing them would change them for all other code in
+the process. So the tracker bounds what training waits for instead of MLflow's retries: each
+call to a server runs on a thread of its own, and training waits for it only while the server
+answers its health check (every ``CALL_WAIT_S``). When the server stops answering, the call
+stays in the outbox, in flight: training goes on, and the outbox moves on once MLflow's
+retries end (sent, or failed during the outage and sent again).
+
 Checkpoints are written on this machine first (``local_checkpoints``) and uploaded after;
 :meth:`MLflowTracker.unstored_checkpoints` says which of them the run's artifacts do not hold
 yet (an upload failed, or waits for the server), so the caller knows when the local copy may
@@ -34,16 +45,23 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from latentseg.tracking.store import server_reachable
 from latentseg.train.callbacks import TrainCallback, TrainContext
 
 PLOT_KEYS = ("predictions", "latent_attention", "expert_assignment")
+# How long a hook waits for a call to the tracking server before it checks that the server
+# still answers (and goes on training when it does not): a healthy server's calls take
+# milliseconds, an upload of a large checkpoint longer, and that is waited for as before.
+CALL_WAIT_S = 2.0
 
 
 def _metric_batch(metrics: dict[str, float], step: int):
@@ -53,6 +71,23 @@ def _metric_batch(metrics: dict[str, float], step: int):
     return [
         Metric(key, float(value), now, step) for key, value in metrics.items() if value is not None
     ]
+
+
+@dataclass
+class _Flight:
+    """A logging call under way: its outbox key, the call, and its outcome."""
+
+    key: str
+    call: Callable[[], Any]
+    outcome: Future
+    outlived: bool = False  # the server stopped answering while it ran
+
+
+def _run(call: Callable[[], Any], outcome: Future) -> None:
+    try:
+        outcome.set_result(call())
+    except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the outcome
+        outcome.set_exception(exc)
 
 
 def _timed(hook):
@@ -83,6 +118,7 @@ class MLflowTracker(TrainCallback):
         self.server = server  # the tracking server's URL; None for a database store
         self.local_checkpoints: Path | None = None  # where this machine keeps the checkpoints
         self._unsent: dict[str, Callable[[], Any]] = {}  # in order; a key replaces its older call
+        self._in_flight: _Flight | None = None  # the call under way; kept while MLflow retries it
         self._outbox_lock = threading.Lock()
         self._outage_since: float | None = None
         self._failed_checkpoints: set[str] = set()  # names whose newest upload failed
@@ -108,36 +144,37 @@ class MLflowTracker(TrainCallback):
                 epoch = int(entry["epoch"])
                 if epoch not in logged:
                     metrics = {key: value for key, value in entry.items() if key != "epoch"}
-                    self.client.log_batch(self.run_id, metrics=_metric_batch(metrics, epoch))
+                    self._log_metrics(f"metrics:{epoch}", _metric_batch(metrics, epoch))
         if not self.resumed:
             params = [
                 Param(key, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
                 for key, value in sorted(context.config.flat().items())
             ]
             for start in range(0, len(params), 100):  # MLflow's per-request limit
-                self.client.log_batch(self.run_id, params=params[start : start + 100])
-            self.client.log_batch(
-                self.run_id,
-                metrics=_metric_batch(
-                    {
-                        "model_params": context.stats["params"],
-                        "model_flops_per_image": context.stats["flops_per_image"],
-                        "model_kv_params": context.stats["kv_params"],
-                        "model_kv_activations_per_image": context.stats["kv_activations"],
-                    },
-                    0,
-                ),
-            )
-            self._log_json(context.config.model_dump(mode="json"), "config.json")
-            self._log_json(model_summary(context), "model_summary.json")
+                batch = params[start : start + 100]
+                self._send(
+                    f"params:{start}",
+                    lambda batch=batch: self.client.log_batch(self.run_id, params=batch),
+                )
+            stats = {
+                "model_params": context.stats["params"],
+                "model_flops_per_image": context.stats["flops_per_image"],
+                "model_kv_params": context.stats["kv_params"],
+                "model_kv_activations_per_image": context.stats["kv_activations"],
+            }
+            self._log_metrics("model_stats", _metric_batch(stats, 0))
+            for name, payload in (
+                ("config.json", context.config.model_dump(mode="json")),
+                ("model_summary.json", model_summary(context)),
+            ):
+                self._send(f"json:{name}", functools.partial(self._log_json, payload, name))
 
     @_timed
     def on_epoch_end(
         self, context: TrainContext, metrics: dict[str, float], improved: bool
     ) -> None:
         epoch = context.state.epoch
-        batch = _metric_batch(metrics, epoch)
-        self._send(f"metrics:{epoch}", lambda: self.client.log_batch(self.run_id, metrics=batch))
+        self._log_metrics(f"metrics:{epoch}", _metric_batch(metrics, epoch))
         if not self.plots:
             return
         # A forward pass over the few plot images: cheap, and the last epoch's must be taken
@@ -175,8 +212,7 @@ class MLflowTracker(TrainCallback):
 
     @_timed
     def on_train_end(self, context: TrainContext, summary: dict[str, float]) -> None:
-        batch = _metric_batch(summary, context.state.epoch)
-        self._send("summary", lambda: self.client.log_batch(self.run_id, metrics=batch))
+        self._log_metrics("summary", _metric_batch(summary, context.state.epoch))
         self._wait_for_server()
         if self.plots:
             # The model holds the best weights now: its maps are the best epoch's, also
@@ -236,46 +272,36 @@ class MLflowTracker(TrainCallback):
             self._unsent[key] = call
         self._drain()
 
+    def _log_metrics(self, key: str, batch: list) -> None:
+        self._send(key, lambda: self.client.log_batch(self.run_id, metrics=batch))
+
     def _drain(self) -> bool:
-        """Send the kept calls in order; False (and nothing waits) while the server is down."""
-        from mlflow.exceptions import MlflowException
-
-        from latentseg.tracking.store import server_reachable
-
+        """Send the kept calls in order; False (and nothing waits) while the server is down,
+        or while a call it stopped answering is still retried in the background."""
         with self._outbox_lock:
+            if self._in_flight is not None and not self._in_flight.outcome.done():
+                return False
             # one health check per drain: a down server is skipped in seconds, not retried
-            if self._unsent and self.server is not None and not server_reachable(self.server):
+            if (
+                self._in_flight is None
+                and self._unsent
+                and self.server is not None
+                and not server_reachable(self.server)
+            ):
                 self._note_outage()
                 return False
-            while self._unsent:
-                key, call = next(iter(self._unsent.items()))
-                try:
-                    call()
-                except OSError as exc:  # the artifact store's disk: full, quota, read-only
-                    self._failed_checkpoints |= {
-                        queued.split(":", 1)[1]
-                        for queued in self._unsent
-                        if queued.startswith("checkpoint:")
-                    }
-                    del self._unsent[key]
-                    self._unsent.clear()  # the rest would fail alike; the run ends FAILED
-                    from latentseg.errors import StoreWriteError
-
-                    raise StoreWriteError(
-                        f"cannot write {key.split(':', 1)[-1]} to run {self.run_id}'s artifacts "
-                        f"({exc.strerror or exc}); {self._kept()}"
-                    ) from None
-                except MlflowException:
-                    if self.server is not None and not server_reachable(self.server):
-                        self._note_outage()  # it went away during the call: keep the call
-                        return False
-                    if key.startswith("checkpoint:"):
-                        self._failed_checkpoints.add(key.split(":", 1)[1])
-                    del self._unsent[key]  # a real error, not an outage: raised, not retried
-                    raise
-                if key.startswith("checkpoint:"):
-                    self._failed_checkpoints.discard(key.split(":", 1)[1])
-                del self._unsent[key]
+            while self._in_flight is not None or self._unsent:
+                if self._in_flight is None:
+                    key, call = next(iter(self._unsent.items()))
+                    self._in_flight = _Flight(key, call, self._start(call))
+                flight = self._in_flight
+                if not self._answered(flight.outcome):
+                    flight.outlived = True  # it goes on (MLflow's retries); training does too
+                    self._note_outage()
+                    return False
+                self._in_flight = None
+                if not self._settle(flight):
+                    return False
             if self._outage_since is not None:
                 print(
                     f"latentseg: tracking server {self.server} is back after "
@@ -286,6 +312,66 @@ class MLflowTracker(TrainCallback):
                 )
                 self._outage_since = None
             return True
+
+    def _start(self, call: Callable[[], Any]) -> Future:
+        """Start ``call``: on a thread of its own for a tracking server (whose calls can hang
+        in MLflow's retries), in this thread for a database store."""
+        outcome: Future = Future()
+        if self.server is None:
+            _run(call, outcome)
+        else:
+            threading.Thread(
+                target=_run, args=(call, outcome), name="latentseg-tracking-call", daemon=True
+            ).start()
+        return outcome
+
+    def _answered(self, outcome: Future) -> bool:
+        """Wait for a call while its server answers; False when the server stops answering
+        first (the call is left running)."""
+        while not futures.wait([outcome], timeout=CALL_WAIT_S).done:
+            if not server_reachable(self.server):
+                return False
+        return True
+
+    def _settle(self, flight: _Flight) -> bool:
+        """Take a finished call out of the outbox (unless a newer call of its key replaced it
+        meanwhile); False when it failed because the server is down (it stays kept). A real
+        error is raised, and not retried."""
+        from mlflow.exceptions import MlflowException
+
+        key = flight.key
+        current = self._unsent.get(key) is flight.call
+        try:
+            flight.outcome.result()
+        except OSError as exc:  # the artifact store's disk: full, quota, read-only
+            self._failed_checkpoints |= {
+                queued.split(":", 1)[1]
+                for queued in self._unsent
+                if queued.startswith("checkpoint:")
+            }
+            self._unsent.clear()  # the rest would fail alike; the run ends FAILED
+            from latentseg.errors import StoreWriteError
+
+            raise StoreWriteError(
+                f"cannot write {key.split(':', 1)[-1]} to run {self.run_id}'s artifacts "
+                f"({exc.strerror or exc}); {self._kept()}"
+            ) from None
+        except MlflowException:
+            if self.server is not None and not server_reachable(self.server):
+                self._note_outage()  # it went away during the call: keep the call
+                return False
+            if flight.outlived:  # it failed while the server was away: sent again now
+                return True
+            if key.startswith("checkpoint:"):
+                self._failed_checkpoints.add(key.split(":", 1)[1])
+            if current:
+                del self._unsent[key]  # a real error, not an outage: raised, not retried
+            raise
+        if current:
+            if key.startswith("checkpoint:"):
+                self._failed_checkpoints.discard(key.split(":", 1)[1])
+            del self._unsent[key]
+        return True
 
     def _note_outage(self) -> None:
         if self._outage_since is None:
