@@ -30,6 +30,7 @@ from latentseg.study.rounds import Judge
 from latentseg.study.spec import LoadedStudy, load_study_spec, redact
 from latentseg.study.storage import (
     Heartbeat,
+    forget_stops,
     launch_stopped,
     make_storage,
     mark_launch_stopped,
@@ -46,6 +47,7 @@ from latentseg.tracking.study import (
     close_orphans,
     log_round,
     log_study_summary,
+    running_launches,
     start_study_run,
 )
 from latentseg.train import TrainingInterrupted
@@ -428,6 +430,10 @@ def _run_launch(
     recover(launch)
     with queue_lock(launch.storage_url):
         queue_trials(launch.study, loaded)
+        # the stops of launches that are over (those still running may need theirs)
+        forget_stops(
+            launch.study, running_launches(launch.store, launch.experiment_id, loaded.name)
+        )
     if loaded.spec.adaptive and judge is None:
         from latentseg.report.adaptive import judge  # the one default from above
     # Signals only set a flag from here on, so the parent run is always closed and the
@@ -573,7 +579,7 @@ def run_rounds(
     passes = 0  # worker passes in this round: the round, then retries of dead workers
     workers_started = 0
     round_ = rounds.current_round(study.get_trials(deepcopy=False))
-    stop = StopAnnouncer(stop, study, trial_context.parent_run_id)
+    stop = StopAnnouncer(stop, study, trial_context.parent_run_id, launch.storage_url)
     while passes <= spec.max_retry:
         if launch.waiting():
             launch.pool.run(
@@ -605,8 +611,9 @@ class StopAnnouncer:
     it is seen, so that workers stop taking trials even where the signal the pool forwards
     reaches them late or never (a Ray worker whose poll of the launch fails)."""
 
-    def __init__(self, stop, study: optuna.Study, launch_id: str) -> None:
+    def __init__(self, stop, study: optuna.Study, launch_id: str, storage_url: str) -> None:
         self.stop, self.study, self.launch_id = stop, study, launch_id
+        self.storage_url = storage_url
         self.announced = False
 
     @property
@@ -618,7 +625,9 @@ class StopAnnouncer:
         if stopped and not self.announced:
             self.announced = True
             try:
-                mark_launch_stopped(self.study, self.launch_id, str(self.stop.received))
+                mark_launch_stopped(
+                    self.study, self.launch_id, str(self.stop.received), self.storage_url
+                )
             except Exception as exc:  # the signals still go out; the storage says why not
                 print(f"could not record the stop in the study: {exc}", file=sys.stderr)
         return stopped

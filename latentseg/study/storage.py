@@ -9,11 +9,15 @@
   runs exactly ``n_trials``, however many workers share it.
 - Journal storages have no heartbeat: each running trial records its host, pid and process
   start time; a trial whose process is gone is failed and retried (``max_retry``).
+- A RUNNING trial with neither owner nor claim (taken by something other than a latentseg
+  worker, or by a version before claims) is failed and retried once it shows no sign of life
+  for the heartbeat grace: started longer ago, and no heartbeat since.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import sys
 import threading
@@ -64,7 +68,10 @@ def default_journal(tracking_uri: str) -> Path:
 
 OWNER_ATTR = "latentseg_owner"  # {"host", "pid", "start"} of the process running a trial
 CLAIM_PREFIX = "latentseg_claim:"  # + host:pid:start of a process about to take a trial
-STOP_PREFIX = "latentseg_stop:"  # + a launch's parent run id: that launch was stopped
+# {a launch's parent run id: why it was stopped}, for the launches not over yet: one study
+# attribute, as Optuna's storages cannot delete one (launches before kept one each, under
+# "latentseg_stop:" + the run id; those stay, unread)
+STOPS_ATTR = "latentseg_stops"
 
 
 def open_storage(
@@ -330,19 +337,41 @@ def pop_waiting_trial(study: optuna.Study) -> tuple[optuna.Trial, int] | None:
     return None
 
 
-def mark_launch_stopped(study: optuna.Study, launch_id: str, reason: str) -> None:
+def mark_launch_stopped(
+    study: optuna.Study, launch_id: str, reason: str, storage_url: str | None
+) -> None:
     """Record in the study that launch ``launch_id`` was stopped, so that none of its workers
-    takes another trial, wherever it runs and whether or not a signal reaches it."""
-    storage = storage_of(study)
-    study_id = storage.get_study_id_from_name(study.study_name)
-    storage.set_study_system_attr(study_id, STOP_PREFIX + launch_id, reason)
+    takes another trial, wherever it runs and whether or not a signal reaches it. Under the
+    queue lock of ``storage_url``: the stops of all launches share one attribute."""
+    with queue_lock(storage_url):
+        _set_stops(study, {**_stops(study), launch_id: reason})
 
 
 def launch_stopped(study: optuna.Study, launch_id: str) -> str | None:
     """Why launch ``launch_id`` was stopped (``'SIGINT'``), or None while it runs."""
+    return _stops(study).get(launch_id)
+
+
+def forget_stops(study: optuna.Study, running: set[str]) -> None:
+    """Drop the stops of the launches that are over (those not in ``running``, the parent run
+    ids of the launches still running), so that they do not pile up across launches. The
+    caller holds the queue lock."""
+    stops = _stops(study)
+    kept = {launch: reason for launch, reason in stops.items() if launch in running}
+    if kept != stops:
+        _set_stops(study, kept)
+
+
+def _stops(study: optuna.Study) -> dict[str, str]:
     storage = storage_of(study)
     study_id = storage.get_study_id_from_name(study.study_name)
-    return storage.get_study_system_attrs(study_id).get(STOP_PREFIX + launch_id)
+    return dict(storage.get_study_system_attrs(study_id).get(STOPS_ATTR) or {})
+
+
+def _set_stops(study: optuna.Study, stops: dict[str, str]) -> None:
+    storage = storage_of(study)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    storage.set_study_system_attr(study_id, STOPS_ATTR, stops)
 
 
 def claim_key(owner: dict) -> str:
@@ -409,7 +438,8 @@ def retry(study: optuna.Study, trial: FrozenTrial, max_retry: int, count: bool =
 
 
 def recover_dead_trials(study: optuna.Study, max_retry: int) -> list[FrozenTrial]:
-    """Fail (and retry) RUNNING trials whose process died; returns them."""
+    """Fail (and retry) RUNNING trials whose process died, and those with neither owner nor
+    claim that show no sign of life for the heartbeat grace (:func:`silent`); returns them."""
     storage = storage_of(study)
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
     with warnings.catch_warnings():  # fail_stale_trials is marked experimental
@@ -421,13 +451,20 @@ def recover_dead_trials(study: optuna.Study, max_retry: int) -> list[FrozenTrial
         if t.number not in before
     ]
     study_id = storage.get_study_id_from_name(study.study_name)
+    grace_s = env_seconds("LATENTSEG_HEARTBEAT_GRACE_S", GRACE_PERIOD_S)
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owners = trial_owners(frozen.system_attrs)
-        if not owners or any(owner_alive(owner) for owner in owners):
-            continue  # (no owner nor claim: not taken by latentseg; never reaped)
+        if owners and any(owner_alive(owner) for owner in owners):
+            continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        if owners:
+            reason = "worker process died"
+        elif silent(storage, trial_id, frozen, grace_s):
+            reason = f"no owner, no claim and no sign of life for over {grace_s} s"
+        else:
+            continue
         try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", "worker process died")
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
             if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -436,6 +473,39 @@ def recover_dead_trials(study: optuna.Study, max_retry: int) -> list[FrozenTrial
         retry(study, dead, max_retry)
         recovered.append(dead)
     return recovered
+
+
+def silent(
+    storage: optuna.storages.BaseStorage, trial_id: int, frozen: FrozenTrial, grace_s: float
+) -> bool:
+    """Whether the RUNNING trial shows no sign of life within ``grace_s``: it started longer
+    ago, and (an RDB storage) has recorded no heartbeat since. A heartbeat that lapsed is
+    Optuna's to fail (``fail_stale_trials``); this catches a trial that never beat."""
+    started = frozen.datetime_start
+    if started is None or datetime.datetime.now() - started <= datetime.timedelta(seconds=grace_s):
+        return False
+    age = heartbeat_age(storage, trial_id)
+    return age is None or age > datetime.timedelta(seconds=grace_s)
+
+
+def heartbeat_age(storage: optuna.storages.BaseStorage, trial_id: int) -> datetime.timedelta | None:
+    """How long ago the trial recorded its last heartbeat, by the database's clock as Optuna
+    judges it; None for a trial that never beat or a storage without heartbeats (a journal).
+    Read from Optuna's ``trial_heartbeats`` table: Optuna has no public call for it."""
+    backend = getattr(storage, "_backend", storage)  # RDB storages come wrapped in a cache
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        return None
+    import sqlalchemy
+
+    query = sqlalchemy.text(
+        "SELECT heartbeat FROM trial_heartbeats WHERE trial_id = :trial_id"
+    ).columns(heartbeat=sqlalchemy.DateTime)
+    with backend.engine.connect() as connection:
+        beat = connection.execute(query, {"trial_id": trial_id}).scalar()
+        now = connection.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+    if beat is None:
+        return None
+    return now.replace(tzinfo=None) - beat.replace(tzinfo=None)
 
 
 class Heartbeat:

@@ -120,6 +120,12 @@ def close_dead_study_runs(store: TrackingStore, experiment_id: str, study_name: 
             store.end_run(run.info.run_id, "KILLED")
 
 
+def running_launches(store: TrackingStore, experiment_id: str, study_name: str) -> set[str]:
+    """The ids of the study's parent runs still RUNNING: the launches not over yet."""
+    runs = store.study_runs(study_name, "study", status="RUNNING", experiment_ids=[experiment_id])
+    return {run.info.run_id for run in runs}
+
+
 def log_round(
     store: TrackingStore,
     run_id: str,

@@ -48,7 +48,7 @@ def test_a_worker_of_a_stopped_launch_takes_no_trial_but_another_launchs_workers
 ):
     launch, context = launched(study_spec, tracking_uri, "stopped")
     flag = Flag()
-    stop = StopAnnouncer(flag, launch.study, context.parent_run_id)
+    stop = StopAnnouncer(flag, launch.study, context.parent_run_id, launch.storage_url)
     assert not stop()  # nothing recorded while the launch runs
     flag.received = "SIGTERM"
     assert stop() and stop.received == "SIGTERM"
