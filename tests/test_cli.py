@@ -191,12 +191,53 @@ def test_every_listing_takes_json_the_same_way(command):
     assert parser.parse_args([command, "x*", "--json"]).json is True
 
 
-def test_the_ui_refuses_a_tracking_server(capsys):
-    assert main(["ui", "--tracking-uri", "http://127.0.0.1:5000"]) == 2
+@pytest.fixture
+def http_answering():
+    """``http_answering(status)`` -> the URL of a loopback HTTP server that answers every GET
+    with ``status`` (200 on ``/health``: what a tracking server answers)."""
+    import http.server
+    import threading
+
+    servers = []
+
+    def start(status: int) -> str:
+        class Answer(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the name http.server calls
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(b"OK")
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_ui_refuses_a_tracking_server(http_answering, capsys):
+    url = http_answering(200)
+    assert main(["ui", "--tracking-uri", url]) == 2
     err = capsys.readouterr().err
-    assert (
-        err == "error: http://127.0.0.1:5000 is already a tracking server: open it in a browser\n"
-    )
+    assert err == f"error: {url} is already a tracking server: open it in a browser\n"
+
+
+def test_the_ui_says_nothing_answers_at_a_server_address_in_one_line(http_answering, capsys):
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    assert main(["ui", "--tracking-uri", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: nothing answers at {url} (") and "Connection refused" in err
+    assert "start the tracking server there" in err and err.count("\n") == 1
+    other = http_answering(404)  # something else answers there
+    assert main(["ui", "--tracking-uri", other]) == 2
+    err = capsys.readouterr().err
+    assert f"{other} answers, but not as an MLflow tracking server (HTTP 404" in err
 
 
 def test_the_server_gets_a_postgresql_password_in_its_environment_only(tmp_path):

@@ -17,6 +17,8 @@ from latentseg.tracking.store import (
     DEFAULT_STATE_DIR,
     DEFAULT_TRACKING_URI,
     artifact_root,
+    health_problem,
+    redact,
     require_store,
 )
 
@@ -57,7 +59,21 @@ def ui_command(tracking_uri: str, host: str, port: int) -> ServerLaunch:
     """A lean UI (one web worker) on the existing store ``tracking_uri``, which must not be a
     tracking server already; artifacts are read where the store keeps them."""
     if tracking_uri.startswith(("http://", "https://")):
-        raise TrackingError(f"{tracking_uri} is already a tracking server: open it in a browser")
+        problem = health_problem(tracking_uri, timeout_s=5.0)
+        if problem is None:
+            raise TrackingError(
+                f"{tracking_uri} is already a tracking server: open it in a browser"
+            )
+        where = redact(tracking_uri)
+        said = (
+            f"{where} answers, but not as an MLflow tracking server ({problem})"
+            if problem.startswith("HTTP ")
+            else f"nothing answers at {where} ({problem})"
+        )
+        raise TrackingError(
+            f"{said}: start the tracking server there, or give `latentseg ui` a store "
+            "(--tracking-uri sqlite:///PATH/mlflow.db)"
+        )
     binary = mlflow_bin()
     require_store(tracking_uri)
     command = [

@@ -92,11 +92,14 @@ def local_state_dir(uri: str) -> Path:
     return DEFAULT_STATE_DIR
 
 
-def _health_problem(uri: str, timeout_s: float) -> str | None:
-    """Why the tracking server at ``uri`` fails its health check; None when it answers."""
+def health_problem(uri: str, timeout_s: float) -> str | None:
+    """Why the tracking server at ``uri`` fails its health check (``HTTP 404 Not Found`` when
+    something else answers there); None when it answers."""
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
             response.read()
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code} {exc.reason}"
     except (urllib.error.URLError, OSError) as exc:
         return str(getattr(exc, "reason", exc))
     return None
@@ -104,12 +107,12 @@ def _health_problem(uri: str, timeout_s: float) -> str | None:
 
 def server_reachable(uri: str, timeout_s: float = 2.0) -> bool:
     """Whether the tracking server at ``uri`` answers its health check within ``timeout_s``."""
-    return _health_problem(uri, timeout_s) is None
+    return health_problem(uri, timeout_s) is None
 
 
 def _check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast (not after minutes of client retries) when a tracking server is down."""
-    problem = _health_problem(uri, timeout_s)
+    problem = health_problem(uri, timeout_s)
     if problem is not None:
         raise TrackingError(
             f"MLflow tracking server {uri} is not reachable ({problem}); start it or pass another --tracking-uri"
@@ -151,15 +154,11 @@ def require_store(uri: str) -> None:
 
 
 def connect(uri: str, create: bool = True):
-    """An ``MlflowClient`` for ``uri``; also sets it as MLflow's global URI for this process
-    (MLflow's model logging reads it). ``create=False``: a missing SQLite store is an error
-    (:func:`require_store`). Code that only needs the store uses :meth:`TrackingStore.open`,
-    which leaves the global URI alone."""
-    import mlflow
-
-    client = open_client(uri, create)
-    mlflow.set_tracking_uri(uri)
-    return client
+    """An ``MlflowClient`` for the store ``uri``, created or migrated (:func:`open_client`).
+    MLflow's process-wide tracking URI is left as it is: code that calls MLflow's global
+    functions says where (the model logger points them at its client's store for the call).
+    ``create=False``: a missing SQLite store is an error (:func:`require_store`)."""
+    return open_client(uri, create)
 
 
 def open_client(uri: str, create: bool = True):

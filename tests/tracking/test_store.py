@@ -123,6 +123,21 @@ def test_reading_and_reporting_never_use_mlflows_global_uri(tmp_path, tracking_u
     assert len(collect(MlflowClient(tracking_uri), experiment="abl").runs) == 2
 
 
+def test_connect_leaves_mlflows_process_wide_uri_alone(tmp_path, tracking_uri, global_uri):
+    from latentseg.tracking import connect
+
+    mlflow.set_tracking_uri(None)
+    connect(tracking_uri)
+    assert not mlflow.is_tracking_uri_set()  # unset it was, unset it stays
+    other = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(other)
+    client = connect(tracking_uri)
+    assert mlflow.get_tracking_uri() == other
+    client.create_experiment("here")  # the client writes to its own store
+    assert TrackingStore.open(tracking_uri).existing_experiment("here") is not None
+    assert not (tmp_path / "other").exists()
+
+
 def test_histories_artifacts_and_missing_runs(tracking_uri, tmp_path):
     store = TrackingStore.open(tracking_uri)
     experiment_id = store.experiment("reading")
