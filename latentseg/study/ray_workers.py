@@ -334,6 +334,39 @@ def _init_within(ray, address: str, timeout_s: float):
     return outcome["context"]
 
 
+def token_refused(ray, exc: BaseException) -> bool:
+    """Whether joining failed on Ray's token authentication: the cluster refused this
+    process's token, or this process has none to send. Ray says so only in the cause of the
+    ConnectionError it raises (an ``AuthenticationError``, or a RuntimeError quoting one)."""
+    refused = getattr(getattr(ray, "exceptions", None), "AuthenticationError", ())
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (refused and isinstance(exc, refused)) or any(
+            sign in str(exc) for sign in ("AuthenticationError", "InvalidAuthToken")
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def token_hint(address: str, target: tuple[str, int] | None) -> str:
+    """What to do when the cluster at ``address`` refuses this launch's token. Ray sends a
+    token to a cluster at an address only with ``RAY_AUTH_MODE=token``; it reads it from
+    ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH`` names, or ``~/.ray/auth_token``."""
+    where = f"{target[0]}:{target[1]}" if target else "this machine"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        problem = "refused this launch's authentication token (it is not the head's)"
+    else:
+        problem = "requires an authentication token, and this launch sends none"
+    return (
+        f"--ray {address}: the Ray cluster at {where} {problem}. Set RAY_AUTH_MODE=token and "
+        "RAY_AUTH_TOKEN to the token the head was started with (its RAY_AUTH_TOKEN, or the "
+        "file its RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token holds; `ray get-auth-token` prints "
+        "it there), or RAY_AUTH_TOKEN_PATH to a copy of that file"
+    )
+
+
 def connect(ray, address: str):
     """``ray.init`` for ``address``; an address where nothing answers, or a cluster Ray cannot
     join, is a ConfigError (exit 2) before anything of the study starts."""
@@ -352,7 +385,11 @@ def connect(ray, address: str):
             return _init(ray, address)
         timeout_s = env_seconds("LATENTSEG_RAY_JOIN_TIMEOUT_S", JOIN_TIMEOUT_S)
         return _init_within(ray, address, timeout_s)
-    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
+    except Exception as exc:
+        if token_refused(ray, exc):
+            raise ConfigError(token_hint(address, target)) from None
+        if not isinstance(exc, (ConnectionError, ValueError, RuntimeError, TimeoutError)):
+            raise
         if address == "auto" and isinstance(exc, ConnectionError):
             raise ConfigError(
                 "--ray auto: no Ray cluster runs on this machine; start one with `ray start "

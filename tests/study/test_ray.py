@@ -426,3 +426,50 @@ def test_a_grid_on_ray_survives_its_second_node_stopping_mid_trial(
     assert study.returncode == 0, output
     trials = assert_each_point_once("raynode", storage, tracking_server)
     assert_killed_attempt_failed(trials, tracking_server)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one cluster at a time on this machine
+def test_a_head_that_refuses_the_launchs_token_is_named_with_the_fix(study_spec, tmp_path):
+    """A head with token authentication (its own temporary folder, its own token): a launch
+    with no token, and one with another token, each exit 2 with one line that says the
+    cluster refused the token and how to give it the head's, instead of Ray's "could not
+    connect" at whatever address Ray substitutes."""
+    path = study_spec({"name": "token", "search_space": {"model.num_latents": [2, 4]},
+                       "sampler": {"name": "grid"}})  # fmt: skip
+    port = free_port()
+    head = Node(port, head=True)
+    try:
+        deadline = time.monotonic() + 90
+        while alive_nodes(port) < 1:
+            assert time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(1)
+        address = f"{HEAD_IP}:{port}"
+        without = subprocess_env()  # (the tests' environment holds no Ray token)
+        other = {**subprocess_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32}
+        command = [sys.executable, "-m", "latentseg.cli", "study", str(path), "--ray", address,
+                   "--no-progress"]  # fmt: skip
+        launches = {  # both at once: Ray tries a refused token for 20 s before it gives up
+            says: subprocess.Popen(
+                command,
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for says, env in (
+                ("requires an authentication token, and this launch sends none", without),
+                ("refused this launch's authentication token", other),
+            )
+        }
+        for says, process in launches.items():
+            stderr = process.communicate(timeout=180)[1]
+            assert process.returncode == 2, stderr
+            last = stderr.strip().splitlines()[-1]
+            assert last.startswith(f"error: --ray {address}: the Ray cluster at {address} ")
+            assert says in last and "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in last, stderr
+            assert "Traceback" not in stderr and "could not join" not in stderr
+        assert not (tmp_path / "mlruns").exists()  # nothing started
+    finally:
+        head.cleanup()
