@@ -340,9 +340,8 @@ def forest(rows: pd.DataFrame, family, label: str) -> plt.Figure | None:
         return None
     _style()
     height = 0.32 * len(rows) + 1.6
-    longest = max(
-        len(str(n)) + len(str(v)) for n, v in zip(rows["name"], rows["verdict"], strict=True)
-    )
+    shown = rows["shown"] if "shown" in rows else rows["verdict"]  # the verdict in words
+    longest = max(len(str(n)) + len(str(v)) for n, v in zip(rows["name"], shown, strict=True))
     fig, ax = plt.subplots(figsize=(6.5 + 0.075 * longest, height))
     positions = np.arange(len(rows))[::-1]
     sesoi = getattr(family, "sesoi", np.nan)
@@ -359,7 +358,7 @@ def forest(rows: pd.DataFrame, family, label: str) -> plt.Figure | None:
         ax.plot(row["diff"], y, "o", color=colour, ms=5)
     ax.set_yticks(
         positions,
-        labels=[f"{n}  [{v}]" for n, v in zip(rows["name"], rows["verdict"], strict=True)],
+        labels=[f"{n}  [{v}]" for n, v in zip(rows["name"], shown, strict=True)],
     )
     for tick, verdict in zip(ax.get_yticklabels(), rows["verdict"], strict=True):
         tick.set_color(VERDICT_COLOURS.get(verdict, "#222222"))
@@ -368,9 +367,9 @@ def forest(rows: pd.DataFrame, family, label: str) -> plt.Figure | None:
     ax.set(
         xlabel=f"difference from the baseline ({label}); "
         + (
-            "adjusted intervals, each at its deciding look's level"
+            "repeated simultaneous intervals, each at its deciding look's level"
             if family is not None and len(family.looks) > 1
-            else f"adjusted {level} intervals"
+            else f"simultaneous {level} intervals"
         ),
         title="verdicts: differences from the baseline",
     )

@@ -805,28 +805,26 @@ def _figures(runs, table, effects, axes, keys, column, family, baseline) -> dict
 def _forest_rows(
     table: pd.DataFrame, effects: pd.DataFrame, keys: list[str], baseline: dict[str, Any]
 ) -> pd.DataFrame:
-    """The compared rows of the verdict table and the main effects, for the forest plot."""
-    columns = ["name", "diff", "diff_ci_low", "diff_ci_high", "verdict", "group"]
+    """The compared rows of the verdict table and the main effects, for the forest plot (a
+    main effect that is a variant's comparison is drawn once, as the variant)."""
+    columns = ["name", "diff", "diff_ci_low", "diff_ci_high", "verdict", "shown", "group"]
     if "diff" not in table:
         return pd.DataFrame(columns=columns)
     variants = table[table["verdict"] != "baseline"].sort_values("diff", ascending=False)
     rows = [
-        [
-            change(r, keys, baseline) + _on(r, keys),
-            r["diff"],
-            r["diff_ci_low"],
-            r["diff_ci_high"],
-            r["verdict"],
-            "variant",
-        ]  # fmt: skip
+        [change(r, keys, baseline) + _on(r, keys), r["diff"], r["diff_ci_low"],
+         r["diff_ci_high"], r["verdict"], verdict_cell(r), "variant"]
         for _, r in variants.iterrows()
-    ]
+    ]  # fmt: skip
     for _, r in effects.iterrows():
+        if bool(r.get("counted_once") or False):
+            continue
         scope = "" if r["scope"] == "all" else f" (on {r['scope']})"
         name = f"{r['axis'].split('.')[-1]} {r['value']} vs {r['baseline_value']}{scope}"
         rows.append(
-            [name, r["diff"], r["diff_ci_low"], r["diff_ci_high"], r["verdict"], "main effect"]
-        )
+            [name, r["diff"], r["diff_ci_low"], r["diff_ci_high"], r["verdict"],
+             verdict_cell(r), "main effect"]
+        )  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 
 
