@@ -79,11 +79,15 @@ def _variant_name(row, report) -> str:
 
 
 def _comparison_records(report) -> list[dict[str, Any]]:
-    """One record per comparison, the variants then the main effects (NaN as None)."""
+    """One record per test, the variants then the main effects (NaN as None); a main
+    effect that is a variant's comparison is that comparison's record."""
     variants = report.summary[report.summary["verdict"] != "baseline"]
+    effects = report.effects
+    if "counted_once" in effects:
+        effects = effects[~effects["counted_once"].astype(bool)]
     return [_record(_variant_name(row, report), row) for _, row in variants.iterrows()] + [
         _record(f"main effect: {r['axis']} {r['value']} vs {r['baseline_value']} ({r['scope']})", r)
-        for _, r in report.effects.iterrows()
+        for _, r in effects.iterrows()
     ]
 
 
@@ -91,6 +95,7 @@ def _record(comparison: str, row) -> dict[str, Any]:
     return {
         "comparison": comparison,
         "verdict": row["verdict"],
+        "direction": row.get("direction") or "",
         "diff": _number(row["diff"]),
         "ci_low": _number(row["diff_ci_low"]),
         "ci_high": _number(row["diff_ci_high"]),
