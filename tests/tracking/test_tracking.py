@@ -49,6 +49,10 @@ def test_a_tracked_run_logs_params_metrics_checkpoints_plots_and_model(tiny, tra
         and tags["latentseg.mlflow_version"] == mlflow.__version__
     )
     assert tags["latentseg.version"] == latentseg.__version__ and tags["latentseg.device"] == "cpu"
+    # how it computed: runs that differ here round differently (the report warns on pairs)
+    assert tags["latentseg.cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert tags["latentseg.native_kernel"] in ("on", "off")
+    assert tags["latentseg.weight_gradient"].startswith(("gemm", "onednn"))
 
     history = client.get_metric_history(result.run_id, "val_miou")
     assert sorted(m.step for m in history) == [1, 2, 3]
