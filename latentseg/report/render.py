@@ -894,11 +894,14 @@ def _seeds_pair(row) -> str:
 
 def verdict_cell(row) -> str:
     """The verdict in words: ``equivalent (slightly worse)`` for a decided but negligible
-    difference, ``better (relevant)`` when the whole interval lies beyond the SESOI, a
-    ``*`` where failed runs may be the effect (the notes say which)."""
+    difference, ``better (relevant)`` when the whole interval lies beyond the SESOI,
+    ``equivalent (exploratory)`` under bh (its intervals are not simultaneous), a ``*`` where
+    failed runs may be the effect (the notes say which)."""
     verdict = str(row["verdict"])
     direction = row.get("direction") or ""
-    if verdict == "equivalent" and direction in ("better", "worse"):
+    if verdict == "equivalent" and bool(row.get("exploratory") or False):
+        verdict += " (exploratory)"
+    elif verdict == "equivalent" and direction in ("better", "worse"):
         verdict += f" (slightly {direction})"
     elif verdict in ("better", "worse") and bool(row.get("relevant") or False):
         verdict += " (relevant)"

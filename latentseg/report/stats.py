@@ -595,7 +595,10 @@ class Family:
         )
 
 
-BASELINE_CELLS = {"verdict": "baseline", "direction": "", "relevant": False, "counted_once": False}
+BASELINE_CELLS = {
+    "verdict": "baseline", "direction": "", "relevant": False, "counted_once": False,
+    "exploratory": False,
+}  # fmt: skip
 
 
 def apply_verdicts(
@@ -672,6 +675,8 @@ def apply_verdicts(
         "diff_ci_high": decided.ci_high[source],
         "ci_level": np.full(len(source), decided.level),
         "counted_once": ~once,
+        # bh's intervals are not simultaneous: equivalence drawn from them is exploratory
+        "exploratory": (decided.verdict[source] == "equivalent") & (method == "bh"),
         "mde": np.array([mde(a, b, planning) for a, b in zip(se, df, strict=True)]),
         "seeds_needed": np.array(
             [

@@ -202,3 +202,13 @@ def test_a_failed_point_leaves_its_cells_out_of_the_main_effects_not_its_seeds()
                    decision=Decision(looks=(3, 5)), figures=False)  # fmt: skip
     assert (result.effects["n_pairs"] == 3).all()
     assert any("Main effects use the first round's seeds" in n for n in result.notes)
+
+
+def test_equivalence_under_bh_is_marked_exploratory():
+    result = report(rows(CLEAR), decision=Decision(correction="bh"))
+    eight = result.summary.set_index("model.num_latents").loc["8"]
+    assert eight["verdict"] == "equivalent" and bool(eight["exploratory"])
+    assert "| num_latents 8 | equivalent (exploratory) |" in result.markdown
+    assert "not simultaneous, so equivalent verdicts are exploratory" in result.markdown
+    holm = report(rows(CLEAR)).summary.set_index("model.num_latents").loc["8"]
+    assert holm["verdict"] == "equivalent" and not holm["exploratory"]
