@@ -133,64 +133,52 @@ def launch_study(path, storage: str, tracking_uri: str, cwd):
     )  # fmt: skip
 
 
-def wait_for_a_trial_in_its_first_seed(
-    study, name: str, storage: str, tracking: str, pick=lambda owner: True
-) -> dict:
-    """:func:`owner_of_a_trial_in_its_first_seed` of the launch ``study`` (a Popen whose
-    output is piped), polled for up to 240 s; the test fails if the launch ends first or no
-    such trial appears (the launch is killed then)."""
-    import time
+@pytest.fixture
+def make_gate(tmp_path):
+    """``make_gate(name)`` -> a new :class:`tests.helpers.Gate`, the folder ``name`` in the
+    test's folder. Every one is opened at teardown, so that no process the test started is
+    left held when it fails."""
+    from tests.helpers import Gate
 
-    from mlflow import MlflowClient
+    made = []
 
-    client = MlflowClient(tracking)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        time.sleep(0.3)
-        if study.poll() is not None:
-            raise AssertionError(f"the study ended early:\n{study.communicate()[0]}")
-        owner = owner_of_a_trial_in_its_first_seed(client, name, storage, pick)
-        if owner:
-            return owner
-    study.kill()
-    raise AssertionError(f"no worker reached a trial:\n{study.communicate()[0]}")
+    def make(name: str = "gate"):
+        made.append(Gate(tmp_path / name))
+        return made[-1]
+
+    yield make
+    for gate in made:
+        gate.open()
 
 
-def owner_of_a_trial_in_its_first_seed(client, name: str, storage: str, pick=lambda owner: True):
-    """The Optuna owner record of a RUNNING trial of the study ``name`` (one whose owner
-    ``pick`` accepts) whose first seed run has logged an epoch, or None. A kill or stop of
-    its worker then lands after the trial's MLflow runs exist, and mid-trial when the rest of
-    that seed run (and any later seeds) outlasts the signal: any RUNNING trial could be one
-    its worker had just taken, with no MLflow run yet, or one about to finish (both were
-    seen to fail tests)."""
-    import collections
+@pytest.fixture
+def gate(make_gate):
+    """A :class:`tests.helpers.Gate` in the test's folder, opened at teardown."""
+    return make_gate()
 
+
+def trial_held_at(gate, name: str, storage: str, process, run: int = 0) -> dict:
+    """The Optuna owner record of the RUNNING trial of the study ``name`` whose worker holds
+    at ``gate`` before the first training batch of run ``run`` (the gate's numbering; the
+    study trains on ``gate.dataset()``). A kill or stop of that worker lands mid-trial, after
+    the trial's MLflow runs exist, and before the trial can end. Fails the test when the
+    launch ``process`` ends first or nothing is held in time."""
     import optuna
     from optuna.trial import TrialState
 
     from latentseg.study.storage import OWNER_ATTR
-    from latentseg.tracking.store import TRIAL_TAG
+    from tests.helpers import run_step
 
-    experiment = client.get_experiment_by_name(name)
-    seeds = experiment and client.search_runs(
-        [experiment.experiment_id], "tags.`latentseg.run_type` = 'seed'"
-    )
-    if not seeds:
-        return None
-    runs_of = collections.Counter(r.data.tags[TRIAL_TAG] for r in seeds)
-    first_seed_training = {
-        int(r.data.tags[TRIAL_TAG])
-        for r in seeds
-        if r.info.status == "RUNNING"
-        and "val_miou" in r.data.metrics
-        and runs_of[r.data.tags[TRIAL_TAG]] == 1
-    }
-    for trial in optuna.load_study(study_name=name, storage=storage).trials:
+    held = gate.wait(run_step(run, 0), process)
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    for trial in trials:
         owner = trial.system_attrs.get(OWNER_ATTR)
-        running = trial.state == TrialState.RUNNING and trial.number in first_seed_training
-        if running and owner and pick(owner):
+        if trial.state == TrialState.RUNNING and owner and int(owner["pid"]) == held["pid"]:
             return owner
-    return None
+    raise AssertionError(
+        f"process {held['pid']}, held at the gate, owns no RUNNING trial of study {name!r}: "
+        f"{[(t.number, t.state.name, t.system_attrs.get(OWNER_ATTR)) for t in trials]}"
+    )
 
 
 @pytest.fixture

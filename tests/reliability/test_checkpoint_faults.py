@@ -24,6 +24,7 @@ from latentseg.errors import CheckpointError
 from latentseg.tracking import run_experiment
 from latentseg.train.checkpoint import load_model_file, load_training_state, read_weights
 from tests.conftest import ROOT, subprocess_env
+from tests.helpers import Gate, gated_command, run_step
 
 pytestmark = pytest.mark.slow
 
@@ -47,44 +48,32 @@ def temporaries(folder: Path | None) -> set[str]:
     return {p.name for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")}
 
 
-def signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        info = path.stat()  # os.replace: a new inode; a write in place: a new size or mtime
-    except FileNotFoundError:
-        return None
-    return info.st_ino, info.st_size, info.st_mtime_ns
-
-
-def kill_at_a_write(process, folder: Path | None, find_folder, writes: int, mid_write: bool, rng):
-    """SIGKILL ``process`` at its ``writes``-th sign of a checkpoint write (a new temporary file,
-    or ``last.ckpt`` changed): at once (``mid_write``), or at a random instant up to 30 ms later.
-    Returns the checkpoint folder (found with ``find_folder()`` on a fresh run)."""
-    seen = temporaries(folder)
-    last = signature(folder / "last.ckpt") if folder else None
-    events = 0
-    deadline = time.monotonic() + 60
-    while process.poll() is None and time.monotonic() < deadline:
-        folder = folder or find_folder()
-        if folder is None:
-            time.sleep(0.01)
-            continue
-        new, now = temporaries(folder) - seen, signature(folder / "last.ckpt")
-        seen |= new
-        if now is not None:  # a fresh run is first let write a last.ckpt to resume from
-            events += bool(new) + (now != last)
-        last = now
-        if events >= writes:
-            time.sleep(0 if mid_write else rng.uniform(0, 0.03))
+def kill_at_a_write(process, gate: Gate, writes: int, mid_write: bool, rng) -> Path:
+    """SIGKILL ``process`` (its checkpoint writes held at ``gate``) at its ``writes``-th
+    checkpoint write, counting only writes made once a ``last.ckpt`` exists (a fresh run is
+    first let write one to resume from): while that write is held with its temporary file
+    complete and not yet in place (``mid_write``), or at a random instant up to 30 ms after
+    it is let go. Returns the checkpoint folder."""
+    counted, number = 0, 0
+    while True:
+        name = f"write-{number}"
+        folder = Path(gate.wait(name, process)["target"]).parent
+        counted += (folder / "last.ckpt").exists()
+        if counted == writes:
             break
-        time.sleep(0.0005)  # leave the CPU to the trainer; a write takes milliseconds
-    assert process.poll() is None, "training ended (or hung) before it could be killed"
+        gate.release(name)
+        number += 1
+    if not mid_write:
+        gate.release(name)
+        time.sleep(rng.uniform(0, 0.03))
+    assert process.poll() is None, "training ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     return folder
 
 
 def test_sigkill_during_checkpoint_writes_always_leaves_a_loadable_last_checkpoint_and_resume_continues(
-    tiny_yaml, tmp_path
+    tiny_yaml, tmp_path, make_gate
 ):
     """Item 5: kill a training process again and again, often while it writes a checkpoint;
     ``last.ckpt`` always loads, no progress that was saved is lost, and a final ``--resume``
@@ -94,14 +83,11 @@ def test_sigkill_during_checkpoint_writes_always_leaves_a_loadable_last_checkpoi
     folder: Path | None = None
     saved_epoch, killed_mid_write = 0, 0
 
-    def find_folder() -> Path | None:
-        found = sorted((tmp_path / "mlruns" / "checkpoints").glob("local-*"))
-        return found[0] if found else None
-
     for attempt in range(10):
         resume = ("--resume", str(folder / "last.ckpt")) if folder else ()
+        gate = make_gate(f"gate-{attempt}")  # the write numbers start again with the process
         process = subprocess.Popen(
-            train_command(config, "--no-progress", *resume),
+            gated_command(gate, "train", str(config), "--no-progress", *resume),
             cwd=tmp_path,
             env=subprocess_env(),
             stdout=subprocess.DEVNULL,
@@ -109,9 +95,11 @@ def test_sigkill_during_checkpoint_writes_always_leaves_a_loadable_last_checkpoi
         )
         before = temporaries(folder)
         mid_write = attempt % 2 == 1
-        folder = kill_at_a_write(process, folder, find_folder, rng.randint(1, 3), mid_write, rng)
+        folder = kill_at_a_write(process, gate, rng.randint(1, 3), mid_write, rng)
         orphans = temporaries(folder) - before
         killed_mid_write += bool(orphans)
+        if mid_write:  # killed at a held write: its temporary file stays behind
+            assert orphans, "a kill at a held write left no temporary file"
 
         names = {p.name for p in folder.iterdir()}
         assert names - temporaries(folder) <= CHECKPOINTS, names  # a temporary is never "last"
@@ -372,37 +360,39 @@ def node_imports_torch_load(node: ast.AST) -> bool:
     )
 
 
-def test_a_run_whose_process_was_killed_is_resumed_in_place(tiny_yaml, tracking_uri, tmp_path):
+def test_a_run_whose_process_was_killed_is_resumed_in_place(
+    tiny_yaml, tracking_uri, tmp_path, gate
+):
     """SIGKILL (the OOM killer, kill -9) leaves the run RUNNING; every run records its owner
     process, so ``--resume RUN_ID`` sees that process is gone and continues the same run, in
     place: one metric history, one value per epoch. A run whose owner is alive is refused."""
     from latentseg.cli import main
 
+    epochs = 4
+    # 64 samples in batches of 8: the run holds at the gate before epoch 3's first step
     config = tiny_yaml(
         {
-            "data": {"train_size": 64},
-            "train": {"epochs": 12},
+            "data": gate.dataset(steps=[2 * 8], runs=[0]),
+            "train": {"epochs": epochs},
             "tracking": {"attention_plots": False},
         }
-    )  # epochs enough left after the second that the kill lands mid-run
+    )
     process = subprocess.Popen(
         train_command(config, "--no-progress", "--tracking-uri", tracking_uri),
         cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
+    gate.wait(run_step(0, 2 * 8), process)
     client = MlflowClient(tracking_uri)
-    deadline = time.time() + 120
-    run = None
-    while time.time() < deadline and process.poll() is None:
-        experiment = client.get_experiment_by_name("tests")
-        runs = client.search_runs([experiment.experiment_id]) if experiment else []
-        ready = runs and "checkpoints" in {
-            a.path for a in client.list_artifacts(runs[0].info.run_id)
-        }
-        if ready and len(client.get_metric_history(runs[0].info.run_id, "val_miou")) >= 2:
-            run = runs[0]
-            break
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    deadline = time.monotonic() + 120  # held, the run can only finish logging its 2 epochs
+    while not (
+        "checkpoints" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        and len(client.get_metric_history(run.info.run_id, "val_miou")) == 2
+    ):
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("the held run never logged 2 epochs and its checkpoints")
         time.sleep(0.2)
-    assert run is not None, "no checkpointed epoch before the deadline"
     process.kill()  # SIGKILL: nothing is closed
     process.wait(timeout=30)
     assert client.get_run(run.info.run_id).info.status == "RUNNING"
@@ -414,7 +404,7 @@ def test_a_run_whose_process_was_killed_is_resumed_in_place(tiny_yaml, tracking_
     assert after.info.status == "FINISHED"
     assert f"process {process.pid} on " in after.data.tags["latentseg.taken_over"]
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")]
-    assert sorted(steps) == sorted(set(steps)) and len(steps) == 12  # each epoch once
+    assert sorted(steps) == sorted(set(steps)) and len(steps) == epochs  # each epoch once
     assert len(client.search_runs([run.info.experiment_id])) == 1  # in place, no second run
     assert not (tmp_path / "store" / "checkpoints" / run.info.run_id).exists()  # all uploaded
 

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from latentseg.tracking.store import connect
 from tests.conftest import subprocess_env
+from tests.helpers import run_step
 from tests.study.test_study import journal, no_run_left_running, runs_by_type
 
 pytestmark = pytest.mark.slow
@@ -164,7 +165,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_workers_whose_launch_is_killed_take_no_more_trials_and_a_relaunch_finishes(
-    study_spec, tracking_uri, tmp_path
+    study_spec, tracking_uri, tmp_path, gate
 ):
     """SIGKILL of the launching process alone (the OOM killer's pick): its two workers finish
     the trial in hand and take no more, so queued trials stay queued; they exit on their own.
@@ -173,7 +174,8 @@ def test_workers_whose_launch_is_killed_take_no_more_trials_and_a_relaunch_finis
 
     lrs = [round(0.001 * (i + 1), 3) for i in range(8)]
     spec = {"name": "orphans", "search_space": {"optim.lr": lrs}, "sampler": {"name": "grid"}}
-    path = study_spec(spec, base={"train": {"epochs": 2}, "data": {"train_size": 128}})
+    # each worker's first trial holds at the gate until the launch is dead
+    path = study_spec(spec, base={"data": gate.dataset(steps=[0], runs=[0, 1])})
     command = [
         sys.executable, "-m", "latentseg.cli", "study", str(path), "--workers", "2",
         "--tracking-uri", tracking_uri, "--no-progress",
@@ -184,25 +186,14 @@ def test_workers_whose_launch_is_killed_take_no_more_trials_and_a_relaunch_finis
     )  # fmt: skip
     (tmp_path / "store" / "optuna").mkdir(parents=True, exist_ok=True)
     storage = journal(tmp_path)
-    workers: list[int] = []
-    deadline = time.time() + 180
     try:
-        while time.time() < deadline:
-            try:
-                trials = optuna.load_study(study_name="orphans", storage=storage).trials
-            except KeyError:
-                trials = []
-            if sum(t.state == TrialState.RUNNING for t in trials) == 2:
-                workers = [
-                    p for p in _children(launch.pid)
-                    if _alive(p) and b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()
-                    and b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()
-                ]  # fmt: skip
-                break
-            time.sleep(0.1)
-        assert len(workers) == 2, "two workers never ran trials together"
+        workers = [gate.wait(run_step(run, 0), launch)["pid"] for run in (0, 1)]
+        assert len(set(workers)) == 2 and set(workers) <= set(_children(launch.pid))
+        trials = optuna.load_study(study_name="orphans", storage=storage).trials
+        assert sum(t.state == TrialState.RUNNING for t in trials) == 2  # a trial each in hand
         os.kill(launch.pid, signal.SIGKILL)
         launch.wait(timeout=30)
+        gate.open()  # the trials in hand go on
         gone = time.time() + 120
         while time.time() < gone and any(_alive(p) for p in workers):
             time.sleep(0.2)
@@ -211,7 +202,8 @@ def test_workers_whose_launch_is_killed_take_no_more_trials_and_a_relaunch_finis
         os.killpg(launch.pid, signal.SIGKILL)  # whatever is left of the group
     trials = optuna.load_study(study_name="orphans", storage=storage).trials
     states = [t.state for t in trials]
-    assert states.count(TrialState.WAITING) >= 3, states  # not taken after the launch died
+    # none taken after the launch died: the two in hand finished, the other six wait
+    assert states.count(TrialState.WAITING) == len(lrs) - 2, states
     assert TrialState.RUNNING not in states  # the trials in hand were finished
 
     code, output = study(path, tracking_uri, tmp_path, workers=2, timeout_s=300)

@@ -280,18 +280,21 @@ def test_the_progress_line_shows_round_open_comparisons_and_seeds_spent(study_sp
 
 @pytest.mark.slow
 def test_a_launch_killed_mid_round_resumes_that_round_exactly_once(
-    study_spec, tracking_uri, tmp_path
+    study_spec, tracking_uri, tmp_path, gate
 ):
     """SIGKILL of the whole launch while a round-2 trial trains: the relaunch fails that
     trial, closes its MLflow runs and retries it with the same round and seeds; every point
     and seed finishes once and nothing stays RUNNING."""
+    import contextlib
     import subprocess
     import sys
-    import time
 
     from tests.conftest import subprocess_env
+    from tests.helpers import run_step
 
-    path = study_spec(GRID, base={"train": {"epochs": 3}, "data": {"train_size": 256}})
+    # One worker: round 1's 6 seed runs (3 points, 2 seeds) are the gate's runs 0 to 5, so
+    # run 6, the first seed run of round 2, holds before its first step
+    path = study_spec(GRID, base={"data": gate.dataset(steps=[0], runs=[6])})
     storage_path = default_journal(tracking_uri)
     script = (
         "import optuna, sys\n"
@@ -305,24 +308,16 @@ def test_a_launch_killed_mid_round_resumes_that_round_exactly_once(
         [sys.executable, "-c", script], cwd=tmp_path, env=subprocess_env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
-    deadline = time.time() + 240
-    killed = None
-    while time.time() < deadline and process.poll() is None:
-        if storage_path.exists():
-            try:
-                trials = optuna.load_study(
-                    study_name="adaptive", storage=journal(storage_path)
-                ).trials
-            except KeyError:  # the study is not created yet
-                trials = []
-            running = [t for t in trials if t.state == TrialState.RUNNING and t.system_attrs.get(ROUND_ATTR) == 2]  # fmt: skip
-            if running:
-                os.killpg(process.pid, signal.SIGKILL)
-                killed = running[0]
-                break
-        time.sleep(0.05)
-    process.wait(timeout=30)
-    assert killed is not None, process.stdout.read().decode()
+    try:
+        gate.wait(run_step(6, 0), process)
+        trials = optuna.load_study(study_name="adaptive", storage=journal(storage_path)).trials
+        (killed,) = [t for t in trials if t.state == TrialState.RUNNING]
+        assert killed.system_attrs.get(ROUND_ATTR) == 2, killed.system_attrs
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # (gone where the wait failed)
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    gate.open()  # the relaunch, in this process, must never hold
 
     relaunch = Scripted(journal(storage_path), open_rounds=1)
     run_study(str(path), tracking_uri=tracking_uri, progress=False, judge=relaunch)
@@ -334,8 +329,7 @@ def test_a_launch_killed_mid_round_resumes_that_round_exactly_once(
     assert sorted(t.state.name for t in second) == ["COMPLETE", "COMPLETE", "FAIL"]
     retried = [t for t in second if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retried) == 1 and retried[0].system_attrs[SEEDS_ATTR] == [9]
-    # the same grid point: the killed trial's as queued (its params may not have been
-    # suggested yet when the poll saw it RUNNING and the launch was killed)
+    # the same grid point: the killed trial's as queued
     assert point_of(killed) in ({"model.num_latents": 4}, {"model.num_latents": 8})
     assert retried[0].params == point_of(killed)
 

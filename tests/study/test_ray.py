@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from latentseg.errors import ConfigError
 from latentseg.study.ray_workers import INSTALL_HINT, check_fits, check_reachable
-from tests.conftest import subprocess_env, wait_for_a_trial_in_its_first_seed
+from tests.conftest import subprocess_env, trial_held_at
 
 RAY = Path(sys.executable).with_name("ray")
 GRID = {"model.num_latents": [2, 4], "model.expert_attention": [True, False]}
@@ -296,11 +296,13 @@ def launch(path, ray_port: int, storage: str, tracking: str, cwd) -> subprocess.
     )  # fmt: skip
 
 
-def grid_spec(study_spec, name: str, epochs: int = 2):
+def grid_spec(study_spec, name: str, gate=None, runs=(0,)):
+    """The grid study ``name``; with ``gate``, its runs ``runs`` (the gate's numbering) hold
+    before their first step."""
     return study_spec(
         {"name": name, "search_space": GRID, "sampler": {"name": "grid"}, "seeds": 2,
          "max_retry": 1},
-        base={"train": {"epochs": epochs}},
+        base={"data": gate.dataset(steps=[0], runs=runs)} if gate else None,
     )  # fmt: skip
 
 
@@ -347,7 +349,7 @@ def assert_killed_attempt_failed(trials, tracking: str) -> None:
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")  # one cluster at a time on this machine
 def test_a_grid_on_two_ray_nodes_runs_each_point_once_survives_a_killed_worker_and_stops(
-    ray_cluster, make_postgres_db, tracking_server, study_spec, tmp_path
+    ray_cluster, make_postgres_db, tracking_server, study_spec, tmp_path, make_gate
 ):
     port, _, _ = ray_cluster
     # refused before anything starts: two nodes and the default journal file
@@ -370,25 +372,27 @@ def test_a_grid_on_two_ray_nodes_runs_each_point_once_survives_a_killed_worker_a
     assert assert_each_point_once("raygrid", storage, tracking_server)
     assert f"Ray at {HEAD_IP}" in output and "2 node(s)" in output
 
-    # one worker process killed mid-trial: Ray restarts it, its trial runs again
-    storage = make_postgres_db()
-    path = grid_spec(study_spec, "raykill", epochs=6)
+    # one worker process killed mid-trial (held at the gate in its first seed run): Ray
+    # restarts it, its trial runs again
+    storage, gate = make_postgres_db(), make_gate("gate-raykill")
+    path = grid_spec(study_spec, "raykill", gate)
     study = launch(path, port, storage, tracking_server, tmp_path)
-    owner = wait_for_a_trial_in_its_first_seed(study, "raykill", storage, tracking_server)
-    os.kill(int(owner["pid"]), signal.SIGKILL)
+    owner = trial_held_at(gate, "raykill", storage, study)
+    os.kill(int(owner["pid"]), signal.SIGKILL)  # later runs do not hold: the others go on
     output = study.communicate(timeout=300)[0]
     assert study.returncode == 0, output
     trials = assert_each_point_once("raykill", storage, tracking_server)
     assert_killed_attempt_failed(trials, tracking_server)
 
     # Ctrl-C on the driver: the Ray workers stop, their runs end KILLED, the launch exits 130.
-    # Trials long enough that none can finish between the check and the stop reaching its
-    # worker (a stop takes up to a poll of the driver and one of the worker, about 1.5 s): a
-    # trial that finished there left no trial run to close KILLED (seen on a clean clone)
-    storage = make_postgres_db()
-    path = grid_spec(study_spec, "raystop", epochs=1000)
+    # Both workers hold at the gate in their first trials until the stop reaches them (up to
+    # a poll of the driver and one of the worker), so no trial can finish before it: a trial
+    # that finished there left no trial run to close KILLED (seen on a clean clone)
+    storage, gate = make_postgres_db(), make_gate("gate-raystop")
+    path = grid_spec(study_spec, "raystop", gate, runs=(0, 1))
     study = launch(path, port, storage, tracking_server, tmp_path)
-    wait_for_a_trial_in_its_first_seed(study, "raystop", storage, tracking_server)
+    for run in (0, 1):
+        trial_held_at(gate, "raystop", storage, study, run)
     study.send_signal(signal.SIGINT)
     output = study.communicate(timeout=120)[0]
     assert study.returncode == 130, output
@@ -411,17 +415,18 @@ def test_a_grid_on_two_ray_nodes_runs_each_point_once_survives_a_killed_worker_a
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")  # one cluster at a time on this machine
 def test_a_grid_on_ray_survives_its_second_node_stopping_mid_trial(
-    ray_cluster, make_postgres_db, tracking_server, study_spec, tmp_path
+    ray_cluster, make_postgres_db, tracking_server, study_spec, tmp_path, gate
 ):
     port, _, second = ray_cluster
     storage = make_postgres_db()
-    path = grid_spec(study_spec, "raynode", epochs=6)
+    # both workers (one per node) hold at the gate in their first trials
+    path = grid_spec(study_spec, "raynode", gate, runs=(0, 1))
     study = launch(path, port, storage, tracking_server, tmp_path)
-    # wait until the second node runs a trial, then stop that node
-    wait_for_a_trial_in_its_first_seed(
-        study, "raynode", storage, tracking_server, lambda owner: owner["pid"] in second.pids()
-    )
-    second.stop()
+    owners = [trial_held_at(gate, "raynode", storage, study, run) for run in (0, 1)]
+    on_second = [o for o in owners if int(o["pid"]) in second.pids()]
+    assert len(on_second) == 1, (owners, second.pids())  # one worker on each node
+    second.stop()  # mid-trial: its trial comes back when its heartbeat lapses
+    gate.open()  # the head's worker goes on
     output = study.communicate(timeout=300)[0]
     assert study.returncode == 0, output
     trials = assert_each_point_once("raynode", storage, tracking_server)

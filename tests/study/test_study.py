@@ -16,6 +16,7 @@ from latentseg.study import run_study
 from latentseg.study.storage import DEFAULT_JOURNAL, default_journal, make_storage
 from latentseg.tracking.store import connect
 from tests.conftest import launch_study, subprocess_env
+from tests.helpers import run_step
 
 pytestmark = pytest.mark.slow
 
@@ -263,27 +264,6 @@ def launch(path, tracking_uri, cwd, progress=False) -> tuple[list[str], subproce
     )
 
 
-def wait_for_seed_runs(client, experiment_name, ready, process=None, timeout_s=180) -> bool:
-    """Poll the store until ``ready(running_seed_runs)``; False on timeout or once ``process``
-    has exited (there is nothing left to wait for)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            return False
-        time.sleep(0.5)
-        try:
-            experiment = client.get_experiment_by_name(experiment_name)
-            running = experiment and client.search_runs(
-                [experiment.experiment_id],
-                filter_string="attributes.status = 'RUNNING' and tags.`latentseg.run_type` = 'seed'",
-            )
-        except Exception:  # the store may not exist yet
-            continue
-        if running and ready(running):
-            return True
-    return False
-
-
 def rerun(command, cwd) -> None:
     done = subprocess.run(
         command, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300
@@ -292,7 +272,7 @@ def rerun(command, cwd) -> None:
 
 
 def test_a_worker_killed_mid_trial_is_recovered_and_the_grid_finishes_without_duplicates(
-    study_spec, tracking_uri, tmp_path
+    study_spec, tracking_uri, tmp_path, gate
 ):
     spec = {
         "name": "kill",
@@ -300,23 +280,23 @@ def test_a_worker_killed_mid_trial_is_recovered_and_the_grid_finishes_without_du
         "sampler": {"name": "grid"},
         "max_retry": 1,
     }
-    path = study_spec(spec, base={"data": {"train_size": 256}, "train": {"epochs": 6}})
+    # the first seed run to train holds at the gate: mid-trial, its MLflow runs made
+    path = study_spec(spec, base={"data": gate.dataset(steps=[0], runs=[0])})
     command, parent = launch(path, tracking_uri, tmp_path)
     client = connect(tracking_uri)
-    # once a seed run has an epoch logged, SIGKILL the worker process training it
-    training = []
-
-    def an_epoch_logged(runs) -> bool:
-        training.extend(r for r in runs if "val_miou" in r.data.metrics)
-        return bool(training)
-
-    if not wait_for_seed_runs(client, "kill", an_epoch_logged, parent):
-        parent.kill()
-        pytest.fail("no worker reached a trial in time:\n" + parent.communicate()[0])
-    trial_run = client.get_run(training[0].data.tags["mlflow.parentRunId"])
+    held = gate.wait(run_step(0, 0), parent)
+    experiment = client.get_experiment_by_name("kill")
+    (trial_run,) = [
+        r
+        for r in client.search_runs(
+            [experiment.experiment_id], "tags.`latentseg.run_type` = 'trial'"
+        )
+        if r.info.status == "RUNNING"
+        and json.loads(r.data.tags["latentseg.owner"])["pid"] == held["pid"]
+    ]
     owner = json.loads(trial_run.data.tags["latentseg.owner"])
     assert owner["pid"] in _children(parent.pid)  # a worker of this study, tagged on its trial
-    os.kill(owner["pid"], signal.SIGKILL)
+    os.kill(owner["pid"], signal.SIGKILL)  # later runs do not hold: the others go on
     output = parent.communicate(timeout=300)[0]
     assert parent.returncode == 0, output
     rerun(command, tmp_path)
@@ -411,7 +391,7 @@ def test_a_resumed_search_does_not_replay_the_first_launchs_proposals(
 
 
 def test_sigterm_to_the_parent_stops_all_workers_and_closes_every_run(
-    study_spec, tracking_uri, tmp_path
+    study_spec, tracking_uri, tmp_path, gate
 ):
     path = study_spec(
         {
@@ -420,16 +400,14 @@ def test_sigterm_to_the_parent_stops_all_workers_and_closes_every_run(
             "sampler": {"name": "grid"},
             "max_retry": 0,
         },
-        # trials long enough (several seconds each) that both workers are surely training at
-        # once even when a loaded machine starts the second one late
-        base={"data": {"train_size": 512}, "train": {"epochs": 6}},
+        # the first two seed runs hold at the gate (one per worker) until the stop reaches
+        # them: both workers are mid-trial when the signal comes, however loaded the machine
+        base={"data": gate.dataset(steps=[0], runs=[0, 1])},
     )
     command, parent = launch(path, tracking_uri, tmp_path)
     client = connect(tracking_uri)
-    both_training = wait_for_seed_runs(client, "term", lambda runs: len(runs) >= 2, parent)
-    if not both_training:
-        parent.kill()
-    assert both_training, "both workers never trained at once:\n" + parent.communicate()[0]
+    for run in (0, 1):
+        gate.wait(run_step(run, 0), parent)
     parent.send_signal(signal.SIGTERM)
     output = parent.communicate(timeout=120)[0]
     assert parent.returncode == 130, output
@@ -447,7 +425,7 @@ def test_sigterm_to_the_parent_stops_all_workers_and_closes_every_run(
 
 
 def test_ctrl_c_stops_every_worker_cleanly_and_counts_nothing_interrupted_as_finished(
-    study_spec, tracking_uri, tmp_path
+    study_spec, tracking_uri, tmp_path, gate
 ):
     """Issue 15, item 11: Ctrl-C reaches the launch and its workers (one process group). No
     seed run starts after it, trials say SIGINT (not the SIGTERM the launch forwards), the
@@ -460,14 +438,13 @@ def test_ctrl_c_stops_every_worker_cleanly_and_counts_nothing_interrupted_as_fin
             "sampler": {"name": "grid"},
             "seeds": 2,
         },
-        base={"data": {"train_size": 512}, "train": {"epochs": 6}},
+        # both workers hold in their first seed run (the gate's runs 0 and 1) until Ctrl-C
+        base={"data": gate.dataset(steps=[0], runs=[0, 1])},
     )
     command, parent = launch(path, tracking_uri, tmp_path, progress=True)
     client = connect(tracking_uri)
-    both_training = wait_for_seed_runs(client, "ctrlc", lambda runs: len(runs) >= 2, parent)
-    if not both_training:
-        parent.kill()
-    assert both_training, "both workers never trained at once:\n" + parent.communicate()[0]
+    for run in (0, 1):
+        gate.wait(run_step(run, 0), parent)
     signalled_ms = time.time() * 1000
     os.killpg(parent.pid, signal.SIGINT)
     output = parent.communicate(timeout=120)[0]
@@ -475,7 +452,7 @@ def test_ctrl_c_stops_every_worker_cleanly_and_counts_nothing_interrupted_as_fin
     assert "Traceback" not in output and "[W " not in output, output
     assert no_run_left_running(client, "ctrlc")
     runs = runs_by_type(client, "ctrlc")
-    assert max(r.info.start_time for r in runs["seed"]) < signalled_ms + 100
+    assert max(r.info.start_time for r in runs["seed"]) < signalled_ms
     killed = [r for r in runs["trial"] if r.info.status == "KILLED"]
     assert len(killed) == 2, [r.info.status for r in runs["trial"]]
     for run in killed:
@@ -504,7 +481,7 @@ def test_a_relaunch_with_nothing_queued_starts_no_worker(study_spec, tracking_ur
 
 
 def test_when_one_machines_launch_dies_mid_trial_another_launch_finishes_its_trial(
-    study_spec, tracking_uri, postgres_db, tmp_path
+    study_spec, tracking_uri, postgres_db, tmp_path, gate
 ):
     """Two launches share a PostgreSQL study; one dies whole (parent and workers, SIGKILL, as
     a machine would), its trials recorded as running on another host. The other launch waits
@@ -517,7 +494,9 @@ def test_when_one_machines_launch_dies_mid_trial_another_launch_finishes_its_tri
             "sampler": {"name": "grid"},
             "max_retry": 1,
         },
-        base={"data": {"train_size": 512}, "train": {"epochs": 4}},
+        # the first launch's two workers hold in their first trials until it dies; runs of
+        # the second launch do not hold
+        base={"data": gate.dataset(steps=[0], runs=[0, 1])},
         name="machines.yaml",
     )
     connect(tracking_uri).search_experiments()  # the store's schema, created once
@@ -534,9 +513,8 @@ def test_when_one_machines_launch_dies_mid_trial_another_launch_finishes_its_tri
         text=True, start_new_session=True,
     )  # fmt: skip
     client = connect(tracking_uri)
-    assert wait_for_seed_runs(
-        client, "machines", lambda runs: any("val_miou" in r.data.metrics for r in runs), doomed
-    ), "the first launch never trained"
+    for run in (0, 1):
+        gate.wait(run_step(run, 0), doomed)
     os.killpg(doomed.pid, signal.SIGKILL)  # the whole machine goes
     doomed.communicate(timeout=30)
     # Its trials are recorded as running on another machine: then only their lapsing
@@ -548,7 +526,7 @@ def test_when_one_machines_launch_dies_mid_trial_another_launch_finishes_its_tri
         t for t in optuna.load_study(study_name="machines", storage=storage).trials
         if t.state == TrialState.RUNNING
     ]  # fmt: skip
-    assert running
+    assert len(running) == 2, running  # both held trials
     for trial in running:
         owner = dict(trial.system_attrs[OWNER_ATTR], host="another-machine")
         storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner)

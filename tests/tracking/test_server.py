@@ -12,7 +12,8 @@ import pytest
 from mlflow import MlflowClient
 
 from latentseg.cli import build_parser, main, server_command
-from tests.conftest import subprocess_env, wait_for_a_trial_in_its_first_seed
+from tests.conftest import subprocess_env, trial_held_at
+from tests.helpers import run_step
 from tests.test_cli import _free_port
 
 
@@ -125,8 +126,12 @@ def stop(server: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_a_study_survives_the_tracking_server_going_away_for_a_few_seconds(
-    postgres_db, study_spec, tmp_path
+    postgres_db, study_spec, tmp_path, gate
 ):
+    """The server goes away while the first seed run has logged epoch 1 and trains epoch 2,
+    and comes back once that epoch has ended (its metrics and checkpoints unsent): the
+    study ends with every epoch of every run logged once. The run holds at the gate before
+    epochs 2 and 3 (64 samples in batches of 8), so the outage always lands mid-run."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_server(postgres_db, tmp_path / "served", port, tmp_path)
@@ -138,7 +143,7 @@ def test_a_study_survives_the_tracking_server_going_away_for_a_few_seconds(
                 "search_space": {"model.num_latents": [2, 4]},
                 "sampler": {"name": "grid"},
             },
-            base={"data": {"train_size": 256}, "train": {"epochs": 4}},
+            base={"data": gate.dataset(steps=[8, 16], runs=[0]), "train": {"epochs": 4}},
         )
         study = subprocess.Popen(
             [
@@ -149,18 +154,26 @@ def test_a_study_survives_the_tracking_server_going_away_for_a_few_seconds(
             stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         client = MlflowClient(url)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # wait until the first run has logged an epoch
-            experiment = client.get_experiment_by_name("outage")
-            runs = experiment and client.search_runs(
-                [experiment.experiment_id], "tags.`latentseg.run_type` = 'seed'"
-            )
-            if runs and any("val_miou" in r.data.metrics for r in runs):
-                break
+        gate.wait(run_step(0, 8), study)  # epoch 1 trained, epoch 2 not begun
+        experiment_id = client.get_experiment_by_name("outage").experiment_id
+        deadline = time.monotonic() + 120  # held: nothing but epoch 1's logging is left to do
+        while not [
+            r
+            for r in client.search_runs([experiment_id], "tags.`latentseg.run_type` = 'seed'")
+            if "val_miou" in r.data.metrics
+        ]:
+            if time.monotonic() > deadline:
+                study.kill()
+                pytest.fail(f"epoch 1 never reached the server:\n{study.communicate()[0]}")
             time.sleep(0.3)
         stop(server)  # the server goes away mid-run...
-        time.sleep(5)
+        went_away = time.monotonic()
+        gate.release(run_step(0, 8))
+        gate.wait(run_step(0, 16), study)  # ...while epoch 2 is trained and logged...
+        time.sleep(max(0.0, went_away + 5 - time.monotonic()))  # (away for 5 s at least)
         server = start_server(postgres_db, tmp_path / "served", port, tmp_path)  # ...and returns
+        gate.release(run_step(0, 16))
+        wait_healthy(url, server)
         output = study.communicate(timeout=300)[0]
         assert study.returncode == 0, output
         experiment_id = client.get_experiment_by_name("outage").experiment_id
@@ -180,7 +193,7 @@ def test_a_study_survives_the_tracking_server_going_away_for_a_few_seconds(
 
 @pytest.mark.slow
 def test_three_workers_on_postgresql_and_a_server_with_one_killed_finish_the_grid_once(
-    make_postgres_db, study_spec, tmp_path
+    make_postgres_db, study_spec, tmp_path, gate
 ):
     """Three worker processes share a PostgreSQL study and a tracking server; one is killed
     with SIGKILL mid-trial. Its trial is failed and retried by the others, its MLflow run ends
@@ -207,8 +220,8 @@ def test_three_workers_on_postgresql_and_a_server_with_one_killed_finish_the_gri
                 "max_retry": 1,
             },
             base={
-                "data": {"train_size": 256},
-                "train": {"epochs": 6},  # epochs left after the first: the kill lands mid-trial
+                # the first seed run holds before its first step: the kill lands mid-trial
+                "data": gate.dataset(steps=[0], runs=[0]),
                 "tracking": {"attention_plots": True},
             },
         )
@@ -221,9 +234,9 @@ def test_three_workers_on_postgresql_and_a_server_with_one_killed_finish_the_gri
             stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         client = MlflowClient(url)
-        # the worker that owns a running trial (recorded on the Optuna trial)
-        owner = wait_for_a_trial_in_its_first_seed(study, "team", postgres_db, url)
-        os.kill(owner["pid"], signal.SIGKILL)
+        # the worker that owns the held trial (recorded on the Optuna trial)
+        owner = trial_held_at(gate, "team", postgres_db, study)
+        os.kill(owner["pid"], signal.SIGKILL)  # later runs do not hold: the others go on
         output = study.communicate(timeout=400)[0]
         assert study.returncode == 0, output
 
