@@ -134,8 +134,15 @@ def sequential(
                 table["decided_round"] = np.where(fresh, look, 0)
         merged = [_merge(old, table, k) for old, table, k in zip(tables, new, keys, strict=True)]
         tables = merged
-        verdicts = pd.concat(
-            [t["verdict"] for t in merged if t is not None and "verdict" in t], ignore_index=True
+        verdicts = pd.concat(  # one per test: a repeated test (counted_once) is counted once
+            [
+                t.loc[
+                    ~t.get("counted_once", pd.Series(False, index=t.index)).astype(bool), "verdict"
+                ]
+                for t in merged
+                if t is not None and "verdict" in t
+            ],
+            ignore_index=True,
         )
         history.append(
             {
