@@ -28,7 +28,7 @@ demo: setup
 	$(BIN)/latentseg report --study quick
 
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q --durations=25
 
 lint: setup
 	$(BIN)/ruff check latentseg tests
