@@ -13,16 +13,6 @@ from latentseg.study.storage import make_storage, pop_waiting_trial, storage_of
 STORAGES = ["journal", "sqlite", "postgresql"]
 
 
-@pytest.fixture
-def storage_url(request, tmp_path):
-    kind = request.param
-    if kind == "journal":
-        return f"journal:{tmp_path / 'journal.log'}"
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path / 'optuna.db'}"
-    return request.getfixturevalue("postgres_db")
-
-
 @pytest.mark.parametrize("storage_url", STORAGES, indirect=True)
 def test_two_workers_pop_each_waiting_trial_once_lowest_number_first(storage_url):
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -26,16 +26,6 @@ from latentseg.tracking.store import TrackingStore
 from latentseg.tracking.study import running_launches, start_study_run
 
 
-@pytest.fixture
-def storage_url(request, tmp_path):
-    kind = request.param
-    if kind == "journal":
-        return f"journal:{tmp_path / 'journal.log'}"
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path / 'optuna.db'}"
-    return request.getfixturevalue("postgres_db")
-
-
 def study_attrs(storage, name: str) -> dict:
     return storage.get_study_system_attrs(storage.get_study_id_from_name(name))
 
