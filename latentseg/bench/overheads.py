@@ -346,7 +346,8 @@ def bench_report(runs: int, windows: int = 3) -> dict[str, Any]:
     store, alternated with ``mlflow.search_runs`` alone on the same store for ``windows``
     windows: the medians of each, and ``write_s``, what writing the runs took."""
     from latentseg.report.collect import collect
-    from latentseg.report.render import build, write
+    from latentseg.report.render import build
+    from latentseg.report.writers import write
     from latentseg.tracking.store import TrackingStore
     from latentseg.tracking.synthetic_runs import write_ablation_runs
 

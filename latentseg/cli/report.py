@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from latentseg.config import parse_override
     from latentseg.errors import StoreWriteError
     from latentseg.report import ablation_report
-    from latentseg.report.render import verdict_lines
+    from latentseg.report.writers import verdict_lines
     from latentseg.tracking import TrackingStore
 
     name = args.study or args.experiment

@@ -103,7 +103,7 @@ def print_grid_verdicts(result) -> None:
     """An ablation grid ends with its verdicts and what deciding the open ones would take."""
     from latentseg.cli.report import describe_baseline
     from latentseg.report import ablation_report
-    from latentseg.report.render import verdict_lines
+    from latentseg.report.writers import verdict_lines
     from latentseg.tracking import TrackingStore
 
     parent = TrackingStore.open(result.tracking_uri, create=False).run(result.parent_run_id)

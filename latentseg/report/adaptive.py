@@ -16,7 +16,8 @@ import pandas as pd
 
 from latentseg.errors import LatentSegError
 from latentseg.report.collect import collect
-from latentseg.report.render import build, change, decision_for, label
+from latentseg.report.labels import change, label
+from latentseg.report.render import build, decision_for
 from latentseg.report.stats import is_stratum, mark_inert
 from latentseg.report.verdicts import out_of_reach, spending
 from latentseg.study.rounds import Judgement, Need
