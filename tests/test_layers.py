@@ -273,7 +273,7 @@ for name, where in (("latentseg", None), ("latentseg.report", "report")):
     stub.__path__ = [root if where is None else f"{root}/{where}"]
     sys.modules[name] = stub
 import pandas as pd
-from latentseg.report import stats
+from latentseg.report import effects, stats
 rows = [
     {"params.model.expert_attention": experts, "params.model.num_latents": latents,
      "params.train.seed": seed, "metrics.val_miou": 0.5 + 0.01 * int(seed) + 0.001 * int(latents)}
@@ -284,7 +284,7 @@ frame, merged = stats.deduplicate(frame)
 axes = stats.ablation_axes(frame)
 baseline = {"model.expert_attention": "True", "model.num_latents": "16"}
 compared = stats.compare(frame, axes, "val_miou", baseline)
-effects = stats.axis_effects(frame, axes, "val_miou", baseline)
+main_effects = effects.axis_effects(frame, axes, "val_miou", baseline)
 print(json.dumps({
     "torch": "torch" in sys.modules,
     "latentseg": sorted(m for m in sys.modules if m.startswith("latentseg")),
@@ -294,7 +294,7 @@ print(json.dumps({
         set(frame[frame["params.model.expert_attention"] == "False"]["params.model.num_latents"])
     ),
     "compared": len(compared),
-    "effects": len(effects),
+    "effects": len(main_effects),
 }))
 """
 

@@ -14,6 +14,7 @@ import pandas as pd
 from latentseg.config import ModelConfig
 from latentseg.errors import ConfigError
 from latentseg.report.collect import Collected
+from latentseg.report.effects import axis_effects, interactions
 from latentseg.report.labels import _on, change, label
 from latentseg.report.notes import _count_failures, _effect_notes, _notes, _warnings
 from latentseg.report.rounds import complete_blocks, effect_runs, run_rounds, sequential
@@ -23,10 +24,8 @@ from latentseg.report.stats import (
     Family,
     ablation_axes,
     apply_verdicts,
-    axis_effects,
     compare,
     deduplicate,
-    interactions,
     is_stratum,
     mark_inert,
     metric_bounds,

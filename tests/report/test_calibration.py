@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from latentseg.report.stats import apply_verdicts, axis_effects, mean_ci
+from latentseg.report.effects import axis_effects
+from latentseg.report.stats import apply_verdicts, mean_ci
 from latentseg.report.verdicts import (
     ALPHA,
     decide,

@@ -213,3 +213,24 @@ def test_equivalence_under_bh_is_marked_exploratory():
     assert "not simultaneous, so equivalent verdicts are exploratory" in result.markdown
     holm = report(rows(CLEAR)).summary.set_index("model.num_latents").loc["8"]
     assert holm["verdict"] == "equivalent" and not holm["exploratory"]
+
+
+def test_a_variant_is_named_by_what_it_changes_from_the_baseline():
+    from latentseg.report.labels import change, label
+
+    keys = ["data.dataset", "model.num_latents", "model.num_heads"]
+    row = {"data.dataset": "digits", "model.num_latents": "8", "model.num_heads": "4"}
+    baseline = {"data.dataset": "digits", "model.num_latents": "16", "model.num_heads": "4"}
+    assert change(row, keys, baseline) == "num_latents 8"  # the dataset is a task, not a change
+    assert change(baseline, keys, baseline) == "the baseline"
+    assert change({**row, "model.num_heads": "n/a"}, keys, baseline) == "num_latents 8"
+    assert label(row, keys, skip=("data.dataset",)) == "num_latents 8, num_heads 4"
+
+
+def test_failures_are_worded_with_their_kinds():
+    from latentseg.report.notes import _failure_words
+
+    assert _failure_words({"failed": 2, "killed": 1, "diverged": 2}) == (
+        "2 failed and 1 killed (2 diverged) run(s)"
+    )
+    assert _failure_words({"failed": 0, "killed": 1, "diverged": 0}) == "1 killed run(s)"

@@ -106,7 +106,7 @@ def test_pareto_front_keeps_the_variants_nothing_beats_on_both_cost_and_metric()
 
 
 def test_axis_effects_average_over_the_other_axes_and_pair_by_seed():
-    from latentseg.report.stats import axis_effects
+    from latentseg.report.effects import axis_effects
 
     (row,) = axis_effects(
         FRAME, ["params.model.expert_attention"], "val_miou", {"model.expert_attention": "True"}
@@ -140,7 +140,8 @@ def test_axis_effects_average_over_the_other_axes_and_pair_by_seed():
 
 
 def test_without_experts_latents_and_heads_are_na_and_replicates_count_once():
-    from latentseg.report.stats import axis_effects, deduplicate, mark_inert
+    from latentseg.report.effects import axis_effects
+    from latentseg.report.stats import deduplicate, mark_inert
 
     rows = []
     for experts in ("True", "False"):
@@ -180,7 +181,7 @@ def test_without_experts_latents_and_heads_are_na_and_replicates_count_once():
 def test_datasets_are_strata_runs_pair_within_a_dataset_and_it_is_not_an_effect():
     """kv_rank=16 is +0.1 on shapes and -0.05 on digits; digits sit 0.5 lower overall. Each
     diff must pair with the baseline of its own dataset and seed."""
-    from latentseg.report.stats import axis_effects
+    from latentseg.report.effects import axis_effects
 
     rows = []
     for dataset, offset, effect in (("shapes", 0.6, 0.1), ("digits", 0.1, -0.05)):
@@ -229,7 +230,7 @@ def test_a_key_that_is_only_na_beside_one_value_is_not_an_axis():
 def test_an_axis_the_baseline_does_not_use_is_measured_where_it_applies_with_its_cost():
     """MoE only exists at latent depth 2; the tutorial baseline (depth 0) shows n/a there.
     Its effect is MoE 8 vs 0 among the depth-2 runs, with the FLOPs and time ratios."""
-    from latentseg.report.stats import axis_effects
+    from latentseg.report.effects import axis_effects
 
     rows = []
     for seed, noise in (("1", 0.0), ("2", 0.01), ("3", -0.01)):

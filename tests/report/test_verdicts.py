@@ -9,14 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from latentseg.report.stats import (
-    apply_verdicts,
-    axis_effects,
-    deduplicate,
-    interactions,
-    mean_ci,
-    metric_bounds,
-)
+from latentseg.report.effects import axis_effects, interactions
+from latentseg.report.stats import apply_verdicts, deduplicate, mean_ci, metric_bounds
 from latentseg.report.verdicts import (
     adjust,
     decide,
@@ -269,7 +263,7 @@ def test_a_main_effect_on_a_balanced_grid_is_the_marginal_effect_statsmodels_fin
     context and its interaction finds the same marginal contrast."""
     import statsmodels.formula.api as smf
 
-    from latentseg.report.stats import balanced_effect
+    from latentseg.report.effects import balanced_effect
 
     rng = np.random.default_rng(3)
     level = np.repeat(["a", "b", "c"], 3)
