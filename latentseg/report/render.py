@@ -397,17 +397,17 @@ def _paired_means(
     from latentseg.report.stats import baseline_mask, pairing
 
     column = f"metrics.{metric}"
-    runs = runs.assign(
-        _pair=pairing(runs, axes), _variant=runs[axes].map(str).agg("|".join, axis=1)
-    )
-    base = runs[baseline_mask(runs, axes, baseline)].groupby("_pair")[column].mean()
-    mine, theirs = [], []
-    for _, row in table.iterrows():
-        name = "|".join(str(row[k]) for k in keys)
-        values = runs[runs["_variant"] == name].groupby("_pair")[column].mean()
-        shared = values.index.intersection(base.index)
-        mine.append(float(values[shared].mean()) if len(shared) else math.nan)
-        theirs.append(float(base[shared].mean()) if len(shared) else math.nan)
+    variant = runs[axes].map(str).agg("|".join, axis=1)
+    pairs = pairing(runs, axes)
+    base = runs[baseline_mask(runs, axes, baseline)].groupby(pairs)[column].mean()
+    # variant x pair means, once; a pair the baseline lacks is not shared
+    cells = runs[column].groupby([variant, pairs]).mean().unstack()
+    shared = cells.reindex(columns=base.index).notna()
+    mine = cells.reindex(columns=base.index).where(shared).mean(axis=1)
+    theirs = shared.mul(base, axis=1).where(shared).mean(axis=1)
+    names = table[keys].map(str).agg("|".join, axis=1) if keys else pd.Series("", index=table.index)
+    mine = mine.reindex(names).to_numpy(float)
+    theirs = theirs.reindex(names).to_numpy(float)
     return table.assign(mean_paired=mine, baseline_mean_paired=theirs)
 
 
