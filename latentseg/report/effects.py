@@ -69,15 +69,16 @@ def axis_effects(
     bounds: tuple[float, float] = (-math.inf, math.inf),
 ) -> pd.DataFrame:
     """The main effect of each axis, with the seed as a block, in two stages. Within each
-    block (the seed, within a dataset: datasets are absorbed, never an effect), a least-
-    squares fit ``metric ~ context + axis`` over the runs where the axis applies gives the
-    axis's effect in that block; the context is the combination of the other axes that apply
-    to all those runs (axes nested in this one, n/a on some runs, are averaged over). The
-    block effects are then compared with 0 like seed-paired differences (:func:`compare`):
-    the seed-to-seed variation of the effect itself is the error term, so the verdict holds
-    for new seeds, not only for the ones run. On a balanced design a block's effect is the
-    difference of its means over the other axes; on an unbalanced one it compares like with
-    like.
+    block (the seed, within a dataset: datasets are absorbed, never an effect), the axis's
+    effect is the mean over one set of contexts of the difference of the two values' cell
+    means (:func:`balanced_effect`); the context is the combination of the other axes that
+    apply to all the runs where the axis applies (axes nested in this one, n/a on some runs,
+    are averaged within their cell). The block effects are then compared with 0 like
+    seed-paired differences (:func:`latentseg.report.stats.compare`): the seed-to-seed
+    variation of the effect itself is the error term, so the verdict holds for new seeds,
+    not only for the ones run. On a balanced grid it is the balanced main effect; with cells
+    missing, ``contexts`` says how many of the grid's it covers (``balanced`` false when not
+    all).
 
     Where the baseline does not use an axis (``n/a``: MoE without a latent MLP), the axis is
     measured where it applies, against the tutorial's value of it. Columns as
