@@ -16,6 +16,8 @@ torch.set_num_threads(1)  # two xdist workers share this 2-core machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytest_plugins = ["tests.ordering"]  # longest tests first (tests/durations.json)
+
 TINY = {
     "model": {"variant": "tutorial"},
     "data": {
