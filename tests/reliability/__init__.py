@@ -6,7 +6,7 @@ Where each item is proven (tests here, or the earlier test that already proves i
    test_a_worker_killed_mid_trial_is_recovered_and_the_grid_finishes_without_duplicates
 2. a trial that always crashes, max_retry=2: tests/study/test_study.py::
    test_a_trial_that_always_fails_is_retried_max_retry_times_then_the_study_goes_on
-3. 8 workers x 40 trials on the embedded storages: test_study_faults.py
+3. 8 workers x 17 trials on the embedded storages: test_study_faults.py
 4. non-finite loss in a study: test_study_faults.py
 5. SIGKILL during checkpoint writes, then resume: test_checkpoint_faults.py
 6. SIGTERM / Ctrl-C mid-training: test_signals.py (and tests/tracking/test_tracking.py's

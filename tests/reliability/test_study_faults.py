@@ -16,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from latentseg.tracking.store import connect
+from latentseg.tracking.study import FANOVA_MAX_CHOICES
 from tests.conftest import subprocess_env
 from tests.helpers import run_step
 from tests.study.test_study import journal, no_run_left_running, runs_by_type
@@ -53,12 +54,15 @@ def study(path, tracking_uri, cwd, workers: int, timeout_s: int) -> tuple[int, s
     return process.returncode, output
 
 
-def test_eight_workers_on_the_embedded_storages_run_forty_trials_exactly_once(
+def test_eight_workers_on_the_embedded_storages_run_each_trial_exactly_once(
     study_spec, tracking_uri, tmp_path
 ):
     """8 worker processes share the journal file and the SQLite MLflow store: every grid
-    point runs once, with its trial and seed runs, and no writer is locked out."""
-    lrs = [round(0.001 * (i + 1), 3) for i in range(40)]
+    point runs once, with its trial and seed runs, and no writer is locked out. 17 points:
+    about two trials per worker, so that workers pop while others write, and one choice more
+    than fANOVA takes."""
+    n = FANOVA_MAX_CHOICES + 1
+    lrs = [round(0.001 * (i + 1), 3) for i in range(n)]
     path = study_spec(
         {"name": "many", "search_space": {"optim.lr": lrs}, "sampler": {"name": "grid"}},
         base=SMALLEST,
@@ -68,7 +72,7 @@ def test_eight_workers_on_the_embedded_storages_run_forty_trials_exactly_once(
     assert "database is locked" not in output, output
 
     trials = optuna.load_study(study_name="many", storage=journal(tmp_path)).trials
-    assert sorted(t.number for t in trials) == list(range(40))
+    assert sorted(t.number for t in trials) == list(range(n))
     assert all(t.state == TrialState.COMPLETE for t in trials), [
         (t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials
     ]
@@ -78,22 +82,22 @@ def test_eight_workers_on_the_embedded_storages_run_forty_trials_exactly_once(
     runs = runs_by_type(client, "many")
     (parent,) = runs["study"]
     assert parent.info.status == "FINISHED" and parent.data.tags["latentseg.workers"] == "8"
-    # The summary is written: fANOVA, exponential in a 40-choice axis, is skipped, not waited on
+    # The summary is written: fANOVA, exponential in a 17-choice axis, is skipped, not waited on
     summary = json.loads(
         Path(
             client.download_artifacts(parent.info.run_id, "study_summary.json", str(tmp_path))
         ).read_text()
     )
-    assert summary["n_complete"] == 40 and summary["importances"]["ped_anova"] == {"optim.lr": 1.0}
-    assert summary["importances"]["fanova"].startswith("not computed: optim.lr has 40 choices")
-    assert len(runs["trial"]) == 40
+    assert summary["n_complete"] == n and summary["importances"]["ped_anova"] == {"optim.lr": 1.0}
+    assert summary["importances"]["fanova"].startswith(f"not computed: optim.lr has {n} choices")
+    assert len(runs["trial"]) == n
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs["trial"])
     assert sorted(int(r.data.tags["latentseg.trial_number"]) for r in runs["trial"]) == list(
-        range(40)
+        range(n)
     )
     assert all(r.info.status == "FINISHED" for r in runs["trial"])
     trial_ids = {r.info.run_id for r in runs["trial"]}
-    assert len(runs["seed"]) == 40
+    assert len(runs["seed"]) == n
     assert {r.data.tags["mlflow.parentRunId"] for r in runs["seed"]} == trial_ids  # one each
     assert all(r.info.status == "FINISHED" for r in runs["seed"])
     assert no_run_left_running(client, "many")
