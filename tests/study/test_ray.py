@@ -246,9 +246,11 @@ def alive_nodes(port: int) -> int:
     return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """A head and a second node on 127.0.0.1: ``(port, head, second)``; both stopped after."""
+    """One cluster for the module's tests: a head and a second node on loopback,
+    ``(port, head, second)``; both stopped after the module's last test. The test that stops
+    the second node comes last in the module; the token test needs the head alone."""
     port = free_port()
     head = Node(port, head=True)
     second = None
@@ -268,13 +270,30 @@ def ray_cluster():
         head.cleanup()
 
 
-@pytest.fixture
-def tracking_server(make_postgres_db, tmp_path):
+@pytest.fixture(scope="module")
+def module_postgres():
+    """``make()`` -> a fresh PostgreSQL database for this module's tests, all dropped after
+    the module; skips (loudly) where no server is reachable."""
+    from latentseg.bench.overheads import scratch_database
+    from tests.conftest import _postgres_url
+
+    base, reason = _postgres_url()
+    if base is None:
+        pytest.skip(f"SKIPPED LOUDLY: the Ray tests need a PostgreSQL server: {reason}")
+    with contextlib.ExitStack() as made:
+        yield lambda: made.enter_context(scratch_database(base + "postgres", "latentseg_test_"))
+
+
+@pytest.fixture(scope="module")
+def tracking_server(module_postgres, tmp_path_factory):
+    """One ``latentseg server`` (PostgreSQL backend) for the module's tests: each test's
+    study has an experiment of its own there."""
     from tests.tracking.test_server import _free_port, start_server, stop, wait_healthy
 
+    folder = tmp_path_factory.mktemp("ray-server")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    server = start_server(make_postgres_db(), tmp_path / "served", port, tmp_path)
+    server = start_server(module_postgres(), folder / "served", port, folder)
     try:
         wait_healthy(url, server)
         yield url
@@ -414,6 +433,47 @@ def test_a_grid_on_two_ray_nodes_runs_each_point_once_survives_a_killed_worker_a
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")  # one cluster at a time on this machine
+def test_a_head_that_refuses_the_launchs_token_is_named_with_the_fix(
+    ray_cluster, study_spec, tmp_path
+):
+    """The module's head, with token authentication (the tests' own token): a launch with
+    no token, and one with another token, each exit 2 with one line that says the
+    cluster refused the token and how to give it the head's, instead of Ray's "could not
+    connect" at whatever address Ray substitutes."""
+    path = study_spec({"name": "token", "search_space": {"model.num_latents": [2, 4]},
+                       "sampler": {"name": "grid"}})  # fmt: skip
+    port = ray_cluster[0]
+    address = f"{HEAD_IP}:{port}"
+    without = subprocess_env()  # (the tests' environment holds no Ray token)
+    other = {**subprocess_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32}
+    command = [sys.executable, "-m", "latentseg.cli", "study", str(path), "--ray", address,
+               "--no-progress"]  # fmt: skip
+    launches = {  # both at once: Ray tries a refused token for 20 s before it gives up
+        says: subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for says, env in (
+            ("requires an authentication token, and this launch sends none", without),
+            ("refused this launch's authentication token", other),
+        )
+    }
+    for says, process in launches.items():
+        stderr = process.communicate(timeout=180)[1]
+        assert process.returncode == 2, stderr
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: --ray {address}: the Ray cluster at {address} ")
+        assert says in last and "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in last, stderr
+        assert "Traceback" not in stderr and "could not join" not in stderr
+    assert not (tmp_path / "mlruns").exists()  # nothing started
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one cluster at a time on this machine
 def test_a_grid_on_ray_survives_its_second_node_stopping_mid_trial(
     ray_cluster, make_postgres_db, tracking_server, study_spec, tmp_path, gate
 ):
@@ -431,50 +491,3 @@ def test_a_grid_on_ray_survives_its_second_node_stopping_mid_trial(
     assert study.returncode == 0, output
     trials = assert_each_point_once("raynode", storage, tracking_server)
     assert_killed_attempt_failed(trials, tracking_server)
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("ray")  # one cluster at a time on this machine
-def test_a_head_that_refuses_the_launchs_token_is_named_with_the_fix(study_spec, tmp_path):
-    """A head with token authentication (its own temporary folder, its own token): a launch
-    with no token, and one with another token, each exit 2 with one line that says the
-    cluster refused the token and how to give it the head's, instead of Ray's "could not
-    connect" at whatever address Ray substitutes."""
-    path = study_spec({"name": "token", "search_space": {"model.num_latents": [2, 4]},
-                       "sampler": {"name": "grid"}})  # fmt: skip
-    port = free_port()
-    head = Node(port, head=True)
-    try:
-        deadline = time.monotonic() + 90
-        while alive_nodes(port) < 1:
-            assert time.monotonic() < deadline, "the Ray head did not start"
-            time.sleep(1)
-        address = f"{HEAD_IP}:{port}"
-        without = subprocess_env()  # (the tests' environment holds no Ray token)
-        other = {**subprocess_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32}
-        command = [sys.executable, "-m", "latentseg.cli", "study", str(path), "--ray", address,
-                   "--no-progress"]  # fmt: skip
-        launches = {  # both at once: Ray tries a refused token for 20 s before it gives up
-            says: subprocess.Popen(
-                command,
-                cwd=tmp_path,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for says, env in (
-                ("requires an authentication token, and this launch sends none", without),
-                ("refused this launch's authentication token", other),
-            )
-        }
-        for says, process in launches.items():
-            stderr = process.communicate(timeout=180)[1]
-            assert process.returncode == 2, stderr
-            last = stderr.strip().splitlines()[-1]
-            assert last.startswith(f"error: --ray {address}: the Ray cluster at {address} ")
-            assert says in last and "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in last, stderr
-            assert "Traceback" not in stderr and "could not join" not in stderr
-        assert not (tmp_path / "mlruns").exists()  # nothing started
-    finally:
-        head.cleanup()
