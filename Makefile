@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # pull a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup demo test lint docs clean
+.PHONY: setup demo test durations lint docs clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q --durations=25
+
+# tests/durations.json from a whole run: the next runs start the longest tests first
+durations: setup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q --durations=25 --store-durations
 
 lint: setup
 	$(BIN)/ruff check latentseg tests
