@@ -1,6 +1,5 @@
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import pytest
 
 from latentseg.cli import build_parser, main, server_command
 from tests.conftest import subprocess_env
+from tests.helpers_processes import free_port
 
 COMMANDS = ["train", "study", "report", "models", "datasets", "bench", "ui", "server"]
 # What each command needs besides flags to parse: a config, a spec, a study name.
@@ -229,7 +229,7 @@ def test_the_ui_refuses_a_tracking_server(http_answering, capsys):
 
 
 def test_the_ui_says_nothing_answers_at_a_server_address_in_one_line(http_answering, capsys):
-    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     assert main(["ui", "--tracking-uri", url]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: nothing answers at {url} (") and "Connection refused" in err
@@ -279,12 +279,6 @@ def test_train_prints_the_run_id_and_how_to_open_the_ui(tiny_yaml, tracking_uri,
     assert "FINISHED" in out and "latentseg ui" in out and "#/experiments/" in out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ui_serves_the_project_store_on_loopback(tiny, tracking_uri, tmp_path):
     from latentseg.tracking import run_experiment
@@ -294,7 +288,7 @@ def test_ui_serves_the_project_store_on_loopback(tiny, tracking_uri, tmp_path):
         tracking_uri=tracking_uri,
         progress=False,
     )
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,

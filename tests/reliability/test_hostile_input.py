@@ -9,7 +9,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from latentseg.errors import RegistryError
 from latentseg.registry import Registry
 from tests.conftest import ROOT, TINY, deep_update, subprocess_env
 from tests.data.folders import make_folder, palette_png, scene
-from tests.test_cli import _free_port
+from tests.helpers_processes import free_port, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -309,7 +308,7 @@ def serve(args_for, cwd: Path, log: Path) -> tuple[subprocess.Popen, int]:
     another port when another process took that one first (parallel tests start servers
     too): then this server exits, or what answers on the port is not this server."""
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         process = start(args_for(port), cwd, log)
         try:
             wait_up(port, process, log)
@@ -322,7 +321,7 @@ def serve(args_for, cwd: Path, log: Path) -> tuple[subprocess.Popen, int]:
             time.sleep(0.2)
         if listening_addresses(port, process.pid):
             return process, port
-        stop(process)
+        stop_server(process)
     raise AssertionError(f"no free port held in 3 tries: {log.read_text()}")
 
 
@@ -333,18 +332,6 @@ def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
             cwd=cwd, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop the server and every worker it started (its own process group)."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
 
 
 def get(url: str, host: str | None = None) -> int:
@@ -396,7 +383,7 @@ def test_ui_and_server_listen_on_loopback_only_by_default(tmp_path, command):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((address, port), timeout=5).close()
     finally:
-        stop(process)
+        stop_server(process)
     assert f"http://127.0.0.1:{port}" in log.read_text()
 
 
@@ -421,7 +408,7 @@ def test_on_all_interfaces_a_foreign_host_header_is_refused(tmp_path, command):
         assert get(url, host=f"evil.example:{port}") == 403
         assert get(url, host=allowed) == 200
     finally:
-        stop(process)
+        stop_server(process)
 
 
 # ------------------------------------------------- item 14: registry clashes and broken plugins

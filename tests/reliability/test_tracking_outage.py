@@ -13,8 +13,7 @@ from mlflow import MlflowClient
 
 from latentseg.train.checkpoint import load_training_state
 from tests.conftest import subprocess_env
-from tests.test_cli import _free_port
-from tests.tracking.test_server import start_server, stop, wait_healthy
+from tests.helpers_processes import free_port, start_server, stop_server, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +37,7 @@ def _poll(predicate, process, timeout_s: float, what: str):
 
 
 def test_training_goes_on_through_a_server_outage_and_everything_arrives_after(tiny_yaml, tmp_path):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     backend = f"sqlite:///{tmp_path / 'served' / 'mlflow.db'}"
     server = start_server(backend, tmp_path / "served" / "artifacts", port, tmp_path)
@@ -67,7 +66,7 @@ def test_training_goes_on_through_a_server_outage_and_everything_arrives_after(t
 
         run_id = _poll(first_epoch_logged, training, 180, "the first epoch to be logged")
         last = tmp_path / "mlruns" / "checkpoints" / run_id / "last.ckpt"
-        stop(server)  # the server goes away...
+        stop_server(server)  # the server goes away...
         at_outage = load_training_state(last)["state"]["epoch"]
         assert at_outage < EPOCHS - 2, "training finished too early to test an outage"
         # ...and training goes on without it: two more epochs checkpointed locally
@@ -95,4 +94,4 @@ def test_training_goes_on_through_a_server_outage_and_everything_arrives_after(t
         if training is not None and training.poll() is None:
             training.kill()
         if server.poll() is None:
-            stop(server)
+            stop_server(server)

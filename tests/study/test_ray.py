@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from latentseg.errors import ConfigError
 from latentseg.study.ray_workers import INSTALL_HINT, check_fits, check_reachable
 from tests.conftest import subprocess_env, trial_held_at
+from tests.helpers_processes import free_port, start_server, stop_server, wait_healthy
 
 RAY = Path(sys.executable).with_name("ray")
 GRID = {"model.num_latents": [2, 4], "model.expert_attention": [True, False]}
@@ -160,12 +161,6 @@ def ray_env() -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Node:
     """One Ray node (``ray start --block``) in its own session and temporary folder, on a
     loopback address, with one CPU; stopped by killing its processes."""
@@ -288,17 +283,15 @@ def module_postgres():
 def tracking_server(module_postgres, tmp_path_factory):
     """One ``latentseg server`` (PostgreSQL backend) for the module's tests: each test's
     study has an experiment of its own there."""
-    from tests.tracking.test_server import _free_port, start_server, stop, wait_healthy
-
     folder = tmp_path_factory.mktemp("ray-server")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_server(module_postgres(), folder / "served", port, folder)
     try:
         wait_healthy(url, server)
         yield url
     finally:
-        stop(server)
+        stop_server(server)
 
 
 def launch(path, ray_port: int, storage: str, tracking: str, cwd) -> subprocess.Popen:

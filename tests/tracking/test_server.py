@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,21 +13,7 @@ from mlflow import MlflowClient
 from latentseg.cli import build_parser, main, server_command
 from tests.conftest import subprocess_env, trial_held_at
 from tests.helpers import run_step
-from tests.test_cli import _free_port
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited: {process.communicate()[0]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError("server did not become healthy")
+from tests.helpers_processes import children, free_port, start_server, stop_server, wait_healthy
 
 
 def command_lines(pid: int) -> list[str]:
@@ -39,8 +24,7 @@ def command_lines(pid: int) -> list[str]:
         proc = Path(f"/proc/{current}")
         try:
             lines.append(proc.joinpath("cmdline").read_text().replace("\0", " "))
-            for task in proc.joinpath("task").iterdir():
-                todo += [int(c) for c in task.joinpath("children").read_text().split()]
+            todo += children(current)
         except OSError:
             continue
     return lines
@@ -50,7 +34,7 @@ def command_lines(pid: int) -> list[str]:
 def test_a_team_server_on_postgresql_serves_runs_and_artifacts_and_hides_the_password(
     postgres_db, tiny_yaml, tmp_path
 ):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     backend = postgres_db.replace("postgres@", "postgres:s3cret-pw@")  # trust auth ignores it
     server = subprocess.Popen(
@@ -105,25 +89,6 @@ def test_server_bad_backend_exits_2(uri, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def start_server(backend: str, artifacts: Path, port: int, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable, "-m", "latentseg.cli", "server", "--backend-store-uri", backend,
-            "--artifacts-destination", str(artifacts), "--port", str(port), "--workers", "1",
-        ],
-        cwd=cwd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-
-
-def stop(server: subprocess.Popen) -> None:
-    import os
-    import signal
-
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
-
-
 @pytest.mark.slow
 def test_a_study_survives_the_tracking_server_going_away_for_a_few_seconds(
     postgres_db, study_spec, tmp_path, gate
@@ -132,7 +97,7 @@ def test_a_study_survives_the_tracking_server_going_away_for_a_few_seconds(
     and comes back once that epoch has ended (its metrics and checkpoints unsent): the
     study ends with every epoch of every run logged once. The run holds at the gate before
     epochs 2 and 3 (64 samples in batches of 8), so the outage always lands mid-run."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_server(postgres_db, tmp_path / "served", port, tmp_path)
     try:
@@ -166,7 +131,7 @@ def test_a_study_survives_the_tracking_server_going_away_for_a_few_seconds(
                 study.kill()
                 pytest.fail(f"epoch 1 never reached the server:\n{study.communicate()[0]}")
             time.sleep(0.3)
-        stop(server)  # the server goes away mid-run...
+        stop_server(server)  # the server goes away mid-run...
         went_away = time.monotonic()
         gate.release(run_step(0, 8))
         gate.wait(run_step(0, 16), study)  # ...while epoch 2 is trained and logged...
@@ -188,7 +153,7 @@ def test_a_study_survives_the_tracking_server_going_away_for_a_few_seconds(
             history = client.get_metric_history(run.info.run_id, "val_miou")
             assert sorted(m.step for m in history) == [1, 2, 3, 4]  # no epoch lost, none twice
     finally:
-        stop(server)
+        stop_server(server)
 
 
 @pytest.mark.slow
@@ -207,7 +172,7 @@ def test_three_workers_on_postgresql_and_a_server_with_one_killed_finish_the_gri
 
     # MLflow and Optuna each keep an alembic_version table: one database each
     mlflow_db, postgres_db = make_postgres_db(), make_postgres_db()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_server(mlflow_db, tmp_path / "served", port, tmp_path)
     try:
@@ -268,4 +233,4 @@ def test_three_workers_on_postgresql_and_a_server_with_one_killed_finish_the_gri
         local = client.download_artifacts(finished.info.run_id, "checkpoints", str(tmp_path / "dl"))
         assert (Path(local) / "best.safetensors").stat().st_size > 0
     finally:
-        stop(server)
+        stop_server(server)

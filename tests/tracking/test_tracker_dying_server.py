@@ -25,8 +25,7 @@ from latentseg.tracking.store import open_client
 from latentseg.tracking.tracker import CALL_WAIT_S, MLflowTracker
 from latentseg.train import TrainCallback, fit, prepare
 from latentseg.train.checkpoint import load_training_state
-from tests.test_cli import _free_port
-from tests.tracking.test_server import start_server, stop, wait_healthy
+from tests.helpers_processes import free_port, start_server, stop_server, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +131,7 @@ def test_a_server_that_dies_mid_upload_stalls_training_seconds_and_keeps_the_res
     tiny, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setenv("LATENTSEG_TRACKING_WAIT_S", "0")  # the end of training gives up at once
-    port = _free_port()
+    port = free_port()
     served = tmp_path / "served"
     server = start_server(f"sqlite:///{served / 'mlflow.db'}", served / "artifacts", port, tmp_path)
     proxy = None
@@ -170,4 +169,4 @@ def test_a_server_that_dies_mid_upload_stalls_training_seconds_and_keeps_the_res
         if proxy is not None:
             proxy.close()
         if server.poll() is None:
-            stop(server)
+            stop_server(server)

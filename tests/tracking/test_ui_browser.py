@@ -16,8 +16,7 @@ import pytest
 from latentseg.cli import main
 from latentseg.tracking.store import ui_hint
 from tests.conftest import subprocess_env
-from tests.test_cli import _free_port
-from tests.tracking.test_server import wait_healthy
+from tests.helpers_processes import free_port, wait_healthy
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", "--disable-sync"]  # fmt: skip
@@ -59,7 +58,7 @@ def test_the_printed_link_opens_the_studys_runs_table_in_chromium(study_spec, tm
     assert f"--tracking-uri {uri}" in command
     parent = re.search(r"MLflow parent run (\w+)", printed).group(1)
 
-    port = _free_port()
+    port = free_port()
     argv = [os.path.join(os.path.dirname(sys.executable), "latentseg"), *shlex.split(command)[1:]]
     server = subprocess.Popen(
         [*argv, "--port", str(port)], cwd=tmp_path, env=subprocess_env(),
