@@ -189,17 +189,6 @@ def fit_image(
     return array[..., None] if array.ndim == 2 else array
 
 
-def fit_pair(
-    image: np.ndarray, labels: np.ndarray, size: Size, mode: Literal["resize", "crop"]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Image ``[h, w, C]`` and labels ``[h, w]`` to ``size``: ``resize`` stretches both
-    (bilinear / nearest); ``crop`` scales the image (keeping its aspect) until it covers
-    ``size``, then centre-crops."""
-    if image.shape[:2] == tuple(size):
-        return image, labels
-    return fit_image(image, size, mode), fit_labels(labels, size, mode, image.shape[:2])
-
-
 def label_histogram(labels: np.ndarray) -> dict[int, int]:
     """Label value -> pixels: counted in place for 8- and 16-bit labels (no sorted copy of a
     large mask), by ``np.unique`` otherwise."""

@@ -34,6 +34,7 @@ from latentseg.report.stats import (
 from latentseg.report.verdicts import ALPHA, DEFAULT_SESOI, METHODS
 from latentseg.report.writers import SEED_VALUES_UP_TO, _fmt, _markdown, _signed, verdict_cell
 from latentseg.tracking.store import TrackingStore
+from latentseg.tracking.tracker import PLOT_KEYS
 
 
 @dataclass
@@ -271,7 +272,7 @@ def build(
         report.figures, report.images = _drawings(report, runs, axes, store or client, collected)
     report.findings = _findings(axes, keys, column, report.summary, report.effects)
     shown = [*report.figures, *report.images]
-    report.markdown = _markdown(report, collected, report.findings, shown)
+    report.markdown = _markdown(report, report.findings, shown)
     return report
 
 
@@ -534,7 +535,7 @@ def _run_images(store: TrackingStore, runs, column, collected) -> dict[str, byte
             if path.endswith(".png") and "compressed" not in path
         ]
         epoch = int(best.get("metrics.best_epoch", 0) or 0)
-        for key in ("predictions", "latent_attention", "expert_assignment"):
+        for key in PLOT_KEYS:
             candidates = [p for p in listed if p.split("/")[-1].startswith(f"{key}+step+")]
             steps = {p: int(p.split("+step+")[1].split("+")[0]) for p in candidates}
             if steps:

@@ -65,7 +65,6 @@ POWER = 0.8  # the power at which the minimal detectable effect is stated
 # one point. Smaller differences between seeds-averaged segmentation scores rarely change a
 # design decision, and a few seeds can resolve them on the tasks latentseg ships.
 DEFAULT_SESOI = 0.01
-VERDICTS = ("better", "worse", "equivalent", "inconclusive", "baseline")
 DECIDED = ("better", "worse", "equivalent")
 # The power-family spending function's exponent (Kim & DeMets 1987): 3 spends like
 # O'Brien-Fleming, keeping most of alpha for the last look, where the seeds are.

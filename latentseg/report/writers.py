@@ -16,7 +16,6 @@ from latentseg.report.labels import _on, change, label
 from latentseg.report.stats import TEST_KEY, is_stratum
 
 if TYPE_CHECKING:
-    from latentseg.report.collect import Collected
     from latentseg.report.render import Report
 
 
@@ -250,7 +249,7 @@ def _method(report: Report) -> str:
     )
 
 
-def _markdown(report: Report, collected: Collected, findings: list[str], shown: list[str]) -> str:
+def _markdown(report: Report, findings: list[str], shown: list[str]) -> str:
     lines = [f"# Ablation report: {report.name}", "", *(f"{x}\n" for x in _lead(report))]
     for title, _, head, rows in _sections(report):
         lines += [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
