@@ -19,7 +19,8 @@ from latentseg.tracking.store import connect
 from latentseg.tracking.study import FANOVA_MAX_CHOICES
 from tests.conftest import subprocess_env
 from tests.helpers import run_step
-from tests.study.test_study import journal, no_run_left_running, runs_by_type
+from tests.helpers_processes import children
+from tests.helpers_study import journal, no_run_left_running, runs_by_type
 
 pytestmark = pytest.mark.slow
 
@@ -153,13 +154,6 @@ def test_a_diverging_trial_fails_with_non_finite_loss_and_the_study_goes_on(
     assert no_run_left_running(client, "diverge")
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(c) for c in task.joinpath("children").read_text().split()]
-    return out
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -192,7 +186,7 @@ def test_workers_whose_launch_is_killed_take_no_more_trials_and_a_relaunch_finis
     storage = journal(tmp_path)
     try:
         workers = [gate.wait(run_step(run, 0), launch)["pid"] for run in (0, 1)]
-        assert len(set(workers)) == 2 and set(workers) <= set(_children(launch.pid))
+        assert len(set(workers)) == 2 and set(workers) <= set(children(launch.pid))
         trials = optuna.load_study(study_name="orphans", storage=storage).trials
         assert sum(t.state == TrialState.RUNNING for t in trials) == 2  # a trial each in hand
         os.kill(launch.pid, signal.SIGKILL)

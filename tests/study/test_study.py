@@ -17,32 +17,10 @@ from latentseg.study.storage import DEFAULT_JOURNAL, default_journal, make_stora
 from latentseg.tracking.store import connect
 from tests.conftest import launch_study, subprocess_env
 from tests.helpers import run_step
+from tests.helpers_processes import children
+from tests.helpers_study import journal, no_run_left_running, runs_by_type
 
 pytestmark = pytest.mark.slow
-
-
-def journal(tmp_path) -> optuna.storages.JournalStorage:
-    from optuna.storages.journal import JournalFileBackend
-
-    # the journal of the tests' tracking store (tracking_uri: tmp_path/store/mlflow.db)
-    path = default_journal(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-
-
-def runs_by_type(client, experiment_name):
-    experiment = client.get_experiment_by_name(experiment_name)
-    runs = client.search_runs([experiment.experiment_id], max_results=10_000)
-    out: dict[str, list] = {"study": [], "trial": [], "seed": []}
-    for run in runs:
-        out[run.data.tags["latentseg.run_type"]].append(run)
-    return out
-
-
-def no_run_left_running(client, experiment_name):
-    experiment = client.get_experiment_by_name(experiment_name)
-    return not client.search_runs(
-        [experiment.experiment_id], filter_string="attributes.status = 'RUNNING'"
-    )
 
 
 def test_grid_study_runs_each_point_once_with_parent_trial_and_seed_runs(
@@ -231,13 +209,6 @@ def test_sqlite_storage_with_heartbeat_works_for_one_worker(study_spec, tracking
     assert result.storage == storage
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
 def launch(path, tracking_uri, cwd, progress=False) -> tuple[list[str], subprocess.Popen]:
     """``latentseg study PATH --workers 2`` as a real process (its own process group, as a
     terminal's foreground job is)."""
@@ -295,7 +266,7 @@ def test_a_worker_killed_mid_trial_is_recovered_and_the_grid_finishes_without_du
         and json.loads(r.data.tags["latentseg.owner"])["pid"] == held["pid"]
     ]
     owner = json.loads(trial_run.data.tags["latentseg.owner"])
-    assert owner["pid"] in _children(parent.pid)  # a worker of this study, tagged on its trial
+    assert owner["pid"] in children(parent.pid)  # a worker of this study, tagged on its trial
     os.kill(owner["pid"], signal.SIGKILL)  # later runs do not hold: the others go on
     output = parent.communicate(timeout=300)[0]
     assert parent.returncode == 0, output
