@@ -3,7 +3,13 @@ name, runs read into the frame ``mlflow.search_runs`` gives, and no use of MLflo
 tracking URI."""
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -16,6 +22,7 @@ from latentseg.errors import TrackingError
 from latentseg.report.collect import collect
 from latentseg.tracking import store as store_module
 from latentseg.tracking.store import TrackingStore, study_filter
+from tests.conftest import subprocess_env
 
 
 @pytest.fixture
@@ -176,3 +183,77 @@ def test_a_param_longer_than_mlflow_keeps_is_cut_saying_so_and_kept_whole_in_an_
     assert json.dumps(choices).startswith(cut.split(" ... (")[0])
     (path,) = store.download_artifacts(run_id, ["params.json"], tmp_path)
     assert json.loads(Path(path).read_text()) == {"search_space.optim.lr": json.dumps(choices)}
+
+
+# --------------------------------------------------------------------------- tags in one request
+
+
+def test_set_tags_sets_every_tag_and_the_run_name_as_mlflow_would(tracking_uri):
+    store = TrackingStore.open(tracking_uri)
+    run_id = store.create_run(store.experiment("tags"), "before", {})
+    many = {f"latentseg.tag_{index:03d}": str(index) for index in range(150)}  # two batches
+    store.set_tags(run_id, {"mlflow.runName": "after", "latentseg.round": 2, **many})
+    run = store.run(run_id)
+    assert run.info.run_name == "after"  # the run's name follows its tag, as with set_tag
+    assert run.data.tags["latentseg.round"] == "2"  # values stored as strings
+    assert {key: run.data.tags[key] for key in many} == many
+    store.set_tags(run_id, {})  # nothing to set: nothing sent
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    """A real ``mlflow server`` on a loopback port -> (its URL, a function that stops it and
+    returns its access log, one line a request)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+                "--port", str(port), "--workers", "1",
+                "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                "--default-artifact-root", str(tmp_path / "artifacts"),
+            ],
+            cwd=tmp_path, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def stop() -> list[str]:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+        return log.read_text().splitlines()
+
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, f"mlflow server exited: {log.read_text()}"
+            assert time.monotonic() < deadline, "mlflow server did not answer /health"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield url, stop
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_set_tags_sends_one_request_to_a_tracking_server(tracking_server):
+    """Counted at a real server, in its access log: a study's worker sets several tags on a
+    run at once (its Optuna state, an error), and each request is a round trip."""
+    url, stop = tracking_server
+    store = TrackingStore.open(url)
+    run_id = store.create_run(store.experiment("requests"), "run", {})
+    tags = {"latentseg.optuna_state": "FAIL", "latentseg.error": "diverged", "latentseg.round": "2"}
+    store.set_tags(run_id, tags)
+    assert {key: store.run(run_id).data.tags[key] for key in tags} == tags
+    posts = [line for line in stop() if '"POST /api/' in line]
+    assert [line for line in posts if "/runs/set-tag" in line] == []
+    assert len([line for line in posts if "/runs/log-batch" in line]) == 1, posts
