@@ -69,6 +69,22 @@ def make_folder(
     return root
 
 
+def folder_config(root, **params) -> dict:
+    """Config updates that train one epoch on the folder dataset at ``root`` (``params``
+    added to its dataset params), every image of each split used."""
+    return {
+        "data": {
+            "dataset": "folder",
+            "params": {"root": str(root), **params},
+            "batch_size": 4,
+            "train_size": None,
+            "val_size": None,
+            "test_size": None,
+        },
+        "train": {"epochs": 1},
+    }
+
+
 def break_folder(root: Path) -> tuple[str, str]:
     """Resize one mask and put an out-of-range label in another; the two mask paths."""
     resized, bad_label = "masks/img003.png", "masks/img007.png"

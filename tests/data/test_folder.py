@@ -16,7 +16,7 @@ from latentseg.data import create_dataset
 from latentseg.data.folder import scan_folder
 from latentseg.errors import DatasetError, LatentSegError
 from latentseg.testing import DatasetConformance
-from tests.data.folders import IGNORE, break_folder, make_folder, palette_png, scene
+from tests.data.folders import IGNORE, break_folder, folder_config, make_folder, palette_png, scene
 
 
 class TestFolderConformance(DatasetConformance):
@@ -30,20 +30,6 @@ class TestFolderConformance(DatasetConformance):
         return create_dataset(
             "folder", root=str(self.root), augment={"hflip": 0.5, "scale": [0.8, 1.25]}
         )
-
-
-def folder_config(root, **params):
-    return {
-        "data": {
-            "dataset": "folder",
-            "params": {"root": str(root), **params},
-            "batch_size": 4,
-            "train_size": None,
-            "val_size": None,
-            "test_size": None,
-        },
-        "train": {"epochs": 1},
-    }
 
 
 def test_a_hand_made_folder_reads_jpeg_images_palette_masks_and_classes_yaml(tmp_path):

@@ -14,8 +14,7 @@ from latentseg.tracking.datasets import dataset_inputs, log_dataset_inputs
 from latentseg.tracking.store import connect, get_or_create_experiment
 from latentseg.train import prepare
 from tests.conftest import deep_update
-from tests.data.folders import make_folder
-from tests.data.test_folder import folder_config
+from tests.data.folders import folder_config, make_folder
 
 
 def inputs_of(config) -> dict:
@@ -35,7 +34,7 @@ def _context(dataset_input) -> str:
 
 
 def folder_updates(root, **params) -> dict:
-    """The folder tests' data section (the same as ``tests/data/test_folder.py`` trains on)."""
+    """The folder tests' data section (:func:`tests.data.folders.folder_config`'s)."""
     return {"data": folder_config(root, **params)["data"]}
 
 
