@@ -121,7 +121,7 @@ def test_the_isa_read_from_the_cpu_agrees_with_the_one_torch_dispatches_to():
 
 def test_the_harness_imports_nothing_of_latentseg():
     # so that every benchmark, in the package or in benchmarks/, can time with it
-    from tests.test_layers import import_graph
+    from tests.helpers_imports import import_graph
 
     graph = import_graph()
     assert graph["latentseg.bench.harness"] == set()

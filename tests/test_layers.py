@@ -2,10 +2,10 @@
 room above it, only ``latentseg.tracking`` imports MLflow, and a report's statistics load and
 run without torch.
 
-The import graph is read from the source with ``ast``, not from ``sys.modules``: every
-``import``/``from ... import`` of a latentseg module counts, at module level, inside a
-function (a deferred import that dodges a cycle is still a cycle) and under
-``TYPE_CHECKING``."""
+The import graph (``tests/helpers_imports.py``) is read from the source with ``ast``, not
+from ``sys.modules``: every ``import``/``from ... import`` of a latentseg module counts, at
+module level, inside a function (a deferred import that dodges a cycle is still a cycle) and
+under ``TYPE_CHECKING``."""
 
 from __future__ import annotations
 
@@ -17,51 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, subprocess_env
-
-PACKAGE = ROOT / "latentseg"
-
-
-def module_name(path: Path, package: Path) -> str:
-    """``<package>/train/loop.py`` -> ``latentseg.train.loop``; a package's ``__init__.py``
-    is the package itself."""
-    parts = [package.name, *path.relative_to(package).with_suffix("").parts]
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
-    """Module -> the modules of ``package`` it imports anywhere in its source. An import
-    names the deepest module it reaches: ``from latentseg.train.loop import fit`` and
-    ``from latentseg.train import loop`` both point at ``latentseg.train.loop``, while
-    ``from latentseg.train import fit`` points at the package ``latentseg.train``."""
-    files = {module_name(p, package): p for p in package.rglob("*.py")}
-
-    def known(name: str) -> str | None:
-        while name and name not in files:
-            name = name.rpartition(".")[0]
-        return name or None
-
-    graph: dict[str, set[str]] = {}
-    for module, path in files.items():
-        is_package = path.name == "__init__.py"
-        targets: set[str | None] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-            if isinstance(node, ast.Import):
-                targets |= {known(alias.name) for alias in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:  # relative: from the module's own package upwards
-                    anchor = module if is_package else module.rpartition(".")[0]
-                    for _ in range(node.level - 1):
-                        anchor = anchor.rpartition(".")[0]
-                    base = f"{anchor}.{base}" if base else anchor
-                for alias in node.names:
-                    submodule = f"{base}.{alias.name}"
-                    targets.add(submodule if submodule in files else known(base))
-        graph[module] = {t for t in targets if t is not None and t != module}
-    return graph
+from tests.conftest import subprocess_env
+from tests.helpers_imports import PACKAGE, import_graph
 
 
 def find_cycle(graph: dict[str, set[str]], within: str) -> list[str] | None:

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import ROOT, subprocess_env
-from tests.test_layers import PACKAGE, module_name
+from tests.helpers_imports import PACKAGE, module_name
 
 MODULES = {module_name(path, PACKAGE): path for path in PACKAGE.rglob("*.py")}
 COMMANDS = {name.rpartition(".")[2] for name in MODULES if name.startswith("latentseg.cli.")}
