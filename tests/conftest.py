@@ -221,7 +221,7 @@ def make_postgres_db():
     is reachable."""
     import contextlib
 
-    from latentseg.bench.overheads import scratch_database
+    from latentseg.postgres import scratch_database
 
     base, reason = _postgres_url()
     if base is None:

@@ -129,5 +129,6 @@ def test_the_harness_imports_nothing_of_latentseg():
     assert {m for m in bench if "latentseg.bench.harness" in graph[m]} >= {
         "latentseg.bench.machine",
         "latentseg.bench.model_speed",
-        "latentseg.bench.overheads",
+        "latentseg.bench.overheads.data",
+        "latentseg.bench.overheads.report",
     }

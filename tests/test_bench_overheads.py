@@ -13,10 +13,10 @@ from latentseg.bench.overheads import (
     bench_study,
     format_report,
     format_study,
-    scratch_database,
 )
 from latentseg.cli import main
 from latentseg.errors import ConfigError
+from latentseg.postgres import scratch_database
 
 
 def test_a_trials_overhead_runs_from_its_start_to_the_next_trials_start_less_its_training():

@@ -6,7 +6,8 @@ training (data, tracking, studies, reports).
   a stopwatch); every benchmark here and in ``benchmarks/`` times with it.
 - :mod:`~latentseg.bench.machine`: the machine's ISA and fp32 matmul speed.
 - :mod:`~latentseg.bench.model_speed`: the model benchmark (fast path vs reference).
-- :mod:`~latentseg.bench.overheads`: data, tracking, study, report and bf16 costs.
+- :mod:`~latentseg.bench.overheads`: data, tracking, study, report and bf16 costs, one
+  module a section.
 - :mod:`~latentseg.bench.run`: the command's sections, in order (:func:`run_bench`).
 
 Only the command line and ``benchmarks/`` import the bench; no room of the library does.
