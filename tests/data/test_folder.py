@@ -13,7 +13,7 @@ from PIL import Image
 
 from latentseg.cli import main
 from latentseg.data import create_dataset
-from latentseg.data.folder import scan_folder
+from latentseg.data.folder_scan import scan_folder
 from latentseg.errors import DatasetError, LatentSegError
 from latentseg.testing import DatasetConformance
 from tests.data.folders import IGNORE, break_folder, folder_config, make_folder, palette_png, scene
