@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         overrides=args.overrides,
         progress=not args.no_progress,
+        judge=report_judge,
         ray=args.ray,
     )
     print_outcome(result)
@@ -71,6 +72,15 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def report_judge(loaded, tracking_uri: str, round_: int):
+    """The judge the command line hands a study with adaptive seeds: the ablation report's
+    (:func:`latentseg.report.adaptive.judge`), loaded at the first round's end, so that a
+    study without adaptive seeds never imports the report's statistics."""
+    from latentseg.report.adaptive import judge
+
+    return judge(loaded, tracking_uri, round_)
 
 
 def print_outcome(result) -> None:

@@ -1,7 +1,7 @@
 """The judge of a study with adaptive seeds: after each round, the report's verdicts at that
 round's look, and the variants whose comparison is still open.
 
-The study calls :func:`judge` (``latentseg.study.rounds.Judge``); it reads the study's seed
+The study calls :func:`judge` (``latentseg.study.judgement.Judge``); it reads the study's seed
 runs from MLflow as ``latentseg report`` does, with the decision rule logged on the study's
 parent run (its ``report:`` section and its looks), so the rounds and the final report
 decide alike.
@@ -20,7 +20,7 @@ from latentseg.report.labels import change, label
 from latentseg.report.render import build, decision_for
 from latentseg.report.stats import is_stratum, mark_inert
 from latentseg.report.verdicts import out_of_reach, spending
-from latentseg.study.rounds import Judgement, Need
+from latentseg.study.judgement import Judgement, Need
 from latentseg.tracking.store import TrackingStore
 
 

@@ -16,40 +16,17 @@ the first round are never pruned: an added seed cut short would leave its pair i
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from latentseg.study.judgement import Judgement
+
 ROUND_ATTR = "latentseg_round"
 SEEDS_ATTR = "latentseg_seeds"
 OPEN_ATTR = "latentseg_open"  # why the trial's seeds run: the comparison that was open
 FIRST_ROUND = "first round: every point"
-
-
-@dataclass
-class Need:
-    """A variant that needs the next round's seeds: the trials whose runs it is made of (any
-    of them gives its grid point) and why (the open comparison)."""
-
-    trials: list[int]
-    reason: str
-
-
-@dataclass
-class Judgement:
-    """The verdicts at one round's look, as the study needs them."""
-
-    needs: list[Need]
-    open: int  # comparisons still inconclusive
-    decided: int
-    table: list[dict[str, Any]] = field(default_factory=list)  # one record per comparison
-
-
-# judge(loaded study, tracking URI, round) -> the verdicts at that round's look
-Judge = Callable[[Any, str, int], Judgement]
 
 
 def trial_round(trial: FrozenTrial) -> int:

@@ -25,8 +25,8 @@ from optuna.trial import TrialState
 
 from latentseg.errors import ConfigError, LatentSegError
 from latentseg.study import rounds
+from latentseg.study.judgement import Judge
 from latentseg.study.objective import TrialContext, run_trial
-from latentseg.study.rounds import Judge
 from latentseg.study.spec import LoadedStudy, load_study_spec, redact
 from latentseg.study.storage import (
     Heartbeat,
@@ -395,13 +395,20 @@ def run_study(
     ray: str | None = None,
 ) -> StudyResult:
     """Run (or resume) the study in ``spec_path`` with ``workers`` processes. With adaptive
-    seeds, ``judge`` takes the verdicts after each round (default: the ablation report's,
-    :func:`latentseg.report.adaptive.judge`). ``ray`` runs the workers on a Ray cluster
-    instead (``local``: one started for this launch; ``auto``; ``ray://host:10001``)."""
+    seeds, ``judge`` takes the verdicts after each round: the command line hands it the
+    ablation report's, :func:`latentseg.report.adaptive.judge`; an API caller passes it (or
+    one of its own, :data:`latentseg.study.judgement.Judge`). ``ray`` runs the workers on a
+    Ray cluster instead (``local``: one started for this launch; ``auto``;
+    ``ray://host:10001``)."""
     started = time.time()
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     loaded = load_study_spec(spec_path, overrides, n_trials)
+    if loaded.spec.adaptive and judge is None:
+        raise ConfigError(
+            f"{spec_path}: a study with adaptive seeds needs a judge to decide each round: "
+            "run_study(..., judge=latentseg.report.adaptive.judge), as `latentseg study` does"
+        )
     with _worker_pool(ray, workers, loaded, storage, tracking_uri) as pool:
         return _run_launch(
             loaded, spec_path, workers, storage, tracking_uri, progress, judge, started, pool
@@ -434,8 +441,6 @@ def _run_launch(
         forget_stops(
             launch.study, running_launches(launch.store, launch.experiment_id, loaded.name)
         )
-    if loaded.spec.adaptive and judge is None:
-        from latentseg.report.adaptive import judge  # the one default from above
     # Signals only set a flag from here on, so the parent run is always closed and the
     # summary written, whatever arrives when.
     with StopSignal() as stop:

@@ -13,12 +13,11 @@ from optuna.trial import TrialState
 
 from latentseg.errors import ConfigError
 from latentseg.study import run_study
+from latentseg.study.judgement import Judgement, Need
 from latentseg.study.rounds import (
     OPEN_ATTR,
     ROUND_ATTR,
     SEEDS_ATTR,
-    Judgement,
-    Need,
     point_of,
     queue_round,
 )
