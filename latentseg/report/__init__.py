@@ -33,7 +33,8 @@ def ablation_report(
     ``effects``, ``interactions``, ``family`` and ``markdown``.
     """
     from latentseg.report.collect import collect
-    from latentseg.report.render import Decision, build, decision_for, run_metric
+    from latentseg.report.decision import Decision, decision_for, run_metric
+    from latentseg.report.render import build
     from latentseg.report.verdicts import ALPHA
     from latentseg.report.writers import write
     from latentseg.tracking.store import TrackingStore, resolve_tracking_uri

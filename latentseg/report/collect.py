@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from latentseg.errors import TrackingError
+from latentseg.errors import ConfigError, TrackingError
+from latentseg.report.decision import run_metric
+from latentseg.report.stats import deduplicate, mark_inert
 from latentseg.tracking.store import TrackingStore
 
 
@@ -65,3 +67,33 @@ def collect(store, experiment: str | None = None, study: str | None = None) -> C
     finished["wall_time_s"] = (finished["end_time"] - finished["start_time"]).dt.total_seconds()
     unfinished = frame[frame["status"].isin(["FAILED", "KILLED"])].reset_index(drop=True)
     return Collected(finished.reset_index(drop=True), left_out, ids, unfinished)
+
+
+@dataclass
+class Scored:
+    """The runs a report compares, and what preparing them left out."""
+
+    runs: pd.DataFrame  # finished, reporting ``column``; inert params n/a; each seed once
+    column: str  # the compared metric, e.g. test_miou
+    inert_note: str | None  # the params that do not change the model, if any
+    merged: int  # runs that repeat a configuration and seed
+    missing: int  # finished runs without ``column``
+
+
+def scored_runs(collected: Collected, name: str, metric: str) -> Scored:
+    """The runs that report the compared metric, each configuration and seed once."""
+    runs = collected.runs
+    if runs.empty:
+        raise ConfigError(
+            f"'{name}' has no finished runs to report on. {collected.left_out_line()}"
+        )
+    column = run_metric(metric)
+    if f"metrics.{column}" not in runs:
+        raise ConfigError(f"--metric {metric}: the runs report no {column}")
+    runs, inert_note = mark_inert(runs)
+    runs, merged = deduplicate(runs)
+    missing = int(runs[f"metrics.{column}"].isna().sum())
+    runs = runs[runs[f"metrics.{column}"].notna()].reset_index(drop=True)
+    if runs.empty:
+        raise ConfigError(f"'{name}': no finished run reports {column}")
+    return Scored(runs, column, inert_note, merged, missing)

@@ -1,9 +1,12 @@
-"""A variant in words: by its value on each axis, or by what it changes from the baseline.
-Shared by the report's analysis, its writers and the adaptive judge."""
+"""A variant in words, built here only: by its value on each axis, or by what it changes
+from the baseline; a main effect by the change it measures. Shared by the report's
+analysis, its tables, its plots and the adaptive judge."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import pandas as pd
 
 from latentseg.report.stats import NOT_APPLICABLE, is_stratum
 
@@ -14,7 +17,8 @@ def label(row, keys: list[str], skip: tuple[str, ...] = ()) -> str:
     return ", ".join(parts) or "all runs"
 
 
-def _on(row, keys: list[str]) -> str:
+def on_dataset(row, keys: list[str]) -> str:
+    """`` (on shapes)`` for a variant on one dataset; empty when the dataset does not vary."""
     tasks = [k for k in keys if is_stratum(k)]
     return f" (on {row[tasks[0]]})" if tasks else ""
 
@@ -28,3 +32,16 @@ def change(row, keys: list[str], baseline: dict[str, Any]) -> str:
         if not is_stratum(k) and str(row[k]) not in (str(baseline[k]), NOT_APPLICABLE)
     ]
     return ", ".join(parts) or "the baseline"
+
+
+def effect_label(row) -> str:
+    """A main effect by its change: ``num_latents 32 vs 16``."""
+    return f"{row['axis'].split('.')[-1]} {row['value']} vs {row['baseline_value']}"
+
+
+def variant_names(frame: pd.DataFrame, columns: list[str]) -> pd.Series | str:
+    """Each row's variant by its values alone (``16, True``), as plot legends show it: the
+    column names stand in the legend's title. ``"all"`` when no column varies."""
+    if not columns:
+        return "all"
+    return frame[columns].map(str).agg(", ".join, axis=1)

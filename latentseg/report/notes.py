@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from latentseg.report.labels import _on, change
+from latentseg.report.cells import fmt
+from latentseg.report.labels import change, on_dataset
 from latentseg.report.stats import baseline_mask, mark_inert, mean_ci, pairing
-from latentseg.report.writers import _fmt
 
 if TYPE_CHECKING:
-    from latentseg.report.collect import Collected
-    from latentseg.report.render import Decision, Report, _Scored
+    from latentseg.report.collect import Collected, Scored
+    from latentseg.report.decision import Decision
+    from latentseg.report.tables import Report
 
 
 NUMERICS = {
@@ -56,7 +57,7 @@ def _warnings(
     )
     for _, row in failing.iterrows():
         out.append(
-            f"* {change(row, report.axes, report.baseline)}{_on(row, report.axes)}: "
+            f"* {change(row, report.axes, report.baseline)}{on_dataset(row, report.axes)}: "
             f"{_failure_words(row)} on seeds the baseline finished; those seeds are missing "
             "from its comparison, and failures can be the effect (its verdict is over the "
             "seeds that finished)."
@@ -185,7 +186,7 @@ def _effect_notes(report: Report, decision: Decision) -> list[str]:
     return notes
 
 
-def _notes(collected: Collected, scored: _Scored) -> list[str]:
+def _notes(collected: Collected, scored: Scored) -> list[str]:
     """Left-out, merged and metric-less runs, the negative control and the inert params."""
     control = negative_control(scored.runs)
     return [
@@ -235,5 +236,5 @@ def negative_control(runs: pd.DataFrame) -> str | None:
     )
     return (
         f"Negative control (noise data, {len(noise)} runs): test pixel accuracy {mean:.4f} "
-        f"(95% CI [{_fmt(low)}, {_fmt(high)}]) against chance {chance:.4f}: {verdict}."
+        f"(95% CI [{fmt(low)}, {fmt(high)}]) against chance {chance:.4f}: {verdict}."
     )

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from latentseg.report.labels import variant_names
+
 PALETTE = "colorblind"
 
 
@@ -186,7 +188,7 @@ def accuracy_vs_cost(summary: pd.DataFrame, axes: list[str], label: str) -> plt.
     if len(frame) < 2 or not costs:
         return None
     _style()
-    frame["variant"] = frame[axes].map(str).agg(", ".join, axis=1) if axes else "all"
+    frame["variant"] = variant_names(frame, axes)
     fig, axs = plt.subplots(1, len(costs), figsize=(5.2 * len(costs), 4.2), squeeze=False)
     for ax, (cost, name) in zip(axs[0], costs, strict=True):
         front = pareto_front(frame, cost, "mean")
@@ -220,7 +222,7 @@ def latent_diagnostics(runs: pd.DataFrame, axes: list[str]) -> plt.Figure | None
         return None
     _style()
     frame = runs.copy()
-    frame["variant"] = frame[axes].map(str).agg(", ".join, axis=1)
+    frame["variant"] = variant_names(frame, axes)
     frame = frame.dropna(subset=[c for c, _ in columns])
     if frame.empty:
         return None
@@ -260,7 +262,7 @@ def router_load(runs: pd.DataFrame, axes: list[str]) -> plt.Figure | None:
         return None
     _style()
     shown = [a for a in axes if frame[a].map(str).nunique() > 1] or axes
-    frame["variant"] = frame[shown].map(str).agg(", ".join, axis=1) if shown else "all"
+    frame["variant"] = variant_names(frame, shown)
     long = frame.melt(id_vars=["variant"], value_vars=loads, var_name="expert", value_name="load")
     long["expert"] = long["expert"].str.rsplit("_e", n=1).str[1].astype(int)
     long = long.dropna(subset=["load"])
@@ -302,7 +304,7 @@ def learning_curves(
         return None
     _style()
     frame = runs[["run_id", *axes]].copy()
-    frame["variant"] = frame[axes].map(str).agg(", ".join, axis=1) if axes else "all"
+    frame["variant"] = variant_names(frame, axes)
     data = histories.merge(frame[["run_id", "variant"]], on="run_id")
     data = data[data["variant"].isin(order)]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))

@@ -4,7 +4,6 @@ self-contained ``report.html`` (images embedded, sortable tables, no external fe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,146 +12,31 @@ import pandas as pd
 
 from latentseg.config import ModelConfig
 from latentseg.errors import ConfigError
-from latentseg.report.collect import Collected
+from latentseg.report.cells import fmt, signed, verdict_cell
+from latentseg.report.collect import Collected, scored_runs
+from latentseg.report.decision import Decision, decision_for, run_metric
 from latentseg.report.effects import axis_effects, interactions
-from latentseg.report.labels import _on, change, label
+from latentseg.report.labels import change, effect_label, label, on_dataset, variant_names
 from latentseg.report.notes import _count_failures, _effect_notes, _notes, _warnings
 from latentseg.report.rounds import complete_blocks, effect_runs, run_rounds, sequential
 from latentseg.report.stats import (
     NOT_APPLICABLE,
     TEST_KEY,
-    Family,
     ablation_axes,
     apply_verdicts,
     compare,
-    deduplicate,
     is_stratum,
-    mark_inert,
     metric_bounds,
     summarize,
 )
-from latentseg.report.verdicts import ALPHA, DEFAULT_SESOI, METHODS
-from latentseg.report.writers import SEED_VALUES_UP_TO, _fmt, _markdown, _signed, verdict_cell
+from latentseg.report.tables import SEED_VALUES_UP_TO, Report, tables
+from latentseg.report.writers import markdown
+from latentseg.tracking.logged import PLOT_KEYS
 from latentseg.tracking.store import TrackingStore
-from latentseg.tracking.tracker import PLOT_KEYS
 
-
-@dataclass
-class Report:
-    name: str
-    metric: str  # the column compared, e.g. test_miou
-    axes: list[str]
-    baseline: dict[str, Any]
-    baseline_reason: str
-    summary: pd.DataFrame  # per variant: statistics, the comparison with the baseline, verdict
-    markdown: str
-    figures: dict[str, Any]  # name -> matplotlib Figure
-    notes: list[str]  # merged and left-out runs, the negative control, findings
-    images: dict[str, bytes] = field(default_factory=dict)  # name -> PNG bytes from MLflow
-    effects: pd.DataFrame = field(default_factory=pd.DataFrame)  # main effects, with verdicts
-    interactions: pd.DataFrame = field(default_factory=pd.DataFrame)
-    family: Family | None = None
-    findings: list[str] = field(default_factory=list)  # main effects and Pareto fronts
-    tracking_uri: str | None = None
-    parent_run_id: str | None = None  # a study's latest parent run, where the files are logged
-    paths: list[Path] = field(default_factory=list)  # the documents, once written
-    # adaptive seeds: per look, {round, seeds, alpha, open, decided}
-    rounds: list[dict] = field(default_factory=list)
-    # what a reader must not miss (also in the terminal): a rule that differs from the
-    # study's, a secondary metric, runs computed differently, failures that may be the effect
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """How a report decides (``latentseg report --sesoi/--alpha/--correction``, or a
-    study spec's ``report:`` section)."""
-
-    sesoi: float | None = None  # None: 0.01 for a metric in [0, 1], else no equivalence
-    alpha: float = ALPHA
-    correction: str = "holm"
-    # Adaptive seeds: seeds per point at each planned look (a study's ``study.seeds.looks``);
-    # empty for a fixed design, decided once at ``alpha``.
-    looks: tuple[int, ...] = ()
-    until: str = "variants"  # adaptive seeds: what later rounds seed (``study.seeds.until``)
-    primary: str = "miou"  # the study's primary metric (``report: {metric: ...}``)
-    # the options given that differ from the rule the study logged: "--sesoi 0.02 (the study: 0.01)"
-    differs: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.correction not in METHODS:
-            raise ConfigError(
-                f"--correction {self.correction}: must be one of {', '.join(METHODS)}"
-            )
-        if not 0 < self.alpha < 1:
-            raise ConfigError(f"--alpha {self.alpha}: must be between 0 and 1")
-        if self.sesoi is not None and not self.sesoi > 0:
-            raise ConfigError(f"--sesoi {self.sesoi}: must be > 0")
-        if self.correction == "bh" and len(self.looks) > 1:
-            raise ConfigError(
-                "--correction bh: this study decides after each round of seeds, which needs "
-                "family-wise control (holm or bonferroni): bh's intervals are not repeated "
-                "confidence intervals"
-            )
-
-    def resolved_sesoi(self, metric: str) -> float:
-        if self.sesoi is not None:
-            return float(self.sesoi)
-        return DEFAULT_SESOI if metric_bounds(metric) == (0.0, 1.0) else math.nan
-
-
-def decision_for(given: dict[str, Any], spec_params: dict[str, str]) -> Decision:
-    """The decision rule: values ``given`` (None: not given) first, then a study spec's
-    ``report:`` section (logged on its parent run as ``study.report.*``), then the defaults.
-    A value given that differs from the study's is recorded (``differs``): the report names
-    it."""
-
-    def logged(key: str):
-        value = spec_params.get(f"study.report.{key}")
-        return None if value in (None, "None") else value
-
-    def pick(key: str):
-        return given[key] if given.get(key) is not None else logged(key)
-
-    differs = []
-    defaults = {"sesoi": None, "alpha": ALPHA, "correction": "holm"}
-    for key in ("sesoi", "alpha", "correction"):
-        if given.get(key) is None or not spec_params:
-            continue
-        study = logged(key)
-        study_value = study if study is not None else defaults[key]
-        same = (
-            str(given[key]) == str(study_value)
-            if key == "correction" or study_value is None
-            else math.isclose(float(given[key]), float(study_value))
-        )
-        if not same:
-            shown = "the default" if study_value is None else study_value
-            differs.append(f"--{key} {given[key]} (the study's rule: {shown})")
-    sesoi, alpha = pick("sesoi"), pick("alpha")
-    looks = spec_params.get("study.seeds.looks")
-    return Decision(
-        sesoi=None if sesoi is None else float(sesoi),
-        alpha=ALPHA if alpha is None else float(alpha),
-        correction=pick("correction") or "holm",
-        looks=tuple(int(n) for n in looks.split(",")) if looks else (),
-        until=spec_params.get("study.seeds.until") or "variants",
-        primary=logged("metric") or "miou",
-        differs=tuple(differs),
-    )
-
-
-def run_metric(metric: str) -> str:
-    """The column a report compares: the test split at each run's best-validation
-    checkpoint (validation picks the epoch, test scores it). ``miou``, ``val_miou`` and
-    ``test_miou`` all name ``test_miou``; ``best_val_*`` is refused, since validation would
-    then score its own choice."""
-    if metric.startswith("best_val_"):
-        raise ConfigError(
-            f"--metric {metric}: validation picked that epoch, so it cannot also score it; "
-            f"use {metric.removeprefix('best_val_')} (compared on the test split at the best-validation checkpoint)"
-        )
-    return "test_" + metric.removeprefix("val_").removeprefix("test_")
+# Decision, decision_for and run_metric live in latentseg.report.decision; they stay
+# importable from here for the callers that took them from the report's builder.
+__all__ = ["Decision", "Report", "build", "choose_baseline", "decision_for", "run_metric"]
 
 
 def choose_baseline(
@@ -253,7 +137,7 @@ def build(
     tracking ``store`` (a :class:`~latentseg.tracking.store.TrackingStore`; ``client``, an
     ``MlflowClient``, is taken for it) it also draws learning curves from the metric histories
     and shows the best run's attention maps and, for a study, the parameter importances."""
-    scored = _scored_runs(collected, name, metric)
+    scored = scored_runs(collected, name, metric)
     runs, column = scored.runs, scored.column
     axes = ablation_axes(runs)
     table = _variant_table(runs, axes, column)
@@ -272,38 +156,8 @@ def build(
         report.figures, report.images = _drawings(report, runs, axes, store or client, collected)
     report.findings = _findings(axes, keys, column, report.summary, report.effects)
     shown = [*report.figures, *report.images]
-    report.markdown = _markdown(report, report.findings, shown)
+    report.markdown = markdown(report, tables(report), shown)
     return report
-
-
-@dataclass
-class _Scored:
-    """The runs a report compares, and what preparing them left out."""
-
-    runs: pd.DataFrame  # finished, reporting ``column``; inert params n/a; each seed once
-    column: str  # the compared metric, e.g. test_miou
-    inert_note: str | None  # the params that do not change the model, if any
-    merged: int  # runs that repeat a configuration and seed
-    missing: int  # finished runs without ``column``
-
-
-def _scored_runs(collected: Collected, name: str, metric: str) -> _Scored:
-    """The runs that report the compared metric, each configuration and seed once."""
-    runs = collected.runs
-    if runs.empty:
-        raise ConfigError(
-            f"'{name}' has no finished runs to report on. {collected.left_out_line()}"
-        )
-    column = run_metric(metric)
-    if f"metrics.{column}" not in runs:
-        raise ConfigError(f"--metric {metric}: the runs report no {column}")
-    runs, inert_note = mark_inert(runs)
-    runs, merged = deduplicate(runs)
-    missing = int(runs[f"metrics.{column}"].isna().sum())
-    runs = runs[runs[f"metrics.{column}"].notna()].reset_index(drop=True)
-    if runs.empty:
-        raise ConfigError(f"'{name}': no finished run reports {column}")
-    return _Scored(runs, column, inert_note, merged, missing)
 
 
 def _variant_table(runs: pd.DataFrame, axes: list[str], column: str) -> pd.DataFrame:
@@ -478,9 +332,9 @@ def _findings(axes, keys, column, table, effects) -> list[str]:
         prefix = "" if row["scope"] == "all" else f"On {row['scope']}: "
         lines.append(
             f"{prefix}{row['axis']} {row['value']} instead of {row['baseline_value']}: "
-            f"**{row['verdict']}**, {column} {_signed(row['diff'])} "
-            f"[{_signed(row['diff_ci_low'])}, {_signed(row['diff_ci_high'])}], "
-            f"adjusted p {_fmt(row['p_adjusted'], 3)}, {int(row['n_pairs'])} seed blocks"
+            f"**{row['verdict']}**, {column} {signed(row['diff'])} "
+            f"[{signed(row['diff_ci_low'])}, {signed(row['diff_ci_high'])}], "
+            f"adjusted p {fmt(row['p_adjusted'], 3)}, {int(row['n_pairs'])} seed blocks"
             + _cost(row)
             + "."
         )
@@ -504,12 +358,12 @@ def _curves(store: TrackingStore, runs, table, axes, keys, column, baseline) -> 
 
     per_epoch = "val_" + column.removeprefix("test_")  # validation curves: what picked the epoch
     variants = table.sort_values("mean", ascending=False)
-    label = lambda row: ", ".join(str(row[k]) for k in keys) if keys else "all"  # noqa: E731
-    order = [label(row) for _, row in variants.head(MAX_CURVES).iterrows()]
-    base = ", ".join(str(baseline[k]) for k in keys) if keys else "all"
+    order = list(variant_names(variants.head(MAX_CURVES), keys)) if keys else ["all"]
+    base = variant_names(pd.DataFrame([baseline]), keys)
+    base = base.iloc[0] if keys else base
     if base not in order:
         order.append(base)
-    labelled = runs.assign(variant=runs[axes].map(str).agg(", ".join, axis=1) if axes else "all")
+    labelled = runs.assign(variant=variant_names(runs, axes))
     # At most CURVE_SEEDS runs per variant: the curves stay cheap for studies of thousands of runs.
     chosen = (
         labelled[labelled["variant"].isin(order)].groupby("variant", sort=False).head(CURVE_SEEDS)
@@ -595,7 +449,7 @@ def _forest_rows(
         return pd.DataFrame(columns=columns)
     variants = table[table["verdict"] != "baseline"].sort_values("diff", ascending=False)
     rows = [
-        [change(r, keys, baseline) + _on(r, keys), r["diff"], r["diff_ci_low"],
+        [change(r, keys, baseline) + on_dataset(r, keys), r["diff"], r["diff_ci_low"],
          r["diff_ci_high"], r["verdict"], verdict_cell(r), "variant"]
         for _, r in variants.iterrows()
     ]  # fmt: skip
@@ -603,7 +457,7 @@ def _forest_rows(
         if bool(r.get("counted_once") or False):
             continue
         scope = "" if r["scope"] == "all" else f" (on {r['scope']})"
-        name = f"{r['axis'].split('.')[-1]} {r['value']} vs {r['baseline_value']}{scope}"
+        name = f"{effect_label(r)}{scope}"
         rows.append(
             [name, r["diff"], r["diff_ci_low"], r["diff_ci_high"], r["verdict"],
              verdict_cell(r), "main effect"]

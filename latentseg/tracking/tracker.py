@@ -57,7 +57,6 @@ import torch.nn.functional as F
 from latentseg.tracking.store import server_reachable
 from latentseg.train.callbacks import TrainCallback, TrainContext
 
-PLOT_KEYS = ("predictions", "latent_attention", "expert_assignment")  # the images a run logs
 # How long a hook waits for a call to the tracking server before it checks that the server
 # still answers (and goes on training when it does not): a healthy server's calls take
 # milliseconds, an upload of a large checkpoint longer, and that is waited for as before.

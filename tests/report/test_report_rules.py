@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from latentseg.report.collect import Collected
-from latentseg.report.render import Decision, build, decision_for
+from latentseg.report.decision import Decision, decision_for
+from latentseg.report.render import build
 from latentseg.report.writers import verdict_lines
 
 AXIS = "params.model.num_latents"

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from latentseg.report.collect import Collected
-from latentseg.report.render import Decision, build
+from latentseg.report.decision import Decision
+from latentseg.report.render import build
 from latentseg.report.rounds import complete_blocks
 from latentseg.report.stats import apply_verdicts, compare
 from latentseg.report.verdicts import spending
