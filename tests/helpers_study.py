@@ -1,12 +1,18 @@
-"""What the study tests share: the Optuna journal of a test's tracking store and the runs of
-a study by type."""
+"""What the study tests share: the Optuna journal of a test's tracking store, the runs of a
+study by type, and :class:`Scripted`, a judge that the adaptive tests hand a study.
+
+A subprocess that runs a study imports :class:`Scripted` from here (a test module is never
+imported by another module, tests or not)."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import optuna
 
+from latentseg.study.judgement import Judgement, Need
 from latentseg.study.storage import default_journal
 
 
@@ -39,3 +45,30 @@ def no_run_left_running(client, experiment_name) -> bool:
     return not client.search_runs(
         [experiment.experiment_id], filter_string="attributes.status = 'RUNNING'"
     )
+
+
+class Scripted:
+    """A judge that keeps ``num_latents = 8`` (and so the baseline, 4) open for
+    ``open_rounds`` rounds; ``interrupt_after`` sends this process SIGINT after that
+    round's look, as Ctrl-C would."""
+
+    def __init__(self, storage, open_rounds: int = 99, interrupt_after: int | None = None):
+        self.storage, self.open_rounds, self.interrupt_after = storage, open_rounds, interrupt_after
+        self.calls: list[int] = []
+
+    def __call__(self, loaded, tracking_uri: str, round_: int) -> Judgement:
+        self.calls.append(round_)
+        study = optuna.load_study(study_name=loaded.name, storage=self.storage)
+        number = {
+            latents: [
+                t.number for t in study.trials if t.params.get("model.num_latents") == latents
+            ]
+            for latents in (4, 8, 16)
+        }
+        needs = []
+        if round_ <= self.open_rounds:
+            needs = [Need(number[8], "num_latents 8 vs baseline"), Need(number[4], "baseline of 1")]
+        if round_ == self.interrupt_after:
+            os.kill(os.getpid(), signal.SIGINT)
+        table = [{"comparison": "num_latents 8", "verdict": "inconclusive"}]
+        return Judgement(needs, open=1 if needs else 0, decided=1, table=table)

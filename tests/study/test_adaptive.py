@@ -25,6 +25,7 @@ from latentseg.study.spec import load_study_spec
 from latentseg.study.storage import default_journal, retry
 from latentseg.tracking.store import connect
 from latentseg.train import TrainingInterrupted
+from tests.helpers_study import Scripted, journal_file
 
 GRID = {
     "name": "adaptive",
@@ -32,40 +33,6 @@ GRID = {
     "sampler": {"name": "grid"},
     "seeds": {"min": 2, "max": 4, "step": 1},  # looks at 2, 3 and 4 seeds; base seed 7
 }
-
-
-def journal(path) -> optuna.storages.JournalStorage:
-    from optuna.storages.journal import JournalFileBackend
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-
-
-class Scripted:
-    """A judge that keeps ``num_latents = 8`` (and so the baseline, 4) open for
-    ``open_rounds`` rounds; ``interrupt_after`` sends this process SIGINT after that
-    round's look, as Ctrl-C would."""
-
-    def __init__(self, storage, open_rounds: int = 99, interrupt_after: int | None = None):
-        self.storage, self.open_rounds, self.interrupt_after = storage, open_rounds, interrupt_after
-        self.calls: list[int] = []
-
-    def __call__(self, loaded, tracking_uri: str, round_: int) -> Judgement:
-        self.calls.append(round_)
-        study = optuna.load_study(study_name=loaded.name, storage=self.storage)
-        number = {
-            latents: [
-                t.number for t in study.trials if t.params.get("model.num_latents") == latents
-            ]
-            for latents in (4, 8, 16)
-        }
-        needs = []
-        if round_ <= self.open_rounds:
-            needs = [Need(number[8], "num_latents 8 vs baseline"), Need(number[4], "baseline of 1")]
-        if round_ == self.interrupt_after:
-            os.kill(os.getpid(), signal.SIGINT)
-        table = [{"comparison": "num_latents 8", "verdict": "inconclusive"}]
-        return Judgement(needs, open=1 if needs else 0, decided=1, table=table)
 
 
 def seed_runs(client, name):
@@ -80,11 +47,13 @@ def test_rounds_add_seeds_only_to_open_points_and_say_why(study_spec, tracking_u
     to the open point and its baseline, with 2 workers. Every seed run says its round and the
     comparison that was open; the parent run logs each round; nothing stays RUNNING."""
     path = study_spec(GRID)
-    judge = Scripted(journal(default_journal(tracking_uri)))
+    judge = Scripted(journal_file(default_journal(tracking_uri)))
     result = run_study(str(path), tracking_uri=tracking_uri, workers=2, progress=False, judge=judge)
     assert judge.calls == [1, 2, 3]  # the last look is taken too (it queues nothing)
 
-    study = optuna.load_study(study_name="adaptive", storage=journal(default_journal(tracking_uri)))
+    study = optuna.load_study(
+        study_name="adaptive", storage=journal_file(default_journal(tracking_uri))
+    )
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     ran = sorted(
         (t.params["model.num_latents"], t.system_attrs.get(ROUND_ATTR, 1), tuple(t.system_attrs.get(SEEDS_ATTR, [7, 8])))
@@ -134,7 +103,7 @@ def test_a_relaunch_continues_the_round_it_was_in(study_spec, tracking_uri, tmp_
     waiting; the relaunch runs them (once), takes the looks of rounds 2 and 3 only, and
     never queues a round twice."""
     path = study_spec(GRID)
-    storage = journal(default_journal(tracking_uri))
+    storage = journal_file(default_journal(tracking_uri))
     first = Scripted(storage, open_rounds=1, interrupt_after=1)
     with pytest.raises(TrainingInterrupted):
         run_study(str(path), tracking_uri=tracking_uri, progress=False, judge=first)
@@ -156,7 +125,7 @@ def test_a_relaunch_continues_the_round_it_was_in(study_spec, tracking_uri, tmp_
 def test_a_retried_trial_keeps_its_round_and_seeds(tmp_path):
     """A round-2 trial that fails (a crash, a dead worker) is queued again with its round,
     its seeds and its reason: the retry runs the same seeds, not the first round's."""
-    storage = journal(tmp_path / "journal.log")
+    storage = journal_file(tmp_path / "journal.log")
     study = optuna.create_study(study_name="s", storage=storage)
     queue_round(study, [{"point": {"x": 1}, "seeds": [9, 10], "reason": "x 1 vs baseline"}], 2)
     trial = study.ask()
@@ -259,7 +228,7 @@ def test_the_progress_line_shows_round_open_comparisons_and_seeds_spent(study_sp
     from latentseg.study.runner import Progress
 
     loaded = load_study_spec(study_spec(GRID))  # 3 points, looks 2, 3, 4: 12 seed runs at most
-    study = optuna.create_study(study_name="p", storage=journal(tmp_path / "p.log"))
+    study = optuna.create_study(study_name="p", storage=journal_file(tmp_path / "p.log"))
     for latents in (4, 8, 16):
         study.add_trial(
             optuna.create_trial(
@@ -297,11 +266,11 @@ def test_a_launch_killed_mid_round_resumes_that_round_exactly_once(
     storage_path = default_journal(tracking_uri)
     script = (
         "import optuna, sys\n"
-        "from tests.study.test_adaptive import Scripted, journal\n"
+        "from tests.helpers_study import Scripted, journal_file\n"
         "from latentseg.study import run_study\n"
         "from pathlib import Path\n"
         f"run_study({str(path)!r}, tracking_uri={tracking_uri!r}, progress=False,\n"
-        f"          judge=Scripted(journal(Path({str(storage_path)!r})), open_rounds=1))\n"
+        f"          judge=Scripted(journal_file(Path({str(storage_path)!r})), open_rounds=1))\n"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", script], cwd=tmp_path, env=subprocess_env(),
@@ -309,7 +278,7 @@ def test_a_launch_killed_mid_round_resumes_that_round_exactly_once(
     )  # fmt: skip
     try:
         gate.wait(run_step(6, 0), process)
-        trials = optuna.load_study(study_name="adaptive", storage=journal(storage_path)).trials
+        trials = optuna.load_study(study_name="adaptive", storage=journal_file(storage_path)).trials
         (killed,) = [t for t in trials if t.state == TrialState.RUNNING]
         assert killed.system_attrs.get(ROUND_ATTR) == 2, killed.system_attrs
     finally:
@@ -318,10 +287,10 @@ def test_a_launch_killed_mid_round_resumes_that_round_exactly_once(
         process.wait(timeout=30)
     gate.open()  # the relaunch, in this process, must never hold
 
-    relaunch = Scripted(journal(storage_path), open_rounds=1)
+    relaunch = Scripted(journal_file(storage_path), open_rounds=1)
     run_study(str(path), tracking_uri=tracking_uri, progress=False, judge=relaunch)
     assert relaunch.calls == [2]
-    trials = optuna.load_study(study_name="adaptive", storage=journal(storage_path)).trials
+    trials = optuna.load_study(study_name="adaptive", storage=journal_file(storage_path)).trials
     second = [t for t in trials if t.system_attrs.get(ROUND_ATTR) == 2]
     failed = [t for t in second if t.state == TrialState.FAIL]
     assert [t.number for t in failed] == [killed.number]
