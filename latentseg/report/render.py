@@ -1,5 +1,6 @@
-"""An ablation report: ``summary.csv``, ``report.md`` (with ``plots/*.png``) and a
-self-contained ``report.html`` (images embedded, sortable tables, no external fetch)."""
+"""The report's analysis: the baseline, the verdicts of every comparison and main effect,
+the interactions, the findings and the figures, into a :class:`~latentseg.report.tables.Report`
+(:func:`build`). The documents are written by :mod:`latentseg.report.writers`."""
 
 from __future__ import annotations
 

@@ -20,6 +20,9 @@ VERDICT_WORDS = ("better", "worse", "equivalent", "inconclusive")  # counted in 
 
 @dataclass
 class Report:
+    """What :func:`latentseg.report.render.build` computed: the variants' table with their
+    verdicts, the main effects, the interactions, the figures and the prose around them."""
+
     name: str
     metric: str  # the column compared, e.g. test_miou
     axes: list[str]
