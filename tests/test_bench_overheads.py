@@ -11,10 +11,15 @@ from latentseg.bench.overheads import (
     Timeline,
     bench_report,
     bench_study,
+    format_bf16_accuracy,
     format_report,
     format_study,
+    format_tracking,
+    small_run_config,
+    tracking_run_config,
 )
 from latentseg.cli import main
+from latentseg.config import ExperimentConfig
 from latentseg.errors import ConfigError
 from latentseg.postgres import scratch_database
 
@@ -26,6 +31,38 @@ def test_a_trials_overhead_runs_from_its_start_to_the_next_trials_start_less_its
     )  # fmt: skip
     # cycles 0.5, 0.75, 1.75; the last trial has no next start and is not counted
     assert timeline.overheads() == [0.25, 0.25, 0.75]
+
+
+def test_the_tracking_bench_times_a_larger_run_than_the_study_trials_on_the_benchs_device():
+    for device in ("cpu", "cuda"):
+        small = ExperimentConfig.model_validate(small_run_config(2, False, device))
+        tracked = ExperimentConfig.model_validate(tracking_run_config(2, True, device))
+        assert small.train.device == tracked.train.device == device  # never "auto"
+        assert (small.train.epochs, small.tracking.enabled, tracked.tracking.enabled) == (
+            2,
+            False,
+            True,
+        )
+        # the README's run (64 px) on half its training images; the study's trial at 48 px
+        assert tracked.data.train_size == 2 * small.data.train_size == 2048
+        assert (tracked.data.params["image_size"], small.data.params["image_size"]) == (64, 48)
+
+
+def test_the_tracking_and_bf16_lines_name_each_figure_with_its_unit():
+    tracking = {
+        "tracked_s": 12.34, "untracked_s": 12.0, "overhead": 0.0283, "tracking_s": 0.25,
+        "tracking_share": 0.0208,
+    }  # fmt: skip
+    assert format_tracking(tracking) == (
+        "tracking: 12.3 s tracked vs 12.0 s untracked (+2.8%); time spent tracking 0.25 s (2.1%)"
+    )
+    bf16 = {
+        "epochs": 4, "bf16_val_miou": 0.8012, "float32_val_miou": 0.8049,
+        "miou_difference": -0.0037, "bf16_s": 41.2, "float32_s": 38.6,
+    }  # fmt: skip
+    assert format_bf16_accuracy(bf16) == (
+        "bf16 accuracy: val mIoU 0.8012 vs float32 0.8049 (-0.0037) after 4 epochs; 41 s vs 39 s"
+    )
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from PIL import Image
 
 from latentseg.cli import main
 from latentseg.data import create_dataset
+from latentseg.data.folder import Folder, FolderParams, load_folder
 from latentseg.data.folder_scan import scan_folder
 from latentseg.errors import DatasetError, LatentSegError
 from latentseg.testing import DatasetConformance
@@ -30,6 +31,24 @@ class TestFolderConformance(DatasetConformance):
         return create_dataset(
             "folder", root=str(self.root), augment={"hflip": 0.5, "scale": [0.8, 1.25]}
         )
+
+
+def test_the_dataset_from_a_scan_is_the_dataset_opened_directly(tmp_path):
+    # `datasets check` scans once and builds the dataset from that scan (each file read once)
+    root = make_folder(tmp_path / "data", count=10, size=16)
+    params = FolderParams(root=str(root), image_size=16)
+    direct = Folder(root=str(root), image_size=16, seed=3)
+    scanned = Folder.from_scan(load_folder(params), params, None, seed=3)
+    assert scanned.info == direct.info
+    for name in ("train", "val", "test"):
+        assert scanned.split(name).names == direct.split(name).names
+        indices = list(range(len(direct.split(name))))
+        for ours, theirs in zip(
+            scanned.split(name).get_batch(indices),
+            direct.split(name).get_batch(indices),
+            strict=True,
+        ):
+            assert torch.equal(ours, theirs)
 
 
 def test_a_hand_made_folder_reads_jpeg_images_palette_masks_and_classes_yaml(tmp_path):
