@@ -2,10 +2,10 @@
 
 Ray places the workers, gives each the CPUs and GPUs the spec's ``resources`` ask for (it
 sets the visible GPUs), and restarts a worker whose process or node died (up to
-``WORKER_RESTARTS`` times). Each Ray worker runs the same :func:`worker_loop` as a local
-worker: trials come from the Optuna storage's queue, exactly once, and a dead worker's trial
-is failed and queued again by the launch's existing recovery. Nothing of the study's state
-lives in Ray."""
+``WORKER_RESTARTS`` times). Each Ray worker starts the same worker process as a local pool
+(:func:`latentseg.study.worker.worker_process`): trials come from the Optuna storage's
+queue, exactly once, and a dead worker's trial is failed and queued again by the launch's
+existing recovery. Nothing of the study's state lives in Ray."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from latentseg.errors import ConfigError
 from latentseg.study.objective import TrialContext
 from latentseg.study.spec import LoadedStudy, redact
 from latentseg.study.storage import env_seconds
-from latentseg.tracking.store import TrackingStore
+from latentseg.study.worker import worker_process
 
 INSTALL_HINT = "--ray needs Ray: pip install 'latentseg[ray]'"
 # A worker whose process or node died is started again this many times (then its task fails
@@ -115,17 +115,6 @@ class StopFlag:
         return self.reason
 
 
-class TaggedStore(TrackingStore):
-    """The tracking store, with the Ray node and worker tagged on every run it opens."""
-
-    def __init__(self, store: TrackingStore, tags: dict[str, str]) -> None:
-        super().__init__(store.client, store.uri)
-        self.tags = tags
-
-    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
-        return super().create_run(experiment_id, run_name, {**tags, **self.tags})
-
-
 def ray_worker(
     trial_context: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int,
     driver_cwd: str, flag,
@@ -184,29 +173,11 @@ def ray_worker(
     return 0
 
 
-def worker_process(
-    trial_context: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int,
-    parent_pid: int, tags: dict[str, str],
-) -> None:  # fmt: skip
-    """The worker process a Ray worker starts: tuned as the CLI is, the local worker loop."""
-    import matplotlib
-
-    import latentseg
-    from latentseg.study.runner import worker_loop
-    from latentseg.train import TrainingInterrupted
-
-    latentseg.tune_process()
-    matplotlib.use("Agg")
-    store = TaggedStore(TrackingStore.open(trial_context.tracking_uri), tags)
-    try:
-        worker_loop(trial_context, storage_url, deadline, worker_index, parent_pid, store=store)
-    except (TrainingInterrupted, KeyboardInterrupt):
-        sys.exit(130)
-
-
 @dataclasses.dataclass
 class RayWorkers:
-    """A connected Ray cluster that runs a launch's workers (``pool`` of the launch)."""
+    """A connected Ray cluster that runs a launch's workers: a
+    :class:`~latentseg.study.pool.WorkerPool`, as
+    :class:`~latentseg.study.local_workers.LocalWorkers` is on this machine."""
 
     ray: Any
     address: str

@@ -225,7 +225,7 @@ def test_two_launches_on_one_postgresql_study_advance_each_round_once(
 def test_the_progress_line_shows_round_open_comparisons_and_seeds_spent(study_spec, tmp_path):
     from optuna.distributions import CategoricalDistribution
 
-    from latentseg.study.runner import Progress
+    from latentseg.study.progress import Progress
 
     loaded = load_study_spec(study_spec(GRID))  # 3 points, looks 2, 3, 4: 12 seed runs at most
     study = optuna.create_study(study_name="p", storage=journal_file(tmp_path / "p.log"))

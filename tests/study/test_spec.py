@@ -144,7 +144,7 @@ def test_objective_metrics_and_the_pruned_metric():
 
 
 def test_each_worker_gets_its_own_gpu_when_there_are_several():
-    from latentseg.study.runner import worker_devices
+    from latentseg.study.local_workers import worker_devices
 
     assert worker_devices(3, 0) == [None, None, None]  # CPU: threads are split instead
     assert worker_devices(2, 1) == [None, None]  # one GPU: shared

@@ -9,15 +9,11 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from latentseg.study.runner import (
-    LocalWorkers,
-    StopAnnouncer,
-    open_launch,
-    queue_trials,
-    start_parent_run,
-    worker_loop,
-)
+from latentseg.study.local_workers import LocalWorkers
+from latentseg.study.runner import StopAnnouncer, open_launch, start_parent_run
 from latentseg.study.spec import load_study_spec
+from latentseg.study.trials import queue_trials
+from latentseg.study.worker import worker_loop
 from latentseg.train import TrainingInterrupted
 
 

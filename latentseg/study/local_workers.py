@@ -1,0 +1,113 @@
+"""A study's workers on this machine (``latentseg study SPEC --workers N``): the launch's own
+process for one worker, else N spawned worker processes, the torch threads and the GPUs
+split between them."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+
+from latentseg.study.objective import TrialContext
+from latentseg.study.worker import worker_loop, worker_process
+
+# After a stop, how long the worker processes get before the launch forwards it to them.
+FORWARD_STOP_AFTER_S = 1.0
+
+
+@dataclass(frozen=True)
+class LocalWorkers:
+    """Worker processes on this machine (``--workers`` without ``--ray``), the torch threads
+    split between them: a :class:`~latentseg.study.pool.WorkerPool`, as
+    :class:`~latentseg.study.ray_workers.RayWorkers` is on a Ray cluster."""
+
+    workers: int
+
+    @property
+    def threads(self) -> int:
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+    def describe(self) -> dict[str, str]:
+        return {}  # nothing to add to the parent run: its params name the workers
+
+    def run(
+        self, trial_context: TrialContext, storage_url: str | None, deadline: float | None,
+        workers: int, stop,
+    ) -> None:  # fmt: skip
+        if workers == 1:
+            worker_loop(trial_context, storage_url, deadline)
+            return
+        processes = start_processes(trial_context, storage_url, deadline, workers)
+        supervise(processes, stop)
+
+
+def worker_devices(workers: int, gpus: int, visible: str | None = None) -> list[str | None]:
+    """``CUDA_VISIBLE_DEVICES`` for each worker: with several GPUs and several workers, one
+    GPU per worker (round-robin when there are more workers than GPUs), taken from the ids
+    already visible; ``None`` (inherit) otherwise."""
+    if workers < 2 or gpus < 2:
+        return [None] * workers
+    ids = [i.strip() for i in visible.split(",") if i.strip()] if visible else []
+    ids = ids[:gpus] or [str(i) for i in range(gpus)]
+    return [ids[i % len(ids)] for i in range(workers)]
+
+
+def start_processes(
+    trial_context: TrialContext, storage_url: str | None, deadline: float | None, workers: int
+) -> list:
+    """Spawn ``workers`` worker processes, each seeing its own GPU where there are several."""
+    spawn = multiprocessing.get_context("spawn")
+    processes = [
+        spawn.Process(
+            target=worker_process,
+            args=(trial_context, storage_url, deadline, i, os.getpid()),
+            name=f"latentseg-worker-{i}",
+        )
+        for i in range(workers)
+    ]
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = worker_devices(workers, torch.cuda.device_count(), visible)
+    try:
+        for process, device in zip(processes, devices, strict=True):
+            if device is not None:  # a spawned worker sees only its own GPU
+                os.environ["CUDA_VISIBLE_DEVICES"] = device
+            process.start()
+    finally:
+        if visible is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    return processes
+
+
+def supervise(processes: list, stop) -> None:
+    """Wait for the worker processes; forward a stop of the launch to them, and kill those
+    still alive a minute after the rest have ended (or the launch has failed)."""
+    forwarded, noticed = False, None
+    try:
+        while any(p.is_alive() for p in processes):
+            if stop() and noticed is None:
+                noticed = time.monotonic()
+            # A signal to the parent alone (SIGTERM from a scheduler): stop the workers too.
+            # A Ctrl-C reached them already through the terminal's process group; the SIGTERM
+            # a second later then finds them stopping and does not relabel their stop.
+            if (
+                noticed is not None
+                and not forwarded
+                and time.monotonic() - noticed > FORWARD_STOP_AFTER_S
+            ):
+                for process in processes:
+                    if process.is_alive():
+                        process.terminate()
+                forwarded = True
+            for process in processes:
+                process.join(timeout=0.5)
+    finally:
+        for process in processes:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+                process.join()
