@@ -10,11 +10,11 @@ started for the launch), alternated ``--repeats`` times, each launch in a fresh 
 (journal and SQLite). Prints each launch's wall seconds, the medians and their ratio.
 
 --faults: a Ray cluster of two nodes on this machine (a head and a second node on loopback
-addresses, one CPU each; the rig of ``tests/study/test_ray.py``), a PostgreSQL database on
-127.0.0.1:5432 and a ``latentseg server``. The study runs clean, with one worker process
-killed mid-trial (SIGKILL), and with the second node stopped mid-trial. For each: its wall
-seconds and the extra over the clean launch, the trials failed and run again, and the epochs
-trained more than the clean study's (the retried work). Heartbeats are latentseg's defaults
+addresses, one CPU each; the rig of ``tests/study/test_ray.py``, from ``tests/helpers_ray.py``),
+a PostgreSQL database on 127.0.0.1:5432 and a ``latentseg server``. The study runs clean, with
+one worker process killed mid-trial (SIGKILL), and with the second node stopped mid-trial. For
+each: its wall seconds and the extra over the clean launch, the trials failed and run again,
+and the epochs trained more than the clean study's (the retried work). Heartbeats are latentseg's defaults
 (every 20 s, 60 s of grace), as a user gets them; both nodes are processes of this machine,
 so a dead attempt's process is seen gone at once (across machines, after the grace).
 """
@@ -36,7 +36,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the Ray test rig (tests/study/test_ray.py) for --faults
+sys.path.insert(0, str(ROOT))  # the Ray test rig (tests/helpers_ray.py) for --faults
 
 from latentseg.bench.harness import stopwatch  # noqa: E402
 from latentseg.bench.machine import cpu_isa  # noqa: E402
@@ -128,9 +128,9 @@ def wait_for_nodes(rig, port: int, count: int, timeout_s: float = 120) -> None:
 
 def faults(epochs: int) -> dict:
     """The grid clean, with a worker killed and with the second node stopped, on two nodes."""
+    from tests import helpers_ray as rig
     from tests.conftest import _postgres_url
-    from tests.study import test_ray as rig
-    from tests.tracking.test_server import _free_port, start_server, stop, wait_healthy
+    from tests.helpers_processes import free_port, start_server, stop_server, wait_healthy
 
     base, reason = _postgres_url()
     if base is None:
@@ -146,7 +146,7 @@ def faults(epochs: int) -> dict:
         return base + name
 
     results: dict[str, dict] = {}
-    port = rig.free_port()
+    port = free_port()
     head = rig.Node(port, head=True)
     second = server = None
     folder = Path(tempfile.mkdtemp(prefix="lsbench-"))
@@ -155,7 +155,7 @@ def faults(epochs: int) -> dict:
         wait_for_nodes(rig, port, 1)
         second = rig.Node(port, head=False)
         wait_for_nodes(rig, port, 2)
-        server_port = _free_port()
+        server_port = free_port()
         tracking = f"http://127.0.0.1:{server_port}"
         server = start_server(database(f"lsbench_mlflow_{tag}"), folder / "served", server_port, folder)  # fmt: skip
         wait_healthy(tracking, server)
@@ -185,7 +185,7 @@ def faults(epochs: int) -> dict:
             print(f"  {case}: {elapsed.wall_s:.1f} s", flush=True)
     finally:
         if server is not None:
-            stop(server)
+            stop_server(server)
         for node in (second, head):
             if node is not None:
                 node.cleanup()

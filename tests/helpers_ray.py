@@ -1,0 +1,114 @@
+"""The Ray test rig: a cluster of real Ray nodes on loopback addresses of this machine (a head
+and a second node, one CPU each), with token authentication that leaves ``~/.ray`` alone.
+``tests/study/test_ray.py`` runs its studies on it, and ``benchmarks/ray_scaleout.py
+--faults`` times faults on it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.conftest import subprocess_env
+from tests.helpers_processes import free_port
+
+RAY = Path(sys.executable).with_name("ray")
+
+# One token for the tests' clusters and drivers (Ray's token authentication, without touching
+# ~/.ray). The nodes take loopback addresses other than 127.0.0.1, which Ray would replace by
+# the machine's own address: every connection stays on loopback.
+RAY_TOKEN = secrets.token_hex(16)
+HEAD_IP, SECOND_IP = "127.0.0.3", "127.0.0.2"
+
+
+def ray_env() -> dict[str, str]:
+    env = subprocess_env()
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=RAY_TOKEN)
+    return env
+
+
+class Node:
+    """One Ray node (``ray start --block``) in its own session and temporary folder, on a
+    loopback address, with one CPU; stopped by killing its processes."""
+
+    def __init__(self, head_port: int, head: bool) -> None:
+        # a short folder: Ray's socket paths must fit in 107 characters
+        self.temp_dir = tempfile.mkdtemp(prefix="lsray-")
+        command = [
+            str(RAY), "start", "--block", "--node-ip-address", HEAD_IP if head else SECOND_IP,
+            "--temp-dir", self.temp_dir, "--num-cpus", "1", "--object-store-memory", "80000000",
+            "--disable-usage-stats", "--node-manager-port", str(free_port()),
+            "--object-manager-port", str(free_port()), "--metrics-export-port", str(free_port()),
+            "--dashboard-agent-listen-port", str(free_port()),
+            "--dashboard-agent-grpc-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()),
+        ]  # fmt: skip
+        if head:
+            command += [
+                "--head", "--port", str(head_port), "--include-dashboard", "false",
+                "--dashboard-port", str(free_port()),
+                "--ray-client-server-port", str(free_port()),
+            ]  # fmt: skip
+        else:
+            command += ["--address", f"{HEAD_IP}:{head_port}"]
+        self.process = subprocess.Popen(
+            command, env=ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def pids(self) -> list[int]:
+        """Every process of this node: its process group and their descendants (the raylet
+        starts each worker in a session of its own)."""
+        parents: dict[int, int] = {}
+        found: set[int] = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid, parent, group = int(entry.name), int(fields[1]), int(fields[2])
+            parents[pid] = parent
+            if group == self.process.pid:
+                found.add(pid)
+        grown = True
+        while grown:
+            children = {pid for pid, parent in parents.items() if parent in found} - found
+            found |= children
+            grown = bool(children)
+        return sorted(found)
+
+    def stop(self) -> None:
+        for _ in range(3):
+            pids = self.pids()
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        self.process.wait(timeout=30)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def alive_nodes(port: int) -> int:
+    code = (
+        f"import ray; ray.init(address='{HEAD_IP}:{port}', logging_level='ERROR', "
+        "log_to_driver=False); print(sum(1 for n in ray.nodes() if n['Alive']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=ray_env(), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
