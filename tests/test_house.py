@@ -1,7 +1,8 @@
 """The tests are a house too (STYLE.md): what several test modules share lives in a conftest or
 a helper module (``tests/helpers.py``, ``tests/helpers_*.py``, ``tests/data/folders.py``), and
 no module of the tests imports a test module (``test_*.py``), itself included: a script
-that a test module runs in a subprocess imports its helpers from a helper module too.
+that a test module runs in a subprocess imports its helpers from a helper module too. The
+benchmarks, which borrow the tests' rigs, take them from the helper modules as well.
 
 Each module's source is read with ``ast``: an ``import`` or ``from ... import`` anywhere in it
 counts (deferred ones included), and so does one written in a string (the script a test hands
@@ -64,11 +65,12 @@ def imported(path: Path, source: str | None = None) -> set[str]:
     return names & MODULES.keys()
 
 
-def test_no_module_of_the_tests_imports_a_test_module():
+def test_no_module_of_the_tests_or_the_benchmarks_imports_a_test_module():
+    importers = sorted([*TESTS.rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")])
     found = [
-        f"{MODULES[importer].relative_to(ROOT)} imports {MODULES[name].relative_to(ROOT)}"
-        for importer in sorted(MODULES)
-        for name in sorted(imported(MODULES[importer]) & TEST_MODULES)
+        f"{importer.relative_to(ROOT)} imports {MODULES[name].relative_to(ROOT)}"
+        for importer in importers
+        for name in sorted(imported(importer) & TEST_MODULES)
     ]
     assert not found, "shared helpers belong in tests/helpers*.py or a conftest:\n" + "\n".join(
         found
