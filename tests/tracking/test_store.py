@@ -3,13 +3,9 @@ name, runs read into the frame ``mlflow.search_runs`` gives, and no use of MLflo
 tracking URI."""
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -23,6 +19,7 @@ from latentseg.report.collect import collect
 from latentseg.tracking import store as store_module
 from latentseg.tracking.store import TrackingStore, study_filter
 from tests.conftest import subprocess_env
+from tests.helpers_processes import free_port, stop_server, wait_healthy
 
 
 @pytest.fixture
@@ -204,9 +201,7 @@ def test_set_tags_sets_every_tag_and_the_run_name_as_mlflow_would(tracking_uri):
 def tracking_server(tmp_path):
     """A real ``mlflow server`` on a loopback port -> (its URL, a function that stops it and
     returns its access log, one line a request)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = tmp_path / "server.log"
     with log.open("w") as out:
         server = subprocess.Popen(
@@ -219,29 +214,17 @@ def tracking_server(tmp_path):
             cwd=tmp_path, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
 
     def stop() -> list[str]:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
+        stop_server(server)
         return log.read_text().splitlines()
 
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, f"mlflow server exited: {log.read_text()}"
-            assert time.monotonic() < deadline, "mlflow server did not answer /health"
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, server, timeout_s=180)
         yield url, stop
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=60)
+        stop_server(server)
 
 
 @pytest.mark.slow
