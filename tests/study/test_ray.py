@@ -85,8 +85,9 @@ def test_a_bad_ray_address_is_one_line_and_exit_2_before_anything_starts(
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     assert done.returncode == 2, done.stderr
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: --ray {address}: ") and says in last, done.stderr
+    # one error line; Ray's own join thread, given up on, may still log after it under load
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error: ")]
+    assert line.startswith(f"error: --ray {address}: ") and says in line, done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "mlruns").exists()  # nothing started
 
