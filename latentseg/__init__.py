@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
-
+from latentseg._version import __version__
 from latentseg.config import ExperimentConfig, ModelConfig, load_experiment
 from latentseg.errors import (
     CheckpointError,

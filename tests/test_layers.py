@@ -179,23 +179,8 @@ def test_the_graph_of_latentseg_holds_the_imports_of_train():
     assert "latentseg.train.callbacks" in graph["latentseg.tracking.tracker"]
 
 
-# Imports that close a circle today, each to be cut where it is made (issue 29): the rule
-# below holds for the rest of the package, and fails for one of these once it is gone, so
-# that it leaves this list. A room reaches back to the facade for ``latentseg.__version__``;
-# the built-in variants import the registry from the package that imports them to register.
-PENDING_CIRCLE_IMPORTS = {
-    ("latentseg.tracking.run", "latentseg"),
-    ("latentseg.tracking.tracker", "latentseg"),
-    ("latentseg.models.variants", "latentseg.models"),
-}
-
-
 def test_latentseg_has_no_import_circle():
     graph = import_graph()
-    gone = sorted(f"{a} -> {b}" for a, b in PENDING_CIRCLE_IMPORTS if b not in graph[a])
-    assert gone == [], "no longer imported: take them off PENDING_CIRCLE_IMPORTS"
-    for source, target in PENDING_CIRCLE_IMPORTS:
-        graph[source] = graph[source] - {target}
     found = circles(graph, "latentseg")
     assert found == [], "import circles:\n" + "\n".join(" -> ".join(c) for c in found)
 

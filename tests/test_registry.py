@@ -91,3 +91,30 @@ def test_plugin_name_clash_with_builtin_raises_naming_both(tmp_path, monkeypatch
     reg.register(lambda: 0, name="seed")
     with pytest.raises(RegistryError, match=r"uses the name 'seed'.*already taken by built-in"):
         reg.names()
+
+
+def test_the_model_registry_builds_a_variants_config_and_names_a_bad_key():
+    """latentseg.models.registry: the registry the built-in variants register into, the same
+    one the package's create_model reads; a variant's defaults with a user's overrides are
+    validated, and a bad override is named by its key."""
+    from latentseg import models
+    from latentseg.errors import ConfigError
+    from latentseg.models.registry import MODELS, build_config
+
+    assert models.MODELS is MODELS and "tutorial" in MODELS.names()
+    config = build_config({"num_latents": 4}, {"num_heads": 2})
+    assert (config.num_latents, config.num_heads) == (4, 2)
+    with pytest.raises(ConfigError, match="model.num_latents"):
+        build_config({"num_latents": 4}, {"num_latents": "many"})
+
+
+def test_the_version_is_the_projects_and_the_facade_shows_it():
+    import re
+    from pathlib import Path
+
+    import latentseg
+    from latentseg._version import __version__
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert f'\nversion = "{__version__}"\n' in pyproject, re.findall(r"\nversion = .*", pyproject)
+    assert latentseg.__version__ == __version__

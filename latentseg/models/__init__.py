@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
 # inert_keys and MOE_KEYS are rules of the config alone: they live there, re-exported here.
 from latentseg.config import (
     MOE_KEYS,  # noqa: F401
     ModelConfig,
-    format_validation_error,
     inert_keys,
 )
 from latentseg.errors import ConfigError
@@ -26,22 +23,7 @@ from latentseg.models.model import (
     count_params,
     kv_costs,
 )
-from latentseg.registry import Registry
-
-MODELS: Registry = Registry("model", entry_point_group="latentseg.models")
-register_model = MODELS.register
-
-
-def build_config(
-    defaults: dict[str, Any], overrides: dict[str, Any], source: str = "model"
-) -> ModelConfig:
-    """Variant defaults updated by user overrides, validated; errors name the key."""
-    try:
-        return ModelConfig.model_validate({**defaults, **overrides})
-    except ValidationError as exc:
-        raise ConfigError(
-            format_validation_error(exc, ModelConfig, source, prefix=("model",))
-        ) from None
+from latentseg.models.registry import MODELS, build_config, register_model
 
 
 def create_model(name: str, **overrides: Any) -> LatentSegModel:

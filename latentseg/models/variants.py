@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from latentseg.models import MODELS, build_config, register_model
 from latentseg.models.model import LatentSegModel
+from latentseg.models.registry import MODELS, build_config, register_model
 
 
 def _create(defaults: dict[str, Any], overrides: dict[str, Any]) -> LatentSegModel:

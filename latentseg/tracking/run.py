@@ -126,7 +126,7 @@ def git_commit() -> str | None:
 def run_tags(config: ExperimentConfig, source: str) -> dict[str, str]:
     import mlflow
 
-    import latentseg
+    from latentseg._version import __version__
 
     tags = {
         "latentseg.variant": config.model.variant,
@@ -134,7 +134,7 @@ def run_tags(config: ExperimentConfig, source: str) -> dict[str, str]:
         "latentseg.config_hash": config.config_hash(),
         "latentseg.config_group": config.config_hash(include_seed=False),  # same across seeds
         "latentseg.config_source": source,
-        "latentseg.version": latentseg.__version__,
+        "latentseg.version": __version__,
         "latentseg.torch_version": torch.__version__,
         "latentseg.mlflow_version": mlflow.__version__,
         "latentseg.python_version": platform.python_version(),

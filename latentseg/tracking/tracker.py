@@ -504,7 +504,7 @@ def log_mlflow_model(context: TrainContext, client, run_id: str) -> str:
     import mlflow
     import mlflow.pytorch
 
-    import latentseg
+    from latentseg._version import __version__
 
     model = context.model
     was_training = model.training
@@ -514,7 +514,7 @@ def log_mlflow_model(context: TrainContext, client, run_id: str) -> str:
     requirements = [
         f"torch=={torch.__version__.split('+')[0]}",
         f"mlflow=={mlflow.__version__}",
-        f"latentseg=={latentseg.__version__}",
+        f"latentseg=={__version__}",
     ]
     experiment_id = client.get_run(run_id).info.experiment_id
     # A contiguous (NCHW) copy on the CPU: the exported weights are laid out as any consumer
