@@ -51,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.run(args)
     except LatentSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if argv is None and getattr(exc, "exit_at_once", False):  # the command's own process
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.exit_code)  # a library thread left running must not see shutdown
         return exc.exit_code
     except TrainingInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)

@@ -367,7 +367,12 @@ def connect(ray, address: str):
                 "--head`, or leave out ADDRESS for a local Ray"
             ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"--ray {address}: could not join a Ray cluster: {first}") from None
+        error = ConfigError(f"--ray {address}: could not join a Ray cluster: {first}")
+        # ray.init, given up on, still runs on its thread: the interpreter's shutdown under it
+        # can crash in Ray's core (seen as SIGSEGV/SIGABRT on a loaded machine), so the
+        # command ends its process at once after saying why (nothing of the study started)
+        error.exit_at_once = isinstance(exc, TimeoutError)
+        raise error from None
 
 
 @contextlib.contextmanager
