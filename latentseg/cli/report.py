@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from latentseg.config import parse_override
     from latentseg.errors import StoreWriteError
     from latentseg.report import ablation_report
+    from latentseg.report.labels import baseline_label
     from latentseg.report.writers import verdict_lines
     from latentseg.tracking import TrackingStore
 
@@ -83,13 +84,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: the report is not attached to the study's parent run: {exc}")
     print(report.notes[0])  # the runs left out
     print(
-        f"baseline: {describe_baseline(report.baseline)} ({report.baseline_reason}); {len(report.summary)} variants"
+        f"baseline: {baseline_label(report.baseline)} ({report.baseline_reason}); {len(report.summary)} variants"
     )
     print("\n".join(verdict_lines(report)))
     print(f"report: {report.paths[0]}  {report.paths[2]}  summary: {report.paths[1]}")
     return 0
-
-
-def describe_baseline(values: dict) -> str:
-    """``key = value, ...`` of a baseline; an empty one (a single variant) is all runs."""
-    return ", ".join(f"{k} = {v}" for k, v in values.items()) or "all runs"

@@ -111,8 +111,8 @@ def print_outcome(result) -> None:
 
 def print_grid_verdicts(result) -> None:
     """An ablation grid ends with its verdicts and what deciding the open ones would take."""
-    from latentseg.cli.report import describe_baseline
     from latentseg.report import ablation_report
+    from latentseg.report.labels import baseline_label
     from latentseg.report.writers import verdict_lines
     from latentseg.tracking import TrackingStore
 
@@ -127,6 +127,6 @@ def print_grid_verdicts(result) -> None:
     except LatentSegError as exc:
         print(f"no verdicts yet: {exc}")
         return
-    print("verdicts against the baseline (" + describe_baseline(report.baseline) + "):")
+    print("verdicts against the baseline (" + baseline_label(report.baseline) + "):")
     print("\n".join(verdict_lines(report)))
     print(f"the whole report: latentseg report --study {result.study_name}")

@@ -16,8 +16,9 @@ import pandas as pd
 
 from latentseg.errors import LatentSegError
 from latentseg.report.collect import collect
+from latentseg.report.decision import decision_for
 from latentseg.report.labels import change, label
-from latentseg.report.render import build, decision_for
+from latentseg.report.render import build
 from latentseg.report.stats import is_stratum, mark_inert
 from latentseg.report.verdicts import out_of_reach, spending
 from latentseg.study.judgement import Judgement, Need

@@ -17,6 +17,12 @@ def label(row, keys: list[str], skip: tuple[str, ...] = ()) -> str:
     return ", ".join(parts) or "all runs"
 
 
+def baseline_label(values: dict[str, Any]) -> str:
+    """``model.num_latents = 16, ...``: the baseline by its full keys; an empty one (a single
+    variant) is all runs."""
+    return ", ".join(f"{k} = {v}" for k, v in values.items()) or "all runs"
+
+
 def on_dataset(row, keys: list[str]) -> str:
     """`` (on shapes)`` for a variant on one dataset; empty when the dataset does not vary."""
     tasks = [k for k in keys if is_stratum(k)]

@@ -15,7 +15,7 @@ from latentseg.config import ModelConfig
 from latentseg.errors import ConfigError
 from latentseg.report.cells import fmt, signed, verdict_cell
 from latentseg.report.collect import Collected, scored_runs
-from latentseg.report.decision import Decision, decision_for, run_metric
+from latentseg.report.decision import Decision, run_metric
 from latentseg.report.effects import axis_effects, interactions
 from latentseg.report.labels import change, effect_label, label, on_dataset, variant_names
 from latentseg.report.notes import _count_failures, _effect_notes, _notes, _warnings
@@ -35,9 +35,7 @@ from latentseg.report.writers import markdown
 from latentseg.tracking.logged import PLOT_KEYS
 from latentseg.tracking.store import TrackingStore
 
-# Decision, decision_for and run_metric live in latentseg.report.decision; they stay
-# importable from here for the callers that took them from the report's builder.
-__all__ = ["Decision", "Report", "build", "choose_baseline", "decision_for", "run_metric"]
+__all__ = ["Report", "build", "choose_baseline"]
 
 
 def choose_baseline(

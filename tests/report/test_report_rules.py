@@ -228,6 +228,15 @@ def test_a_variant_is_named_by_what_it_changes_from_the_baseline():
     assert label(row, keys, skip=("data.dataset",)) == "num_latents 8, num_heads 4"
 
 
+def test_the_baseline_is_named_by_its_full_keys_or_all_runs():
+    from latentseg.report.labels import baseline_label
+
+    assert baseline_label({"model.num_latents": 16, "data.dataset": "digits"}) == (
+        "model.num_latents = 16, data.dataset = digits"
+    )
+    assert baseline_label({}) == "all runs"  # a single variant
+
+
 def test_failures_are_worded_with_their_kinds():
     from latentseg.report.notes import _failure_words
 
