@@ -32,9 +32,9 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import TrialState
 
 from latentseg.errors import ConfigError
+from latentseg.study.journal import _CheckedJournal
 from latentseg.study.storage import (
     _cache_popped,
-    _CheckedJournal,
     make_storage,
     pop_waiting_trial,
     storage_of,

@@ -26,11 +26,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
-from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from latentseg.errors import ConfigError
 from latentseg.process import owner_alive, owner_record
+from latentseg.study.journal import _CheckedJournal, repair_journal_tail
 
 DEFAULT_JOURNAL = Path("mlruns") / "optuna" / "journal.log"  # of the default tracking store
 # RDB storages: how often a running trial records a heartbeat, and how long a silent trial
@@ -164,64 +165,6 @@ def make_storage(url: str | None, max_retry: int, workers: int = 1) -> optuna.st
         raise ConfigError(
             f"--storage {redact(url)}: cannot open the Optuna storage: {type(exc).__name__}: {exc}{hint}"
         ) from None
-
-
-def repair_journal_tail(path: Path) -> int:
-    """A journal whose last line has no newline holds a write cut short (a crash or a full
-    disk mid-append): the next append would be glued to it and the whole journal would stop
-    reading. Under Optuna's own journal lock (so a write in progress is never mistaken for a
-    cut one), move that partial line to ``<journal>.damaged`` and drop it; it was never a
-    complete operation, so nothing that ran is lost. Returns the bytes moved."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return 0
-    if os.path.lexists(f"{path}.lock"):
-        return 0  # a writer holds the journal (or a dead one left its lock): never wait here
-    lock = JournalFileSymlinkLock(str(path))
-    lock.acquire()
-    try:
-        with open(path, "rb+") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - 1))
-            if handle.read(1) == b"\n":
-                return 0
-            handle.seek(0)
-            data = handle.read()
-            keep = data.rfind(b"\n") + 1
-            with open(f"{path}.damaged", "ab") as aside:
-                aside.write(data[keep:] + b"\n")
-            handle.truncate(keep)
-    finally:
-        lock.release()
-    print(
-        f"note: {path}: its last line was a write cut short ({len(data) - keep} bytes, a crash "
-        f"or a full disk); moved to {path}.damaged and dropped (it never completed)",
-        file=sys.stderr,
-        flush=True,
-    )
-    return len(data) - keep
-
-
-class _CheckedJournal(JournalFileBackend):
-    """Optuna's journal file, with a damaged line (a write cut short by a crash or a full
-    disk, with later lines after it) reported as a one-line ConfigError naming the file and
-    the line instead of a JSONDecodeError."""
-
-    def read_logs(self, log_number_from: int):
-        number = log_number_from
-        try:
-            for log in super().read_logs(log_number_from):
-                number += 1
-                yield log
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError
-            line = number + 1
-            raise ConfigError(
-                f"{self._file_path}: line {line} is damaged ({exc}; a write cut short by a "
-                "crash or a full disk) and Optuna cannot read past it, so no study in this "
-                f"journal can run. Keep a copy (cp {self._file_path} {self._file_path}.bak), "
-                f"remove that line (sed -i '{line}d' {self._file_path}) and launch again: "
-                "the operation it held is lost, and a trial it left running is failed "
-                "and retried"
-            ) from None
 
 
 QUEUE_LOCK_KEY = 0x1A7E_5E6  # PostgreSQL advisory lock id of latentseg's trial queue

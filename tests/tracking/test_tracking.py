@@ -320,7 +320,7 @@ def test_the_mlflow_model_is_logged_to_the_runs_store_not_the_process_default(
 ):
     """The model logger writes where its client points, whatever MLflow's process-wide
     tracking URI says, and leaves that URI as it found it."""
-    from latentseg.tracking.tracker import log_mlflow_model
+    from latentseg.tracking.model_export import log_mlflow_model
     from latentseg.train import Trainer
 
     trainer = Trainer(prepare(tiny({"train": {"epochs": 1}})), tmp_path / "checkpoints")
