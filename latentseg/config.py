@@ -206,6 +206,9 @@ def model_overrides(spec: BaseModel) -> dict[str, Any]:
     return {k: v for k, v in spec.model_dump(exclude={"variant"}).items() if v is not None}
 
 
+# train.init: how a seed draws the initial weights (latentseg.models.init).
+INIT_MODES = ("modules", "global")
+
 # The MoE keys: they change nothing without routed experts, or without a latent MLP to replace.
 MOE_KEYS = frozenset({"moe_experts", "moe_top_k", "moe_shared", "moe_aux_weight"})
 
@@ -297,6 +300,10 @@ class TrainConfig(StrictModel):
         ge=0,
         le=2**32 - 1,
         description="Seed for initialisation and data order (42 as in the tutorial).",
+    )
+    init: Literal[INIT_MODES] = Field(  # type: ignore[valid-type]
+        "modules",
+        description="How the seed draws the initial weights: 'modules' gives each module its own stream (from the seed and the module's name), so variants of one seed share the weights of every module they have in common (common random numbers: paired comparisons carry less noise); 'global' draws all from one torch.manual_seed(seed) stream in construction order (as the tutorial).",
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description="'auto' picks cuda, then mps, then cpu."

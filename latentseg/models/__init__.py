@@ -11,11 +11,13 @@ from typing import Any
 
 # inert_keys and MOE_KEYS are rules of the config alone: they live there, re-exported here.
 from latentseg.config import (
+    INIT_MODES,
     MOE_KEYS,  # noqa: F401
     ModelConfig,
     inert_keys,
 )
 from latentseg.errors import ConfigError
+from latentseg.models.init import seed_weights
 from latentseg.models.model import (
     AttentionMaps,
     LatentSegModel,
@@ -26,14 +28,36 @@ from latentseg.models.model import (
 from latentseg.models.registry import MODELS, build_config, register_model
 
 
-def create_model(name: str, **overrides: Any) -> LatentSegModel:
-    """Build variant ``name`` with ``overrides`` of any ModelConfig key."""
+def create_model(
+    name: str, *, seed: int | None = None, init: str = "modules", **overrides: Any
+) -> LatentSegModel:
+    """Build variant ``name`` with ``overrides`` of any ModelConfig key.
+
+    Without ``seed``, the weights are drawn from torch's global stream in construction order
+    (so ``torch.manual_seed(42); create_model("tutorial")`` is the tutorial's model). With
+    ``seed``, they are exactly those a run with ``train.seed=seed`` (and ``train.init=init``)
+    starts from, and the global stream is left as it was: ``init="modules"`` draws each
+    module's weights from its own stream (:mod:`latentseg.models.init`), so two variants of
+    one seed share the weights of every module they have in common; ``init="global"`` draws
+    them all from ``torch.manual_seed(seed)`` in construction order.
+    """
+    if init not in INIT_MODES:
+        raise ConfigError(f"init: '{init}' is not one of {', '.join(INIT_MODES)}")
     name = MODELS.canonical(name)
-    model = MODELS.get(name)(**overrides)
+    if seed is None:
+        model = MODELS.get(name)(**overrides)
+    else:
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = MODELS.get(name)(**overrides)
     if not isinstance(model, LatentSegModel):
         raise ConfigError(
             f"model variant '{name}' returned {type(model).__name__}, expected a LatentSegModel"
         )
+    if seed is not None and init == "modules":
+        seed_weights(model, seed)
     model.variant = name
     return model
 

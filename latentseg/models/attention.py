@@ -279,6 +279,10 @@ class LatentAttention(nn.Module):
         self.query_proj = nn.Linear(latent_dim, latent_dim)
         self.attention = MultiheadCrossAttention(latent_dim, num_heads, impl, kv_dim=kv_rank)
 
+    def reset_parameters(self) -> None:
+        """Draw the latents as the constructor does (its submodules draw their own)."""
+        nn.init.normal_(self.latents)
+
     def forward(self, tokens: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         return attend_tokens(
             self, self.latents.unsqueeze(0), tokens, need_weights, query_proj=self.query_proj

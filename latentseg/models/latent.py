@@ -57,6 +57,11 @@ class PositionEncoding(nn.Module):
             self.proj = nn.Linear(2 * (2 * bands + 1), feature_dim)
         self._cache: dict[tuple, Tensor] = {}
 
+    def reset_parameters(self) -> None:
+        """Draw the learned table as the constructor does (``fourier``: its map draws its own)."""
+        if self.kind == "learned":
+            nn.init.normal_(self.table, std=0.02)
+
     def encoding(self, height: int, width: int) -> Tensor:
         """``[h * w, F]`` for an ``h x w`` token grid."""
         if self.kind == "learned":
@@ -140,6 +145,18 @@ class MoE(nn.Module):
         # once per forward); LatentSegModel.aux_loss() takes and clears them
         self.aux_losses: list[Tensor] = []
         self.stats = RouterStats(torch.zeros(num_experts, dtype=torch.float64))
+
+    def reset_parameters(self) -> None:
+        """Draw the experts' weights as the constructor does (nn.Linear's range); the router
+        and the shared experts draw their own."""
+        scale1, scale2 = self.w1.shape[-1] ** -0.5, self.w2.shape[-1] ** -0.5
+        for tensor, scale in (
+            (self.w1, scale1),
+            (self.b1, scale1),
+            (self.w2, scale2),
+            (self.b2, scale2),
+        ):
+            nn.init.uniform_(tensor, -scale, scale)
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(scores [T, E], top-k expert indices [T, k], their gates [T, k])``."""

@@ -170,7 +170,7 @@ def _details_section(report: Report, built: Tables) -> Section:
     head = [*keys, "n", "mean", "95% CI", *(["per seed"] if show_values else [])]
     head += ["mean / baseline's, paired seeds"]
     head += ["diff", "95% CI of diff (unadjusted)", "p (unadjusted)", "Hedges g"]
-    head += ["Wilcoxon p", "params", "GFLOP/img", "wall s"]
+    head += ["Wilcoxon p", "r with baseline", "params", "GFLOP/img", "wall s"]
     rows = []
     for _, row in built.details.iterrows():
         rows.append(
@@ -181,7 +181,8 @@ def _details_section(report: Report, built: Tables) -> Section:
              signed(row.get("diff", math.nan)),
              f"[{signed(row.get('diff_ci95_low', math.nan))}, {signed(row.get('diff_ci95_high', math.nan))}]",
              fmt(row.get("p", math.nan), 3), fmt(row.get("hedges_g", math.nan), 2),
-             fmt(row.get("wilcoxon_p", math.nan), 3), fmt(row["params"], 0),
+             fmt(row.get("wilcoxon_p", math.nan), 3), fmt(row.get("corr", math.nan), 2),
+             fmt(row["params"], 0),
              fmt(row["flops_per_image"] / 1e9, 3), fmt(row["wall_time_s"], 0)]
         )  # fmt: skip
     return "Details per variant", "summary", head, rows
@@ -228,5 +229,7 @@ def method(report: Report) -> str:
         "Holm-adjusted among themselves. Details: per-variant Student-t 95% intervals, means "
         "over the seeds paired with the baseline, and unadjusted per-comparison statistics "
         "(Hedges g is bias-corrected; Wilcoxon appears only from 6 pairs, where it can reject "
-        "at 5%)."
+        "at 5%; r with baseline: the correlation of the variant's and the baseline's scores "
+        "across seeds, from 3 pairs: the closer to 1, the more of the seed noise the pairing "
+        "cancels, which shared initial weights and data order between variants raise)."
     )

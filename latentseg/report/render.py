@@ -214,7 +214,7 @@ def _decide(report: Report, runs: pd.DataFrame, axes: list[str], decision: Decis
 
 PAIRED_COLUMNS = [
     "n_pairs", "diff", "se", "df", "sd_diff", "diff_ci95_low", "diff_ci95_high", "p",
-    "hedges_g", "wilcoxon_p", TEST_KEY,
+    "hedges_g", "wilcoxon_p", "corr", TEST_KEY,
 ]  # fmt: skip
 
 

@@ -208,7 +208,8 @@ def compare(
     paired by seed (within a dataset). Per variant: ``n_pairs`` (pairs with a value on both
     sides), the mean difference ``diff`` with its standard error ``se``, ``df`` and the
     per-comparison 95% interval ``diff_ci95_low/high`` (unadjusted), the paired t-test's
-    unadjusted ``p``, Hedges' ``hedges_g``, ``sd_diff`` and the Wilcoxon signed-rank p where
+    unadjusted ``p``, Hedges' ``hedges_g``, ``sd_diff``, ``corr`` (the two sides' correlation
+    across seeds, :func:`correlation`) and the Wilcoxon signed-rank p where
     it can reject at 5% (6 pairs or more; NaN below). Verdicts need the whole family:
     :func:`apply_verdicts`."""
     column = f"metrics.{metric}"
@@ -226,9 +227,25 @@ def compare(
         row: dict[str, Any] = dict(zip(keys, key, strict=True))
         row["is_baseline"] = all(str(row[k]) == str(baseline[k]) for k in variant_keys)
         row.update(_paired(diffs, diff_bounds))
+        row["corr"] = (
+            math.nan
+            if row["is_baseline"]
+            else correlation([values[s] for s in seeds], [base[s] for s in seeds])
+        )
         row[TEST_KEY] = test_key(seeds, diffs)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def correlation(variant: Sequence[float], baseline: Sequence[float]) -> float:
+    """Pearson's r of a variant's and the baseline's scores over their paired seeds (NaN
+    below 3 pairs or without spread): how much of the seed noise the pairing cancels, since
+    ``var(diff) = var(a) + var(b) - 2 r sd(a) sd(b)``. Common random numbers (shared initial
+    weights, data order and augmentation) raise it."""
+    a, b = np.asarray(variant, dtype=float), np.asarray(baseline, dtype=float)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 # A comparison's test, as the pairs it is made of (block and difference): two rows with the

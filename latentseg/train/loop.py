@@ -192,9 +192,14 @@ class Trainer:
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         self.use_bf16 = _bf16_in_use(config.train.bf16, self.device)
-        torch.manual_seed(config.train.seed)  # the model's initial weights
         self.model = prepare_model(
-            create_model(prepared.variant, **prepared.overrides), self.device
+            create_model(
+                prepared.variant,
+                seed=config.train.seed,
+                init=config.train.init,
+                **prepared.overrides,
+            ),
+            self.device,
         )
         self.train_split, self.val_split, self.test_split = (
             prepared.dataset.split(name) for name in ("train", "val", "test")

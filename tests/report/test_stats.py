@@ -78,8 +78,13 @@ def test_paired_comparison_against_the_baseline():
     # d_z = 1, with Hedges' correction 1 - 3 / (4 * 2 - 1) at 3 pairs
     assert off["hedges_g"] == pytest.approx(4 / 7)
     assert math.isnan(off["wilcoxon_p"])  # 3 pairs: its smallest p is 0.25, it cannot reject
+    # the two sides' correlation across seeds: deviations (-.1, .1, 0) and (-.1, 0, .1) -> 0.5,
+    # and var(diff) = var(a) + var(b) - 2 r sd(a) sd(b) = .01 + .01 - .01
+    assert off["corr"] == pytest.approx(0.5)
+    assert off["sd_diff"] ** 2 == pytest.approx(0.01 + 0.01 - 2 * 0.5 * 0.01)
     base = table.loc["True"]
     assert base["is_baseline"] and base["diff"] == 0 and math.isnan(base["p"])
+    assert math.isnan(base["corr"])  # the baseline is not compared with itself
 
 
 def test_a_clear_difference_is_not_within_noise():
