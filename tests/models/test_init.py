@@ -174,3 +174,18 @@ def test_a_registered_variant_with_a_custom_layer_is_seeded_by_the_run():
         assert not torch.equal(a["extra.scale"], c["extra.scale"])
     finally:
         MODELS.unregister(name)
+
+
+def test_the_tutorial_experiment_starts_from_the_tutorials_own_weights(tmp_path):
+    from latentseg.config import load_experiment
+    from tests.conftest import ROOT
+    from tests.models.tutorial_reference import SegmentationModel
+
+    config = load_experiment(ROOT / "experiments" / "tutorial.yaml")
+    assert config.train.init == "global"
+    started = Trainer(prepare(config), tmp_path).model.state_dict()
+    torch.manual_seed(42)
+    theirs = SegmentationModel().state_dict()
+    assert list(started) == list(theirs)
+    for key, value in theirs.items():
+        assert torch.equal(started[key].cpu(), value), key
