@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from latentseg.report.labels import change, label
+from latentseg.report.labels import change, label, on_dataset
 from latentseg.report.stats import is_stratum
 
 if TYPE_CHECKING:
@@ -90,8 +90,28 @@ def sections(report: Report, built: Tables) -> list[Section]:
         shown.append(_effects_section(built))
     if not built.interactions.empty:
         shown.append(_interactions_section(built))
+    if not built.noise.empty:
+        shown.append(_noise_section(report, built))
     shown.append(_details_section(report, built))
     return shown
+
+
+def _noise_section(report: Report, built: Tables) -> Section:
+    """Where each comparison's noise comes from: training randomness or the test set."""
+    keys = report.axes
+    head = ["change from the baseline", "pairs", "test images", "SD of diff per seed"]
+    head += ["test set's share", "SE of diff", "SE, 4x seeds", "SE, 4x test images"]
+    rows = [
+        [change(row, keys, report.baseline) + on_dataset(row, keys), str(int(row["n_pairs"])),
+         str(int(row["test_images"])), fmt(row["sd_diff"]), percent(row["test_share"]),
+         fmt(row["se"]), fmt(row["se_4x_seeds"]), fmt(row["se_4x_test_images"])]
+        for _, row in built.noise.iterrows()
+    ]  # fmt: skip
+    return "Where the noise comes from", "noise", head, rows
+
+
+def percent(value: float) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.0%}"
 
 
 def _verdicts_section(report: Report, built: Tables) -> Section:
@@ -231,5 +251,11 @@ def method(report: Report) -> str:
         "(Hedges g is bias-corrected; Wilcoxon appears only from 6 pairs, where it can reject "
         "at 5%; r with baseline: the correlation of the variant's and the baseline's scores "
         "across seeds, from 3 pairs: the closer to 1, the more of the seed noise the pairing "
-        "cancels, which shared initial weights and data order between variants raise)."
+        "cancels, which shared initial weights and data order between variants raise). Where "
+        "the noise comes from (runs that log their test images' scores): each seed's "
+        "difference, resampled over the test images (a bootstrap, the same images for every "
+        "run), splits into the test set's error, part of which all seeds share, and the "
+        "training randomness beyond it (initial weights, data order, augmentation); the SE "
+        "of the difference and what 4x the seeds or 4x the test images would make of it. "
+        "More seeds do not cut the shared part: the verdicts hold for this test set."
     )

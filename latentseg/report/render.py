@@ -31,6 +31,7 @@ from latentseg.report.stats import (
     summarize,
 )
 from latentseg.report.tables import SEED_VALUES_UP_TO, Report, tables
+from latentseg.report.variance import noise_table
 from latentseg.report.writers import markdown
 from latentseg.tracking.logged import PLOT_KEYS
 from latentseg.tracking.store import TrackingStore
@@ -151,6 +152,15 @@ def build(
         table["verdict"] = "baseline"
     report.warnings = _warnings(report, runs, axes, decision, run_metric(decision.primary))
     report.notes = _notes(collected, scored) + _effect_notes(report, decision)
+    if axes and (store or client) is not None:
+        report.variance, unscored = noise_table(
+            runs, axes, chosen, column, TrackingStore.of(store or client)
+        )
+        if unscored:
+            report.notes.append(
+                f"{unscored} compared run(s) logged no per-image test scores (runs of a "
+                "latentseg before 2026-12-07): where the noise comes from leaves them out."
+            )
     if figures:
         report.figures, report.images = _drawings(report, runs, axes, store or client, collected)
     report.findings = _findings(axes, keys, column, report.summary, report.effects)

@@ -35,6 +35,8 @@ class Report:
     images: dict[str, bytes] = field(default_factory=dict)  # name -> PNG bytes from MLflow
     effects: pd.DataFrame = field(default_factory=pd.DataFrame)  # main effects, with verdicts
     interactions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # per compared variant: the noise of its paired differences by source (report.variance)
+    variance: pd.DataFrame = field(default_factory=pd.DataFrame)
     family: Family | None = None
     findings: list[str] = field(default_factory=list)  # main effects and Pareto fronts
     tracking_uri: str | None = None
@@ -61,6 +63,7 @@ class Tables:
     rounds: list[dict]  # adaptive seeds: one row per look; empty for a fixed design
     effects: pd.DataFrame  # main effects, decided verdicts first
     interactions: pd.DataFrame  # two-way interactions
+    noise: pd.DataFrame  # where each comparison's noise comes from, the test set's share first
     details: pd.DataFrame  # every variant, the largest difference (or mean) first
     seed_values: bool  # whether the details show each seed's value
     # the terminal's rows: each compared variant and main effect by name, decided first
@@ -77,6 +80,7 @@ def tables(report: Report) -> Tables:
         rounds=list(report.rounds),
         effects=_effect_rows(report.effects),
         interactions=report.interactions,
+        noise=_noise_rows(report.variance),
         details=_detail_rows(report.summary),
         seed_values=_shows_seed_values(report.summary),
         compared=_compared(report),
@@ -104,6 +108,13 @@ def _effect_rows(effects: pd.DataFrame) -> pd.DataFrame:
     if effects.empty:
         return effects
     return effects.sort_values("verdict", key=lambda v: v == "inconclusive", kind="stable")
+
+
+def _noise_rows(variance: pd.DataFrame) -> pd.DataFrame:
+    """The comparisons' noise, the largest share of the test set first."""
+    if variance.empty:
+        return variance
+    return variance.sort_values("test_share", ascending=False, kind="stable")
 
 
 def _detail_rows(summary: pd.DataFrame) -> pd.DataFrame:

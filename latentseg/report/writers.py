@@ -53,8 +53,8 @@ def markdown(report: Report, built: Tables, shown: list[str]) -> str:
 
 
 def write(report: Report, out_dir: str | Path) -> list[Path]:
-    """``report.md``, ``report.html``, ``summary.csv`` (and ``effects.csv`` and
-    ``interactions.csv`` when there are any) and ``plots/*.png`` in ``out_dir``, written
+    """``report.md``, ``report.html``, ``summary.csv`` (and ``effects.csv``,
+    ``interactions.csv`` and ``variance.csv`` when there are any) and ``plots/*.png`` in ``out_dir``, written
     atomically; returns the paths of the documents, report.md, summary.csv and report.html
     first."""
     import base64
@@ -83,7 +83,11 @@ def write(report: Report, out_dir: str | Path) -> list[Path]:
     page = atomic_write_bytes(out / "report.html", page_html(report, built, embedded).encode())
     written = [
         atomic_write_bytes(out / f"{name}.csv", frame.to_csv(index=False).encode())
-        for name, frame in (("effects", built.effects_csv), ("interactions", built.interactions))
+        for name, frame in (
+            ("effects", built.effects_csv),
+            ("interactions", built.interactions),
+            ("variance", built.noise),
+        )
         if not frame.empty
     ]
     return [md, csv, page, *written]

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from latentseg.tracking.logged import SCORES_DIR
 from latentseg.tracking.model_export import log_mlflow_model
 from latentseg.tracking.store import server_reachable
 from latentseg.train.callbacks import TrainCallback, TrainContext
@@ -211,6 +212,11 @@ class MLflowTracker(TrainCallback):
     @_timed
     def on_train_end(self, context: TrainContext, summary: dict[str, float]) -> None:
         self._log_metrics("summary", _metric_batch(summary, context.state.epoch))
+        scores = context.test_scores
+        if scores.exists():  # the report bootstraps over test images from it
+            self._send(
+                "scores", lambda: self.client.log_artifact(self.run_id, str(scores), SCORES_DIR)
+            )
         self._wait_for_server()
         if self.plots:
             # The model holds the best weights now: its maps are the best epoch's, also

@@ -38,6 +38,10 @@ class TrainState:
         return dict(self.__dict__)
 
 
+# The test split's per-image scores, beside the checkpoints and in each run's artifacts.
+TEST_SCORES = "test_per_image.npz"
+
+
 @dataclass
 class TrainContext:
     """What callbacks see of a training run."""
@@ -61,6 +65,11 @@ class TrainContext:
     @property
     def best_checkpoint(self) -> Path:
         return self.checkpoint_dir / "best.safetensors"
+
+    @property
+    def test_scores(self) -> Path:
+        """The test split's per-image confusion matrices, written before ``on_train_end``."""
+        return self.checkpoint_dir / TEST_SCORES
 
 
 class TrainingPruned(Exception):

@@ -33,7 +33,12 @@ from latentseg.train.checkpoint import (
     save_weights,
 )
 from latentseg.train.fastpath import bf16_supported, build_optimizer, prepare_model, to_device
-from latentseg.train.metrics import ConfusionMatrix, latent_usage, segmentation_metrics
+from latentseg.train.metrics import (
+    ConfusionMatrix,
+    latent_usage,
+    per_image_confusion,
+    segmentation_metrics,
+)
 from latentseg.train.resolve import Prepared, resolve_device
 
 MONITOR = "val_miou"  # higher is better; picks the best checkpoint and drives early stopping
@@ -107,11 +112,13 @@ def evaluate(
     device: torch.device,
     prefix: str,
     should_stop: Callable[[], bool] = lambda: False,
+    per_image: list[Tensor] | None = None,
 ) -> dict[str, float] | None:
     """Loss, pixel accuracy, mIoU, mean Dice, per-class IoU on a split; latent diagnostics
     when the model has experts. Metrics are computed at the input resolution (stride-4
     logits are upsampled bilinearly) so that ``output`` variants compare fairly; the loss at
-    the logits' resolution, as in training. Returns None when asked to stop midway."""
+    the logits' resolution, as in training. Returns None when asked to stop midway.
+    ``per_image``, a list, receives each batch's per-image confusion matrices (on the CPU)."""
     info = prepared.dataset.info
     was_training = model.training
     model.eval()
@@ -141,7 +148,12 @@ def evaluate(
             logits = F.interpolate(
                 logits, size=masks.shape[-2:], mode="bilinear", align_corners=False
             )
-        matrix.update(logits.argmax(1), masks)
+        prediction = logits.argmax(1)
+        matrix.update(prediction, masks)
+        if per_image is not None:
+            per_image.append(
+                per_image_confusion(prediction, masks, info.num_classes, info.ignore_index).cpu()
+            )
         if maps is not None:
             counts = torch.bincount(maps.assignment().flatten(), minlength=model.config.num_latents)
             usage = counts if usage is None else usage + counts
@@ -385,9 +397,11 @@ class Trainer:
             }
         )
         self.load_best()
-        test = self._evaluate(self.test_split, "test")
+        per_image: list[Tensor] = []
+        test = self._evaluate(self.test_split, "test", per_image)
         if test is None:
             raise TrainingInterrupted(self.stop_reason(), self.context.last_checkpoint)
+        save_per_image(self.context.test_scores, per_image, self.prepared.dataset.info.class_names)
         summary.update(test)
         self._notify("on_train_end", summary)
         return summary
@@ -439,7 +453,9 @@ class Trainer:
             "experiment_config": self.config.model_dump_json(),
         }
 
-    def _evaluate(self, split: Split, prefix: str) -> dict[str, float] | None:
+    def _evaluate(
+        self, split: Split, prefix: str, per_image: list[Tensor] | None = None
+    ) -> dict[str, float] | None:
         return evaluate(
             self.model,
             split,
@@ -448,12 +464,25 @@ class Trainer:
             self.device,
             prefix,
             self.should_stop,
+            per_image,
         )
 
     def _notify(self, hook: str, *args: Any) -> None:
         """Call every callback's ``hook`` with the context and ``args``, in order."""
         for callback in self.callbacks:
             getattr(callback, hook)(self.context, *args)
+
+
+def save_per_image(path: Path, matrices: list[Tensor], class_names: Sequence[str]) -> None:
+    """The test split's per-image confusion matrices (``confusion [N, C, C]``, images in the
+    split's order, ``matrix[i, true, predicted]`` pixel counts) and the class names, as a
+    compressed ``.npz``: the report bootstraps over test images from them."""
+    import numpy as np
+
+    confusion = torch.cat(matrices).numpy().astype(np.int32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as file:  # a file object: numpy adds no suffix of its own
+        np.savez_compressed(file, confusion=confusion, class_names=np.array(list(class_names)))
 
 
 def _bf16_in_use(requested: bool, device: torch.device) -> bool:

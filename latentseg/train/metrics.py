@@ -32,22 +32,44 @@ class ConfusionMatrix:
         )
 
     def compute(self) -> dict[str, Tensor]:
-        m = self.matrix.double()
-        tp = m.diag()
-        fp = m.sum(0) - tp
-        fn = m.sum(1) - tp
-        union = tp + fp + fn
-        nan = torch.tensor(float("nan"), dtype=m.dtype, device=m.device)
-        iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
-        dice = torch.where(union > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), nan)
-        total = m.sum()
-        return {
-            "pixel_accuracy": tp.sum() / total if total > 0 else nan,
-            "miou": iou.nanmean(),
-            "mdice": dice.nanmean(),
-            "iou": iou,
-            "dice": dice,
-        }
+        return metrics_of(self.matrix)
+
+
+def per_image_confusion(
+    prediction: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = None
+) -> Tensor:
+    """``[B, C, C]``: each image's confusion matrix (``matrix[b, t, p]``); their sum is what
+    :class:`ConfusionMatrix` accumulates. Saved per test image, they let the report resample
+    the test set (bootstrap) without rerunning a model."""
+    batch = prediction.shape[0]
+    valid = (target >= 0) & (target < num_classes)
+    if ignore_index is not None:
+        valid &= target != ignore_index
+    image = torch.arange(batch, device=target.device).view(-1, *([1] * (target.dim() - 1)))
+    index = (image.expand_as(target)[valid] * num_classes + target[valid]) * num_classes
+    index += prediction[valid]
+    counts = torch.bincount(index, minlength=batch * num_classes**2)
+    return counts.view(batch, num_classes, num_classes)
+
+
+def metrics_of(matrix: Tensor) -> dict[str, Tensor]:
+    """Pixel accuracy, mIoU, mean Dice and per-class IoU and Dice of a ``[C, C]`` matrix."""
+    m = matrix.double()
+    tp = m.diag()
+    fp = m.sum(0) - tp
+    fn = m.sum(1) - tp
+    union = tp + fp + fn
+    nan = torch.tensor(float("nan"), dtype=m.dtype, device=m.device)
+    iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
+    dice = torch.where(union > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), nan)
+    total = m.sum()
+    return {
+        "pixel_accuracy": tp.sum() / total if total > 0 else nan,
+        "miou": iou.nanmean(),
+        "mdice": dice.nanmean(),
+        "iou": iou,
+        "dice": dice,
+    }
 
 
 def segmentation_metrics(

@@ -1,10 +1,12 @@
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
 from latentseg.cli import main
+from latentseg.report.variance import metric_of
 from latentseg.report.verdicts import decide
 from latentseg.study import run_study
 
@@ -86,7 +88,24 @@ def test_report_of_a_study_matches_its_seed_runs_and_is_logged_to_the_parent(
         "report/summary.csv",
         "report/report.html",
         "report/effects.csv",
+        "report/variance.csv",
     }
+    # every seed run logged its test images' confusion matrices, which give back its test
+    # mIoU exactly: the report splits each comparison's noise from them
+    for run in seeds:
+        local = client.download_artifacts(
+            run.info.run_id, "scores/test_per_image.npz", str(tmp_path)
+        )
+        confusion = np.load(local)["confusion"]
+        assert confusion.shape[0] == 16  # the tiny config's test images
+        assert metric_of(confusion.sum(0), "miou") == pytest.approx(
+            run.data.metrics["test_miou"], abs=1e-12
+        )
+    noise = pd.read_csv(tmp_path / "out" / "variance.csv")
+    assert list(noise["model.expert_attention"]) == [False]
+    assert noise.loc[0, "n_pairs"] == 2 and noise.loc[0, "test_images"] == 16
+    assert noise.loc[0, "sd_diff"] == pytest.approx(summary.loc[False, "sd_diff"], abs=1e-9)
+    assert "## Where the noise comes from" in markdown
 
     # Self-contained HTML: every image embedded, nothing fetched from anywhere, one row per variant.
     page = (tmp_path / "out" / "report.html").read_text()
