@@ -301,6 +301,18 @@ class TrainConfig(StrictModel):
         le=2**32 - 1,
         description="Seed for initialisation and data order (42 as in the tutorial).",
     )
+    init_seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**32 - 1,
+        description="Seed of the initial weights alone; null = train.seed. Pinned, seeds vary the data order and augmentation only (latentseg noise does this to split the noise by source).",
+    )  # noqa: UP045
+    order_seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**32 - 1,
+        description="Seed of the data order and augmentation alone; null = train.seed. Pinned, seeds vary the initial weights only.",
+    )  # noqa: UP045
     init: Literal[INIT_MODES] = Field(  # type: ignore[valid-type]
         "modules",
         description="How the seed draws the initial weights: 'modules' gives each module its own stream (from the seed and the module's name), so variants of one seed share the weights of every module they have in common (common random numbers: paired comparisons carry less noise); 'global' draws all from one torch.manual_seed(seed) stream in construction order (as the tutorial).",
@@ -362,6 +374,9 @@ class ExperimentConfig(StrictModel):
         payload = self.model_dump(mode="json", exclude={"tracking"})
         for key in ("device", "threads", *(() if include_seed else ("seed",))):
             payload["train"].pop(key)
+        for key in ("init_seed", "order_seed"):  # unset, they follow the seed: hashes as before
+            if payload["train"].get(key) is None:
+                payload["train"].pop(key, None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def with_updates(self, updates: Mapping[str, Any]) -> ExperimentConfig:

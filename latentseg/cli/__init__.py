@@ -11,13 +11,13 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
-from latentseg.cli import bench, datasets, models, report, server, study, train, ui
+from latentseg.cli import bench, datasets, models, noise, report, server, study, train, ui
 from latentseg.cli.server import server_command
 from latentseg.errors import LatentSegError
 
 EXIT_INTERRUPTED = 130
 
-COMMANDS = (train, study, report, models, datasets, bench, ui, server)  # in --help's order
+COMMANDS = (train, study, report, noise, models, datasets, bench, ui, server)  # in --help's order
 
 __all__ = ["COMMANDS", "build_parser", "main", "server_command"]
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentseg.config import OptimConfig
+from latentseg.config import OptimConfig, TrainConfig
 from latentseg.data import Split
 from latentseg.data.base import sample_seed
 from latentseg.errors import CheckpointError
@@ -65,6 +65,16 @@ def target_at(masks: Tensor, size: Sequence[int]) -> Tensor:
         return masks
     stride = height // size[0]
     return masks[:, stride // 2 :: stride, stride // 2 :: stride][:, : size[0], : size[1]]
+
+
+def weights_seed(train: TrainConfig) -> int:
+    """The seed of the initial weights: ``train.init_seed``, else ``train.seed``."""
+    return train.seed if train.init_seed is None else train.init_seed
+
+
+def order_seed(train: TrainConfig) -> int:
+    """The seed of the data order and augmentation: ``train.order_seed``, else ``train.seed``."""
+    return train.seed if train.order_seed is None else train.order_seed
 
 
 def lr_factor(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
@@ -207,7 +217,7 @@ class Trainer:
         self.model = prepare_model(
             create_model(
                 prepared.variant,
-                seed=config.train.seed,
+                seed=weights_seed(config.train),
                 init=config.train.init,
                 **prepared.overrides,
             ),
@@ -299,7 +309,7 @@ class Trainer:
             len(self.train_split),
             self.config.data.batch_size,
             self.steps_per_epoch,
-            self.config.train.seed,
+            order_seed(self.config.train),
             epoch,
         )
         first = self.resume_step
@@ -323,7 +333,7 @@ class Trainer:
     def train_step(self, epoch: int, step: int, indices: list[int]) -> int:
         """One optimizer step on the train split's samples ``indices``; returns how many
         images it saw."""
-        augment_seed = sample_seed(self.config.train.seed, (epoch * 100_003 + step) * 7 + 3)
+        augment_seed = sample_seed(order_seed(self.config.train), (epoch * 100_003 + step) * 7 + 3)
         images, masks = self.train_split.train_batch(indices, augment_seed)
         images, masks = to_device(images, self.device), masks.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):

@@ -1,0 +1,155 @@
+"""``latentseg noise``: each source of a configuration's noise varied alone, the estimator
+checked by simulation, bad requests refused with one line."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from latentseg.cli import main
+from latentseg.report.sources import findings, source_table
+from tests.data.folders import folder_config, make_folder
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--sources", "weights,luck"],
+            "--sources 'weights,luck': luck is not a source; choose from weights, order, data, all",
+        ),
+        (["--levels", "1"], "--levels must be between 2 and 100, got 1"),
+        (["--versus", "model.latents=8"], "--versus model.latents: not a config key"),
+        (
+            ["--versus", "model.num_latents=16"],
+            "--versus model.num_latents=16: the configuration already has model.num_latents=16",
+        ),
+        (["--versus", "train.seed=3"], "--versus train.seed=3: train.seed is not a variant"),
+        (["--versus", "model.num_latents=-2"], "num_latents"),
+        (
+            ["--set", "train.init_seed=4", "--sources", "weights"],
+            "train.init_seed is pinned (4): the initial weights cannot vary",
+        ),
+        (
+            ["--set", "train.order_seed=4", "--sources", "all"],
+            "train.order_seed is pinned (4): the data order cannot vary",
+        ),
+    ],
+    ids=["source", "levels", "key", "same", "seed", "value", "pinned-weights", "pinned-order"],
+)
+def test_a_bad_request_exits_2_with_one_line_and_runs_nothing(
+    args, message, tiny_yaml, tmp_path, capsys
+):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(
+        ["noise", str(tiny_yaml()), "--tracking-uri", uri, "-o", str(tmp_path / "out"), *args]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "out").exists()
+
+
+def test_the_data_source_of_a_dataset_whose_seed_changes_nothing_is_refused(
+    tiny_yaml, tmp_path, capsys
+):
+    root = make_folder(tmp_path / "data", count=12)
+    stems = [f"img{i:03d}" for i in range(12)]
+    (root / "splits.yaml").write_text(
+        yaml.safe_dump({"train": stems[:8], "val": stems[8:10], "test": stems[10:]})
+    )
+    path = tiny_yaml(folder_config(root))
+    code = main(["noise", str(path), "--sources", "data", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert (
+        "data.seed changes nothing in dataset 'folder'" in err
+        and "leave data out of --sources" in err
+    )
+
+
+@pytest.mark.parametrize("paired", [False, True], ids=["score", "paired difference"])
+def test_planted_source_variances_are_recovered_one_factor_at_a_time(paired):
+    # a run's value (its score, or a paired difference, which carries part of each source's
+    # effect) = base + gain * (w + o + d) + e: varying one source over its levels with the
+    # others held gives gain**2 times its variance, plus that of e (a run's own, small)
+    rng = np.random.default_rng(11)
+    planted = {"weights": 0.012, "order": 0.006, "data": 0.009}
+    gain, base = (0.5, 0.02) if paired else (1.0, 0.6)
+    levels, replicates, own = 8, 400, 0.001
+    estimates = {s: [] for s in [*planted, "all"]}
+    for _ in range(replicates):
+        held = {s: rng.normal(0, sd) for s, sd in planted.items()}
+        measured = {}
+        for source, sd in planted.items():
+            others = sum(v for s, v in held.items() if s != source)
+            varied = rng.normal(0, sd, levels)
+            measured[source] = base + gain * (varied + others) + rng.normal(0, own, levels)
+        together = rng.normal(0, planted["weights"], levels) + rng.normal(
+            0, planted["order"], levels
+        )
+        measured["all"] = base + gain * (together + held["data"]) + rng.normal(0, own, levels)
+        table = source_table(measured, test=None).set_index("source")
+        for source in estimates:
+            estimates[source].append(table.loc[source, "variance"])
+    truths = {s: gain**2 * sd**2 + own**2 for s, sd in planted.items()}
+    truths["all"] = gain**2 * (planted["weights"] ** 2 + planted["order"] ** 2) + own**2
+    for source, truth in truths.items():
+        values = np.array(estimates[source])
+        error = values.std(ddof=1) / math.sqrt(replicates)
+        assert abs(values.mean() - truth) < 4 * error, (source, values.mean(), truth)
+    assert table.loc["weights", "of_seed_variance"] == pytest.approx(
+        table.loc["weights", "variance"] / table.loc["all", "variance"]
+    )
+    lines = findings(source_table(measured, test=(1e-5, 256)))
+    assert any(
+        line.startswith("The largest training source alone is initial weights") for line in lines
+    )
+    assert lines[-1].startswith("The finite test set alone: SD 0.0032")
+
+
+@pytest.mark.slow
+def test_noise_runs_each_source_alone_and_splits_the_score(tiny_yaml, tmp_path, capsys):
+    path = tiny_yaml({"train": {"epochs": 2}, "optim": {"lr": 0.01}})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "out"
+    args = ["noise", str(path), "--sources", "weights,data,all", "--levels", "2", "--name", "nz",
+            "--tracking-uri", uri, "-o", str(out), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(out / "noise.csv").set_index("source")
+    assert list(table.index) == ["weights", "data", "all", "test"]
+    client = MlflowClient(uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("nz").experiment_id],
+        filter_string="tags.`latentseg.run_type` = 'seed'",
+    )
+    by_study = {}
+    for run in runs:
+        by_study.setdefault(run.data.tags["latentseg.study"], []).append(run)
+    assert {k: len(v) for k, v in by_study.items()} == {"nz-weights": 2, "nz-data": 2, "nz-all": 2}
+    # each source alone: the weights study pins the order, the data study varies data.seed
+    weights = by_study["nz-weights"]
+    assert {r.data.params["train.order_seed"] for r in weights} == {"7"}
+    assert {r.data.params["train.seed"] for r in weights} == {"7", "8"}
+    data = by_study["nz-data"]
+    assert {r.data.params["data.seed"] for r in data} == {"0", "1"}
+    assert {r.data.params["train.seed"] for r in data} == {"7"}
+    for source, rows in by_study.items():
+        values = [r.data.metrics["test_miou"] for r in rows]
+        assert table.loc[source.removeprefix("nz-"), "sd"] == pytest.approx(
+            np.std(values, ddof=1), abs=1e-12
+        )
+    assert table.loc["test", "sd"] >= 0 and "16 images" in table.loc["test", "varies"]
+    assert "where the noise comes from: test mIoU of model.variant=tutorial" in printed
+    assert (out / "noise.md").read_text().startswith("# Where the noise comes from: nz")
+    # again: every study resumes with nothing left to run, and the table is the same
+    assert main(args) == 0
+    again = client.search_runs(
+        [client.get_experiment_by_name("nz").experiment_id],
+        filter_string="tags.`latentseg.run_type` = 'seed'",
+    )
+    assert len(again) == len(runs)
+    assert pd.read_csv(out / "noise.csv").equals(table.reset_index())
