@@ -12,7 +12,7 @@ from latentseg.cli import build_parser, main, server_command
 from tests.conftest import subprocess_env
 from tests.helpers_processes import free_port
 
-COMMANDS = ["train", "study", "report", "models", "datasets", "bench", "ui", "server"]
+COMMANDS = ["train", "study", "report", "noise", "models", "datasets", "bench", "ui", "server"]
 # What each command needs besides flags to parse: a config, a spec, a study name.
 POSITIONALS = {"train": ["x.yaml"], "study": ["s.yaml"], "report": ["--study", "s"]}
 
