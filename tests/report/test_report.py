@@ -194,7 +194,9 @@ def test_report_plots_the_router_load_of_moe_runs_and_reports_effects_per_datase
 @pytest.fixture
 def twin_variant():
     """``residual-twin``: the ``residual`` model under a second name, initialised from the
-    next random numbers of the same seed (the same model, trained with other randomness)."""
+    next random numbers of the same seed (the same model, trained with other randomness)
+    when runs draw their weights from one stream (``train.init: global``; per-module
+    streams would give the twins the same weights, and the same scores)."""
     import torch
 
     from latentseg.models import MODELS, create_model, register_model
@@ -225,7 +227,8 @@ def test_an_a_a_study_gives_no_better_or_worse_verdict(
         "seeds": 4,
     }
     # a run long enough to learn (about 2 s each): seeds then differ for real
-    path = study_spec(spec, base={"train": {"epochs": 4}, "data": {"train_size": 256}})
+    base = {"train": {"epochs": 4, "init": "global"}, "data": {"train_size": 256}}
+    path = study_spec(spec, base=base)
     assert main(["study", str(path), "--tracking-uri", tracking_uri, "--no-progress"]) == 0
     printed = capsys.readouterr().out
     report = build(collect(connect(tracking_uri), study="aa"), "aa")
