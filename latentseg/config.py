@@ -377,6 +377,8 @@ class ExperimentConfig(StrictModel):
         for key in ("init_seed", "order_seed"):  # unset, they follow the seed: hashes as before
             if payload["train"].get(key) is None:
                 payload["train"].pop(key, None)
+        if payload["train"].get("init") == "global":  # the weights of before train.init
+            payload["train"].pop("init")
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def with_updates(self, updates: Mapping[str, Any]) -> ExperimentConfig:

@@ -130,6 +130,21 @@ def test_config_hash_ignores_tracking_but_not_hyperparameters():
     assert base.config_hash() != base.with_updates({"optim.lr": 0.5}).config_hash()
 
 
+def test_a_run_of_the_weights_before_train_init_keeps_its_hash_and_the_new_weights_do_not():
+    import hashlib
+    import json
+
+    config = ExperimentConfig().with_updates({"train.init": "global"})
+    payload = config.model_dump(mode="json", exclude={"tracking"})
+    for key in ("device", "threads", "init", "init_seed", "order_seed"):  # keys since added
+        payload["train"].pop(key)
+    before = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    assert config.config_hash() == before  # a study started before resumes with init=global
+    modules = config.with_updates({"train.init": "modules"})
+    assert modules.config_hash() != before  # other weights: not the same configuration
+    assert modules.with_updates({"train.init_seed": 3}).config_hash() != modules.config_hash()
+
+
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 200), st.floats(allow_nan=True), st.text(max_size=8)
 )

@@ -49,8 +49,8 @@ def create_model(
     else:
         import torch
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # the CPU stream: weights are built there
+            torch.default_generator.manual_seed(seed)
             model = MODELS.get(name)(**overrides)
     if not isinstance(model, LatentSegModel):
         raise ConfigError(

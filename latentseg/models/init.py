@@ -41,17 +41,14 @@ def reset_method(module: nn.Module):
 
 def undrawn(model: nn.Module) -> list[str]:
     """Parameters that no module's reset method draws: those of a module with parameters of
-    its own and no ``reset_parameters``, below no ancestor that has one (a plugin's custom
-    layer). They keep the draws of the global stream, so they are not shared between
-    variants."""
+    its own and no ``reset_parameters`` (a plugin's custom layer). They keep the draws of the
+    global stream, so they are not shared between variants."""
     names = []
     for name, module in model.named_modules():
-        if reset_method(module) is not None:
-            continue
-        ancestors = [p for p, _ in model.named_modules() if p == "" or name.startswith(p + ".")]
-        if any(reset_method(model.get_submodule(p)) is not None for p in ancestors if p != name):
-            continue
-        names += [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
+        if reset_method(module) is None:
+            names += [
+                f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)
+            ]
     return names
 
 
@@ -64,6 +61,6 @@ def seed_weights(model: nn.Module, seed: int) -> nn.Module:
         # named_modules() lists a parent before its descendants: reversed, each module is
         # drawn after all of its own submodules.
         for name, module in reversed(modules):
-            torch.manual_seed(stream_seed(seed, name))
+            torch.default_generator.manual_seed(stream_seed(seed, name))
             reset_method(module)()
     return model

@@ -49,10 +49,15 @@ def source_noise(source: str, values: np.ndarray) -> SourceNoise:
     return SourceNoise(source, len(values), float(np.mean(values)), sd)
 
 
-def source_table(measured: dict[str, np.ndarray], test: tuple[float, int] | None) -> pd.DataFrame:
+def source_table(
+    measured: dict[str, np.ndarray], test: tuple[float, float, int] | None
+) -> pd.DataFrame:
     """One row per source measured, then the test set's: its variance, SD and share of the
     variance of ``all`` (the seeds' noise; NaN without ``all``). ``test``: the test set's
-    variance of one level's value and the test images, or None."""
+    variance of one level's value, the part of it every level shares, and the test images;
+    or None. The test row's share counts the part that moves from level to level (what the
+    seeds' spread holds of it); ``shared_sd`` is the rest, which no number of seeds averages
+    away."""
     rows = [source_noise(source, values) for source, values in measured.items()]
     reference = next((r.variance for r in rows if r.source == "all"), math.nan)
     table = [
@@ -64,11 +69,13 @@ def source_table(measured: dict[str, np.ndarray], test: tuple[float, int] | None
             "sd": r.sd,
             "variance": r.variance,
             "of_seed_variance": r.variance / reference if reference > 0 else math.nan,
+            "shared_sd": math.nan,
         }
         for r in rows
     ]
     if test is not None:
-        variance, images = test
+        variance, shared, images = test
+        moving = max(0.0, variance - shared)
         table.append(
             {
                 "source": "test",
@@ -77,7 +84,8 @@ def source_table(measured: dict[str, np.ndarray], test: tuple[float, int] | None
                 "mean": math.nan,
                 "sd": math.sqrt(variance),
                 "variance": variance,
-                "of_seed_variance": variance / reference if reference > 0 else math.nan,
+                "of_seed_variance": moving / reference if reference > 0 else math.nan,
+                "shared_sd": math.sqrt(max(0.0, shared)),
             }
         )
     return pd.DataFrame(table)
@@ -116,13 +124,15 @@ def findings(table: pd.DataFrame) -> list[str]:
     if "test" in rows:
         test = rows["test"]
         lines.append(
-            f"The finite test set alone: SD {test['sd']:.4f}"
+            f"The finite test set alone: SD {test['sd']:.4f} per level"
             + (
-                f" ({test['of_seed_variance']:.0%} of the seeds' variance)"
+                f" (the part that moves between levels is {test['of_seed_variance']:.0%} of "
+                "the seeds' variance)"
                 if not math.isnan(test["of_seed_variance"])
                 else ""
             )
-            + f"; 4x the test images would make it {test['sd'] / 2:.4f}."
+            + f"; SD {test['shared_sd']:.4f} of it every level shares, which no number of "
+            f"seeds averages away; 4x the test images would halve both."
         )
     return lines
 
@@ -163,13 +173,13 @@ def measure(
     return source_table(measured, test), notes
 
 
-def _test_variance(store, ids, metric: str, notes: list[str]) -> tuple[float, int] | None:
+def _test_variance(store, ids, metric: str, notes: list[str]) -> tuple[float, float, int] | None:
     """The test set's variance of one level's value (the mean over the levels of its
     bootstrap variance), from the runs' per-image scores; ``ids``: per level, the run (and
     the baseline's run of a paired difference)."""
     import tempfile
 
-    from latentseg.report.variance import bootstrap_differences
+    from latentseg.report.variance import bootstrap_differences, noise_of
     from latentseg.tracking.logged import SCORES_DIR, TEST_SCORES_FILE
 
     path = f"{SCORES_DIR}/{TEST_SCORES_FILE}"
@@ -182,17 +192,21 @@ def _test_variance(store, ids, metric: str, notes: list[str]) -> tuple[float, in
             return np.load(local[0])["confusion"] if local else None
 
         loaded = [(load(first), load(second)) for first, second in ids]
-    paired = ids and ids[0][1] is not None
+    paired = bool(ids) and ids[0][1] is not None
     usable = [(a, b) for a, b in loaded if a is not None and (b is not None or not paired)]
-    if len(usable) < 2:
+    shape = usable[0][0].shape if usable else None
+    same = [(a, b) for a, b in usable if a.shape == shape and (b is None or b.shape == shape)]
+    if len(same) < len(usable):
+        notes.append("the test set's share leaves out runs scored on other test images")
+    if len(same) < 2:
         notes.append("the test set's share needs 2 or more runs with per-image scores")
         return None
-    images = usable[0][0].shape[0]
     if paired:
-        draws = bootstrap_differences(usable, metric)
+        draws = bootstrap_differences(same, metric)
     else:
-        draws = _score_draws([a for a, _ in usable], metric)
-    return float(np.mean(np.var(draws, axis=0, ddof=1))), images
+        draws = _score_draws([a for a, _ in same], metric)
+    noise = noise_of(draws, 0.0)
+    return noise.var_test, noise.cov_test, shape[0]
 
 
 def _score_draws(matrices: list[np.ndarray], metric: str) -> np.ndarray:

@@ -156,7 +156,6 @@ def noise_table(
     import tempfile
 
     from latentseg.report.stats import baseline_mask, pairing
-    from latentseg.tracking.logged import SCORES_DIR, TEST_SCORES_FILE
 
     metric = column.removeprefix("test_")
     if not column.startswith("test_") or metric not in METRICS or runs.empty:
@@ -173,48 +172,62 @@ def noise_table(
         )
 
     base_ids = run_ids(runs[is_base])
-    loaded: dict[str, np.ndarray | None] = {}
-    path = f"{SCORES_DIR}/{TEST_SCORES_FILE}"
-
-    def scores(run_id: str, folder: str) -> np.ndarray | None:
-        if run_id not in loaded:
-            local = store.download_artifacts(run_id, [path], f"{folder}/{run_id}")
-            loaded[run_id] = np.load(local[0])["confusion"] if local else None
-        return loaded[run_id]
-
-    rows = []
+    tag = "tags.latentseg.test_scores"  # runs that log their scores say where
+    scored = runs.set_index("run_id")[tag].dropna() if tag in runs else pd.Series(dtype=str)
+    comparisons = [
+        (key if isinstance(key, tuple) else (key,), run_ids(group))
+        for key, group in runs[~is_base].groupby(list(axes), dropna=False, sort=True)
+    ]
+    wanted = {
+        run_id
+        for _, ids in comparisons
+        for pair in set(ids.index) & set(base_ids.index)
+        for run_id in (ids[pair], base_ids[pair])
+    }
     with tempfile.TemporaryDirectory() as folder:
-        for key, group in runs[~is_base].groupby(list(axes), dropna=False, sort=True):
-            key = key if isinstance(key, tuple) else (key,)
-            ids = run_ids(group)
-            matched = []
-            for pair in sorted(set(ids.index) & set(base_ids.index)):
-                variant, base = scores(ids[pair], folder), scores(base_ids[pair], folder)
-                if variant is not None and base is not None and variant.shape == base.shape:
-                    matched.append((variant, base))
-            if len(matched) < 2:
-                continue
-            d = np.array(
-                [metric_of(v.sum(0), metric) - metric_of(b.sum(0), metric) for v, b in matched]
-            )
-            noise = noise_of(
-                bootstrap_differences(matched, metric, draws), float(np.var(d, ddof=1))
-            )
-            rows.append(
-                {
-                    **dict(zip(keys, key, strict=True)),
-                    "n_pairs": noise.n,
-                    "test_images": matched[0][0].shape[0],
-                    "sd_diff": math.sqrt(noise.var_seed),
-                    "var_training": noise.var_training,
-                    "var_test": noise.var_test,
-                    "cov_test": noise.cov_test,
-                    "test_share": noise.test_share,
-                    "se": noise.se(),
-                    "se_4x_seeds": noise.se(seeds=4),
-                    "se_4x_test_images": noise.se(images=4),
-                    "advice": advice(noise),
-                }
-            )
-    missing = sum(value is None for value in loaded.values())
+        loaded = _download(store, {r: scored[r] for r in wanted if r in scored.index}, folder)
+    rows = []
+    for key, ids in comparisons:
+        matched = []
+        for pair in sorted(set(ids.index) & set(base_ids.index)):
+            variant, base = loaded.get(ids[pair]), loaded.get(base_ids[pair])
+            if variant is not None and base is not None and variant.shape == base.shape:
+                matched.append((variant, base))
+        if len(matched) < 2:
+            continue
+        d = np.array(
+            [metric_of(v.sum(0), metric) - metric_of(b.sum(0), metric) for v, b in matched]
+        )
+        noise = noise_of(bootstrap_differences(matched, metric, draws), float(np.var(d, ddof=1)))
+        rows.append(
+            {
+                **dict(zip(keys, key, strict=True)),
+                "n_pairs": noise.n,
+                "test_images": matched[0][0].shape[0],
+                "sd_diff": math.sqrt(noise.var_seed),
+                "var_training": noise.var_training,
+                "var_test": noise.var_test,
+                "cov_test": noise.cov_test,
+                "test_share": noise.test_share,
+                "se": noise.se(),
+                "se_4x_seeds": noise.se(seeds=4),
+                "se_4x_test_images": noise.se(images=4),
+                "advice": advice(noise),
+            }
+        )
+    missing = len(wanted) - sum(value is not None for value in loaded.values())
     return pd.DataFrame(rows), missing
+
+
+def _download(store, paths: dict[str, str], folder: str) -> dict[str, np.ndarray | None]:
+    """Each run's per-image confusion matrices (run id -> artifact path), fetched
+    concurrently; None where the artifact is missing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fetch(item: tuple[str, str]) -> tuple[str, np.ndarray | None]:
+        run_id, path = item
+        local = store.download_artifacts(run_id, [path], f"{folder}/{run_id}")
+        return run_id, (np.load(local[0])["confusion"] if local else None)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(pool.map(fetch, paths.items()))

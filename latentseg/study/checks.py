@@ -39,7 +39,9 @@ def check_fingerprint(study: optuna.Study, loaded: LoadedStudy, spec_path: str) 
         raise ConfigError(
             f"{spec_path}: study '{loaded.name}' was started with a different spec or base experiment; "
             "resuming would mix configurations. Give the study a new `name`, or restore the original spec "
-            "(only n_trials, timeout and storage may change between launches)."
+            "(only n_trials, timeout and storage may change between launches). A study started "
+            "before 2026-12-07 drew its initial weights from one stream: resume it with "
+            "--set train.init=global."
         )
 
 

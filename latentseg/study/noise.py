@@ -65,16 +65,12 @@ def _dotted(config: ExperimentConfig, key: str) -> Any:
 def check_sources(config: ExperimentConfig, sources: list[str]) -> None:
     """Refuse, with one line, a source this config or dataset cannot vary."""
     train = config.train
-    if train.init_seed is not None and {"weights", "all"} & set(sources):
-        raise ConfigError(
-            f"train.init_seed is pinned ({train.init_seed}): the initial weights cannot vary; "
-            "unset it, or leave weights and all out of --sources"
-        )
-    if train.order_seed is not None and {"order", "all"} & set(sources):
-        raise ConfigError(
-            f"train.order_seed is pinned ({train.order_seed}): the data order cannot vary; "
-            "unset it, or leave order and all out of --sources"
-        )
+    for key, pinned in (("init_seed", train.init_seed), ("order_seed", train.order_seed)):
+        if pinned is not None:
+            raise ConfigError(
+                f"train.{key} is pinned ({pinned}): latentseg noise sets it per source "
+                "(it pins one seed to vary the other); leave it unset"
+            )
     if "data" in sources and not _data_seed_matters(config):
         raise ConfigError(
             f"data.seed changes nothing in dataset '{config.data.dataset}' (its samples and "
@@ -111,23 +107,34 @@ def noise_design(
     """Validate the request and write one study spec per source into ``folder``."""
     if not 2 <= levels <= MAX_LEVELS:
         raise ConfigError(f"--levels must be between 2 and {MAX_LEVELS}, got {levels}")
+    from latentseg.config import inert_keys
+    from latentseg.train.resolve import prepare
+
     path = Path(experiment)
     config = load_experiment(path, overrides)
+    check_sources(config, sources)
+    resolved = prepare(config).config  # the values runs log: defaults and sizes resolved
     if versus is not None:
-        axis, variant = parse_override(versus, flag="--versus", example="model.num_latents=8")
-        if axis.startswith(("tracking.", "train.seed", "train.init_seed", "train.order_seed")):
-            raise ConfigError(f"--versus {versus}: {axis} is not a variant of the model or recipe")
-        baseline = _dotted(config, axis)
-        if baseline is None and axis.startswith("model."):  # the variant's default: resolved
-            from latentseg.train.resolve import prepare
-
-            baseline = getattr(prepare(config).model_config, axis.removeprefix("model."), None)
-        config.with_updates({axis: variant})  # a bad value fails here, naming the key
+        axis, value = parse_override(versus, flag="--versus", example="model.num_latents=8")
+        if axis.startswith(("tracking.", "train.", "data.seed", "data.dataset", "data.test_size")):
+            raise ConfigError(
+                f"--versus {versus}: {axis} is not a variant of the model or its recipe that "
+                "pairs on the same test images (compare model.* keys, optim.*, data.train_size...)"
+            )
+        _dotted(config, axis)  # names an unknown key
+        baseline = _dotted(resolved, axis)
+        other = prepare(config.with_updates({axis: value})).config  # a bad value fails here
+        variant = _dotted(other, axis)
         if variant == baseline:
             raise ConfigError(f"--versus {versus}: the configuration already has {axis}={baseline}")
+        key = axis.removeprefix("model.")
+        if axis.startswith("model.") and key in inert_keys(other.model.model_dump()):
+            raise ConfigError(
+                f"--versus {versus}: {key} changes nothing in this model (e.g. latents without "
+                "expert attention): the two sides would be one model"
+            )
     else:
-        axis, baseline, variant = "model.variant", config.model.variant, None
-    check_sources(config, sources)
+        axis, baseline, variant = "model.variant", resolved.model.variant, None
     name = name or f"{path.stem}-noise"
     sets = dict(parse_override(item) for item in overrides)
     reference = config.train.seed

@@ -38,6 +38,7 @@ from latentseg.config import (
 from latentseg.errors import ConfigError, TrackingError
 from latentseg.process import owner_record
 from latentseg.tracking.datasets import dataset_inputs, log_dataset_inputs
+from latentseg.tracking.logged import SCORES_DIR, TEST_SCORES_FILE
 from latentseg.tracking.resume import (
     CHECKPOINT_NAMES,
     check_resumable,
@@ -140,6 +141,8 @@ def run_tags(config: ExperimentConfig, source: str) -> dict[str, str]:
         "latentseg.python_version": platform.python_version(),
         "latentseg.device": str(resolve_device(config.train.device)),
         "latentseg.seed": str(config.train.seed),
+        # where its test images' scores are (the report reads them for runs that say so)
+        "latentseg.test_scores": f"{SCORES_DIR}/{TEST_SCORES_FILE}",
         # the process training the run: a RUNNING run whose owner is gone can be resumed
         "latentseg.owner": json.dumps(owner_record()),
     }

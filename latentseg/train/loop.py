@@ -223,6 +223,8 @@ class Trainer:
             ),
             self.device,
         )
+        # anything a model draws while training (a plugin's dropout) follows the order seed
+        torch.manual_seed(order_seed(config.train))
         self.train_split, self.val_split, self.test_split = (
             prepared.dataset.split(name) for name in ("train", "val", "test")
         )

@@ -30,15 +30,31 @@ from tests.data.folders import folder_config, make_folder
         (["--versus", "train.seed=3"], "--versus train.seed=3: train.seed is not a variant"),
         (["--versus", "model.num_latents=-2"], "num_latents"),
         (
-            ["--set", "train.init_seed=4", "--sources", "weights"],
-            "train.init_seed is pinned (4): the initial weights cannot vary",
+            ["--set", "train.init_seed=4", "--sources", "order"],
+            "train.init_seed is pinned (4): latentseg noise sets it per source",
         ),
         (
             ["--set", "train.order_seed=4", "--sources", "all"],
-            "train.order_seed is pinned (4): the data order cannot vary",
+            "train.order_seed is pinned (4): latentseg noise sets it per source",
+        ),
+        (["--versus", "data.seed=5"], "--versus data.seed=5: data.seed is not a variant"),
+        (
+            ["--set", "model.expert_attention=false", "--versus", "model.num_latents=8"],
+            "num_latents changes nothing in this model",
         ),
     ],
-    ids=["source", "levels", "key", "same", "seed", "value", "pinned-weights", "pinned-order"],
+    ids=[
+        "source",
+        "levels",
+        "key",
+        "same",
+        "seed",
+        "value",
+        "pinned-weights",
+        "pinned-order",
+        "data-seed",
+        "inert",
+    ],  # fmt: skip
 )
 def test_a_bad_request_exits_2_with_one_line_and_runs_nothing(
     args, message, tiny_yaml, tmp_path, capsys
@@ -103,11 +119,14 @@ def test_planted_source_variances_are_recovered_one_factor_at_a_time(paired):
     assert table.loc["weights", "of_seed_variance"] == pytest.approx(
         table.loc["weights", "variance"] / table.loc["all", "variance"]
     )
-    lines = findings(source_table(measured, test=(1e-5, 256)))
+    lines = findings(source_table(measured, test=(1e-5, 4e-6, 256)))
     assert any(
         line.startswith("The largest training source alone is initial weights") for line in lines
     )
-    assert lines[-1].startswith("The finite test set alone: SD 0.0032")
+    assert lines[-1].startswith("The finite test set alone: SD 0.0032 per level")
+    assert "SD 0.0020 of it every level shares" in lines[-1]
+    test_row = source_table(measured, test=(1e-5, 4e-6, 256)).set_index("source").loc["test"]
+    assert test_row["of_seed_variance"] == pytest.approx(6e-6 / table.loc["all", "variance"])
 
 
 @pytest.mark.slow
@@ -153,3 +172,27 @@ def test_noise_runs_each_source_alone_and_splits_the_score(tiny_yaml, tmp_path, 
     )
     assert len(again) == len(runs)
     assert pd.read_csv(out / "noise.csv").equals(table.reset_index())
+
+
+def test_each_sources_study_varies_that_source_alone_against_resolved_values(tiny_yaml, tmp_path):
+    from latentseg.study.noise import noise_design, parse_sources
+
+    sources = parse_sources("weights, order,data,all,weights")
+    assert sources == ["weights", "order", "data", "all"]
+    design = noise_design(
+        tiny_yaml(), ["data.train_size=32"], "model.num_latents=8", sources, 3, None, tmp_path
+    )
+    # the baseline is the value runs log (the variant's default, resolved), not the YAML's null
+    assert (design.name, design.axis, design.baseline, design.variant) == (
+        "tiny-noise", "model.num_latents", 16, 8,
+    )  # fmt: skip
+    specs = {s: yaml.safe_load(p.read_text()) for s, p in design.specs.items()}
+    for source, spec in specs.items():
+        assert spec["name"] == f"tiny-noise-{source}" and spec["mlflow_experiment"] == "tiny-noise"
+        assert spec["search_space"]["model.num_latents"] == [16, 8]
+        assert spec["overrides"]["data.train_size"] == 32  # the user's --set, kept
+    assert specs["weights"]["overrides"]["train.order_seed"] == 7 and specs["weights"]["seeds"] == 3
+    assert specs["order"]["overrides"]["train.init_seed"] == 7 and specs["order"]["seeds"] == 3
+    assert specs["data"]["search_space"]["data.seed"] == [0, 1, 2] and specs["data"]["seeds"] == [7]
+    assert "train.init_seed" not in specs["all"]["overrides"] and specs["all"]["seeds"] == 3
+    assert "train.order_seed" not in specs["all"]["overrides"]
