@@ -179,7 +179,7 @@ def _test_variance(store, ids, metric: str, notes: list[str]) -> tuple[float, fl
     the baseline's run of a paired difference)."""
     import tempfile
 
-    from latentseg.report.variance import bootstrap_differences, noise_of
+    from latentseg.report.variance import bootstrap_differences, bootstrap_scores, noise_of
     from latentseg.tracking.logged import SCORES_DIR, TEST_SCORES_FILE
 
     path = f"{SCORES_DIR}/{TEST_SCORES_FILE}"
@@ -204,21 +204,6 @@ def _test_variance(store, ids, metric: str, notes: list[str]) -> tuple[float, fl
     if paired:
         draws = bootstrap_differences(same, metric)
     else:
-        draws = _score_draws([a for a, _ in same], metric)
+        draws = bootstrap_scores([a for a, _ in same], metric)
     noise = noise_of(draws, 0.0)
     return noise.var_test, noise.cov_test, shape[0]
-
-
-def _score_draws(matrices: list[np.ndarray], metric: str) -> np.ndarray:
-    """``[draws, levels]``: each run's score on the same resamples of the test images."""
-    from latentseg.report.variance import DRAWS, SEED, metric_of
-
-    images = matrices[0].shape[0]
-    rng = np.random.default_rng(SEED)
-    weights = rng.multinomial(images, np.full(images, 1.0 / images), size=DRAWS).astype(float)
-    out = np.empty((DRAWS, len(matrices)))
-    for i, m in enumerate(matrices):
-        classes = m.shape[-1]
-        sums = (weights @ m.reshape(images, -1).astype(float)).reshape(DRAWS, classes, classes)
-        out[:, i] = metric_of(sums, metric)
-    return out

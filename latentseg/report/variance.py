@@ -62,6 +62,23 @@ def metric_of(matrices: np.ndarray, name: str) -> np.ndarray:
     )
 
 
+def bootstrap_scores(
+    matrices: Sequence[np.ndarray], metric: str, draws: int = DRAWS, seed: int = SEED
+) -> np.ndarray:
+    """``[draws, n]``: each run's ``metric`` on ``draws`` resamples of the test images (with
+    replacement), the same resample for every run. ``matrices``: per run, its per-image
+    confusion matrices ``[N, C, C]`` on the same N test images."""
+    images = matrices[0].shape[0]
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(images, np.full(images, 1.0 / images), size=draws).astype(np.float64)
+    out = np.empty((draws, len(matrices)))
+    for i, matrix in enumerate(matrices):
+        classes = matrix.shape[-1]
+        sums = weights @ matrix.reshape(images, -1).astype(np.float64)
+        out[:, i] = metric_of(sums.reshape(draws, classes, classes), metric)
+    return out
+
+
 def bootstrap_differences(
     pairs: Sequence[tuple[np.ndarray, np.ndarray]],
     metric: str,
@@ -72,18 +89,8 @@ def bootstrap_differences(
     resamples of the test images, the same resample for every seed and both sides.
     ``pairs``: per seed, the variant's and the baseline's per-image confusion matrices
     ``[N, C, C]`` on the same N test images."""
-    images = pairs[0][0].shape[0]
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(images, np.full(images, 1.0 / images), size=draws).astype(np.float64)
-    out = np.empty((draws, len(pairs)))
-    for s, (variant, baseline) in enumerate(pairs):
-        classes = variant.shape[-1]
-        sums = [
-            (weights @ side.reshape(images, -1).astype(np.float64)).reshape(draws, classes, classes)
-            for side in (variant, baseline)
-        ]
-        out[:, s] = metric_of(sums[0], metric) - metric_of(sums[1], metric)
-    return out
+    variants = bootstrap_scores([v for v, _ in pairs], metric, draws, seed)
+    return variants - bootstrap_scores([b for _, b in pairs], metric, draws, seed)
 
 
 @dataclass(frozen=True)
