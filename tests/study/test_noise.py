@@ -130,46 +130,40 @@ def test_planted_source_variances_are_recovered_one_factor_at_a_time(paired):
 
 
 @pytest.mark.slow
-def test_noise_runs_each_source_alone_and_splits_the_score(tiny_yaml, tmp_path, capsys):
+def test_noise_splits_a_paired_difference_by_source_and_resumes(tiny_yaml, tmp_path, capsys):
     path = tiny_yaml({"train": {"epochs": 2}, "optim": {"lr": 0.01}})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "out"
-    args = ["noise", str(path), "--sources", "weights,data,all", "--levels", "2", "--name", "nz",
-            "--tracking-uri", uri, "-o", str(out), "--no-progress"]  # fmt: skip
+    args = ["noise", str(path), "--versus", "model.num_latents=8", "--sources", "data,all",
+            "--levels", "2", "--name", "nz", "--tracking-uri", uri, "-o", str(out), "--no-progress"]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
     table = pd.read_csv(out / "noise.csv").set_index("source")
-    assert list(table.index) == ["weights", "data", "all", "test"]
+    assert list(table.index) == ["data", "all", "test"]
     client = MlflowClient(uri)
-    runs = client.search_runs(
-        [client.get_experiment_by_name("nz").experiment_id],
-        filter_string="tags.`latentseg.run_type` = 'seed'",
-    )
-    by_study = {}
+    experiment = client.get_experiment_by_name("nz").experiment_id
+    runs = client.search_runs([experiment], filter_string="tags.`latentseg.run_type` = 'seed'")
+    by_study: dict[str, list] = {}
     for run in runs:
         by_study.setdefault(run.data.tags["latentseg.study"], []).append(run)
-    assert {k: len(v) for k, v in by_study.items()} == {"nz-weights": 2, "nz-data": 2, "nz-all": 2}
-    # each source alone: the weights study pins the order, the data study varies data.seed
-    weights = by_study["nz-weights"]
-    assert {r.data.params["train.order_seed"] for r in weights} == {"7"}
-    assert {r.data.params["train.seed"] for r in weights} == {"7", "8"}
-    data = by_study["nz-data"]
+    assert {k: len(v) for k, v in by_study.items()} == {"nz-data": 4, "nz-all": 4}
+    data = by_study["nz-data"]  # the data seed varies, the training seed does not
     assert {r.data.params["data.seed"] for r in data} == {"0", "1"}
     assert {r.data.params["train.seed"] for r in data} == {"7"}
-    for source, rows in by_study.items():
-        values = [r.data.metrics["test_miou"] for r in rows]
-        assert table.loc[source.removeprefix("nz-"), "sd"] == pytest.approx(
-            np.std(values, ddof=1), abs=1e-12
-        )
+    for source, level in (("data", "data.seed"), ("all", "train.seed")):
+        values = {}
+        for run in by_study[f"nz-{source}"]:
+            side = run.data.params["model.num_latents"]
+            values.setdefault(run.data.params[level], {})[side] = run.data.metrics["test_miou"]
+        diffs = [v["8"] - v["16"] for v in values.values()]  # paired on the level
+        assert table.loc[source, "sd"] == pytest.approx(np.std(diffs, ddof=1), abs=1e-12)
+        assert table.loc[source, "mean"] == pytest.approx(np.mean(diffs), abs=1e-12)
     assert table.loc["test", "sd"] >= 0 and "16 images" in table.loc["test", "varies"]
-    assert "where the noise comes from: test mIoU of model.variant=tutorial" in printed
+    assert "model.num_latents=8 minus model.num_latents=16 (paired)" in printed
     assert (out / "noise.md").read_text().startswith("# Where the noise comes from: nz")
     # again: every study resumes with nothing left to run, and the table is the same
     assert main(args) == 0
-    again = client.search_runs(
-        [client.get_experiment_by_name("nz").experiment_id],
-        filter_string="tags.`latentseg.run_type` = 'seed'",
-    )
+    again = client.search_runs([experiment], filter_string="tags.`latentseg.run_type` = 'seed'")
     assert len(again) == len(runs)
     assert pd.read_csv(out / "noise.csv").equals(table.reset_index())
 
