@@ -14,7 +14,12 @@ from tests.helpers_processes import free_port
 
 COMMANDS = ["train", "study", "report", "noise", "models", "datasets", "bench", "ui", "server"]
 # What each command needs besides flags to parse: a config, a spec, a study name.
-POSITIONALS = {"train": ["x.yaml"], "study": ["s.yaml"], "report": ["--study", "s"]}
+POSITIONALS = {
+    "train": ["x.yaml"],
+    "study": ["s.yaml"],
+    "report": ["--study", "s"],
+    "noise": ["x.yaml"],
+}
 
 
 def test_models_lists_variants_with_params_and_flops(capsys):
