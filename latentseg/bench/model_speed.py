@@ -27,8 +27,8 @@ from latentseg.bench.machine import CPU, synchronizer
 from latentseg.config import OptimConfig
 from latentseg.models import create_model, model_config
 from latentseg.models.model import count_flops, count_params
+from latentseg.train.evaluate import target_at
 from latentseg.train.fastpath import build_optimizer, prepare_model, to_device
-from latentseg.train.loop import target_at
 
 NUM_CLASSES = 4  # the shapes task
 IN_CHANNELS = 3

@@ -276,7 +276,7 @@ def test_augmentations_move_image_and_mask_together_and_pad_with_the_ignore_inde
 
 def test_the_ignore_index_is_left_out_of_the_loss_and_every_metric(tmp_path, tiny):
     from latentseg.models import create_model
-    from latentseg.train.loop import evaluate, target_at
+    from latentseg.train.evaluate import evaluate, target_at
     from latentseg.train.resolve import prepare
 
     root = make_folder(tmp_path / "data", count=10)

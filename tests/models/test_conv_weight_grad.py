@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from latentseg.models import create_model, encoder, native
+from latentseg.train.evaluate import target_at
 from latentseg.train.fastpath import prepare_model, to_device
-from latentseg.train.loop import target_at
 
 CPU = torch.device("cpu")
 

@@ -16,8 +16,8 @@ from latentseg.bench.model_speed import contenders
 from latentseg.cli import main
 from latentseg.config import OptimConfig
 from latentseg.models import create_model
+from latentseg.train.evaluate import target_at
 from latentseg.train.fastpath import bf16_supported, build_optimizer, prepare_model, to_device
-from latentseg.train.loop import target_at
 from tests.conftest import subprocess_env
 
 CPU = torch.device("cpu")
