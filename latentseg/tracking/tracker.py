@@ -49,11 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
 from latentseg.tracking.logged import SCORES_DIR
 from latentseg.tracking.model_export import log_mlflow_model
+from latentseg.tracking.pictures import draw, snapshot, spare_core
 from latentseg.tracking.store import server_reachable
 from latentseg.train.callbacks import TrainCallback, TrainContext
 
@@ -422,7 +420,7 @@ class MLflowTracker(TrainCallback):
         info = context.prepared.dataset.info
         args = (pictured, epoch, info.class_names, context.model.config.num_latents)
         self._logged_plot_epochs.add(epoch)
-        if not _spare_core(context.device):
+        if not spare_core(context.device):
             # Every core is training: a drawing thread would only stall torch's threads
             # (measured: 4.8 s lost on a 21 s run on 2 cores, against ~1 s drawing in line).
             self._draw_and_log(*args)
@@ -434,55 +432,13 @@ class MLflowTracker(TrainCallback):
     def _draw_and_log(
         self, pictured: dict[str, Any], epoch: int, class_names: tuple[str, ...], num_latents: int
     ) -> None:
-        from latentseg import plots
-
-        figures = {
-            "predictions": plots.prediction_figure(
-                pictured["images"], pictured["masks"], pictured["predictions"], class_names
-            )
-        }
-        if pictured["latent_maps"] is not None:
-            figures["latent_attention"] = plots.latent_attention_figure(
-                pictured["images"][0], pictured["latent_maps"][0]
-            )
-            figures["expert_assignment"] = plots.assignment_figure(
-                pictured["images"][0], pictured["assignment"][0], num_latents
-            )
-        for key, figure in figures.items():
-            array = plots.figure_to_array(figure)
+        for key, array in draw(pictured, class_names, num_latents).items():
             self._send(
                 f"image:{key}:{epoch}",
                 lambda image=array, name=key: self.client.log_image(
                     self.run_id, image, key=name, step=epoch
                 ),
             )
-
-
-def _spare_core(device: torch.device) -> bool:
-    """Whether drawing on a background thread can overlap training: on an accelerator, or
-    with a CPU core that torch's threads leave free."""
-    return device.type != "cpu" or (os.cpu_count() or 1) > torch.get_num_threads()
-
-
-@torch.no_grad()
-def snapshot(context: TrainContext) -> dict[str, Any]:
-    """Predictions and attention on the fixed val batch, as CPU tensors."""
-    model = context.model
-    was_training = model.training
-    model.eval()
-    images, masks = context.plot_batch
-    logits, maps = model(images.to(context.device), return_attention=True)
-    if logits.shape[-2:] != masks.shape[-2:]:
-        logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-    model.train(was_training)
-    return {
-        "epoch": context.state.epoch,
-        "images": images,
-        "masks": masks,
-        "predictions": logits.argmax(1).cpu(),
-        "latent_maps": None if maps is None else maps.latent_maps().float().cpu(),
-        "assignment": None if maps is None else maps.assignment().cpu(),
-    }
 
 
 def model_summary(context: TrainContext) -> dict[str, Any]:
