@@ -179,19 +179,19 @@ def _test_variance(store, ids, metric: str, notes: list[str]) -> tuple[float, fl
     the baseline's run of a paired difference)."""
     import tempfile
 
-    from latentseg.report.variance import bootstrap_differences, bootstrap_scores, noise_of
+    from latentseg.report.variance import (
+        bootstrap_differences,
+        bootstrap_scores,
+        download_scores,
+        noise_of,
+    )
     from latentseg.tracking.logged import SCORES_DIR, TEST_SCORES_FILE
 
     path = f"{SCORES_DIR}/{TEST_SCORES_FILE}"
+    wanted = {run_id: path for pair in ids for run_id in pair if run_id is not None}
     with tempfile.TemporaryDirectory() as folder:
-
-        def load(run_id: str | None) -> np.ndarray | None:
-            if run_id is None:
-                return None
-            local = store.download_artifacts(run_id, [path], f"{folder}/{run_id}")
-            return np.load(local[0])["confusion"] if local else None
-
-        loaded = [(load(first), load(second)) for first, second in ids]
+        scores = download_scores(store, wanted, folder)
+    loaded = [(scores.get(first), scores.get(second)) for first, second in ids]
     paired = bool(ids) and ids[0][1] is not None
     usable = [(a, b) for a, b in loaded if a is not None and (b is not None or not paired)]
     shape = usable[0][0].shape if usable else None

@@ -192,7 +192,7 @@ def noise_table(
         for run_id in (ids[pair], base_ids[pair])
     }
     with tempfile.TemporaryDirectory() as folder:
-        loaded = _download(store, {r: scored[r] for r in wanted if r in scored.index}, folder)
+        loaded = download_scores(store, {r: scored[r] for r in wanted if r in scored.index}, folder)
     rows = []
     for key, ids in comparisons:
         matched = []
@@ -226,9 +226,10 @@ def noise_table(
     return pd.DataFrame(rows), missing
 
 
-def _download(store, paths: dict[str, str], folder: str) -> dict[str, np.ndarray | None]:
-    """Each run's per-image confusion matrices (run id -> artifact path), fetched
-    concurrently; None where the artifact is missing."""
+def download_scores(store, paths: dict[str, str], folder: str) -> dict[str, np.ndarray | None]:
+    """Each run's per-image confusion matrices (run id -> artifact path, e.g. its
+    ``latentseg.test_scores`` tag), fetched concurrently; None where the artifact is
+    missing."""
     from concurrent.futures import ThreadPoolExecutor
 
     def fetch(item: tuple[str, str]) -> tuple[str, np.ndarray | None]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from latentseg.config import ExperimentConfig, load_experiment, parse_override
+from latentseg.config import ExperimentConfig, flatten, load_experiment, parse_override
 from latentseg.errors import ConfigError
 
 SOURCE_NAMES = ("weights", "order", "data", "all")
@@ -54,12 +54,10 @@ def parse_sources(text: str) -> list[str]:
 
 
 def _dotted(config: ExperimentConfig, key: str) -> Any:
-    value: Any = config.model_dump(mode="json")
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise ConfigError(f"--versus {key}: not a config key (e.g. model.num_latents)")
-        value = value[part]
-    return value
+    values = flatten(config.model_dump(mode="json"))
+    if key not in values:
+        raise ConfigError(f"--versus {key}: not a config key (e.g. model.num_latents)")
+    return values[key]
 
 
 def check_sources(config: ExperimentConfig, sources: list[str]) -> None:
