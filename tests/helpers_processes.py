@@ -30,6 +30,20 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    """The pids of the processes below ``pid``: its children, theirs, and so on (a launch's
+    workers are children of the server they are forked from, itself the launch's child)."""
+    out, todo = [], [pid]
+    while todo:
+        try:
+            found = children(todo.pop())
+        except OSError:  # ended meanwhile
+            continue
+        out += found
+        todo += found
+    return out
+
+
 def start_server(backend: str, artifacts: Path, port: int, cwd: Path) -> subprocess.Popen:
     """``latentseg server`` on ``backend`` serving ``artifacts`` at 127.0.0.1:``port``, one
     worker, in a process group of its own (:func:`stop_server` ends the group)."""

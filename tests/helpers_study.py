@@ -72,3 +72,13 @@ class Scripted:
             os.kill(os.getpid(), signal.SIGINT)
         table = [{"comparison": "num_latents 8", "verdict": "inconclusive"}]
         return Judgement(needs, open=1 if needs else 0, decided=1, table=table)
+
+
+def modules_at_start(out: str, modules: list[str]) -> None:
+    """Write to ``out`` which of ``modules`` this process has imported as it starts, and its
+    parent's pid: the target of a worker process in tests/study/test_pool.py."""
+    import json
+    import sys
+
+    preloaded = {name: name in sys.modules for name in modules}
+    Path(out).write_text(json.dumps({"preloaded": preloaded, "parent": os.getppid()}))

@@ -59,21 +59,29 @@ class TaggedStore(TrackingStore):
 def worker_process(
     trial_context: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int,
     parent_pid: int | None = None, tags: dict[str, str] | None = None,
+    environ: dict[str, str] | None = None,
 ) -> None:  # fmt: skip
-    """A worker process of latentseg's own (spawned by a local pool or a Ray worker): tuned
-    as the CLI is, it runs :func:`worker_loop`, its runs tagged with ``tags``; a stop ends it
-    with exit code 130."""
+    """A worker process of latentseg's own (started by a local pool or a Ray worker): in the
+    environment ``environ`` (the launch's, where the process was forked from a server started
+    earlier), tuned as the CLI is, it runs :func:`worker_loop`, its runs tagged with ``tags``;
+    a stop ends it with exit code 130."""
     import matplotlib
 
     import latentseg
 
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     latentseg.tune_process()
     matplotlib.use("Agg")
     store = None
     if tags:
         store = TaggedStore(TrackingStore.open(trial_context.tracking_uri), tags)
+    # the launch is watched through this process's parent: the launch itself, or the server
+    # it forked from, which ends with the launch
+    watched = (parent_pid, os.getppid()) if parent_pid is not None else None
     try:
-        worker_loop(trial_context, storage_url, deadline, worker_index, parent_pid, store=store)
+        worker_loop(trial_context, storage_url, deadline, worker_index, watched, store=store)
     except (TrainingInterrupted, KeyboardInterrupt):
         sys.exit(130)
 
@@ -84,14 +92,15 @@ def worker_loop(
     storage_url: str | None,
     deadline: float | None,
     worker_index: int = 0,
-    parent_pid: int | None = None,
+    launch: tuple[int, int] | None = None,
     store: TrackingStore | None = None,
 ) -> int:
     """Take queued trials until none is left, the deadline passes or a signal arrives;
     returns the number of trials run. A trial interrupted by a signal is failed and queued
     again without spending a retry, then the interruption propagates; a trial whose sampled
     config is invalid is failed and not retried. ``store`` (default: opened from
-    ``trial_context.tracking_uri``) gets the trial runs."""
+    ``trial_context.tracking_uri``) gets the trial runs. ``launch``: the launch's pid and this
+    process's parent's when it started, watched between trials (:func:`_launch_gone`)."""
     import torch
 
     torch.set_num_threads(trial_context.threads)
@@ -100,7 +109,7 @@ def worker_loop(
     done = 0
     with StopSignal() as stop:
         while not stop() and (deadline is None or time.time() < deadline):
-            if _launch_gone(parent_pid, worker_index):
+            if _launch_gone(launch, worker_index):
                 break
             if reason := launch_stopped(study, trial_context.parent_run_id):
                 raise TrainingInterrupted(reason, None)  # a signal that did not reach us
@@ -130,16 +139,31 @@ def _load_worker_study(loaded: LoadedStudy, storage_url: str | None, worker_inde
     )
 
 
-def _launch_gone(parent_pid: int | None, worker_index: int) -> bool:
+def _launch_gone(launch: tuple[int, int] | None, worker_index: int) -> bool:
     """Whether the launch that started this worker is gone (SIGKILL, OOM): the worker takes
-    no more trials; its parent run and anything left are closed by the next launch."""
-    if parent_pid is None or os.getppid() == parent_pid:
+    no more trials; its parent run and anything left are closed by the next launch.
+    ``launch`` is the launch's pid and this process's parent's when it started (the launch,
+    or the server it forked from)."""
+    if launch is None:
+        return False
+    parent_pid, parent = launch
+    if os.getppid() == parent and _alive(parent_pid):
         return False
     print(
         f"worker {worker_index}: the launch (pid {parent_pid}) is gone; taking no more trials",
         file=sys.stderr,
         flush=True,
     )
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process took the number
+        return False
     return True
 
 

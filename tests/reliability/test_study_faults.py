@@ -19,7 +19,7 @@ from latentseg.tracking.store import connect
 from latentseg.tracking.study import FANOVA_MAX_CHOICES
 from tests.conftest import subprocess_env
 from tests.helpers import run_step
-from tests.helpers_processes import children
+from tests.helpers_processes import descendants
 from tests.helpers_study import journal, no_run_left_running, runs_by_type
 
 pytestmark = pytest.mark.slow
@@ -186,7 +186,7 @@ def test_workers_whose_launch_is_killed_take_no_more_trials_and_a_relaunch_finis
     storage = journal(tmp_path)
     try:
         workers = [gate.wait(run_step(run, 0), launch)["pid"] for run in (0, 1)]
-        assert len(set(workers)) == 2 and set(workers) <= set(children(launch.pid))
+        assert len(set(workers)) == 2 and set(workers) <= set(descendants(launch.pid))
         trials = optuna.load_study(study_name="orphans", storage=storage).trials
         assert sum(t.state == TrialState.RUNNING for t in trials) == 2  # a trial each in hand
         os.kill(launch.pid, signal.SIGKILL)

@@ -35,3 +35,29 @@ def test_an_adaptive_study_without_a_judge_is_refused_before_anything_starts(stu
     with pytest.raises(ConfigError, match="adaptive seeds needs a judge.*judge=latentseg.report"):
         run_study(str(study_spec(spec)), tracking_uri=uri, progress=False)
     assert not (tmp_path / "never.db").exists()
+
+
+@pytest.mark.slow  # the server imports torch and MLflow once: seconds
+def test_local_workers_start_from_a_server_that_imported_their_modules_once(tmp_path):
+    """Worker processes are forked from multiprocessing's forkserver with the worker's
+    modules preloaded: a worker finds torch, MLflow's database store and the worker loop
+    imported already (a spawned worker imports them again, seconds each round)."""
+    import json
+    import multiprocessing
+
+    from latentseg.study.local_workers import WORKER_MODULES, worker_context
+    from tests.helpers_study import modules_at_start
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("SKIPPED LOUDLY: this platform has no forkserver; workers are spawned")
+    context = worker_context()
+    assert context.get_start_method() == "forkserver"
+    for i in range(2):  # the second worker comes from the same server
+        out = tmp_path / f"modules-{i}.json"
+        process = context.Process(target=modules_at_start, args=(str(out), WORKER_MODULES))
+        process.start()
+        process.join(120)
+        assert process.exitcode == 0
+        found = json.loads(out.read_text())
+        assert found["preloaded"] == dict.fromkeys(WORKER_MODULES, True)
+        assert found["parent"] != os.getpid()  # forked from the server, not this process

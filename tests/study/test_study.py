@@ -17,7 +17,7 @@ from latentseg.study.storage import DEFAULT_JOURNAL, default_journal, make_stora
 from latentseg.tracking.store import connect
 from tests.conftest import launch_study, subprocess_env
 from tests.helpers import run_step
-from tests.helpers_processes import children
+from tests.helpers_processes import descendants
 from tests.helpers_study import journal, no_run_left_running, runs_by_type
 
 pytestmark = pytest.mark.slow
@@ -106,8 +106,14 @@ def test_grid_study_runs_each_point_once_with_parent_trial_and_seed_runs(
 
 
 def test_two_workers_finish_exactly_the_grid_and_tpe_exactly_n_trials(
-    study_spec, tracking_uri, tmp_path
+    study_spec, tracking_uri, tmp_path, monkeypatch
 ):
+    """Two worker processes, twice in one process (as in a notebook): the second study's
+    workers, forked from the server the first one started, run in the environment of the
+    second launch (here the native kernel turned off between the two)."""
+    from latentseg.models.encoder import native_first_stage_status
+
+    here = native_first_stage_status().split(" ", 1)[0]  # in the environment of the first
     grid = study_spec(
         {
             "name": "par",
@@ -131,6 +137,7 @@ def test_two_workers_finish_exactly_the_grid_and_tpe_exactly_n_trials(
         },
         name="tpe.yaml",
     )
+    monkeypatch.setenv("LATENTSEG_NATIVE", "0")
     run_study(str(tpe), workers=2, tracking_uri=tracking_uri, progress=False)
     study = optuna.load_study(study_name="tpe", storage=journal(tmp_path))
     assert len(study.trials) == 3 and len({t.params["optim.lr"] for t in study.trials}) == 3, [
@@ -138,6 +145,10 @@ def test_two_workers_finish_exactly_the_grid_and_tpe_exactly_n_trials(
     ]
     assert len(runs_by_type(client, "tpe")["trial"]) == 3
     assert no_run_left_running(client, "tpe")
+    kernel = {"par": here, "tpe": "off"}
+    for name, status in kernel.items():
+        seeds = runs_by_type(client, name)["seed"]
+        assert {r.data.tags["latentseg.native_kernel"] for r in seeds} == {status}, name
 
 
 def test_pruned_trials_are_killed_and_train_fewer_epochs(study_spec, tracking_uri, tmp_path):
@@ -266,7 +277,7 @@ def test_a_worker_killed_mid_trial_is_recovered_and_the_grid_finishes_without_du
         and json.loads(r.data.tags["latentseg.owner"])["pid"] == held["pid"]
     ]
     owner = json.loads(trial_run.data.tags["latentseg.owner"])
-    assert owner["pid"] in children(parent.pid)  # a worker of this study, tagged on its trial
+    assert owner["pid"] in descendants(parent.pid)  # a worker of this study, tagged on its trial
     os.kill(owner["pid"], signal.SIGKILL)  # later runs do not hold: the others go on
     output = parent.communicate(timeout=300)[0]
     assert parent.returncode == 0, output
