@@ -12,7 +12,8 @@ Who relies on what: ``latentseg/study/storage.py`` (``study._storage``, the RDB 
 (``SqlAlchemyStore._engine_map``, ``_initialize_tables``, ``_verify_schema``,
 ``_get_latest_schema_revision``, ``_use_tracking_uri``, SQL on MLflow's ``alembic_version``
 and ``runs``); ``latentseg/train/fastpath.py``
-(``torch.ops.mkldnn._is_mkldnn_bf16_supported``)."""
+(``torch.ops.mkldnn._is_mkldnn_bf16_supported``); ``latentseg/study/local_workers.py``
+(the standard library's ``multiprocessing.forkserver._forkserver._stop``)."""
 
 from __future__ import annotations
 
@@ -345,10 +346,38 @@ def test_mkldnns_bf16_check_answers_with_a_bool():
     assert isinstance(torch.ops.mkldnn._is_mkldnn_bf16_supported(), bool)
 
 
+def test_the_forkservers_stop_ends_the_server_reaps_it_and_the_next_process_starts_another():
+    """``multiprocessing.forkserver._forkserver._stop()`` (local_workers.stop_worker_server,
+    at the end of each launch): it closes the server's "alive" pipe and waits for the server,
+    so the server is reaped by this process; the next forkserver process starts a new one."""
+    import multiprocessing
+    import os
+    from multiprocessing import forkserver
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("SKIPPED LOUDLY: this platform has no forkserver")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([])
+    pids = []
+    for _ in range(2):
+        process = context.Process(target=os.getpid)
+        process.start()
+        process.join(60)
+        assert process.exitcode == 0
+        pids.append(forkserver._forkserver._forkserver_pid)
+        forkserver._forkserver._stop()
+        assert forkserver._forkserver._forkserver_pid is None
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pids[-1], os.WNOHANG)  # reaped already
+    assert pids[0] != pids[1]
+    forkserver._forkserver._stop()  # none running: nothing to do
+
+
 COVERED = {  # the private names the tests above hold to their contracts
     "_storage", "_backend", "_studies", "_add_trials_to_cache", "_lock", "_file_path",
     "_engine_map", "_initialize_tables", "_verify_schema", "_get_latest_schema_revision",
-    "_use_tracking_uri", "_tracking_service", "_is_mkldnn_bf16_supported",
+    "_use_tracking_uri", "_tracking_service", "_is_mkldnn_bf16_supported", "_forkserver",
+    "_stop",
 }  # fmt: skip
 STANDARD_LIBRARY = {"_exit", "_SubParsersAction", "_replace"}  # os, argparse, namedtuple
 # the tables of Optuna's and MLflow's schemas that the package's own SQL reads

@@ -7,13 +7,17 @@ Worker processes are forked from a server that imported the worker's modules onc
 milliseconds instead of the seconds that importing torch and MLflow again takes, each round
 of an adaptive study included. Forked from a process with no threads and no CUDA context, a
 worker is as clean as a spawned one; it takes the launch's environment as it is when it
-starts (the server's own is from when it started)."""
+starts. The server ends with the launch (:func:`local_pool`), reaped like a spawned worker:
+its workers' CPU time counts as the launch's children's, and the next launch (in a notebook,
+a test) starts its own with the code and environment of its time."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from latentseg.study.objective import TrialContext
@@ -47,6 +51,16 @@ class LocalWorkers:
             return
         processes = start_processes(trial_context, storage_url, deadline, workers)
         supervise(processes, stop)
+
+
+@contextlib.contextmanager
+def local_pool(workers: int) -> Iterator[LocalWorkers]:
+    """:class:`LocalWorkers` for one launch; the server its workers were forked from ends
+    with it."""
+    try:
+        yield LocalWorkers(workers)
+    finally:
+        stop_worker_server()
 
 
 def worker_devices(workers: int, gpus: int, visible: str | None = None) -> list[str | None]:
@@ -137,3 +151,14 @@ def supervise(processes: list, stop) -> None:
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+def stop_worker_server() -> None:
+    """End the forkserver of this process, if one runs, and reap it (its workers are reaped
+    by it as they end): multiprocessing's own stop, which closes the server's "alive" pipe and
+    waits for it. Nothing happens where none was started."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._stop()

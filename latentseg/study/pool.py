@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from typing import Protocol
 
-from latentseg.study.local_workers import LocalWorkers
+from latentseg.study.local_workers import local_pool
 from latentseg.study.objective import TrialContext
 from latentseg.study.spec import LoadedStudy
 from latentseg.tracking.store import resolve_tracking_uri
@@ -40,7 +40,7 @@ def open_pool(
     """Where the workers run: processes on this machine, or a Ray cluster (connected, and
     checked to reach the study's storage and tracking store, before anything starts)."""
     if ray is None:
-        return contextlib.nullcontext(LocalWorkers(workers))
+        return local_pool(workers)
     from latentseg.study.ray_workers import ray_cluster  # Ray only where it is asked for
 
     uri = resolve_tracking_uri(tracking_uri, loaded.base.tracking.tracking_uri)
