@@ -80,7 +80,6 @@ def modules_at_start(out: str, modules: list[str]) -> None:
     tests/study/test_pool.py."""
     import json
     import sys
-
     import time
 
     preloaded = {name: name in sys.modules for name in modules}
