@@ -13,7 +13,7 @@ import optuna
 from latentseg.config import ExperimentConfig
 from latentseg.study.spec import CategoricalParam, FloatParam, IntParam, LoadedStudy
 from latentseg.tracking import run_experiment
-from latentseg.tracking.store import RUN_TYPE, STUDY_TAG, TRIAL_TAG
+from latentseg.tracking.store import POINT_TAG, RUN_TYPE, STUDY_TAG, TRIAL_TAG
 from latentseg.tracking.study import end_trial_run, start_trial_run
 from latentseg.train import TrainCallback, TrainingInterrupted, TrainingPruned
 from latentseg.train.interrupt import stop_requested
@@ -98,13 +98,14 @@ def run_trial(
 
     loaded, attrs = trial_context.study, attrs or {}
     round_ = int(attrs.get(ROUND_ATTR, 1))
-    adaptive = _adaptive_tags(loaded, attrs, round_)
     params = {key: suggest(trial, key, param) for key, param in loaded.spec.search_space.items()}
+    # on the trial's run and each seed run: its point, and its round with adaptive seeds
+    shared = _adaptive_tags(loaded, attrs, round_) | {POINT_TAG: point_name(params)}
     config = _trial_config(loaded, params, trial_context.threads)
     _start_nothing_when_stopping()  # a signal between trials: the worker queues it again
     run_id = start_trial_run(
         store, trial_context.experiment_id, trial_context.parent_run_id, loaded.name, trial.number, params, config,
-        loaded.path, extra_tags=adaptive,
+        loaded.path, extra_tags=shared,
     )  # fmt: skip
     trial.set_user_attr("mlflow_run_id", run_id)
     state, metric = "FAIL", loaded.spec.objective.metric
@@ -116,7 +117,7 @@ def run_trial(
             offset = (seed - loaded.base.train.seed if round_ > 1 else index) * config.train.epochs
             tags["pruned_at_seed"] = str(seed)  # kept only when pruned
             values[seed] = _run_seed(
-                trial, trial_context, config, run_id, seed, offset, round_, adaptive
+                trial, trial_context, config, run_id, seed, offset, round_, shared
             )
             trial.set_user_attr(f"seed_{seed}_{metric}", values[seed])
         state = "COMPLETE"
@@ -138,6 +139,18 @@ def run_trial(
         if state != "PRUNED":
             tags.pop("pruned_at_seed", None)
         end_trial_run(store, run_id, state, _trial_metrics(values, metric, state), tags)
+
+
+def point_name(params: dict[str, Any]) -> str:
+    """A trial's point in words: its sampled values by key, each key by its last dotted part
+    unless two keys share it (``model.num_latents=8, optim.lr=0.003`` ->
+    ``num_latents=8, lr=0.003``)."""
+    last = [key.rsplit(".", 1)[-1] for key in params]
+    names = [
+        short if last.count(short) == 1 else key for key, short in zip(params, last, strict=True)
+    ]
+    words = (f"{name}={value}" for name, value in zip(names, params.values(), strict=True))
+    return ", ".join(words)[:4900]  # MLflow's limit on a tag's value: 5,000
 
 
 def _adaptive_tags(loaded: LoadedStudy, attrs: dict[str, Any], round_: int) -> dict[str, str]:
@@ -174,7 +187,7 @@ def _start_nothing_when_stopping() -> None:
 
 def _run_seed(
     trial: optuna.Trial, trial_context: TrialContext, config: ExperimentConfig, run_id: str, seed: int,
-    offset: int, round_: int, adaptive: dict[str, str],
+    offset: int, round_: int, shared: dict[str, str],
 ) -> float:  # fmt: skip
     """Train ``config`` with ``seed`` as a seed run nested under the trial's run ``run_id``,
     reporting each epoch to the pruner at step ``offset + epoch`` (pruning in the first round
@@ -193,7 +206,7 @@ def _run_seed(
             RUN_TYPE: "seed",
             STUDY_TAG: loaded.name,
             TRIAL_TAG: str(trial.number),
-            **adaptive,
+            **shared,
         },
         progress=False,
         source=loaded.path,

@@ -126,6 +126,9 @@ def get_or_create_experiment(client, name: str, uri: str) -> str:
 RUN_TYPE = "latentseg.run_type"  # study | trial | seed (untagged: a plain training run)
 STUDY_TAG = "latentseg.study"
 TRIAL_TAG = "latentseg.trial_number"
+# A study's trial and seed runs: their point in words (``num_latents=8, num_heads=2``), so that
+# the MLflow UI's "Group by" gathers a point's seeds under its name
+POINT_TAG = "latentseg.point"
 PAGE_SIZE = 10_000  # runs per search request, as mlflow.search_runs pages
 
 

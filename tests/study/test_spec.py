@@ -143,6 +143,18 @@ def test_objective_metrics_and_the_pruned_metric():
     assert objective_value({"best_val_miou": 0.55}, "best_val_miou", [], "maximize") == 0.55
 
 
+def test_a_point_is_named_by_its_values_with_keys_cut_to_their_last_part_where_unique():
+    from latentseg.study.objective import point_name
+
+    assert point_name({"model.num_latents": 8, "optim.lr": 0.003}) == "num_latents=8, lr=0.003"
+    # two keys ending alike keep their full names; the others stay short
+    assert (
+        point_name({"model.seed": 1, "data.seed": 2, "model.variant": "tutorial"})
+        == "model.seed=1, data.seed=2, variant=tutorial"
+    )
+    assert len(point_name({"model.variant": "x" * 6000})) == 4900  # MLflow's tag limit
+
+
 def test_each_worker_gets_its_own_gpu_when_there_are_several():
     from latentseg.study.local_workers import worker_devices
 

@@ -63,6 +63,13 @@ def test_grid_study_runs_each_point_once_with_parent_trial_and_seed_runs(
         assert run.data.params["trial.model.num_latents"] == str(trial.params["model.num_latents"])
         seeds = [r for r in runs["seed"] if r.data.tags["mlflow.parentRunId"] == run.info.run_id]
         assert sorted(int(r.data.params["train.seed"]) for r in seeds) == [7, 8]
+        # the point in words on the trial's run and its seeds, its keys in the spec's order
+        # (the spec file's keys are sorted): the UI's "Group by" tag
+        point = (
+            f"expert_attention={trial.params['model.expert_attention']}, "
+            f"num_latents={trial.params['model.num_latents']}"
+        )
+        assert {r.data.tags["latentseg.point"] for r in [run, *seeds]} == {point}
         per_seed = [r.data.metrics["best_val_miou"] for r in seeds]
         assert (
             run.data.metrics["val_miou"]
