@@ -103,6 +103,14 @@ def print_outcome(result) -> None:
         print(
             f"best {summary['best_value']:.4f} (trial {summary['best_trial']}): {summary['best_params']}"
         )
+    if "front" in summary:  # several objectives: the trials no other beats in all of them
+        print(
+            f"front by seed means ({', '.join(summary['objectives'])}): {len(summary['front'])} "
+            "trial(s); the report decides membership with the seeds' noise"
+        )
+        for point in summary["front"]:
+            values = ", ".join(f"{k} {v:.4g}" for k, v in point["values"].items())
+            print(f"  trial {point['trial']}: {values}: {point['params']}")
     print(
         f"MLflow parent run {result.parent_run_id} (experiment {result.experiment_id}, store {result.tracking_uri}); Optuna storage {result.storage}"
     )

@@ -11,10 +11,17 @@ from typing import Any
 import optuna
 
 from latentseg.config import ExperimentConfig
-from latentseg.study.spec import CategoricalParam, FloatParam, IntParam, LoadedStudy
+from latentseg.study.spec import (
+    COST_METRICS,
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    LoadedStudy,
+)
 from latentseg.tracking import run_experiment
 from latentseg.tracking.store import POINT_TAG, RUN_TYPE, STUDY_TAG, TRIAL_TAG
 from latentseg.tracking.study import end_trial_run, start_trial_run
+from latentseg.tracking.tracker import model_stat_metrics
 from latentseg.train import TrainCallback, TrainingInterrupted, TrainingPruned
 from latentseg.train.interrupt import stop_requested
 
@@ -45,30 +52,53 @@ def epoch_metric(metric: str) -> str:
 
 
 class ReportToOptuna(TrainCallback):
-    """Feeds the per-epoch val metric to Optuna's pruner (raises TrainingPruned when told to)
-    and remembers its values, so that a ``val_*`` objective is the best epoch's value in the
-    study's direction.
+    """Remembers each epoch's values of the study's ``val_*`` objectives, so that each is
+    the best epoch's value in its direction, and the run's costs (its model's size and work,
+    its mean training throughput). With one objective it also feeds that metric to Optuna's
+    pruner (raises TrainingPruned when told to); Optuna prunes no study of several.
 
     Seeds run one after another; seed ``i``'s epoch ``e`` is step ``i * epochs + e`` so that
     every trial is compared at the same point of the same seed."""
 
     def __init__(
-        self, trial: optuna.Trial, metric: str, step_offset: int, prune: bool = True
+        self, trial: optuna.Trial, metrics: list[str], step_offset: int, prune: bool = True
     ) -> None:
         self.trial = trial
-        self.metric = epoch_metric(metric)
+        self.metrics = [epoch_metric(m) for m in metrics if m not in COST_METRICS]
+        self.report = len(metrics) == 1
         self.step_offset = step_offset
-        self.prune = prune
-        self.values: list[float] = []
+        self.prune = prune and self.report
+        self.values: dict[str, list[float]] = {metric: [] for metric in self.metrics}
+        self.costs: dict[str, float] = {}
+        self._speeds: list[float] = []
+
+    def on_train_start(self, context) -> None:
+        self.costs.update(model_stat_metrics(context.stats))
 
     def on_epoch_end(self, context, metrics: dict[str, float], improved: bool) -> None:
-        value = metrics.get(self.metric)
-        if value is None or math.isnan(value):
+        speed = metrics.get("train_images_per_s")
+        if speed is not None and math.isfinite(speed):
+            self._speeds.append(speed)
+            self.costs["train_images_per_s"] = statistics.fmean(self._speeds)
+        for metric in self.metrics:
+            value = metrics.get(metric)
+            if value is not None and not math.isnan(value):
+                self.values[metric].append(value)
+        if not self.report or not self.metrics or not self.values[self.metrics[0]]:
             return
-        self.values.append(value)
-        self.trial.report(value, self.step_offset + context.state.epoch)
+        self.trial.report(self.values[self.metrics[0]][-1], self.step_offset + context.state.epoch)
         if self.prune and self.trial.should_prune():
             raise TrainingPruned(context.state.epoch, "pruned by Optuna")
+
+    def value(self, summary: dict[str, float], metric: str, direction: str) -> float:
+        """The run's value of the objective ``metric`` (:func:`objective_value`)."""
+        if metric in COST_METRICS:
+            if metric not in self.costs:
+                raise KeyError(f"objective metric {metric!r} was never reported")
+            return self.costs[metric]
+        return objective_value(
+            summary, metric, self.values.get(epoch_metric(metric), []), direction
+        )
 
 
 def objective_value(
@@ -89,8 +119,9 @@ def objective_value(
 
 def run_trial(
     trial: optuna.Trial, trial_context: TrialContext, store, attrs: dict[str, Any] | None = None
-) -> float:
-    """Train the trial's config with each seed; the objective is the mean over seeds.
+) -> float | list[float]:
+    """Train the trial's config with each seed; each objective is its mean over seeds (a
+    list of them, in the spec's order, for a study of several).
     ``store`` is the :class:`~latentseg.tracking.store.TrackingStore` that gets the trial's
     run. ``attrs`` (the trial's system attributes) carry an adaptive round's seeds and why
     they run; a trial after the first round is never pruned (its pairs must stay complete)."""
@@ -108,8 +139,8 @@ def run_trial(
         loaded.path, extra_tags=shared,
     )  # fmt: skip
     trial.set_user_attr("mlflow_run_id", run_id)
-    state, metric = "FAIL", loaded.spec.objective.metric
-    values: dict[int, float] = {}
+    state, metrics = "FAIL", [objective.metric for objective in loaded.spec.objective_list]
+    values: dict[int, dict[str, float]] = {}
     tags: dict[str, str] = {}
     try:
         for index, seed in enumerate(trial_seeds(attrs, loaded.seeds)):
@@ -119,9 +150,11 @@ def run_trial(
             values[seed] = _run_seed(
                 trial, trial_context, config, run_id, seed, offset, round_, shared
             )
-            trial.set_user_attr(f"seed_{seed}_{metric}", values[seed])
+            for metric, value in values[seed].items():
+                trial.set_user_attr(f"seed_{seed}_{metric}", value)
         state = "COMPLETE"
-        return statistics.fmean(values.values())
+        means = [statistics.fmean(v[metric] for v in values.values()) for metric in metrics]
+        return means if loaded.spec.objectives else means[0]
     except TrainingPruned as exc:
         state = "PRUNED"
         tags["pruned_at_epoch"] = str(exc.epoch)
@@ -138,7 +171,7 @@ def run_trial(
     finally:
         if state != "PRUNED":
             tags.pop("pruned_at_seed", None)
-        end_trial_run(store, run_id, state, _trial_metrics(values, metric, state), tags)
+        end_trial_run(store, run_id, state, _trial_metrics(values, metrics, state), tags)
 
 
 def point_name(params: dict[str, Any]) -> str:
@@ -188,15 +221,18 @@ def _start_nothing_when_stopping() -> None:
 def _run_seed(
     trial: optuna.Trial, trial_context: TrialContext, config: ExperimentConfig, run_id: str, seed: int,
     offset: int, round_: int, shared: dict[str, str],
-) -> float:  # fmt: skip
+) -> dict[str, float]:  # fmt: skip
     """Train ``config`` with ``seed`` as a seed run nested under the trial's run ``run_id``,
     reporting each epoch to the pruner at step ``offset + epoch`` (pruning in the first round
-    only); returns the seed's objective value."""
-    loaded, metric = trial_context.study, trial_context.study.spec.objective.metric
+    only); returns the seed's value of each objective."""
+    loaded = trial_context.study
+    objectives = loaded.spec.objective_list
     seed_config = config.with_updates(
         {"train.seed": seed, "tracking.run_name": f"trial-{trial.number}-seed-{seed}"}
     )
-    reporter = ReportToOptuna(trial, metric, offset, prune=round_ == 1)
+    reporter = ReportToOptuna(
+        trial, [objective.metric for objective in objectives], offset, prune=round_ == 1
+    )
     result = run_experiment(
         seed_config,
         tracking_uri=trial_context.tracking_uri,
@@ -211,17 +247,24 @@ def _run_seed(
         progress=False,
         source=loaded.path,
     )
-    return objective_value(
-        result.summary, metric, reporter.values, loaded.spec.objective.resolved_direction
-    )
+    return {
+        objective.metric: reporter.value(
+            result.summary, objective.metric, objective.resolved_direction
+        )
+        for objective in objectives
+    }
 
 
-def _trial_metrics(values: dict[int, float], metric: str, state: str) -> dict[str, float]:
+def _trial_metrics(
+    values: dict[int, dict[str, float]], metrics: list[str], state: str
+) -> dict[str, float]:
     """Per-seed values always; the mean and spread only when every seed finished."""
-    metrics = {f"seed_{s}_{metric}": v for s, v in values.items()}
+    out = {f"seed_{s}_{m}": v for s, by_metric in values.items() for m, v in by_metric.items()}
     if state == "COMPLETE":
-        metrics[metric] = statistics.fmean(values.values())
-        metrics["n_seeds"] = len(values)
-        if len(values) > 1:
-            metrics[f"{metric}_std"] = statistics.stdev(values.values())
-    return metrics
+        out["n_seeds"] = len(values)
+        for metric in metrics:
+            seeds = [by_metric[metric] for by_metric in values.values()]
+            out[metric] = statistics.fmean(seeds)
+            if len(seeds) > 1:
+                out[f"{metric}_std"] = statistics.stdev(seeds)
+    return out

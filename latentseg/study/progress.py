@@ -18,10 +18,13 @@ class Progress(threading.Thread):
     also the round, the comparisons still open and the seed runs spent against the budget."""
 
     def __init__(
-        self, study: optuna.Study, total: int, direction: str, enabled: bool, loaded=None
-    ) -> None:
+        self, study: optuna.Study, total: int, direction: str | list[str], enabled: bool,
+        loaded=None,
+    ) -> None:  # fmt: skip
         super().__init__(daemon=True)
-        self.study, self.total, self.direction, self.enabled = study, total, direction, enabled
+        self.study, self.total, self.enabled = study, total, enabled
+        # several directions: a study of several objectives, whose bar counts its front
+        self.directions = [direction] if isinstance(direction, str) else list(direction)
         self.loaded = loaded if loaded is not None and loaded.spec.adaptive else None
         self.open: int | None = None  # set by the launch after each round's look
         self.stop_event = threading.Event()
@@ -31,14 +34,24 @@ class Progress(threading.Thread):
         self.stop_event.set()
         self.join(timeout=10)
 
-    def snapshot(self) -> tuple[int, float | None, str]:
+    def snapshot(self) -> tuple[int, str, str]:
+        """Trials finished, the best so far (``0.7321``; ``front 3``, the trials no other
+        beats in every objective, for a study of several; ``-`` before the first) and the
+        round's status."""
         every = self.study.get_trials(deepcopy=False)
         attempts = latest_attempts(every)
         trials = [t for t in attempts if t.state in FINISHED_STATES]
-        values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        best = (max if self.direction == "maximize" else min)(values) if values else None
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
         self.total = len(attempts)
-        return len(trials), best, self.round_status(every)
+        return len(trials), self.best(complete), self.round_status(every)
+
+    def best(self, complete: list) -> str:
+        if not complete:
+            return "-"
+        if len(self.directions) > 1:
+            return f"front {len(front(complete, self.directions))}"
+        values = [t.value for t in complete]
+        return f"{(max if self.directions[0] == 'maximize' else min)(values):.4f}"
 
     def round_status(self, trials) -> str:
         """``round 2/3  open 3  seeds 24/60`` for adaptive seeds, else empty."""
@@ -61,7 +74,7 @@ class Progress(threading.Thread):
         bar = tqdm(
             total=self.total, desc="trials", file=sys.stderr, dynamic_ncols=True, disable=not tty
         )
-        last = (-1, None, "")
+        last = (-1, "", "")
         while True:
             stopping = self.stop_event.wait(2.0)
             try:
@@ -71,13 +84,11 @@ class Progress(threading.Thread):
             if (finished, best, status) != last:
                 bar.total, bar.n = self.total, finished
                 bar.set_postfix_str(
-                    f"best={'-' if best is None else f'{best:.4f}'}"
-                    + (f"  {status}" if status else ""),
-                    refresh=True,
+                    f"best={best}" + (f"  {status}" if status else ""), refresh=True
                 )
                 if not tty:
                     print(
-                        f"trials finished {finished}/{self.total}  best {'-' if best is None else f'{best:.4f}'}"
+                        f"trials finished {finished}/{self.total}  best {best}"
                         + (f"  {status}" if status else ""),
                         file=sys.stderr,
                         flush=True,
@@ -86,3 +97,15 @@ class Progress(threading.Thread):
             if stopping:
                 bar.close()
                 return
+
+
+def front(trials: list, directions: list[str]) -> list:
+    """The trials that no other trial is at least as good as in every objective and better in
+    one (by their values: the seed means), in their order."""
+    signs = [1 if direction == "maximize" else -1 for direction in directions]
+
+    def dominates(a, b) -> bool:
+        pairs = [(s * x, s * y) for s, x, y in zip(signs, a.values, b.values, strict=True)]
+        return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+
+    return [t for t in trials if not any(dominates(other, t) for other in trials)]

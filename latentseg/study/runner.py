@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,22 +194,35 @@ def open_launch(
 
 
 def _open_study(loaded: LoadedStudy, spec_path: str, storage) -> optuna.Study:
-    """The study, created or loaded; its direction must be the spec's."""
-    direction = loaded.spec.objective.resolved_direction
+    """The study, created or loaded; its directions must be the spec's. A study of several
+    objectives names them (``set_metric_names``: optuna-dashboard labels its axes)."""
+    directions = loaded.spec.directions
     try:
         study = optuna.create_study(
             study_name=loaded.name,
             storage=storage,
-            direction=direction,
+            directions=directions,
             load_if_exists=True,
             sampler=build_sampler(loaded),
             pruner=build_pruner(loaded),
         )
     except ValueError as exc:
         raise ConfigError(f"{spec_path}: cannot use study '{loaded.name}': {exc}") from None
-    if study.direction.name.lower() != direction:
+    found = [direction.name.lower() for direction in study.directions]
+    if found != directions:
         raise ConfigError(
-            f"{spec_path}: study '{loaded.name}' exists with direction {study.direction.name.lower()}, the spec asks {direction}"
+            f"{spec_path}: study '{loaded.name}' exists with direction(s) {', '.join(found)}, "
+            f"the spec asks {', '.join(directions)}"
+        )
+    names = [objective.metric for objective in loaded.spec.objective_list]
+    if study.metric_names is None:
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and kept since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
+    elif loaded.spec.objectives and study.metric_names != names:
+        raise ConfigError(
+            f"{spec_path}: study '{loaded.name}' exists with objectives "
+            f"{', '.join(study.metric_names)}, the spec asks {', '.join(names)}"
         )
     return study
 
@@ -261,7 +275,7 @@ def run_and_summarize(
     monitor = Progress(
         launch.study,
         len(latest_attempts(launch.study.get_trials(deepcopy=False))),
-        launch.loaded.spec.objective.resolved_direction,
+        launch.loaded.spec.directions,
         progress,
         launch.loaded,
     )
@@ -352,7 +366,7 @@ def summarize(launch: Launch, parent_run_id: str, status: str) -> dict[str, Any]
             launch.store,
             parent_run_id,
             final,
-            launch.loaded.spec.objective.metric,
+            [objective.metric for objective in launch.loaded.spec.objective_list],
             plots=status != "KILLED",
         )
     finally:

@@ -18,6 +18,8 @@ def build_sampler(
     seed = None if sampler.seed is None else sampler.seed + worker_index + 100_003 * offset
     if sampler.name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler.n_startup_trials)
+    if sampler.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
     # grid points are queued explicitly; the sampler never picks one
     return optuna.samplers.RandomSampler(seed=seed)
 

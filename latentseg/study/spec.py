@@ -82,18 +82,38 @@ class CategoricalParam(StrictModel):
 Param = Annotated[Union[IntParam, FloatParam, CategoricalParam], Field(discriminator="type")]  # noqa: UP007
 
 
+# What a run costs, as every run logs it (the model's size and work at step 0, its training
+# throughput each epoch): an objective of a study of several, in its natural direction.
+COST_METRICS = {
+    "model_params": "minimize",
+    "model_flops_per_image": "minimize",
+    "model_kv_params": "minimize",
+    "model_kv_activations_per_image": "minimize",
+    "train_images_per_s": "maximize",
+}
+
+
 class ObjectiveSpec(StrictModel):
     metric: str = Field(
         "val_miou",
-        description="A per-epoch val metric (its value at the best epoch is the objective) or a best_val_* summary metric; never test_* (the report scores the test split).",
+        description="A per-epoch val metric (its value at the best epoch is the objective) or a best_val_* summary metric; never test_* (the report scores the test split). In `objectives`, also a cost every run logs: model_params, model_flops_per_image, model_kv_params, model_kv_activations_per_image or train_images_per_s (the mean over epochs).",
     )
     direction: Literal["maximize", "minimize"] | None = Field(
-        None, description="Default: minimize for losses, maximize otherwise."
+        None,
+        description="Default: minimize for losses and costs (maximize train_images_per_s), maximize otherwise.",
     )  # noqa: UP045
 
     @property
     def resolved_direction(self) -> str:
-        return self.direction or ("minimize" if "loss" in self.metric else "maximize")
+        if self.direction:
+            return self.direction
+        if self.metric in COST_METRICS:
+            return COST_METRICS[self.metric]
+        return "minimize" if "loss" in self.metric else "maximize"
+
+    @property
+    def is_cost(self) -> bool:
+        return self.metric in COST_METRICS
 
     @field_validator("metric")
     @classmethod
@@ -103,9 +123,10 @@ class ObjectiveSpec(StrictModel):
                 f"{value!r}: a study must not tune on the test split, which the report scores; "
                 f"use {'val_' + value.removeprefix('test_')!r} (validation picks, test scores)"
             )
-        if not value.startswith(("val_", "best_val_")):
+        if not value.startswith(("val_", "best_val_")) and value not in COST_METRICS:
             raise ValueError(
-                f"objective metric must be a val_* or best_val_* metric (e.g. val_miou), got {value!r}"
+                f"objective metric must be a val_* or best_val_* metric (e.g. val_miou), or in "
+                f"objectives a cost ({', '.join(COST_METRICS)}), got {value!r}"
             )
         return value
 
@@ -186,7 +207,10 @@ Seeds = Annotated[
 
 
 class SamplerSpec(StrictModel):
-    name: Literal["tpe", "random", "grid"] = "tpe"
+    name: Literal["tpe", "random", "grid", "nsga2"] = Field(
+        "tpe",
+        description="tpe (one or several objectives), random, grid, or nsga2 (Optuna's NSGA-II, for several objectives over many trials).",
+    )
     seed: Optional[int] = Field(0, description="Sampler seed (null: random).")  # noqa: UP045
     n_startup_trials: int = Field(10, ge=0, description="TPE: random trials before modelling.")
 
@@ -225,6 +249,11 @@ class StudySpec(StrictModel):
         description="Config key -> int / float / categorical (a plain list is categorical).",
     )
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    objectives: list[ObjectiveSpec] | None = Field(
+        None,
+        min_length=2,
+        description="Several objectives instead of `objective` (e.g. [{metric: val_miou}, {metric: model_flops_per_image}]): Optuna's multi-objective search, a trial's values its seed means; no pruner.",
+    )  # noqa: UP045
     report: ReportSpec = Field(
         default_factory=ReportSpec, description="How the report decides its verdicts."
     )
@@ -262,6 +291,41 @@ class StudySpec(StrictModel):
                 for k, v in value.items()
             }
         return value
+
+    @property
+    def objective_list(self) -> list[ObjectiveSpec]:
+        """The study's objectives, in order: ``objectives``, or ``objective`` alone."""
+        return list(self.objectives) if self.objectives else [self.objective]
+
+    @property
+    def directions(self) -> list[str]:
+        return [objective.resolved_direction for objective in self.objective_list]
+
+    @model_validator(mode="after")
+    def _objectives(self) -> StudySpec:
+        if not self.objectives:
+            if self.objective.is_cost:
+                raise ValueError(
+                    f"objective.metric {self.objective.metric!r} is a cost alone; list it with a "
+                    "quality metric under objectives, e.g. objectives: [{metric: val_miou}, "
+                    f"{{metric: {self.objective.metric}}}]"
+                )
+            return self
+        if "objective" in self.model_fields_set:
+            raise ValueError("give objective (one metric) or objectives (several), not both")
+        metrics = [objective.metric for objective in self.objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"objectives repeat a metric: {metrics}")
+        if all(objective.is_cost for objective in self.objectives):
+            raise ValueError(
+                f"objectives {metrics} are all costs: add a quality metric (e.g. val_miou)"
+            )
+        if self.pruner.name != "none":
+            raise ValueError(
+                f"pruner {self.pruner.name}: Optuna cannot prune a study of several "
+                "objectives; remove the pruner (or use one objective)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> StudySpec:
@@ -416,10 +480,17 @@ def _check_search_space(spec: StudySpec, base: ExperimentConfig, path: Path) -> 
             f"Metrics: {', '.join(names)}."
         )
     known = {f"{prefix}_{n}" for prefix in ("val", "best_val") for n in names}
-    metric = spec.objective.metric
-    if metric not in known:
-        close = difflib.get_close_matches(metric, sorted(known), n=1, cutoff=0.6)
+    field = "objectives" if spec.objectives else "objective"
+    for index, objective in enumerate(spec.objective_list):
+        metric = objective.metric
+        if metric in known or objective.is_cost:
+            continue
+        close = difflib.get_close_matches(
+            metric, sorted(known | set(COST_METRICS)), n=1, cutoff=0.6
+        )
         hint = f" Did you mean '{close[0]}'?" if close else ""
+        where = f"objectives[{index}].metric" if spec.objectives else "objective.metric"
+        costs = f"; costs: {', '.join(COST_METRICS)}" if field == "objectives" else ""
         raise ConfigError(
-            f"{path}: objective.metric {metric!r} is not a metric the runs report.{hint} Per-epoch: {', '.join(f'val_{n}' for n in names)}; also best_val_*."
+            f"{path}: {where} {metric!r} is not a metric the runs report.{hint} Per-epoch: {', '.join(f'val_{n}' for n in names)}; also best_val_*{costs}."
         )

@@ -147,10 +147,11 @@ def log_round(
 
 
 def log_study_summary(
-    store: TrackingStore, run_id: str, study, metric: str, plots: bool = True
+    store: TrackingStore, run_id: str, study, metrics: list[str], plots: bool = True
 ) -> dict[str, Any]:
-    """Best params/value, ``trials.csv``, Optuna's plots and importances on the parent run
-    (without ``plots``: the table and counts only, for a quick stop)."""
+    """Best params/value (with several objectives, ``metrics``, the trials of the front),
+    ``trials.csv``, Optuna's plots and importances on the parent run (without ``plots``: the
+    table and counts only, for a quick stop)."""
     from optuna.trial import TrialState
 
     summary: dict[str, Any] = {"trials": len(study.trials)}
@@ -162,11 +163,13 @@ def log_study_summary(
         folder = Path(tmp)
         study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
         store.log_artifact(run_id, folder / "trials.csv")
-        if complete:
-            summary.update(_log_best(store, run_id, study.best_trial, metric))
+        if complete and len(metrics) > 1:
+            summary.update(_log_front(store, run_id, study.best_trials, metrics))
+        elif complete:
+            summary.update(_log_best(store, run_id, study.best_trial, metrics[0]))
         store.log_metrics(run_id, {k: v for k, v in summary.items() if k.startswith("n_")})
         if plots:
-            makers, summary["importances"] = _importances(store, run_id, study, metric, complete)
+            makers, summary["importances"] = _importances(store, run_id, study, metrics, complete)
             summary["plots_skipped"] = _log_plots(store, run_id, makers, folder)
         (folder / "study_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         store.log_artifact(run_id, folder / "study_summary.json")
@@ -181,26 +184,68 @@ def _log_best(store: TrackingStore, run_id: str, best, metric: str) -> dict[str,
     return {"best_value": best.value, "best_trial": best.number, "best_params": best.params}
 
 
+def _log_front(store: TrackingStore, run_id: str, front, metrics: list[str]) -> dict[str, Any]:
+    """With several objectives: the trials no other beats in every objective (by their seed
+    means; the report decides membership with the seeds' noise), on the parent run."""
+    numbers = sorted(t.number for t in front)
+    store.log_metrics(run_id, {"front_size": len(numbers)})
+    store.set_tags(run_id, {"latentseg.front_trials": ",".join(map(str, numbers))[:4900]})
+    points = [
+        {"trial": t.number, "values": dict(zip(metrics, t.values, strict=True)), "params": t.params}
+        for t in sorted(front, key=lambda t: t.number)
+    ]
+    return {"objectives": metrics, "front": points}
+
+
 def _importances(
-    store: TrackingStore, run_id: str, study, metric: str, complete
+    store: TrackingStore, run_id: str, study, metrics: list[str], complete
 ) -> tuple[dict[str, Callable], dict[str, Any]]:
     """Optuna's parameter importances (PED-ANOVA and fANOVA), logged as metrics on the parent
-    run. Returns the plots to draw (Optuna's history, intermediate values and parallel
-    coordinates, and one importance plot per evaluator that ran) and the importances (or why
-    one was not computed)."""
+    run (``importance.<evaluator>.<param>``; with several objectives, per objective:
+    ``importance.<metric>.<evaluator>.<param>``). Returns the plots to draw (Optuna's
+    history, intermediate values and parallel coordinates, with several objectives the front
+    and those per objective, and one importance plot per evaluator that ran) and the
+    importances (or why one was not computed)."""
+    from optuna.visualization import matplotlib as ovm
+
+    plots: dict[str, Callable] = {}
+    if len(metrics) > 1:
+        plots["pareto_front"] = lambda: ovm.plot_pareto_front(study, target_names=metrics)
+    else:
+        plots["intermediate_values"] = lambda: ovm.plot_intermediate_values(study)
+    importances: dict[str, Any] = {}
+    for index, metric in enumerate(metrics):
+        several = len(metrics) > 1
+        target = (lambda t, index=index: t.values[index]) if several else None
+        suffix = f"_{metric}" if several else ""
+        plots[f"optimization_history{suffix}"] = lambda target=target, metric=metric: (
+            ovm.plot_optimization_history(study, target=target, target_name=metric)
+        )
+        plots[f"parallel_coordinate{suffix}"] = lambda target=target, metric=metric: (
+            ovm.plot_parallel_coordinate(study, target=target, target_name=metric)
+        )
+        found, drawn = _importances_of(store, run_id, study, metric, complete, target, several)
+        plots.update({f"{name}{suffix}": make for name, make in drawn.items()})
+        if several:
+            importances[metric] = found
+        else:
+            importances = found
+    return plots, importances
+
+
+def _importances_of(
+    store: TrackingStore, run_id: str, study, metric: str, complete, target, several: bool
+) -> tuple[dict[str, Any], dict[str, Callable]]:
+    """One objective's importances by each evaluator (logged), and their plots."""
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    plots: dict[str, Callable] = {
-        "optimization_history": lambda: ovm.plot_optimization_history(study, target_name=metric),
-        "intermediate_values": lambda: ovm.plot_intermediate_values(study),
-        "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target_name=metric),
-    }
     evaluators = {
         "ped_anova": optuna.importance.PedAnovaImportanceEvaluator,
         "fanova": optuna.importance.FanovaImportanceEvaluator,
     }
     importances: dict[str, Any] = {}
+    plots: dict[str, Callable] = {}
     choices, widest = _widest_categorical(complete)
     for name, evaluator in evaluators.items():
         if name == "fanova" and choices > FANOVA_MAX_CHOICES:
@@ -213,20 +258,19 @@ def _importances(
             with warnings.catch_warnings():  # e.g. "importances will be equal" on tiny studies
                 warnings.simplefilter("ignore")
                 importances[name] = optuna.importance.get_param_importances(
-                    study, evaluator=evaluator()
+                    study, evaluator=evaluator(), target=target
                 )
         except Exception as exc:  # too few trials, or a single value per axis
             importances[name] = f"not computed: {type(exc).__name__}: {exc}"
             continue
         plots[f"param_importances_{name}"] = lambda evaluator=evaluator, name=name: (
             ovm.plot_param_importances(
-                study, evaluator=evaluator(), target_name=f"{metric} ({name})"
+                study, evaluator=evaluator(), target=target, target_name=f"{metric} ({name})"
             )
         )
-        store.log_metrics(
-            run_id, {f"importance.{name}.{k}": v for k, v in importances[name].items()}
-        )
-    return plots, importances
+        prefix = f"importance.{metric}.{name}" if several else f"importance.{name}"
+        store.log_metrics(run_id, {f"{prefix}.{k}": v for k, v in importances[name].items()})
+    return importances, plots
 
 
 def _widest_categorical(complete) -> tuple[int, str | None]:

@@ -153,13 +153,7 @@ class MLflowTracker(TrainCallback):
                     f"params:{start}",
                     lambda batch=batch: self.client.log_batch(self.run_id, params=batch),
                 )
-            stats = {
-                "model_params": context.stats["params"],
-                "model_flops_per_image": context.stats["flops_per_image"],
-                "model_kv_params": context.stats["kv_params"],
-                "model_kv_activations_per_image": context.stats["kv_activations"],
-            }
-            self._log_metrics("model_stats", _metric_batch(stats, 0))
+            self._log_metrics("model_stats", _metric_batch(model_stat_metrics(context.stats), 0))
             for name, payload in (
                 ("config.json", context.config.model_dump(mode="json")),
                 ("model_summary.json", model_summary(context)),
@@ -439,6 +433,17 @@ class MLflowTracker(TrainCallback):
                     self.run_id, image, key=name, step=epoch
                 ),
             )
+
+
+def model_stat_metrics(stats: dict[str, float]) -> dict[str, float]:
+    """The model's size and work (a run's ``TrainContext.stats``) as the metrics a run logs
+    at step 0, the costs a study of several objectives can minimize."""
+    return {
+        "model_params": stats["params"],
+        "model_flops_per_image": stats["flops_per_image"],
+        "model_kv_params": stats["kv_params"],
+        "model_kv_activations_per_image": stats["kv_activations"],
+    }
 
 
 def model_summary(context: TrainContext) -> dict[str, Any]:

@@ -40,3 +40,15 @@ def test_a_grid_is_queued_so_its_sampler_is_random_and_pruners_follow_the_spec(s
     pruner = build_pruner(hyperband)
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
     assert pruner._max_resource == 3 * 2  # epochs x seeds: a trial reports each seed's epochs
+
+
+def test_nsga2_searches_several_objectives_with_a_seed_per_worker(study_spec):
+    spec = {
+        "search_space": SPACE,
+        "objectives": [{"metric": "val_miou"}, {"metric": "model_params"}],
+        "sampler": {"name": "nsga2", "seed": 3},
+    }
+    loaded = load_study_spec(study_spec(spec))
+    assert isinstance(build_sampler(loaded), optuna.samplers.NSGAIISampler)
+    assert isinstance(build_pruner(loaded), optuna.pruners.NopPruner)
+    assert proposals(build_sampler(loaded, 1)) != proposals(build_sampler(loaded, 0))

@@ -63,6 +63,42 @@ def test_plain_lists_are_categorical_and_overrides_apply(study_spec):
         ({"objective": {"metric": "miou"}}, "val_"),
         # the report scores the test split: tuning on it would select on the scored data
         ({"objective": {"metric": "test_miou"}}, "must not tune on the test split"),
+        # several objectives: what Optuna cannot do with them is refused before anything runs
+        (
+            {
+                "objectives": [{"metric": "val_miou"}, {"metric": "model_params"}],
+                "pruner": {"name": "median"},
+            },
+            "pruner median: Optuna cannot prune a study of several objectives",
+        ),
+        (
+            {
+                "objective": {"metric": "val_loss"},
+                "objectives": [{"metric": "val_miou"}, {"metric": "model_params"}],
+            },
+            "objective .one metric. or objectives .several., not both",
+        ),
+        ({"objective": {"metric": "model_flops_per_image"}}, "is a cost alone; list it"),
+        ({"objectives": [{"metric": "val_miou"}]}, "objectives.*at least 2"),
+        ({"objectives": [{"metric": "val_miou"}, {"metric": "val_miou"}]}, "repeat a metric"),
+        (
+            {"objectives": [{"metric": "model_params"}, {"metric": "train_images_per_s"}]},
+            "are all costs: add a quality metric",
+        ),
+        (
+            {"objectives": [{"metric": "val_miou"}, {"metric": "test_loss"}]},
+            "must not tune on the test split",
+        ),
+        (
+            {"objectives": [{"metric": "val_miou"}, {"metric": "model_flops"}]},
+            r"objectives.1.metric: .*or in objectives a cost \(model_params, "
+            "model_flops_per_image, .*got 'model_flops'",
+        ),
+        (
+            {"objectives": [{"metric": "val_mIoU"}, {"metric": "model_params"}]},
+            r"objectives\[0\].metric 'val_mIoU' is not a metric the runs report. Did you mean "
+            "'val_miou'.*costs: model_params",
+        ),
         ({"report": {"sesoi": -0.01}}, "report.sesoi"),
         ({"report": {"correction": "fdr"}}, "report.correction"),
         ({"report": {"metric": "best_val_miou"}}, "report.metric 'best_val_miou'"),
@@ -141,6 +177,40 @@ def test_objective_metrics_and_the_pruned_metric():
     assert objective_value({}, "val_loss", [0.9, 0.4, 0.6], "minimize") == 0.4
     assert objective_value({}, "val_miou", [0.2, 0.7, 0.5], "maximize") == 0.7
     assert objective_value({"best_val_miou": 0.55}, "best_val_miou", [], "maximize") == 0.55
+
+
+def test_costs_minimize_and_throughput_maximizes_unless_the_spec_says_otherwise(study_spec):
+    loaded = load_study_spec(
+        study_spec(
+            {
+                "objectives": [
+                    {"metric": "val_miou"},
+                    {"metric": "val_loss"},
+                    {"metric": "model_flops_per_image"},
+                    {"metric": "train_images_per_s"},
+                    {"metric": "model_params", "direction": "maximize"},
+                ]
+            }  # fmt: skip
+        )
+    )
+    assert loaded.spec.directions == ["maximize", "minimize", "minimize", "maximize", "maximize"]
+    single = load_study_spec(study_spec({"objective": {"metric": "val_loss"}}, name="one.yaml"))
+    assert (
+        single.spec.directions == ["minimize"]
+        and single.spec.objective_list[0].metric == "val_loss"
+    )
+
+
+def test_the_front_is_every_trial_no_other_beats_in_all_objectives():
+    from types import SimpleNamespace
+
+    from latentseg.study.progress import front
+
+    trials = [SimpleNamespace(values=v) for v in [(0.70, 10), (0.72, 12), (0.69, 12), (0.72, 10)]]
+    # maximize the first, minimize the second: (0.72, 10) beats all others but ties none
+    assert front(trials, ["maximize", "minimize"]) == [trials[3]]
+    assert front(trials[:3], ["maximize", "minimize"]) == trials[:2]  # a trade-off: both stay
+    assert front(trials, ["minimize", "minimize"]) == [trials[0], trials[2]]
 
 
 def test_a_point_is_named_by_its_values_with_keys_cut_to_their_last_part_where_unique():

@@ -624,3 +624,67 @@ def test_a_study_named_with_a_quote_runs_resumes_and_reports(study_spec, trackin
     both = study_spec({**spec, "name": 'o\'brien "the"'}, name="both.yaml")
     assert main(["study", str(both), "--tracking-uri", tracking_uri]) == 2
     assert "holds both ' and \"" in capsys.readouterr().err
+
+
+def test_a_study_of_two_objectives_runs_on_two_workers_resumes_and_keeps_its_objectives(
+    study_spec, tracking_uri, tmp_path, capsys
+):
+    """Quality against cost: validation mIoU (maximized) and FLOPs per image (minimized),
+    searched by TPE on 2 workers. Each trial's values are its seed means, in the spec's
+    order and named in the study; the launch prints the front; a relaunch with more trials
+    resumes the study; a relaunch that swaps the objectives is refused with one line."""
+    from latentseg.cli import main
+    from latentseg.study.progress import front
+
+    objectives = [{"metric": "val_miou"}, {"metric": "model_flops_per_image"}]
+    spec = {
+        "name": "quality-cost",
+        "search_space": {"model.num_latents": {"type": "int", "low": 2, "high": 16, "log": True}},
+        "objectives": objectives,
+        "sampler": {"name": "tpe", "n_startup_trials": 2},
+        "seeds": 2,
+        "n_trials": 2,
+    }
+    path = study_spec(spec)
+    argv = ["study", str(path), "--workers", "2", "--tracking-uri", tracking_uri, "--no-progress"]
+    assert main(argv) == 0
+    assert main([*argv, "--n-trials", "3"]) == 0  # resumed: one more trial
+    printed = capsys.readouterr().out
+
+    study = optuna.load_study(study_name="quality-cost", storage=journal(tmp_path))
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val_miou", "model_flops_per_image"]  # optuna-dashboard's axes
+    assert len(study.trials) == 3 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    client = connect(tracking_uri)
+    runs = runs_by_type(client, "quality-cost")
+    assert len(runs["study"]) == 2 and no_run_left_running(client, "quality-cost")
+    for trial in study.trials:
+        (run,) = [
+            r for r in runs["trial"] if r.data.tags["latentseg.trial_number"] == str(trial.number)
+        ]
+        seeds = [r for r in runs["seed"] if r.data.tags["mlflow.parentRunId"] == run.info.run_id]
+        assert len(seeds) == 2
+        # the values are the seed means: best epoch's val_miou, the model's FLOPs as logged
+        miou = [
+            max(m.value for m in client.get_metric_history(r.info.run_id, "val_miou"))
+            for r in seeds
+        ]
+        flops = [r.data.metrics["model_flops_per_image"] for r in seeds]
+        assert trial.values == pytest.approx([sum(miou) / 2, sum(flops) / 2])
+        assert run.data.metrics["model_flops_per_image"] == pytest.approx(trial.values[1])
+    # the last launch prints the front of all three trials
+    best = front(study.trials, ["maximize", "minimize"])
+    assert f"front by seed means (val_miou, model_flops_per_image): {len(best)} trial(s)" in printed
+    for trial in best:
+        assert f"  trial {trial.number}: val_miou {trial.values[0]:.4g}, " in printed
+
+    swapped = study_spec({**spec, "objectives": objectives[::-1]}, name="swapped.yaml")
+    assert main(["study", str(swapped), "--tracking-uri", tracking_uri, "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert (
+        error[-1].endswith(
+            "study 'quality-cost' exists with direction(s) maximize, minimize, the spec asks "
+            "minimize, maximize"
+        )
+        and len(error) == 1
+    ), error
