@@ -678,6 +678,18 @@ def test_a_study_of_two_objectives_runs_on_two_workers_resumes_and_keeps_its_obj
     for trial in best:
         assert f"  trial {trial.number}: val_miou {trial.values[0]:.4g}, " in printed
 
+    # optuna-dashboard, served on the study's own journal, names the objectives and shows
+    # each trial's per-seed values and its MLflow run
+    detail = dashboard_study(tmp_path / "store" / "optuna" / "journal.log", "quality-cost")
+    assert detail["objective_names"] == ["val_miou", "model_flops_per_image"]
+    shown = {t["number"]: {a["key"]: a["value"] for a in t["user_attrs"]} for t in detail["trials"]}
+    for trial in study.trials:
+        assert shown[trial.number]["mlflow_run_id"] == trial.user_attrs["mlflow_run_id"]
+        for seed in (7, 8):
+            assert float(shown[trial.number][f"seed_{seed}_val_miou"]) == pytest.approx(
+                trial.user_attrs[f"seed_{seed}_val_miou"]
+            )
+
     swapped = study_spec({**spec, "objectives": objectives[::-1]}, name="swapped.yaml")
     assert main(["study", str(swapped), "--tracking-uri", tracking_uri, "--no-progress"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
@@ -688,3 +700,42 @@ def test_a_study_of_two_objectives_runs_on_two_workers_resumes_and_keeps_its_obj
         )
         and len(error) == 1
     ), error
+
+
+def dashboard_study(journal_path: Path, name: str) -> dict:
+    """The study ``name`` as optuna-dashboard's own server (its command, on a loopback port)
+    serves it from the journal file: ``/api/studies/<id>``. Skips loudly without the
+    ``dashboard`` extra."""
+    import shutil
+    import urllib.request
+
+    from tests.helpers_processes import free_port, stop_server
+
+    command = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent))
+    if command is None:
+        pytest.skip(
+            "SKIPPED LOUDLY: optuna-dashboard is not installed (pip install -e '.[dashboard]')"
+        )
+    port = free_port()
+    server = subprocess.Popen(
+        [command, str(journal_path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, f"optuna-dashboard exited: {server.communicate()[0]}"
+            assert time.monotonic() < deadline, "optuna-dashboard did not answer in 120 s"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    studies = json.load(r)["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.5)
+        (study_id,) = [s["study_id"] for s in studies if s["study_name"] == name]
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/studies/{study_id}", timeout=30
+        ) as r:
+            return json.load(r)
+    finally:
+        stop_server(server)
