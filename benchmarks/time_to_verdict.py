@@ -9,7 +9,10 @@ approach (the calibration tests measure how close, ``tests/report/test_calibrati
 Each study runs as its own ``latentseg study`` process in a fresh temporary store; the CPU
 seconds are those of that process and its workers. Prints, for each design: CPU seconds,
 wall seconds, seed runs, the verdicts and how many of them agree between the two designs.
-``--json PATH`` also writes the figures there.
+``--json PATH`` also writes the figures there; ``--keep DIR`` keeps both stores there (one
+folder per design: ``mlflow.db``, ``journal.log``, the artifacts), so that
+``latentseg report --study ttv-fixed --tracking-uri sqlite:///DIR/fixed/mlflow.db`` reads
+them again.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def main() -> None:
     parser.add_argument("--spec", default="studies/quick.yaml")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", type=Path, help="keep the two studies' stores in this (new or empty) folder")
     args = parser.parse_args()
     source = Path(args.spec).resolve()
     spec = yaml.safe_load(source.read_text())
@@ -66,11 +70,14 @@ def main() -> None:
     if not isinstance(seeds, dict):
         sys.exit(f"{args.spec}: seeds must be adaptive ({{min, max, step}}), got {seeds!r}")
     spec["experiment"] = str((source.parent / spec["experiment"]).resolve())
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        sys.exit(f"--keep {args.keep}: the folder is not empty")
     results = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep.resolve() if args.keep is not None else Path(scratch)
         for design, value in (("fixed", int(seeds["max"])), ("adaptive", seeds)):
             folder = Path(tmp) / design
-            folder.mkdir()
+            folder.mkdir(parents=True)
             name = f"ttv-{design}"
             path = folder / "spec.yaml"
             path.write_text(yaml.safe_dump({**spec, "name": name, "seeds": value}))
