@@ -53,6 +53,16 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="multiple-comparison control: holm (default), bonferroni, or bh (false discovery "
         "rate, for exploratory sweeps)",
     )
+    parser.add_argument(
+        "--front",
+        action="append",
+        default=[],
+        metavar="METRIC",
+        help="an objective of the Pareto front, repeatable: a cost (model_params, "
+        "model_flops_per_image, model_kv_params, model_kv_activations_per_image, "
+        "train_images_per_s) or a quality metric (read on the test split); default: the "
+        "study's objectives, else the metric against model_params",
+    )
     return parser
 
 
@@ -60,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from latentseg.config import parse_override
     from latentseg.errors import StoreWriteError
     from latentseg.report import ablation_report
+    from latentseg.report.cells import front_lines
     from latentseg.report.labels import baseline_label
     from latentseg.report.writers import verdict_lines
     from latentseg.tracking import TrackingStore
@@ -74,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         sesoi=args.sesoi,
         alpha=args.alpha,
         correction=args.correction,
+        front=args.front or None,
         output=args.output or Path("reports") / name,
     )
     if report.parent_run_id is not None:
@@ -86,6 +98,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"baseline: {baseline_label(report.baseline)} ({report.baseline_reason}); {len(report.summary)} variants"
     )
-    print("\n".join(verdict_lines(report)))
+    print("\n".join(verdict_lines(report) + front_lines(report)))
     print(f"report: {report.paths[0]}  {report.paths[2]}  summary: {report.paths[1]}")
     return 0

@@ -118,16 +118,19 @@ def print_outcome(result) -> None:
 
 
 def print_grid_verdicts(result) -> None:
-    """An ablation grid ends with its verdicts and what deciding the open ones would take."""
+    """An ablation grid ends with its verdicts and what deciding the open ones would take,
+    then its Pareto front; a search of several objectives with its front."""
     from latentseg.report import ablation_report
+    from latentseg.report.cells import front_lines
     from latentseg.report.labels import baseline_label
     from latentseg.report.writers import verdict_lines
     from latentseg.tracking import TrackingStore
 
     parent = TrackingStore.open(result.tracking_uri, create=False).run(result.parent_run_id)
-    sampler = parent.data.params.get("study.sampler.name") if parent else None
-    if sampler != "grid":
-        return  # a search: its answer is the best trial, printed above
+    params = parent.data.params if parent else {}
+    grid = params.get("study.sampler.name") == "grid"
+    if not grid and "front" not in result.summary:
+        return  # a search of one objective: its answer is the best trial, printed above
     try:
         report = ablation_report(
             study=result.study_name, tracking_uri=result.tracking_uri, figures=False
@@ -135,6 +138,8 @@ def print_grid_verdicts(result) -> None:
     except LatentSegError as exc:
         print(f"no verdicts yet: {exc}")
         return
-    print("verdicts against the baseline (" + baseline_label(report.baseline) + "):")
-    print("\n".join(verdict_lines(report)))
+    if grid:
+        print("verdicts against the baseline (" + baseline_label(report.baseline) + "):")
+        print("\n".join(verdict_lines(report)))
+    print("\n".join(front_lines(report)))
     print(f"the whole report: latentseg report --study {result.study_name}")

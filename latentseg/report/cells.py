@@ -90,10 +90,62 @@ def sections(report: Report, built: Tables) -> list[Section]:
         shown.append(_effects_section(built))
     if not built.interactions.empty:
         shown.append(_interactions_section(built))
+    if not built.front.empty:
+        shown.append(_front_section(report, built))
     if not built.noise.empty:
         shown.append(_noise_section(report, built))
     shown.append(_details_section(report, built))
     return shown
+
+
+def _front_section(report: Report, built: Tables) -> Section:
+    """Each point's membership of the Pareto front, with its objectives' values."""
+    keys = report.axes
+    tasks = [k for k in keys if is_stratum(k)]
+    objectives = report.front_objectives
+    head = [*(["dataset"] if tasks else []), "point", "membership", "seeds"]
+    head += [f"{o.metric} ({o.direction})" for o in objectives] + ["dominated by"]
+    rows = [
+        [*([str(row[tasks[0]])] if tasks else []), label(row, keys, tuple(tasks)),
+         str(row["membership"]), str(int(row["n"])),
+         *(objective_cell(row, o.metric) for o in objectives), row["dominated_by"] or "–"]
+        for _, row in built.front.iterrows()
+    ]  # fmt: skip
+    return "Pareto front", "front", head, rows
+
+
+def front_lines(report: Report) -> list[str]:
+    """The front as terminal lines: its rule, then one line per point."""
+    from latentseg.report.tables import tables
+
+    built = tables(report)
+    if built.front.empty:
+        return []
+    family = report.front_family
+    names = ", ".join(f"{o.metric} ({o.direction})" for o in report.front_objectives)
+    fixed = f"; no interval for {', '.join(family['fixed'])} (fixed)" if family["fixed"] else ""
+    lines = [
+        f"Pareto front over {names}: {family['intervals']} intervals at {family['level']:.2%}, "
+        f"all membership claims right together in >= {1 - family['alpha']:.0%} of reports{fixed}"
+    ]
+    _, _, head, rows = _front_section(report, built)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    for cells in [head, *rows]:
+        lines.append(
+            "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+        )
+    return lines
+
+
+def objective_cell(row, metric: str) -> str:
+    """``0.8012 [0.7950, 0.8074]`` for a noisy objective (95% over seeds), ``12,345`` for a
+    count such as parameters, else the value."""
+    value = row[metric]
+    if f"{metric}_ci_low" in row and not pd.isna(row[f"{metric}_ci_low"]):
+        return f"{fmt(value)} [{fmt(row[f'{metric}_ci_low'])}, {fmt(row[f'{metric}_ci_high'])}]"
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and abs(value) >= 100:
+        return f"{value:,.0f}"
+    return fmt(value)
 
 
 def _noise_section(report: Report, built: Tables) -> Section:

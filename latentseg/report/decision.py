@@ -4,6 +4,7 @@ planned looks (``latentseg report --sesoi/--alpha/--correction``, or a study spe
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ class Decision:
     looks: tuple[int, ...] = ()
     until: str = "variants"  # adaptive seeds: what later rounds seed (``study.seeds.until``)
     primary: str = "miou"  # the study's primary metric (``report: {metric: ...}``)
+    # the front's objectives: ``--front``, else a study's ``objectives:`` (their metrics)
+    objectives: tuple[str, ...] = ()
     # the options given that differ from the rule the study logged: "--sesoi 0.02 (the study: 0.01)"
     differs: tuple[str, ...] = ()
 
@@ -49,6 +52,17 @@ class Decision:
         if self.sesoi is not None:
             return float(self.sesoi)
         return DEFAULT_SESOI if metric_bounds(metric) == (0.0, 1.0) else math.nan
+
+
+def study_objectives(spec_params: dict[str, str]) -> tuple[str, ...]:
+    """The metrics of a study's ``objectives:`` (its parent run logs the list as JSON)."""
+    text = spec_params.get("study.objectives")
+    if not text or text == "None":
+        return ()
+    try:
+        return tuple(str(item["metric"]) for item in json.loads(text))
+    except (ValueError, TypeError, KeyError):
+        return ()
 
 
 def decision_for(given: dict[str, Any], spec_params: dict[str, str]) -> Decision:
@@ -88,6 +102,7 @@ def decision_for(given: dict[str, Any], spec_params: dict[str, str]) -> Decision
         looks=tuple(int(n) for n in looks.split(",")) if looks else (),
         until=spec_params.get("study.seeds.until") or "variants",
         primary=logged("metric") or "miou",
+        objectives=tuple(given.get("front") or ()) or study_objectives(spec_params),
         differs=tuple(differs),
     )
 

@@ -162,21 +162,9 @@ def latents_heads_heatmap(runs: pd.DataFrame, column: str, label: str) -> plt.Fi
     return fig
 
 
-def pareto_front(points: pd.DataFrame, cost: str, value: str) -> pd.Series:
-    """True for the variants no other variant beats on both lower ``cost`` and higher ``value``."""
-    flags = []
-    for _, row in points.iterrows():
-        dominated = (
-            (points[cost] <= row[cost])
-            & (points[value] >= row[value])
-            & ((points[cost] < row[cost]) | (points[value] > row[value]))
-        ).any()
-        flags.append(not dominated)
-    return pd.Series(flags, index=points.index)
-
-
 def accuracy_vs_cost(summary: pd.DataFrame, axes: list[str], label: str) -> plt.Figure | None:
-    """Mean metric against params, FLOPs and time per image; the Pareto front is outlined."""
+    """Mean metric against params, FLOPs and time per image (which points are on the front,
+    with the seeds' noise, is the front plot's: :func:`front`)."""
     costs = [
         ("params", "parameters"),
         ("flops_per_image", "FLOPs per image"),
@@ -191,24 +179,73 @@ def accuracy_vs_cost(summary: pd.DataFrame, axes: list[str], label: str) -> plt.
     frame["variant"] = variant_names(frame, axes)
     fig, axs = plt.subplots(1, len(costs), figsize=(5.2 * len(costs), 4.2), squeeze=False)
     for ax, (cost, name) in zip(axs[0], costs, strict=True):
-        front = pareto_front(frame, cost, "mean")
         sns.scatterplot(
             data=frame, x=cost, y="mean", ax=ax, color=sns.color_palette(PALETTE)[0], s=50
         )
-        ordered = frame[front].sort_values(cost)
-        ax.plot(
-            ordered[cost],
-            ordered["mean"],
-            color=sns.color_palette(PALETTE)[3],
-            lw=2,
-            marker="o",
-            label="Pareto front",
-        )
         ax.set(xlabel=name, ylabel=label)
-        ax.legend()
     fig.suptitle(f"{label} vs cost")
     fig.tight_layout()
     return fig
+
+
+MEMBERSHIP_COLOURS = {"on the front": 2, "inconclusive": 1, "dominated": 7}  # palette indices
+
+
+def front(
+    table: pd.DataFrame, objectives: list, keys: list[str], level: float
+) -> plt.Figure | None:
+    """The Pareto front with its verdicts: each point's first objective (the quality) against
+    the second, with 95% seed intervals of the means where an objective is noisy, coloured by
+    its membership verdict (decided with the family's intervals at ``level``, wider than
+    these); the points on the front joined. Further objectives are in the table."""
+    from latentseg.report.labels import label as point_label
+    from latentseg.report.stats import is_stratum
+
+    if table.empty or len(objectives) < 2:
+        return None
+    _style()
+    y, x = objectives[0], objectives[1]
+    tasks = [k for k in keys if is_stratum(k)]
+    parts = list(table.groupby(tasks, sort=True)) if tasks else [((), table)]
+    fig, axs = plt.subplots(1, len(parts), figsize=(6.2 * len(parts), 4.6), squeeze=False)
+    colours = sns.color_palette(PALETTE)
+    for ax, (task, part) in zip(axs[0], parts, strict=True):
+        for verdict, index in MEMBERSHIP_COLOURS.items():
+            rows = part[part["membership"] == verdict]
+            if rows.empty:
+                continue
+            ax.errorbar(
+                rows[x.metric], rows[y.metric], yerr=_bars(rows, y.metric), xerr=_bars(rows, x.metric),
+                fmt="o", ms=7, capsize=3, color=colours[index], label=verdict,
+            )  # fmt: skip
+        on = part[part["membership"] == "on the front"].sort_values(x.metric)
+        if len(on) > 1:
+            ax.plot(on[x.metric], on[y.metric], color=colours[2], lw=1.5, alpha=0.7)
+        for _, row in part.iterrows():
+            ax.annotate(
+                point_label(row, keys, tuple(tasks)), (row[x.metric], row[y.metric]),
+                textcoords="offset points", xytext=(5, 4), fontsize=8,
+            )  # fmt: skip
+        if x.is_cost and part[x.metric].max() > 10 * part[x.metric].min() > 0:
+            ax.set_xscale("log")
+        title = f"{', '.join(map(str, task))}: " if tasks else ""
+        ax.set(xlabel=f"{x.metric} ({x.direction})", ylabel=f"{y.metric} ({y.direction})")
+        ax.set_title(
+            f"{title}Pareto front (bars: 95% over seeds; verdicts: paired, {level:.2%})",
+            fontsize=10,
+        )
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _bars(rows: pd.DataFrame, metric: str):
+    """Asymmetric error bars from ``<metric>_ci_low/high``; None for a fixed objective."""
+    if f"{metric}_ci_low" not in rows:
+        return None
+    low = (rows[metric] - rows[f"{metric}_ci_low"]).clip(lower=0).fillna(0)
+    high = (rows[f"{metric}_ci_high"] - rows[metric]).clip(lower=0).fillna(0)
+    return np.vstack([low.to_numpy(), high.to_numpy()])
 
 
 def latent_diagnostics(runs: pd.DataFrame, axes: list[str]) -> plt.Figure | None:

@@ -17,7 +17,8 @@ from latentseg.report.cells import fmt, signed, verdict_cell
 from latentseg.report.collect import Collected, scored_runs
 from latentseg.report.decision import Decision, run_metric
 from latentseg.report.effects import axis_effects, interactions
-from latentseg.report.labels import change, effect_label, label, on_dataset, variant_names
+from latentseg.report.front import front_findings
+from latentseg.report.labels import change, effect_label, on_dataset, variant_names
 from latentseg.report.notes import _count_failures, _effect_notes, _notes, _warnings
 from latentseg.report.rounds import complete_blocks, effect_runs, run_rounds, sequential
 from latentseg.report.stats import (
@@ -148,6 +149,7 @@ def build(
     if axes:
         _decide(report, runs, axes, decision)
         _count_failures(report, runs, axes, collected.unfinished)
+        _front(report, runs, axes, decision)
     else:
         table["verdict"] = "baseline"
     report.warnings = _warnings(report, runs, axes, decision, run_metric(decision.primary))
@@ -163,10 +165,30 @@ def build(
             )
     if figures:
         report.figures, report.images = _drawings(report, runs, axes, store or client, collected)
-    report.findings = _findings(axes, keys, column, report.summary, report.effects)
+    report.findings = _findings(
+        axes, keys, column, report.summary, report.effects, report.front, report.front_objectives
+    )
     shown = [*report.figures, *report.images]
     report.markdown = markdown(report, tables(report), shown)
     return report
+
+
+def _front(report: Report, runs: pd.DataFrame, axes: list[str], decision: Decision) -> None:
+    """Each point's membership of the Pareto front (:mod:`latentseg.report.front`), into
+    ``report``. Objectives asked for (``--front``) that no run logs are refused; the default
+    front (the metric against parameters) is left out where runs do not log parameters."""
+    from latentseg.report.front import check_logged, front_table, objectives_for
+
+    sesoi = decision.resolved_sesoi(report.metric)
+    objectives = objectives_for(report.metric, sesoi, decision.objectives)
+    if decision.objectives:
+        check_logged(runs, objectives)
+    elif any(o.column not in runs or runs[o.column].isna().all() for o in objectives):
+        return
+    report.front, report.front_family = front_table(
+        runs, axes, objectives, decision.alpha, max(len(decision.looks), 1)
+    )
+    report.front_objectives = objectives
 
 
 def _variant_table(runs: pd.DataFrame, axes: list[str], column: str) -> pd.DataFrame:
@@ -288,6 +310,13 @@ def _drawings(
     drawn = _figures(
         runs, table, report.effects, axes, keys, column, report.family, report.baseline
     )
+    from latentseg.report import plots
+
+    figure = plots.front(
+        report.front, report.front_objectives, keys, report.front_family.get("level", 1.0)
+    )
+    if figure is not None:
+        drawn["pareto"] = figure
     if store is None:
         return drawn, {}
     store = TrackingStore.of(store)
@@ -331,11 +360,9 @@ def _cost_ratios(table: pd.DataFrame, axes: list[str], keys: list[str]) -> pd.Da
     return table
 
 
-def _findings(axes, keys, column, table, effects) -> list[str]:
-    """One sentence per main effect (with its verdict and adjusted interval) and the variants
-    on the Pareto front."""
-    from latentseg.report.plots import pareto_front
-
+def _findings(axes, keys, column, table, effects, report_front, front_objectives) -> list[str]:
+    """One sentence per main effect (with its verdict and adjusted interval) and, per
+    dataset, the Pareto front's verdicts."""
     lines = []
     for _, row in effects.iterrows():
         prefix = "" if row["scope"] == "all" else f"On {row['scope']}: "
@@ -347,19 +374,7 @@ def _findings(axes, keys, column, table, effects) -> list[str]:
             + _cost(row)
             + "."
         )
-    task_keys = [a.removeprefix("params.") for a in axes if is_stratum(a)]
-    groups = table.groupby(task_keys, sort=True) if task_keys else [((), table)]
-    for task, part in groups:  # a front per task: params and metric compare within one
-        if len(part) < 2 or not part["params"].notna().all():
-            continue
-        front = part[pareto_front(part, "params", "mean")].sort_values("params")
-        names = "; ".join(
-            label(r, keys, tuple(task_keys)) + f" ({int(r['params']):,} params, {r['mean']:.4f})"
-            for _, r in front.iterrows()
-        )
-        where = f" on {', '.join(map(str, task))}" if task_keys else ""
-        lines.append(f"Pareto front{where} (fewest parameters for the metric): {names}.")
-    return lines
+    return lines + front_findings(report_front, front_objectives, keys)
 
 
 def _curves(store: TrackingStore, runs, table, axes, keys, column, baseline) -> dict[str, Any]:

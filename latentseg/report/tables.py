@@ -44,6 +44,11 @@ class Report:
     paths: list[Path] = field(default_factory=list)  # the documents, once written
     # adaptive seeds: per look, {round, seeds, alpha, open, decided}
     rounds: list[dict] = field(default_factory=list)
+    # the Pareto front: one row per point with its objectives and membership verdict
+    # (report.front), the objectives weighed and the family ({intervals, level, fixed})
+    front: pd.DataFrame = field(default_factory=pd.DataFrame)
+    front_objectives: list = field(default_factory=list)
+    front_family: dict = field(default_factory=dict)
     # what a reader must not miss (also in the terminal): a rule that differs from the
     # study's, a secondary metric, runs computed differently, failures that may be the effect
     warnings: list[str] = field(default_factory=list)
@@ -69,6 +74,7 @@ class Tables:
     # the terminal's rows: each compared variant and main effect by name, decided first
     compared: list[tuple[str, pd.Series]]
     verdict_counts: dict[str, int]  # variants and main effects, per verdict
+    front: pd.DataFrame  # per dataset: on the front, inconclusive, dominated; best first
     summary_csv: pd.DataFrame  # the variants, the verdict's columns first after the axes
     effects_csv: pd.DataFrame  # the main effects without their test objects
 
@@ -85,6 +91,7 @@ def tables(report: Report) -> Tables:
         seed_values=_shows_seed_values(report.summary),
         compared=_compared(report),
         verdict_counts=_verdict_counts(report),
+        front=_front_rows(report),
         summary_csv=_summary_csv(report),
         effects_csv=report.effects.drop(columns=TEST_KEY, errors="ignore"),
     )
@@ -148,6 +155,24 @@ def _verdict_counts(report: Report) -> dict[str, int]:
         [report.summary["verdict"], report.effects.get("verdict", pd.Series(dtype=str))]
     ).value_counts()
     return {verdict: int(counts.get(verdict, 0)) for verdict in VERDICT_WORDS}
+
+
+def _front_rows(report: Report) -> pd.DataFrame:
+    """The front's points by dataset: on the front, then inconclusive, then dominated; within
+    each, by the first objective, best first."""
+    front = report.front
+    if front.empty:
+        return front
+    from latentseg.report.pareto import MEMBERSHIP
+
+    tasks = [k for k in report.axes if is_stratum(k)]
+    first = report.front_objectives[0]
+    rank = front["membership"].map({v: i for i, v in enumerate(MEMBERSHIP)})
+    return (
+        front.assign(_rank=rank, _value=front[first.metric])
+        .sort_values([*tasks, "_rank", "_value"], ascending=[*([True] * len(tasks)), True, first.direction == "minimize"])
+        .drop(columns=["_rank", "_value"])
+    )  # fmt: skip
 
 
 def _summary_csv(report: Report) -> pd.DataFrame:

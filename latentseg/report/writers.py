@@ -54,7 +54,7 @@ def markdown(report: Report, built: Tables, shown: list[str]) -> str:
 
 def write(report: Report, out_dir: str | Path) -> list[Path]:
     """``report.md``, ``report.html``, ``summary.csv`` (and ``effects.csv``,
-    ``interactions.csv`` and ``variance.csv`` when there are any) and ``plots/*.png`` in ``out_dir``, written
+    ``interactions.csv``, ``variance.csv`` and ``pareto.csv`` when there are any) and ``plots/*.png`` in ``out_dir``, written
     atomically; returns the paths of the documents, report.md, summary.csv and report.html
     first."""
     import base64
@@ -87,9 +87,12 @@ def write(report: Report, out_dir: str | Path) -> list[Path]:
             ("effects", built.effects_csv),
             ("interactions", built.interactions),
             ("variance", built.noise),
+            ("pareto", built.front),
         )
         if not frame.empty
     ]
+    if "pareto" in images:  # the front's plot travels with its table (to the parent run too)
+        written.append(out / "plots" / "pareto.png")
     return [md, csv, page, *written]
 
 

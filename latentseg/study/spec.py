@@ -28,6 +28,7 @@ from latentseg.config import (
     read_yaml_mapping,
 )
 from latentseg.errors import ConfigError, LatentSegError
+from latentseg.tracking.logged import COST_METRICS  # an objective of a study of several
 from latentseg.tracking.store import redact  # noqa: F401 - the study's name for it
 
 Scalar = Union[bool, int, float, str, None]  # noqa: UP007
@@ -80,17 +81,6 @@ class CategoricalParam(StrictModel):
 
 
 Param = Annotated[Union[IntParam, FloatParam, CategoricalParam], Field(discriminator="type")]  # noqa: UP007
-
-
-# What a run costs, as every run logs it (the model's size and work at step 0, its training
-# throughput each epoch): an objective of a study of several, in its natural direction.
-COST_METRICS = {
-    "model_params": "minimize",
-    "model_flops_per_image": "minimize",
-    "model_kv_params": "minimize",
-    "model_kv_activations_per_image": "minimize",
-    "train_images_per_s": "maximize",
-}
 
 
 class ObjectiveSpec(StrictModel):

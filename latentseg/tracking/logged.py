@@ -8,3 +8,13 @@ PLOT_KEYS = ("predictions", "latent_attention", "expert_assignment")
 # (latentseg.train.callbacks.TEST_SCORES: per-image confusion matrices, .npz)
 SCORES_DIR = "scores"
 TEST_SCORES_FILE = "test_per_image.npz"
+
+# the costs every run logs (its size and work at step 0, its training throughput), and the
+# direction that is better: what a study's objectives and the report's front may weigh
+COST_METRICS = {
+    "model_params": "minimize",
+    "model_flops_per_image": "minimize",
+    "model_kv_params": "minimize",
+    "model_kv_activations_per_image": "minimize",
+    "train_images_per_s": "maximize",
+}

@@ -89,6 +89,8 @@ def test_report_of_a_study_matches_its_seed_runs_and_is_logged_to_the_parent(
         "report/report.html",
         "report/effects.csv",
         "report/variance.csv",
+        "report/pareto.csv",
+        "report/pareto.png",
     }
     # every seed run logged its test images' confusion matrices, which give back its test
     # mIoU exactly: the report splits each comparison's noise from them
@@ -106,6 +108,16 @@ def test_report_of_a_study_matches_its_seed_runs_and_is_logged_to_the_parent(
     assert noise.loc[0, "n_pairs"] == 2 and noise.loc[0, "test_images"] == 16
     assert noise.loc[0, "sd_diff"] == pytest.approx(summary.loc[False, "sd_diff"], abs=1e-9)
     assert "## Where the noise comes from" in markdown
+    # the Pareto front of test mIoU against parameters: without expert attention the model
+    # has fewer parameters, so each point has one membership verdict, as printed
+    front = pd.read_csv(tmp_path / "out" / "pareto.csv").set_index("model.expert_attention")
+    assert front.loc[False, "model_params"] < front.loc[True, "model_params"]
+    assert set(front["membership"]) <= {"on the front", "dominated", "inconclusive"}
+    assert front.loc[True, "test_miou"] == pytest.approx(summary.loc[True, "mean"])
+    # the cheaper point cannot be dominated by a larger one: it is on the front
+    assert front.loc[False, "membership"] == "on the front"
+    assert "Pareto front over test_miou (maximize), model_params (minimize)" in out
+    assert "## Pareto front" in markdown and "| expert_attention False | on the front |" in markdown
 
     # Self-contained HTML: every image embedded, nothing fetched from anywhere, one row per variant.
     page = (tmp_path / "out" / "report.html").read_text()
@@ -125,6 +137,7 @@ def test_report_of_a_study_matches_its_seed_runs_and_is_logged_to_the_parent(
         "best_run_predictions",
         "accuracy_vs_cost",
         "forest",
+        "pareto",
     } <= plots
     assert len(sources) == len(plots)  # every plot is in the page
 
@@ -143,6 +156,7 @@ def test_report_bad_input_exits_2(tracking_uri, capsys):
         (["--sesoi", "-1"], "--sesoi -1.0: must be > 0"),
         (["--alpha", "1.5"], "--alpha 1.5: must be between 0 and 1"),
         (["--metric", "best_val_miou"], "validation picked that epoch, so it cannot also score it"),
+        (["--front", "model_flops"], "--front model_flops: not a cost runs log"),
     ):
         assert main(["report", "--experiment", "nope", "--tracking-uri", tracking_uri, *flags]) == 2
         err = capsys.readouterr().err

@@ -102,14 +102,6 @@ def test_a_clear_difference_is_not_within_noise():
     assert off["diff_ci95_low"] > 0.25 and off["p"] < 1e-4
 
 
-def test_pareto_front_keeps_the_variants_nothing_beats_on_both_cost_and_metric():
-    from latentseg.report.plots import pareto_front
-
-    points = pd.DataFrame({"params": [100, 200, 150, 300, 200], "mean": [0.5, 0.7, 0.45, 0.8, 0.6]})
-    # (150, 0.45) is beaten by (100, 0.5); (200, 0.6) by (200, 0.7)
-    assert pareto_front(points, "params", "mean").tolist() == [True, True, False, True, False]
-
-
 def test_axis_effects_average_over_the_other_axes_and_pair_by_seed():
     from latentseg.report.effects import axis_effects
 

@@ -677,6 +677,15 @@ def test_a_study_of_two_objectives_runs_on_two_workers_resumes_and_keeps_its_obj
     assert f"front by seed means (val_miou, model_flops_per_image): {len(best)} trial(s)" in printed
     for trial in best:
         assert f"  trial {trial.number}: val_miou {trial.values[0]:.4g}, " in printed
+    # then the report's front, with the seeds' noise, over the study's own objectives (mIoU
+    # read on the test split); FLOPs are fixed, so the smallest model is on the front
+    assert "Pareto front over test_miou (maximize), model_flops_per_image (minimize)" in printed
+    from latentseg.report import ablation_report
+
+    points = ablation_report(study="quality-cost", tracking_uri=tracking_uri, figures=False).front
+    assert len(points) == len({t.params["model.num_latents"] for t in study.trials})
+    smallest = points.sort_values("model_flops_per_image").iloc[0]
+    assert smallest["membership"] == "on the front"
 
     # optuna-dashboard, served on the study's own journal, names the objectives and shows
     # each trial's per-seed values and its MLflow run
