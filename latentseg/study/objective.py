@@ -153,7 +153,8 @@ def run_trial(
             for metric, value in values[seed].items():
                 trial.set_user_attr(f"seed_{seed}_{metric}", value)
         state = "COMPLETE"
-        means = [statistics.fmean(v[metric] for v in values.values()) for metric in metrics]
+        every = _with_earlier_rounds(trial, params, round_, metrics, values)
+        means = [statistics.fmean(v[metric] for v in every.values()) for metric in metrics]
         return means if loaded.spec.objectives else means[0]
     except TrainingPruned as exc:
         state = "PRUNED"
@@ -172,6 +173,36 @@ def run_trial(
         if state != "PRUNED":
             tags.pop("pruned_at_seed", None)
         end_trial_run(store, run_id, state, _trial_metrics(values, metrics, state), tags)
+
+
+def _with_earlier_rounds(
+    trial: optuna.Trial, params: dict[str, Any], round_: int, metrics: list[str], values: dict
+) -> dict[int, dict[str, float]]:
+    """With adaptive seeds, a later round's trial is valued over all its point's seeds so far:
+    the earlier rounds' trials of the point (their per-seed user attributes) and its own. So
+    in optuna-dashboard a point's latest trial holds its running mean, and names the trials
+    it supersedes (user attributes ``supersedes`` and ``value_seeds``)."""
+    if round_ <= 1:
+        return values
+    from latentseg.study.rounds import point_key, point_of, trial_round
+
+    key = point_key(params)
+    earlier = [
+        t
+        for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if trial_round(t) < round_ and point_key(point_of(t)) == key
+    ]
+    every: dict[int, dict[str, float]] = {}
+    for past in sorted(earlier, key=lambda t: t.number):
+        for name, value in past.user_attrs.items():
+            seed, _, metric = name.removeprefix("seed_").partition("_")
+            if name.startswith("seed_") and seed.isdigit() and metric in metrics:
+                every.setdefault(int(seed), {})[metric] = float(value)
+    every = {seed: v for seed, v in every.items() if set(v) == set(metrics)}
+    every.update(values)
+    trial.set_user_attr("supersedes", [t.number for t in sorted(earlier, key=lambda t: t.number)])
+    trial.set_user_attr("value_seeds", sorted(every))
+    return every
 
 
 def point_name(params: dict[str, Any]) -> str:

@@ -64,6 +64,25 @@ def test_rounds_add_seeds_only_to_open_points_and_say_why(study_spec, tracking_u
         (8, 1, (7, 8)), (8, 2, (9,)), (8, 3, (10,)),
         (16, 1, (7, 8)),
     ]  # fmt: skip
+    # a later round's trial holds its point's running mean over every seed so far, and
+    # names the trials it supersedes (what optuna-dashboard shows of a point)
+    for latents in (4, 8):
+        trials = sorted(
+            (t for t in study.trials if t.params["model.num_latents"] == latents),
+            key=lambda t: t.number,
+        )
+        per_seed = {
+            int(k.split("_")[1]): v
+            for t in trials
+            for k, v in t.user_attrs.items()
+            if k.startswith("seed_") and k.endswith("_val_miou")
+        }
+        assert sorted(per_seed) == [7, 8, 9, 10]
+        last = trials[-1]
+        assert last.value == pytest.approx(sum(per_seed.values()) / 4)
+        assert last.user_attrs["supersedes"] == [t.number for t in trials[:-1]]
+        assert last.user_attrs["value_seeds"] == [7, 8, 9, 10]
+        assert trials[0].value == pytest.approx((per_seed[7] + per_seed[8]) / 2)
 
     client = connect(tracking_uri)
     seeds, runs = seed_runs(client, "adaptive")
