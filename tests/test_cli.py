@@ -255,7 +255,7 @@ def test_the_server_gets_a_postgresql_password_in_its_environment_only(tmp_path)
             str(tmp_path / "artifacts"),
         ]
     )
-    command, env, warnings = server_command(args)
+    command, env, warnings, _ = server_command(args)
     assert env["PGPASSWORD"] == "s3cret" and "s3cret" not in " ".join(command)
     assert command[command.index("--backend-store-uri") + 1] == "postgresql://mlflow@db-host/mlflow"
     assert command[command.index("--artifacts-destination") + 1] == str(tmp_path / "artifacts")

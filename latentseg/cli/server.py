@@ -40,6 +40,27 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=flags.positive_int, default=2, help="web workers (default 2)"
     )
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument(
+        "--auth",
+        action="store_true",
+        default=None,
+        help="ask every client who it is (MLflow's basic-auth app) also on loopback; on by "
+        "default beyond it",
+    )
+    who.add_argument(
+        "--no-auth",
+        dest="auth",
+        action="store_false",
+        help="serve beyond loopback without authentication (anyone who reaches the port can "
+        "change every run)",
+    )
+    parser.add_argument(
+        "--admin-password-file",
+        metavar="FILE",
+        help="the admin's password, first line of a file only you can read (chmod 600); "
+        "default: the MLFLOW_AUTH_ADMIN_PASSWORD environment variable. Never on the command line.",
+    )
     return parser
 
 
@@ -54,6 +75,8 @@ def server_command(args: argparse.Namespace):
         port=args.port,
         workers=args.workers,
         allowed_hosts=args.allowed_hosts,
+        auth=args.auth,
+        admin_password_file=args.admin_password_file,
     )
 
 
@@ -68,7 +91,13 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"MLflow tracking server at {where}: runs in {backend}, "
         f"artifacts in {launch.option('--artifacts-destination')} (served)\n"
-        f"  workers on any machine: latentseg study SPEC --tracking-uri {where} --storage postgresql://...\n"
+        + (
+            f"  who may use it: users in {launch.auth} (admin 'admin'); clients set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD\n"
+            if launch.auth
+            else ""
+        )
+        + f"  workers on any machine: latentseg study SPEC --tracking-uri {where} --storage postgresql://...\n"
         "  Ctrl-C to stop",
         flush=True,
     )

@@ -115,9 +115,20 @@ class StopFlag:
         return self.reason
 
 
+def tracking_credentials() -> dict[str, str]:
+    """The driver's MLflow credentials (its environment or ``~/.mlflow/credentials``), handed
+    to each Ray worker as a task argument: Ray's dashboard shows a task's environment
+    (``runtime_env``) in plain text, never its arguments."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    creds = read_mlflow_creds()
+    pairs = {"MLFLOW_TRACKING_USERNAME": creds.username, "MLFLOW_TRACKING_PASSWORD": creds.password}
+    return {k: v for k, v in pairs.items() if v}
+
+
 def ray_worker(
     trial_context: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int,
-    driver_cwd: str, flag,
+    driver_cwd: str, flag, credentials: dict[str, str] | None = None,
 ) -> int:  # fmt: skip
     """One Ray worker: the local worker loop in a process of its own (started here, it sees
     the GPUs Ray gave this task), its runs tagged with its node and index. A stop of the
@@ -131,6 +142,7 @@ def ray_worker(
 
     if os.path.isdir(driver_cwd):  # a node on the driver's machine: relative paths hold
         os.chdir(driver_cwd)
+    os.environ.update(credentials or {})  # the tracking server's: the worker process inherits them
     tags = {
         NODE_TAG: ray.get_runtime_context().get_node_id(),
         NODE_IP_TAG: ray.util.get_node_ip_address(),
@@ -223,7 +235,13 @@ class RayWorkers:
         flag = ray.remote(StopFlag).options(num_cpus=0).remote()
         pending = [
             remote.options(name=f"latentseg-worker-{index}", **options).remote(
-                trial_context, storage_url, deadline, index, os.getcwd(), flag
+                trial_context,
+                storage_url,
+                deadline,
+                index,
+                os.getcwd(),
+                flag,
+                tracking_credentials(),
             )
             for index in range(workers)
         ]

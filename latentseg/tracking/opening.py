@@ -44,6 +44,44 @@ def _check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         )
 
 
+CREDENTIALS_HINT = (
+    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials)"
+)
+
+
+def check_credentials(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail at once, with one line, when the tracking server at ``uri`` asks who the client is
+    and MLflow's credentials (its environment variables or ``~/.mlflow/credentials``) are
+    missing or refused. The request is MLflow's own (its TLS settings hold), without retries."""
+    from mlflow.utils.credentials import get_default_host_creds, read_mlflow_creds
+    from mlflow.utils.rest_utils import http_request
+
+    where = uri.rstrip("/")
+    try:
+        response = http_request(
+            get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET",
+            max_retries=0, timeout=timeout_s, raise_on_status=False, params={"max_results": 1},
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - TLS, refused connections: one line
+        raise TrackingError(
+            f"MLflow tracking server {where}: {str(exc).splitlines()[0][:300]}"
+        ) from None
+    if response.status_code == 401:
+        user = read_mlflow_creds().username
+        if user is None:
+            raise TrackingError(
+                f"MLflow tracking server {where} asks who you are: set {CREDENTIALS_HINT}"
+            )
+        raise TrackingError(
+            f"MLflow tracking server {where} refused user '{user}': check the password in {CREDENTIALS_HINT}"
+        )
+    if response.status_code == 403:
+        user = read_mlflow_creds().username
+        raise TrackingError(
+            f"MLflow tracking server {where}: user '{user}' may not read experiments; ask its admin for a permission"
+        )
+
+
 @contextlib.contextmanager
 def _schema_lock(db: Path, required: bool = True):
     """Serialise the first open of a SQLite store across processes: MLflow creates and migrates
@@ -112,6 +150,7 @@ def open_client(uri: str, create: bool = True):
                 ) from None
     elif parsed.scheme in {"http", "https"}:
         _check_reachable(uri)
+        check_credentials(uri)
     elif parsed.scheme in {"", "file"}:
         raise TrackingError(
             f"tracking URI {uri!r}: MLflow 3 no longer accepts a plain file store; use sqlite:///{uri.removeprefix('file://') or 'mlruns'}/mlflow.db"

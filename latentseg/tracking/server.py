@@ -32,6 +32,7 @@ class ServerLaunch(NamedTuple):
     command: list[str]
     env: dict[str, str]
     warnings: list[str]
+    auth: str | None = None  # where the users are kept, when the server asks who they are
 
     def option(self, flag: str) -> str:
         """The value given to ``flag`` on the command line, e.g. ``--backend-store-uri``."""
@@ -102,13 +103,30 @@ def server_command(
     port: int = 5000,
     workers: int = 2,
     allowed_hosts: str | None = None,
+    auth: bool | None = None,
+    admin_password_file: str | None = None,
 ) -> ServerLaunch:
     """A team's tracking server that serves artifacts. The backend (default: the project's
     SQLite store) is a database URI; a PostgreSQL password goes to ``PGPASSWORD`` in the
     environment, never on the command line. Local folders (the SQLite file's, the artifacts)
-    are created. Bound beyond localhost without ``allowed_hosts``: a warning."""
+    are created. Bound beyond localhost without ``allowed_hosts``: a warning.
+
+    ``auth`` (None: on whenever the server is bound beyond loopback) serves MLflow's
+    basic-auth app (:func:`auth_settings`); ``auth=False`` beyond loopback serves everyone,
+    with a warning."""
     backend, password = backend_without_password(backend_store_uri or DEFAULT_TRACKING_URI)
     env = lean_environment() | ({"PGPASSWORD": password} if password else {})
+    beyond = host not in LOCAL_HOSTS
+    warnings = []
+    users = None
+    if auth or (auth is None and beyond):
+        users, settings = auth_settings(backend, host, admin_password_file)
+        env |= settings
+    elif beyond:
+        warnings.append(
+            f"serving {host}:{port} without authentication (--no-auth): anyone who reaches "
+            "the port can read, change or delete every run, checkpoint and report"
+        )
     if backend.startswith("sqlite:///"):
         Path(backend.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     artifacts = artifact_destination(artifacts_destination)
@@ -126,8 +144,8 @@ def server_command(
         str(port),
         "--workers",
         str(workers),
+        *(["--app-name", "basic-auth"] if users else []),
     ]
-    warnings = []
     if allowed_hosts:
         command += ["--allowed-hosts", allowed_hosts]
     elif host not in LOCAL_HOSTS:
@@ -136,7 +154,74 @@ def server_command(
             "addressed to localhost or a private IP address and refuses those addressed by host "
             f"name; name the hosts clients use, e.g. --allowed-hosts {socket.getfqdn()}:{port}"
         )
-    return ServerLaunch(command, env, warnings)
+    return ServerLaunch(command, env, warnings, users)
+
+
+ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"  # MLflow's own: the first admin's password
+ADMIN_USER = "admin"
+
+
+def auth_settings(backend: str, host: str, password_file: str | None) -> tuple[str, dict[str, str]]:
+    """Where MLflow's basic-auth app keeps its users (a SQLite file beside a SQLite store; the
+    store's own PostgreSQL database, in tables of their own) and the environment that serves
+    it: its config file (``MLFLOW_AUTH_CONFIG_PATH``, which holds no secret), the admin's
+    password (from ``MLFLOW_AUTH_ADMIN_PASSWORD`` or ``password_file``, a file only its
+    owner can read; never the command line) and a CSRF key for the server's web workers.
+    Authenticated users may read every experiment; they write where they created an
+    experiment or were granted it."""
+    import secrets
+
+    password = admin_password(host, password_file)
+    if backend.startswith("sqlite:///"):
+        folder = Path(backend.removeprefix("sqlite:///")).resolve().parent
+        users = f"sqlite:///{folder / 'basic_auth.db'}"
+    else:
+        folder, users = DEFAULT_STATE_DIR.resolve(), backend
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = {users}\n"
+        f"admin_username = {ADMIN_USER}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    return redact(users), {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        ADMIN_PASSWORD_ENV: password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
+        or secrets.token_hex(32),
+    }
+
+
+def admin_password(host: str, password_file: str | None) -> str:
+    """The admin's password: the first line of ``password_file`` (owned by this user, unread
+    by group and others), else ``MLFLOW_AUTH_ADMIN_PASSWORD``; neither is an error that says
+    what to set."""
+    if password_file:
+        path = Path(password_file)
+        try:
+            info = path.stat()
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"--admin-password-file {password_file}: {exc.strerror}") from None
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise ConfigError(
+                f"--admin-password-file {password_file}: readable by others (mode "
+                f"{info.st_mode & 0o777:o}); chmod 600 it, as its owner"
+            )
+        password = text.strip().splitlines()[0] if text.strip() else ""
+        if not password:
+            raise ConfigError(f"--admin-password-file {password_file}: the file is empty")
+        return password
+    password = os.environ.get(ADMIN_PASSWORD_ENV, "")
+    if not password:
+        raise ConfigError(
+            f"--host {host}: a server that others can reach asks who they are; set "
+            f"{ADMIN_PASSWORD_ENV} (or --admin-password-file FILE, chmod 600) for its admin "
+            f"user '{ADMIN_USER}', or pass --no-auth to serve everyone"
+        )
+    return password
 
 
 def backend_without_password(backend: str) -> tuple[str, str | None]:

@@ -67,17 +67,61 @@ def test_a_team_server_on_postgresql_serves_runs_and_artifacts_and_hides_the_pas
     assert "postgresql://postgres:***@127.0.0.1" in output
 
 
-def test_server_binds_localhost_unless_told_and_warns_without_allowed_hosts(capsys):
-    args = build_parser().parse_args(["server"])
-    command, _, warnings = server_command(args)
-    assert command[command.index("--host") + 1] == "127.0.0.1" and not warnings
-    args = build_parser().parse_args(["server", "--host", "0.0.0.0"])
-    assert "without --allowed-hosts" in server_command(args)[2][0]
+def test_server_binds_localhost_unless_told_and_warns_without_allowed_hosts(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the server's state folder (mlruns/) is made here
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "adm1n-pw")
+    launch = server_command(build_parser().parse_args(["server"]))
+    assert launch.option("--host") == "127.0.0.1" and not launch.warnings and not launch.auth
+    launch = server_command(build_parser().parse_args(["server", "--host", "0.0.0.0"]))
+    assert "without --allowed-hosts" in launch.warnings[0]
     args = build_parser().parse_args(
         ["server", "--host", "0.0.0.0", "--allowed-hosts", "mlflow.lab:5000"]
     )
-    command, _, warnings = server_command(args)
-    assert not warnings and command[command.index("--allowed-hosts") + 1] == "mlflow.lab:5000"
+    launch = server_command(args)
+    assert not launch.warnings and launch.option("--allowed-hosts") == "mlflow.lab:5000"
+
+
+def test_a_server_beyond_loopback_asks_who_its_users_are_or_says_plainly_that_it_does_not(
+    monkeypatch, tmp_path, capsys
+):
+    """Beyond loopback: MLflow's basic-auth app, its users beside a SQLite store, the admin's
+    password in the server's environment only; without a password, exit 2 naming what to set;
+    --no-auth serves everyone, with a warning; a password file readable by others is refused."""
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    base = [
+        "server",
+        "--host",
+        "0.0.0.0",
+        "--allowed-hosts",
+        "lab:5000",
+        "--backend-store-uri",
+        store,
+    ]
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "set MLFLOW_AUTH_ADMIN_PASSWORD" in err[0] and "--no-auth" in err[0]
+
+    launch = server_command(build_parser().parse_args([*base, "--no-auth"]))
+    assert "--app-name" not in launch.command
+    assert "without authentication" in launch.warnings[0]
+
+    secret = tmp_path / "admin-password"
+    secret.write_text("adm1n-pw\n")
+    secret.chmod(0o644)
+    assert main([*base, "--admin-password-file", str(secret)]) == 2
+    assert "readable by others (mode 644); chmod 600" in capsys.readouterr().err
+    secret.chmod(0o600)
+    launch = server_command(
+        build_parser().parse_args([*base, "--admin-password-file", str(secret)])
+    )
+    assert launch.option("--app-name") == "basic-auth"
+    assert launch.env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "adm1n-pw"
+    assert "adm1n-pw" not in " ".join(launch.command)
+    config = Path(launch.env["MLFLOW_AUTH_CONFIG_PATH"])
+    assert config.parent == tmp_path / "store" and "adm1n-pw" not in config.read_text()
+    assert f"database_uri = sqlite:///{tmp_path / 'store' / 'basic_auth.db'}" in config.read_text()
 
 
 @pytest.mark.parametrize(
