@@ -388,3 +388,28 @@ def test_a_grid_on_ray_survives_its_second_node_stopping_mid_trial(
     assert study.returncode == 0, output
     trials = assert_each_point_once("raynode", storage, tracking_server)
     assert_killed_attempt_failed(trials, tracking_server)
+
+
+def test_ray_workers_get_the_tracking_servers_credentials_as_an_argument_not_an_environment(
+    tmp_path, monkeypatch
+):
+    """MLflow's credentials, from the environment or ~/.mlflow/credentials, travel to a Ray
+    worker in its task's arguments: Ray's dashboard shows a task's runtime_env in plain text,
+    and only LATENTSEG_* variables are put there."""
+    from latentseg.study.ray_workers import FORWARDED_ENV_PREFIX, tracking_credentials
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    assert tracking_credentials() == {}
+    (tmp_path / ".mlflow").mkdir()
+    (tmp_path / ".mlflow" / "credentials").write_text(
+        "[mlflow]\nmlflow_tracking_username = alice\nmlflow_tracking_password = from-file\n"
+    )
+    assert tracking_credentials() == {
+        "MLFLOW_TRACKING_USERNAME": "alice",
+        "MLFLOW_TRACKING_PASSWORD": "from-file",
+    }
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "from-env")  # MLflow's order: env first
+    assert tracking_credentials()["MLFLOW_TRACKING_PASSWORD"] == "from-env"
+    assert not "MLFLOW_TRACKING_PASSWORD".startswith(FORWARDED_ENV_PREFIX)
