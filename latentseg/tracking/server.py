@@ -159,6 +159,7 @@ def server_command(
 
 ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"  # MLflow's own: the first admin's password
 ADMIN_USER = "admin"
+AUTH_CACHE_TTL_S = 60
 
 
 def auth_settings(backend: str, host: str, password_file: str | None) -> tuple[str, dict[str, str]]:
@@ -185,6 +186,10 @@ def auth_settings(backend: str, host: str, password_file: str | None) -> tuple[s
         f"database_uri = {users}\n"
         f"admin_username = {ADMIN_USER}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # MLflow checks a password with PBKDF2 on every request unless it caches the check; a
+        # training run makes hundreds of requests. A changed password or a removed user
+        # reaches the other web workers within this time.
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}\n"
     )
     return redact(users), {
         "MLFLOW_AUTH_CONFIG_PATH": str(config),
