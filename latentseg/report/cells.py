@@ -124,8 +124,13 @@ def front_lines(report: Report) -> list[str]:
     family = report.front_family
     names = ", ".join(f"{o.metric} ({o.direction})" for o in report.front_objectives)
     fixed = f"; no interval for {', '.join(family['fixed'])} (fixed)" if family["fixed"] else ""
+    margins = ", ".join(
+        f"{math.expm1(o.margin):.0%}" if o.is_cost else f"±{o.margin:g}"
+        for o in report.front_objectives
+    )
     lines = [
-        f"Pareto front over {names}: {family['intervals']} intervals at {family['level']:.2%}, "
+        f"Pareto front over {names} (differences within {margins} do not count): "
+        f"{family['intervals']} intervals at {family['level']:.2%}, "
         f"all membership claims right together in >= {1 - family['alpha']:.0%} of reports{fixed}"
     ]
     _, _, head, rows = _front_section(report, built)

@@ -128,7 +128,8 @@ def front_table(
     noisy = [o for o in objectives if o not in fixed]
     parts = [part for _, part in runs.groupby(tasks, sort=True)] if tasks else [runs]
     tables = [_points(part, axes, objectives, noisy) for part in parts]
-    intervals = sum(intervals_needed(_fixed(t, fixed), len(noisy), looks) for t in tables)
+    margins = [o.margin for o in fixed]
+    intervals = sum(intervals_needed(_fixed(t, fixed), len(noisy), looks, margins) for t in tables)
     decided = [
         _decide(part, table, axes, fixed, noisy, alpha, looks, intervals)
         for part, table in zip(parts, tables, strict=True)
@@ -194,8 +195,9 @@ def _decide(part, table, axes, fixed, noisy, alpha, looks, intervals) -> pd.Data
         for o in noisy
     ]  # fmt: skip
     decided = membership(
-        matrices, _fixed(table, fixed), [o.margin for o in noisy], alpha, looks, family=intervals
-    )
+        matrices, _fixed(table, fixed), [o.margin for o in noisy], alpha, looks,
+        family=intervals, fixed_eps=[o.margin for o in fixed],
+    )  # fmt: skip
     tasks = tuple(k for k in keys if is_stratum(k))
     labels = [label(row, keys, tasks) for _, row in table.iterrows()]
     return table.assign(

@@ -9,16 +9,17 @@ carries no interval. The others are **noisy**: their differences between two poi
 paired by seed and estimated with a t-interval.
 
 Differences smaller than an objective's margin ``eps`` (the report's smallest effect of
-interest for its metric) do not count, as in the epsilon-Pareto front of epsilon-PAL
-(Zuluaga, Krause & Pueschel 2016). With ``d`` the true difference Q - P of a noisy objective:
+interest for its metric; 5% for a cost, compared as a ratio) do not count, as in the
+epsilon-Pareto front of epsilon-PAL (Zuluaga, Krause & Pueschel 2016). With ``d`` the true
+difference Q - P of an objective (known exactly for a fixed one):
 
-- Q **dominates** P when Q is no worse in every objective (``d >= -eps``; a fixed value at
-  least P's) and better in one (``d > eps``; a fixed value above P's).
+- Q **dominates** P when Q is no worse in every objective (``d >= -eps``) and better in
+  one (``d > eps``).
 - The report **shows** that Q dominates P when the family's interval ``[L, U]`` of every
-  noisy difference has ``L >= -eps``, every fixed value of Q is at least P's, and some
-  fixed value is above P's or some ``L > eps``. It **shows** that Q does not dominate P
-  when a fixed value of Q is below P's, or some ``U < -eps``, or no fixed value of Q is
-  above P's and every ``U <= eps``.
+  noisy difference has ``L >= -eps``, no fixed difference is below ``-eps``, and some
+  fixed difference is above ``eps`` or some ``L > eps``. It **shows** that Q does not
+  dominate P when a fixed difference is below ``-eps``, or some ``U < -eps``, or no fixed
+  difference is above ``eps`` and every ``U <= eps``.
 - P is ``dominated`` when some Q is shown to dominate it, ``on the front`` when every
   other point is shown not to, and ``inconclusive`` otherwise.
 
@@ -57,14 +58,13 @@ class Membership:
     level: float  # the confidence level of each of them
 
 
-def shown_dominance(fixed_q, fixed_p, low, high, eps) -> tuple[bool, bool]:
+def shown_dominance(fixed_q, fixed_p, low, high, eps, fixed_eps=0.0) -> tuple[bool, bool]:
     """(Q is shown to dominate P, Q is shown not to dominate P), from the fixed values of Q
-    and P (larger is better) and the intervals ``[low, high]`` of the noisy differences
-    Q - P with their margins ``eps``."""
+    and P (larger is better; differences within ``fixed_eps`` are ties) and the intervals
+    ``[low, high]`` of the noisy differences Q - P with their margins ``eps``."""
     fixed_q, fixed_p = np.asarray(fixed_q, float), np.asarray(fixed_p, float)
     low, high, eps = (np.asarray(a, float) for a in (low, high, eps))
-    fixed_worse = bool(np.any(fixed_q < fixed_p))
-    fixed_better = bool(np.any(fixed_q > fixed_p))
+    fixed_worse, fixed_better = _fixed_order(fixed_q, fixed_p, fixed_eps)
     dominates = (
         not fixed_worse and bool(np.all(low >= -eps)) and (fixed_better or bool(np.any(low > eps)))
     )
@@ -81,6 +81,7 @@ def membership(
     alpha: float = 0.05,
     looks: int = 1,
     family: int | None = None,
+    fixed_eps=0.0,
 ) -> Membership:
     """Membership verdicts for ``P`` points.
 
@@ -89,14 +90,17 @@ def membership(
     objectives, larger is better (zero columns: none). ``eps``: one margin per noisy
     objective. ``looks``: the planned looks of an adaptive design (1: fixed seeds).
     ``family``: the intervals of the whole family when these points are one part of it (the
-    points of one dataset in a report over several); by default those this call needs."""
+    points of one dataset in a report over several); by default those this call needs.
+    ``fixed_eps``: the margins of the fixed objectives (one, or one per column): differences
+    within them are ties."""
     count = len(noisy[0]) if noisy else len(fixed)
     fixed = np.asarray(fixed, float)
     fixed = fixed.reshape(count, -1) if fixed.size else np.zeros((count, 0))
+    fixed_eps = np.broadcast_to(np.asarray(fixed_eps, float), (fixed.shape[1],))
     eps = np.atleast_1d(np.asarray(eps, float))
     pairs = [(a, b) for a in range(count) for b in range(a + 1, count)]
 
-    needed = [(a, b) for a, b in pairs if not settled_by_fixed(fixed, a, b)]
+    needed = [(a, b) for a, b in pairs if not settled_by_fixed(fixed, a, b, fixed_eps)]
     intervals = family if family is not None else len(needed) * len(noisy) * max(looks, 1)
     error = alpha / max(intervals, 1)
     low = np.full((count, count, len(noisy)), -math.inf)
@@ -112,7 +116,7 @@ def membership(
         for p in range(count):
             if q != p:
                 shown[q, p], ruled_out[q, p] = shown_dominance(
-                    fixed[q], fixed[p], low[q, p], high[q, p], eps
+                    fixed[q], fixed[p], low[q, p], high[q, p], eps, fixed_eps
                 )
     verdict = np.full(count, INCONCLUSIVE, dtype=object)
     others = ~np.eye(count, dtype=bool)
@@ -125,17 +129,28 @@ def membership(
     return Membership(verdict, dominated_by, intervals, 1 - error)
 
 
-def settled_by_fixed(fixed: np.ndarray, a: int, b: int) -> bool:
+def _fixed_order(fixed_q, fixed_p, fixed_eps) -> tuple[bool, bool]:
+    """(Q is worse than P in some fixed objective, Q is better in some), beyond the margins."""
+    return (
+        bool(np.any(fixed_q < fixed_p - fixed_eps)),
+        bool(np.any(fixed_q > fixed_p + fixed_eps)),
+    )
+
+
+def settled_by_fixed(fixed: np.ndarray, a: int, b: int, fixed_eps=0.0) -> bool:
     """Whether the fixed objectives alone rule out dominance both ways (each point is below
-    the other in one of them): the pair needs no interval."""
-    return bool(np.any(fixed[a] < fixed[b]) and np.any(fixed[b] < fixed[a]))
+    the other, beyond the margin, in one of them): the pair needs no interval."""
+    a_worse, b_worse = _fixed_order(fixed[a], fixed[b], fixed_eps)
+    return a_worse and b_worse
 
 
-def intervals_needed(fixed: np.ndarray, noisy: int, looks: int = 1) -> int:
+def intervals_needed(fixed: np.ndarray, noisy: int, looks: int = 1, fixed_eps=0.0) -> int:
     """The intervals :func:`membership` uses for points with these ``fixed`` values."""
     count = len(fixed)
     pairs = sum(
-        not settled_by_fixed(fixed, a, b) for a in range(count) for b in range(a + 1, count)
+        not settled_by_fixed(fixed, a, b, fixed_eps)
+        for a in range(count)
+        for b in range(a + 1, count)
     )
     return pairs * noisy * max(looks, 1)
 
