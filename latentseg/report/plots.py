@@ -196,8 +196,9 @@ def front(
 ) -> plt.Figure | None:
     """The Pareto front with its verdicts: each point's first objective (the quality) against
     the second, with 95% seed intervals of the means where an objective is noisy, coloured by
-    its membership verdict (decided with the family's intervals at ``level``, wider than
-    these); the points on the front joined. Further objectives are in the table."""
+    its membership verdict (decided with the family's paired intervals at ``level``, not
+    these). Points within the margins of each other can all be on the front, so no line
+    joins them. Further objectives are in the table."""
     from latentseg.report.labels import label as point_label
     from latentseg.report.stats import is_stratum
 
@@ -218,9 +219,6 @@ def front(
                 rows[x.metric], rows[y.metric], yerr=_bars(rows, y.metric), xerr=_bars(rows, x.metric),
                 fmt="o", ms=7, capsize=3, color=colours[index], label=verdict,
             )  # fmt: skip
-        on = part[part["membership"] == "on the front"].sort_values(x.metric)
-        if len(on) > 1:
-            ax.plot(on[x.metric], on[y.metric], color=colours[2], lw=1.5, alpha=0.7)
         for _, row in part.iterrows():
             ax.annotate(
                 point_label(row, keys, tuple(tasks)), (row[x.metric], row[y.metric]),
