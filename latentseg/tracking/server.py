@@ -218,13 +218,25 @@ def admin_password(host: str, password_file: str | None) -> str:
         password = text.strip().splitlines()[0] if text.strip() else ""
         if not password:
             raise ConfigError(f"--admin-password-file {password_file}: the file is empty")
-        return password
+        return _long_enough(password, f"--admin-password-file {password_file}")
     password = os.environ.get(ADMIN_PASSWORD_ENV, "")
     if not password:
         raise ConfigError(
             f"--host {host}: a server that others can reach asks who they are; set "
             f"{ADMIN_PASSWORD_ENV} (or --admin-password-file FILE, chmod 600) for its admin "
             f"user '{ADMIN_USER}', or pass --no-auth to serve everyone"
+        )
+    return _long_enough(password, ADMIN_PASSWORD_ENV)
+
+
+MIN_PASSWORD = 12  # MLflow's own rule for a user's password (mlflow.utils.validation)
+
+
+def _long_enough(password: str, source: str) -> str:
+    if len(password) < MIN_PASSWORD:
+        raise ConfigError(
+            f"{source}: the admin's password has {len(password)} characters; MLflow asks for "
+            f"at least {MIN_PASSWORD}"
         )
     return password
 

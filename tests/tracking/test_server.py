@@ -32,8 +32,13 @@ def command_lines(pid: int) -> list[str]:
 
 @pytest.mark.slow
 def test_a_team_server_on_postgresql_serves_runs_and_artifacts_and_hides_the_password(
-    postgres_db, tiny_yaml, tmp_path
+    postgres_db, tiny_yaml, tmp_path, monkeypatch
 ):
+    """With --auth: its users in the store's own PostgreSQL database; the client says who it
+    is with MLflow's variables; neither password shows in the command line or the output."""
+    admin = "adm1n-on-postgres"
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     backend = postgres_db.replace("postgres@", "postgres:s3cret-pw@")  # trust auth ignores it
@@ -41,14 +46,14 @@ def test_a_team_server_on_postgresql_serves_runs_and_artifacts_and_hides_the_pas
         [
             sys.executable, "-m", "latentseg.cli", "server", "--backend-store-uri", backend,
             "--artifacts-destination", str(tmp_path / "served"), "--port", str(port),
-            "--workers", "1",
+            "--workers", "1", "--auth",
         ],
-        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
+        cwd=tmp_path, env=subprocess_env() | {"MLFLOW_AUTH_ADMIN_PASSWORD": admin},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         wait_healthy(url, server)
-        assert not [line for line in command_lines(server.pid) if "s3cret" in line]
+        assert not [line for line in command_lines(server.pid) if "s3cret" in line or admin in line]
         path = tiny_yaml({"train": {"epochs": 1}})
         assert main(["train", str(path), "--tracking-uri", url, "--no-progress"]) == 0
         client = MlflowClient(url)
@@ -64,12 +69,14 @@ def test_a_team_server_on_postgresql_serves_runs_and_artifacts_and_hides_the_pas
         server.terminate()
         output = server.communicate(timeout=30)[0]
     assert "s3cret" not in output, [line for line in output.splitlines() if "s3cret" in line]
+    assert admin not in output
+    assert "users in postgresql://postgres@127.0.0.1" in output  # the store's own database
     assert "postgresql://postgres:***@127.0.0.1" in output
 
 
 def test_server_binds_localhost_unless_told_and_warns_without_allowed_hosts(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # the server's state folder (mlruns/) is made here
-    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "adm1n-pw")
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "adm1n-password")
     launch = server_command(build_parser().parse_args(["server"]))
     assert launch.option("--host") == "127.0.0.1" and not launch.warnings and not launch.auth
     launch = server_command(build_parser().parse_args(["server", "--host", "0.0.0.0"]))
@@ -103,12 +110,20 @@ def test_a_server_beyond_loopback_asks_who_its_users_are_or_says_plainly_that_it
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "set MLFLOW_AUTH_ADMIN_PASSWORD" in err[0] and "--no-auth" in err[0]
 
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "short")
+    assert main(base) == 2
+    assert (
+        "MLFLOW_AUTH_ADMIN_PASSWORD: the admin's password has 5 characters; MLflow asks for at least 12"
+        in capsys.readouterr().err
+    )
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD")
+
     launch = server_command(build_parser().parse_args([*base, "--no-auth"]))
     assert "--app-name" not in launch.command
     assert "without authentication" in launch.warnings[0]
 
     secret = tmp_path / "admin-password"
-    secret.write_text("adm1n-pw\n")
+    secret.write_text("adm1n-password\n")
     secret.chmod(0o644)
     assert main([*base, "--admin-password-file", str(secret)]) == 2
     assert "readable by others (mode 644); chmod 600" in capsys.readouterr().err
@@ -117,10 +132,10 @@ def test_a_server_beyond_loopback_asks_who_its_users_are_or_says_plainly_that_it
         build_parser().parse_args([*base, "--admin-password-file", str(secret)])
     )
     assert launch.option("--app-name") == "basic-auth"
-    assert launch.env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "adm1n-pw"
-    assert "adm1n-pw" not in " ".join(launch.command)
+    assert launch.env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "adm1n-password"
+    assert "adm1n-password" not in " ".join(launch.command)
     config = Path(launch.env["MLFLOW_AUTH_CONFIG_PATH"])
-    assert config.parent == tmp_path / "store" and "adm1n-pw" not in config.read_text()
+    assert config.parent == tmp_path / "store" and "adm1n-password" not in config.read_text()
     assert f"database_uri = sqlite:///{tmp_path / 'store' / 'basic_auth.db'}" in config.read_text()
 
 
