@@ -125,11 +125,12 @@ def front_lines(report: Report) -> list[str]:
     names = ", ".join(f"{o.metric} ({o.direction})" for o in report.front_objectives)
     fixed = f"; no interval for {', '.join(family['fixed'])} (fixed)" if family["fixed"] else ""
     margins = ", ".join(
-        f"{math.expm1(o.margin):.0%}" if o.is_cost else f"±{o.margin:g}"
+        f"{o.metric} {math.expm1(o.margin):.0%}" if o.is_cost else f"{o.metric} ±{o.margin:g}"
         for o in report.front_objectives
+        if o.margin > 0
     )
     lines = [
-        f"Pareto front over {names} (differences within {margins} do not count): "
+        f"Pareto front over {names} (differences within {margins or 'none'} do not count): "
         f"{family['intervals']} intervals at {family['level']:.2%}, "
         f"all membership claims right together in >= {1 - family['alpha']:.0%} of reports{fixed}"
     ]

@@ -9,6 +9,7 @@ the report's metric against the model's parameters. Pure pandas: the runs come i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -121,11 +122,13 @@ def front_table(
     """One row per point (a variant, on its dataset): its seeds ``n``, each objective's mean
     (and, for a noisy one, a 95% interval of the mean over seeds), its ``membership`` and the
     points shown to dominate it (``dominated_by``). A front per dataset, one family over all
-    of them at ``alpha``. Also returns the family: ``intervals``, their ``level`` and the
-    ``fixed`` objectives (those with no interval)."""
+    of them at ``alpha``. Also returns the family: ``intervals``, their ``level``, the
+    ``fixed`` objectives (those with no interval) and the ``objectives`` with the margins
+    used (an exact cost's is 0)."""
     tasks = [a for a in axes if is_stratum(a)]
-    fixed = [o for o in objectives if _is_fixed(runs, axes, o)]
-    noisy = [o for o in objectives if o not in fixed]
+    # an exact cost (no spread over seeds) counts any difference: its margin is 0
+    fixed = [dataclasses.replace(o, margin=0.0) for o in objectives if _is_fixed(runs, axes, o)]
+    noisy = [o for o in objectives if o.metric not in {f.metric for f in fixed}]
     parts = [part for _, part in runs.groupby(tasks, sort=True)] if tasks else [runs]
     tables = [_points(part, axes, objectives, noisy) for part in parts]
     margins = [o.margin for o in fixed]
@@ -134,7 +137,9 @@ def front_table(
         _decide(part, table, axes, fixed, noisy, alpha, looks, intervals)
         for part, table in zip(parts, tables, strict=True)
     ]
+    exact = {o.metric: o for o in fixed}
     family = {
+        "objectives": [exact.get(o.metric, o) for o in objectives],  # with the margins used
         "intervals": intervals,
         "alpha": alpha,
         "level": 1 - alpha / max(intervals, 1),

@@ -9,7 +9,8 @@ carries no interval. The others are **noisy**: their differences between two poi
 paired by seed and estimated with a t-interval.
 
 Differences smaller than an objective's margin ``eps`` (the report's smallest effect of
-interest for its metric; 5% for a cost, compared as a ratio) do not count, as in the
+interest for its metric; 5% for a measured cost, compared as a ratio; none for an exact
+one) do not count, as in the
 epsilon-Pareto front of epsilon-PAL (Zuluaga, Krause & Pueschel 2016). With ``d`` the true
 difference Q - P of an objective (known exactly for a fixed one):
 

@@ -188,7 +188,7 @@ def _front(report: Report, runs: pd.DataFrame, axes: list[str], decision: Decisi
     report.front, report.front_family = front_table(
         runs, axes, objectives, decision.alpha, max(len(decision.looks), 1)
     )
-    report.front_objectives = objectives
+    report.front_objectives = report.front_family["objectives"]
 
 
 def _variant_table(runs: pd.DataFrame, axes: list[str], column: str) -> pd.DataFrame:
