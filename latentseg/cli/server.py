@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         f"MLflow tracking server at {where}: runs in {backend}, "
         f"artifacts in {launch.option('--artifacts-destination')} (served)\n"
         + (
-            f"  who may use it: users in {launch.auth} (admin 'admin'); clients set "
+            f"  who may use it: users in {launch.auth}; clients set "
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD\n"
             if launch.auth
             else ""

@@ -29,6 +29,7 @@ class Decision:
     primary: str = "miou"  # the study's primary metric (``report: {metric: ...}``)
     # the front's objectives: ``--front``, else a study's ``objectives:`` (their metrics)
     objectives: tuple[str, ...] = ()
+    front_asked: bool = False  # the objectives came from --front (an error there exits 2)
     # the options given that differ from the rule the study logged: "--sesoi 0.02 (the study: 0.01)"
     differs: tuple[str, ...] = ()
 
@@ -55,13 +56,17 @@ class Decision:
 
 
 def study_objectives(spec_params: dict[str, str]) -> tuple[str, ...]:
-    """The metrics of a study's ``objectives:`` (its parent run logs the list as JSON)."""
+    """A study's ``objectives:`` as ``METRIC`` or ``METRIC:DIRECTION`` (its parent run logs
+    the list as JSON)."""
     text = spec_params.get("study.objectives")
     if not text or text == "None":
         return ()
     try:
-        return tuple(str(item["metric"]) for item in json.loads(text))
-    except (ValueError, TypeError, KeyError):
+        return tuple(
+            str(item["metric"]) + (f":{item['direction']}" if item.get("direction") else "")
+            for item in json.loads(text)
+        )
+    except (ValueError, TypeError, KeyError, AttributeError):
         return ()
 
 
@@ -103,6 +108,7 @@ def decision_for(given: dict[str, Any], spec_params: dict[str, str]) -> Decision
         until=spec_params.get("study.seeds.until") or "variants",
         primary=logged("metric") or "miou",
         objectives=tuple(given.get("front") or ()) or study_objectives(spec_params),
+        front_asked=bool(given.get("front")),
         differs=tuple(differs),
     )
 

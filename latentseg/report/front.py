@@ -41,10 +41,17 @@ class Objective:
     def is_cost(self) -> bool:
         return self.metric in COST_METRICS
 
+    @property
+    def is_exact(self) -> bool:
+        """A cost known exactly from the model (``model_*``: parameters, FLOPs), the same for
+        every seed; a measured one (throughput) is noisy, whatever its spread."""
+        return self.metric.startswith("model_") and self.metric in COST_METRICS
+
     def oriented(self, values: pd.Series) -> pd.Series:
-        """Larger is better; a measured cost on a log scale (its margin is a ratio)."""
+        """Larger is better; a measured cost on a log scale (its margin is a ratio); an
+        exact cost as it is (any difference counts, 0 included)."""
         values = pd.to_numeric(values, errors="coerce").astype(float)
-        if self.is_cost:
+        if self.is_cost and not self.is_exact:
             values = np.log(values.where(values > 0))
         return values if self.direction == "maximize" else -values
 
@@ -52,25 +59,30 @@ class Objective:
 def objectives_for(
     metric: str, sesoi: float, names: tuple[str, ...] | list[str]
 ) -> list[Objective]:
-    """The front's objectives from the metrics ``names`` (``--front``, or a study's
-    ``objectives:``; none: the model's parameters), with the report's ``metric`` when they
-    name no quality. A quality metric is read on the test split, with the report's smallest
-    effect of interest as its margin (0.01 for another metric in [0, 1])."""
-    names = list(names) or ["model_params"]
-    quality = [run_metric_of(n) for n in names if n not in COST_METRICS]
-    objectives = []
-    for name in dict.fromkeys([*([] if quality else [metric]), *names]):
+    """The front's objectives from ``names`` (``--front``, or a study's ``objectives:``; none:
+    the model's parameters), each ``METRIC`` or ``METRIC:DIRECTION``, with the report's
+    ``metric`` when they name no quality. A quality metric (``val_miou``, ``best_val_miou``)
+    is read on the test split, with the report's smallest effect of interest as its margin
+    (0.01 for another metric in [0, 1]); a cost is minimized (throughput maximized) unless
+    told."""
+    parsed = [_parsed(name) for name in (list(names) or ["model_params"])]
+    has_quality = any(name not in COST_METRICS for name, _ in parsed)
+    objectives: list[Objective] = []
+    for name, direction in [*([] if has_quality else [(metric, None)]), *parsed]:
         if name in COST_METRICS:
-            margin = math.log1p(MEASURED_MARGIN)
-            objectives.append(Objective(name, COST_METRICS[name], margin))
-            continue
-        column = run_metric_of(name)
-        if column == metric:
-            margin = sesoi if sesoi > 0 else 0.0
+            objective = Objective(
+                name, direction or COST_METRICS[name], math.log1p(MEASURED_MARGIN)
+            )
         else:
-            margin = DEFAULT_SESOI if metric_bounds(column) == (0.0, 1.0) else 0.0
-        direction = "minimize" if "loss" in column else "maximize"
-        objectives.append(Objective(column, direction, 0.0 if math.isnan(margin) else margin))
+            column = run_metric_of(name)
+            if column == metric:
+                margin = sesoi if sesoi > 0 else 0.0
+            else:
+                margin = DEFAULT_SESOI if metric_bounds(column) == (0.0, 1.0) else 0.0
+            default = "minimize" if "loss" in column else "maximize"
+            objective = Objective(column, direction or default, margin)
+        if objective.metric not in {o.metric for o in objectives}:
+            objectives.append(objective)
     if len(objectives) < 2:
         raise ConfigError(
             f"--front {', '.join(names)}: a front needs a cost or a second metric besides "
@@ -79,15 +91,27 @@ def objectives_for(
     return objectives
 
 
+def _parsed(name: str) -> tuple[str, str | None]:
+    """``val_miou:maximize`` -> (``val_miou``, ``maximize``); a study's ``best_val_*`` is
+    read like its per-epoch metric (validation picks, test scores)."""
+    metric, _, direction = name.partition(":")
+    if direction and direction not in ("maximize", "minimize"):
+        raise ConfigError(f"--front {name}: the direction must be maximize or minimize")
+    if metric.startswith("best_val_"):
+        metric = metric.removeprefix("best_")
+    return metric, direction or None
+
+
 def run_metric_of(name: str) -> str:
     from latentseg.report.decision import run_metric
 
     return run_metric(name)
 
 
-def front_metric(name: str) -> str:
-    """``--front NAME`` checked before any store is opened: a cost every run logs, or a
-    metric (``miou``, ``val_loss``, ...) the report reads on the test split."""
+def front_metric(given: str) -> str:
+    """``--front NAME[:DIRECTION]`` checked before any store is opened: a cost every run
+    logs, or a metric (``miou``, ``val_loss``, ...) the report reads on the test split."""
+    name, _ = _parsed(given)
     if name in COST_METRICS:
         return name
     if not name or name.startswith(("model_", "train_")) or not name.replace("_", "").isalnum():
@@ -164,8 +188,9 @@ def _points(part: pd.DataFrame, axes: list[str], objectives, noisy) -> pd.DataFr
 
 
 def _is_fixed(runs: pd.DataFrame, axes: list[str], objective: Objective) -> bool:
-    """A cost that does not vary between the seeds of any point (parameters, FLOPs)."""
-    if not objective.is_cost:
+    """An exact cost (parameters, FLOPs) that indeed does not vary between the seeds of any
+    point; a measured cost never is, even with one seed per point."""
+    if not objective.is_exact:
         return False
     values = pd.to_numeric(runs[objective.column], errors="coerce")
     by = [runs[a].map(str) for a in axes] if axes else np.zeros(len(runs))

@@ -66,11 +66,19 @@ def shown_dominance(fixed_q, fixed_p, low, high, eps, fixed_eps=0.0) -> tuple[bo
     fixed_q, fixed_p = np.asarray(fixed_q, float), np.asarray(fixed_p, float)
     low, high, eps = (np.asarray(a, float) for a in (low, high, eps))
     fixed_worse, fixed_better = _fixed_order(fixed_q, fixed_p, fixed_eps)
+    # a fixed value that one of them lacks is unknown: Q is then neither shown no worse
+    # there nor shown not better
+    unknown = bool(np.any(np.isnan(fixed_q) | np.isnan(fixed_p)))
     dominates = (
-        not fixed_worse and bool(np.all(low >= -eps)) and (fixed_better or bool(np.any(low > eps)))
+        not fixed_worse
+        and not unknown
+        and bool(np.all(low >= -eps))
+        and (fixed_better or bool(np.any(low > eps)))
     )
     not_dominates = (
-        fixed_worse or bool(np.any(high < -eps)) or (not fixed_better and bool(np.all(high <= eps)))
+        fixed_worse
+        or bool(np.any(high < -eps))
+        or (not fixed_better and not unknown and bool(np.all(high <= eps)))
     )
     return dominates, not_dominates
 
@@ -131,9 +139,10 @@ def membership(
 
 
 def _fixed_order(fixed_q, fixed_p, fixed_eps) -> tuple[bool, bool]:
-    """(Q is worse than P in some fixed objective, Q is better in some), beyond the margins."""
+    """(Q is worse than P in some fixed objective, Q is better in some), beyond the margins;
+    a value either lacks (NaN) decides neither."""
     return (
-        bool(np.any(fixed_q < fixed_p - fixed_eps)),
+        bool(np.any(fixed_q < fixed_p - fixed_eps)),  # NaN compares False
         bool(np.any(fixed_q > fixed_p + fixed_eps)),
     )
 
@@ -158,7 +167,8 @@ def intervals_needed(fixed: np.ndarray, noisy: int, looks: int = 1, fixed_eps=0.
 
 def paired_interval(a: np.ndarray, b: np.ndarray, error: float) -> tuple[float, float]:
     """The two-sided t-interval at level ``1 - error`` of the mean of ``a - b`` over the
-    seeds both have; unbounded below 2 pairs, a point where the differences do not vary."""
+    seeds both have; unbounded below 2 pairs, and where the differences do not vary (no
+    spread to estimate the noise from: a few seeds of a coarse metric, not certainty)."""
     both = ~(np.isnan(a) | np.isnan(b))
     diffs = np.asarray(a, float)[both] - np.asarray(b, float)[both]
     n = len(diffs)
@@ -166,5 +176,7 @@ def paired_interval(a: np.ndarray, b: np.ndarray, error: float) -> tuple[float, 
         return -math.inf, math.inf
     mean = float(diffs.mean())
     se = float(diffs.std(ddof=1)) / math.sqrt(n)
-    half = float(special.stdtrit(n - 1, 1 - error / 2)) * se if se > 0 else 0.0
+    if not se > 0:
+        return -math.inf, math.inf
+    half = float(special.stdtrit(n - 1, 1 - error / 2)) * se
     return mean - half, mean + half

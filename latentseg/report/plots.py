@@ -194,8 +194,8 @@ MEMBERSHIP_COLOURS = {"on the front": 2, "inconclusive": 1, "dominated": 7}  # p
 def front(
     table: pd.DataFrame, objectives: list, keys: list[str], level: float
 ) -> plt.Figure | None:
-    """The Pareto front with its verdicts: each point's first objective (the quality) against
-    the second, with 95% seed intervals of the means where an objective is noisy, coloured by
+    """The Pareto front with its verdicts: each point's quality (the first objective that is
+    not a cost) against the first cost, with 95% seed intervals of the means where an objective is noisy, coloured by
     its membership verdict (decided with the family's paired intervals at ``level``, not
     these). Points within the margins of each other can all be on the front, so no line
     joins them. Further objectives are in the table."""
@@ -205,7 +205,11 @@ def front(
     if table.empty or len(objectives) < 2:
         return None
     _style()
-    y, x = objectives[0], objectives[1]
+    quality = [o for o in objectives if not o.is_cost]
+    y = quality[0] if quality else objectives[0]
+    x = next((o for o in objectives if o is not y and o.is_cost), None) or next(
+        o for o in objectives if o is not y
+    )
     tasks = [k for k in keys if is_stratum(k)]
     parts = list(table.groupby(tasks, sort=True)) if tasks else [((), table)]
     fig, axs = plt.subplots(1, len(parts), figsize=(6.2 * len(parts), 4.6), squeeze=False)

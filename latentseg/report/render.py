@@ -149,11 +149,12 @@ def build(
     if axes:
         _decide(report, runs, axes, decision)
         _count_failures(report, runs, axes, collected.unfinished)
-        _front(report, runs, axes, decision)
     else:
         table["verdict"] = "baseline"
     report.warnings = _warnings(report, runs, axes, decision, run_metric(decision.primary))
     report.notes = _notes(collected, scored) + _effect_notes(report, decision)
+    if axes:
+        _front(report, runs, axes, decision)
     if axes and (store or client) is not None:
         report.variance, unscored = noise_table(
             runs, axes, chosen, column, TrackingStore.of(store or client)
@@ -175,15 +176,21 @@ def build(
 
 def _front(report: Report, runs: pd.DataFrame, axes: list[str], decision: Decision) -> None:
     """Each point's membership of the Pareto front (:mod:`latentseg.report.front`), into
-    ``report``. Objectives asked for (``--front``) that no run logs are refused; the default
-    front (the metric against parameters) is left out where runs do not log parameters."""
+    ``report``. Objectives asked for with ``--front`` that runs do not log exit 2; a study's
+    own or the default ones (the metric against parameters) that do not fit these runs
+    leave the front out, with a note: the verdicts stand without it."""
     from latentseg.report.front import check_logged, front_table, objectives_for
 
-    sesoi = decision.resolved_sesoi(report.metric)
-    objectives = objectives_for(report.metric, sesoi, decision.objectives)
-    if decision.objectives:
+    try:
+        objectives = objectives_for(
+            report.metric, decision.resolved_sesoi(report.metric), decision.objectives
+        )
         check_logged(runs, objectives)
-    elif any(o.column not in runs or runs[o.column].isna().all() for o in objectives):
+    except ConfigError as exc:
+        if decision.front_asked:
+            raise
+        if decision.objectives:
+            report.notes.append(f"No Pareto front: the study's objectives do not fit ({exc}).")
         return
     report.front, report.front_family = front_table(
         runs, axes, objectives, decision.alpha, max(len(decision.looks), 1)

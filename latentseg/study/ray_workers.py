@@ -116,13 +116,19 @@ class StopFlag:
 
 
 def tracking_credentials() -> dict[str, str]:
-    """The driver's MLflow credentials (its environment or ``~/.mlflow/credentials``), handed
-    to each Ray worker as a task argument: Ray's dashboard shows a task's environment
+    """The driver's MLflow credentials (its environment or ``~/.mlflow/credentials``, and a
+    token or TLS settings it has), handed to each Ray worker as a task argument: Ray's dashboard shows a task's environment
     (``runtime_env``) in plain text, never its arguments."""
     from mlflow.utils.credentials import read_mlflow_creds
 
     creds = read_mlflow_creds()
     pairs = {"MLFLOW_TRACKING_USERNAME": creds.username, "MLFLOW_TRACKING_PASSWORD": creds.password}
+    for name in (
+        "MLFLOW_TRACKING_TOKEN",
+        "MLFLOW_TRACKING_SERVER_CERT_PATH",
+        "MLFLOW_TRACKING_INSECURE_TLS",
+    ):
+        pairs[name] = os.environ.get(name)  # a token, and how to trust the server's TLS
     return {k: v for k, v in pairs.items() if v}
 
 

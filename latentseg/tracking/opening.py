@@ -56,7 +56,9 @@ def check_credentials(uri: str, timeout_s: float = 10.0) -> None:
     from mlflow.utils.credentials import get_default_host_creds, read_mlflow_creds
     from mlflow.utils.rest_utils import http_request
 
-    where = uri.rstrip("/")
+    from latentseg.tracking.store import redact
+
+    where = redact(uri.rstrip("/"))
     try:
         response = http_request(
             get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET",
@@ -75,10 +77,12 @@ def check_credentials(uri: str, timeout_s: float = 10.0) -> None:
         raise TrackingError(
             f"MLflow tracking server {where} refused user '{user}': check the password in {CREDENTIALS_HINT}"
         )
-    if response.status_code == 403:
+    if response.status_code == 403:  # no permission, or a Host header the server refuses
         user = read_mlflow_creds().username
+        said = (response.text.strip().splitlines() or ["forbidden"])[0][:200]
+        who = f" for user '{user}'" if user else ""
         raise TrackingError(
-            f"MLflow tracking server {where}: user '{user}' may not read experiments; ask its admin for a permission"
+            f"MLflow tracking server {where} refused the request{who}: HTTP 403 {said}"
         )
 
 

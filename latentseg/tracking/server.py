@@ -158,14 +158,15 @@ def server_command(
 
 
 ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"  # MLflow's own: the first admin's password
-ADMIN_USER = "admin"
+ADMIN_USER = "admin"  # unless MLFLOW_AUTH_ADMIN_USERNAME (MLflow's own) names another
 AUTH_CACHE_TTL_S = 60
 
 
 def auth_settings(backend: str, host: str, password_file: str | None) -> tuple[str, dict[str, str]]:
     """Where MLflow's basic-auth app keeps its users (a SQLite file beside a SQLite store; the
     store's own PostgreSQL database, in tables of their own) and the environment that serves
-    it: its config file (``MLFLOW_AUTH_CONFIG_PATH``, which holds no secret), the admin's
+    it: its config file (``MLFLOW_AUTH_CONFIG_PATH``, readable by its owner alone; it holds
+    no secret but a MySQL or MSSQL store's password, PostgreSQL's going to ``PGPASSWORD``), the admin's
     password (from ``MLFLOW_AUTH_ADMIN_PASSWORD`` or ``password_file``, a file only its
     owner can read; never the command line) and a CSRF key for the server's web workers.
     Authenticated users may read every experiment; they write where they created an
@@ -173,6 +174,7 @@ def auth_settings(backend: str, host: str, password_file: str | None) -> tuple[s
     import secrets
 
     password = admin_password(host, password_file)
+    admin = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or ADMIN_USER
     if backend.startswith("sqlite:///"):
         folder = Path(backend.removeprefix("sqlite:///")).resolve().parent
         users = f"sqlite:///{folder / 'basic_auth.db'}"
@@ -180,23 +182,37 @@ def auth_settings(backend: str, host: str, password_file: str | None) -> tuple[s
         folder, users = DEFAULT_STATE_DIR.resolve(), backend
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "basic_auth.ini"
-    config.write_text(
+    private_write(
+        config,
         "[mlflow]\n"
         "default_permission = READ\n"
         f"database_uri = {users}\n"
-        f"admin_username = {ADMIN_USER}\n"
+        f"admin_username = {admin}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         # MLflow checks a password with PBKDF2 on every request unless it caches the check; a
         # training run makes hundreds of requests. A changed password or a removed user
         # reaches the other web workers within this time.
-        f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}\n"
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}\n",
     )
-    return redact(users), {
+    return f"{redact(users)} (admin '{admin}')", {
         "MLFLOW_AUTH_CONFIG_PATH": str(config),
         ADMIN_PASSWORD_ENV: password,
         "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
         or secrets.token_hex(32),
     }
+
+
+def private_write(path: Path, text: str) -> None:
+    """``text`` into ``path``, readable and writable by its owner alone; a link there is not
+    followed."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        descriptor = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the server's auth config {path}: {exc.strerror}") from None
+    with os.fdopen(descriptor, "w") as handle:
+        os.fchmod(descriptor, 0o600)  # an older file keeps its mode otherwise
+        handle.write(text)
 
 
 def admin_password(host: str, password_file: str | None) -> str:
@@ -210,19 +226,28 @@ def admin_password(host: str, password_file: str | None) -> str:
             text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"--admin-password-file {password_file}: {exc.strerror}") from None
-        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        if info.st_uid != os.getuid():
+            raise ConfigError(
+                f"--admin-password-file {password_file}: owned by another user; use a file of your own (chmod 600)"
+            )
+        if info.st_mode & 0o077:
             raise ConfigError(
                 f"--admin-password-file {password_file}: readable by others (mode "
-                f"{info.st_mode & 0o777:o}); chmod 600 it, as its owner"
+                f"{info.st_mode & 0o777:o}); chmod 600 it"
             )
-        password = text.strip().splitlines()[0] if text.strip() else ""
+        password = text.splitlines()[0] if text else ""  # the first line, exactly
         if not password:
-            raise ConfigError(f"--admin-password-file {password_file}: the file is empty")
+            raise ConfigError(f"--admin-password-file {password_file}: its first line is empty")
         return _long_enough(password, f"--admin-password-file {password_file}")
     password = os.environ.get(ADMIN_PASSWORD_ENV, "")
     if not password:
+        asked = (
+            f"--host {host}: a server that others can reach"
+            if host not in LOCAL_HOSTS
+            else "--auth: the server"
+        )
         raise ConfigError(
-            f"--host {host}: a server that others can reach asks who they are; set "
+            f"{asked} asks who they are; set "
             f"{ADMIN_PASSWORD_ENV} (or --admin-password-file FILE, chmod 600) for its admin "
             f"user '{ADMIN_USER}', or pass --no-auth to serve everyone"
         )

@@ -317,3 +317,48 @@ def test_an_exact_cost_counts_any_difference_a_measured_one_five_percent():
     ]
     table, _ = front_table(runs, ["params.model.num_latents"], objectives, ALPHA)
     assert set(table["membership"]) == {ON_FRONT}
+
+
+def test_a_zero_cost_counts_a_missing_one_decides_nothing_and_no_spread_is_no_certainty():
+    """A model without expert attention has 0 KV activations: fewer than any, not unknown.
+    A point whose cost no run logged can be neither shown dominated through it nor shown on
+    the front. Two seeds whose differences happen not to vary give no interval at all."""
+    means = np.array([[0.70], [0.70]])
+    noisy = [means + np.array([[0.01, 0.02, 0.03, 0.04]] * 2) + [[0.0] * 4, [0.001] * 4]]
+    # identical spread: the paired differences do not vary
+    result = membership(noisy, -np.array([[0.0], [5.0]]), [EPS], ALPHA)
+    assert result.verdict.tolist() == [
+        ON_FRONT,
+        INCONCLUSIVE,
+    ]  # the cheaper: nothing can dominate it
+    rng = np.random.default_rng(7)
+    values = {("shapes", 0): (0.70, 0, 300.0), ("shapes", 1): (0.70, 1000, 300.0)}
+    runs = runs_frame(rng, values, seeds=15).rename(
+        columns={"metrics.model_params": "metrics.model_kv_activations_per_image"}
+    )
+    objectives = [
+        Objective("test_miou", "maximize", EPS),
+        Objective("model_kv_activations_per_image", "minimize", math.log1p(MEASURED_MARGIN)),
+    ]
+    table, _ = front_table(runs, ["params.model.num_latents"], objectives, ALPHA)
+    assert table.set_index("model.num_latents")["membership"].to_dict() == {
+        "0": ON_FRONT,
+        "1": DOMINATED,
+    }
+    runs.loc[runs["params.model.num_latents"] == "0", "metrics.model_kv_activations_per_image"] = (
+        np.nan
+    )
+    table, _ = front_table(runs, ["params.model.num_latents"], objectives, ALPHA)
+    assert set(table["membership"]) == {INCONCLUSIVE}
+
+
+def test_a_measured_cost_is_never_exact_even_with_one_seed_per_point():
+    rng = np.random.default_rng(8)
+    values = {("shapes", 8): (0.70, 1000, 100.0), ("shapes", 16): (0.70, 1000, 99.5)}
+    runs = runs_frame(rng, values, seeds=1)
+    objectives = [
+        Objective("test_miou", "maximize", EPS),
+        Objective("train_images_per_s", "maximize", math.log1p(MEASURED_MARGIN)),
+    ]
+    table, family = front_table(runs, ["params.model.num_latents"], objectives, ALPHA)
+    assert family["fixed"] == [] and set(table["membership"]) == {INCONCLUSIVE}

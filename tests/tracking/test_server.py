@@ -136,6 +136,7 @@ def test_a_server_beyond_loopback_asks_who_its_users_are_or_says_plainly_that_it
     assert "adm1n-password" not in " ".join(launch.command)
     config = Path(launch.env["MLFLOW_AUTH_CONFIG_PATH"])
     assert config.parent == tmp_path / "store" and "adm1n-password" not in config.read_text()
+    assert config.stat().st_mode & 0o777 == 0o600  # readable by its owner alone
     assert f"database_uri = sqlite:///{tmp_path / 'store' / 'basic_auth.db'}" in config.read_text()
 
 
