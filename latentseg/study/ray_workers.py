@@ -26,6 +26,7 @@ from latentseg.study.objective import TrialContext
 from latentseg.study.spec import LoadedStudy, redact
 from latentseg.study.storage import env_seconds
 from latentseg.study.worker import worker_process
+from latentseg.tracking.opening import client_credentials
 
 INSTALL_HINT = "--ray needs Ray: pip install 'latentseg[ray]'"
 # A worker whose process or node died is started again this many times (then its task fails
@@ -113,23 +114,6 @@ class StopFlag:
 
     def get(self) -> str | None:
         return self.reason
-
-
-def tracking_credentials() -> dict[str, str]:
-    """The driver's MLflow credentials (its environment or ``~/.mlflow/credentials``, and a
-    token or TLS settings it has), handed to each Ray worker as a task argument: Ray's dashboard shows a task's environment
-    (``runtime_env``) in plain text, never its arguments."""
-    from mlflow.utils.credentials import read_mlflow_creds
-
-    creds = read_mlflow_creds()
-    pairs = {"MLFLOW_TRACKING_USERNAME": creds.username, "MLFLOW_TRACKING_PASSWORD": creds.password}
-    for name in (
-        "MLFLOW_TRACKING_TOKEN",
-        "MLFLOW_TRACKING_SERVER_CERT_PATH",
-        "MLFLOW_TRACKING_INSECURE_TLS",
-    ):
-        pairs[name] = os.environ.get(name)  # a token, and how to trust the server's TLS
-    return {k: v for k, v in pairs.items() if v}
 
 
 def ray_worker(
@@ -247,7 +231,7 @@ class RayWorkers:
                 index,
                 os.getcwd(),
                 flag,
-                tracking_credentials(),
+                client_credentials(),
             )
             for index in range(workers)
         ]

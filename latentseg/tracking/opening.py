@@ -17,6 +17,17 @@ from urllib.parse import urlparse
 from latentseg.errors import TrackingError
 
 
+def redact(url: str | None) -> str | None:
+    """A storage or tracking URL with any password replaced by ``***``."""
+    if not url or "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, _, host = rest.rpartition("@")
+    if ":" in credentials:
+        credentials = credentials.split(":", 1)[0] + ":***"
+    return f"{scheme}://{credentials}@{host}"
+
+
 def health_problem(uri: str, timeout_s: float) -> str | None:
     """Why the tracking server at ``uri`` fails its health check (``HTTP 404 Not Found`` when
     something else answers there); None when it answers."""
@@ -44,6 +55,23 @@ def _check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         )
 
 
+def client_credentials() -> dict[str, str]:
+    """The driver's MLflow credentials (its environment or ``~/.mlflow/credentials``, and a
+    token or TLS settings it has), handed to each Ray worker as a task argument: Ray's dashboard shows a task's environment
+    (``runtime_env``) in plain text, never its arguments."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    creds = read_mlflow_creds()
+    pairs = {"MLFLOW_TRACKING_USERNAME": creds.username, "MLFLOW_TRACKING_PASSWORD": creds.password}
+    for name in (
+        "MLFLOW_TRACKING_TOKEN",
+        "MLFLOW_TRACKING_SERVER_CERT_PATH",
+        "MLFLOW_TRACKING_INSECURE_TLS",
+    ):
+        pairs[name] = os.environ.get(name)  # a token, and how to trust the server's TLS
+    return {k: v for k, v in pairs.items() if v}
+
+
 CREDENTIALS_HINT = (
     "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials)"
 )
@@ -55,8 +83,6 @@ def check_credentials(uri: str, timeout_s: float = 10.0) -> None:
     missing or refused. The request is MLflow's own (its TLS settings hold), without retries."""
     from mlflow.utils.credentials import get_default_host_creds, read_mlflow_creds
     from mlflow.utils.rest_utils import http_request
-
-    from latentseg.tracking.store import redact
 
     where = redact(uri.rstrip("/"))
     try:

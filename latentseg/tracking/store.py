@@ -19,6 +19,7 @@ from latentseg.tracking.opening import (  # noqa: F401 - callers import these fr
     connect,
     health_problem,
     open_client,
+    redact,
     require_store,
     server_reachable,
 )
@@ -47,17 +48,6 @@ def quote(value: str) -> str:
     raise TrackingError(
         f"{value!r} holds both ' and \": MLflow's search filters cannot match it; rename it"
     )
-
-
-def redact(url: str | None) -> str | None:
-    """A storage or tracking URL with any password replaced by ``***``."""
-    if not url or "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, _, host = rest.rpartition("@")
-    if ":" in credentials:
-        credentials = credentials.split(":", 1)[0] + ":***"
-    return f"{scheme}://{credentials}@{host}"
 
 
 # MLflow 3 opens an experiment in its GenAI view unless the link asks for model training.

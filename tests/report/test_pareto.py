@@ -362,3 +362,21 @@ def test_a_measured_cost_is_never_exact_even_with_one_seed_per_point():
     ]
     table, family = front_table(runs, ["params.model.num_latents"], objectives, ALPHA)
     assert family["fixed"] == [] and set(table["membership"]) == {INCONCLUSIVE}
+
+
+def test_the_front_plot_puts_quality_on_y_and_colours_each_verdict():
+    from latentseg.report import plots
+
+    rng = np.random.default_rng(9)
+    values = {("shapes", 8): (0.80, 1000, 300.0), ("shapes", 16): (0.80, 2000, 200.0)}
+    runs = runs_frame(rng, values, seeds=8)
+    objectives = [  # a cost first: the plot still puts the quality on y
+        Objective("model_params", "minimize", 0.0),
+        Objective("test_miou", "maximize", EPS),
+    ]
+    table, family = front_table(runs, ["params.model.num_latents"], objectives, ALPHA)
+    figure = plots.front(table, objectives, ["model.num_latents"], family["level"])
+    (axis,) = figure.axes
+    assert axis.get_ylabel() == "test_miou (maximize)"
+    assert axis.get_xlabel() == "model_params (minimize)"
+    assert {t.get_text() for t in axis.get_legend().get_texts()} == set(table["membership"])

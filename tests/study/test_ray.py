@@ -233,7 +233,16 @@ def assert_each_point_once(name: str, storage: str, tracking: str) -> list:
         for t in trials
         if t.state == TrialState.COMPLETE
     )
-    assert complete == POINTS
+    assert complete == POINTS, [  # what became of each attempt, to diagnose a failure
+        (
+            t.number,
+            t.params,
+            t.state.name,
+            t.user_attrs.get("fail_reason"),
+            t.system_attrs.get("failed_trial"),
+        )
+        for t in trials
+    ]
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     client = MlflowClient(tracking)
     experiment_id = client.get_experiment_by_name(name).experiment_id
@@ -396,7 +405,8 @@ def test_ray_workers_get_the_tracking_servers_credentials_as_an_argument_not_an_
     """MLflow's credentials, from the environment or ~/.mlflow/credentials, travel to a Ray
     worker in its task's arguments: Ray's dashboard shows a task's runtime_env in plain text,
     and only LATENTSEG_* variables are put there."""
-    from latentseg.study.ray_workers import FORWARDED_ENV_PREFIX, tracking_credentials
+    from latentseg.study.ray_workers import FORWARDED_ENV_PREFIX
+    from latentseg.tracking.opening import client_credentials as tracking_credentials
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
