@@ -20,6 +20,8 @@ def build_sampler(
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler.n_startup_trials)
     if sampler.name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
+    if sampler.name == "gp":  # Gaussian-process Bayesian optimization, one or several objectives
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=sampler.n_startup_trials)
     # grid points are queued explicitly; the sampler never picks one
     return optuna.samplers.RandomSampler(seed=seed)
 

@@ -197,9 +197,9 @@ Seeds = Annotated[
 
 
 class SamplerSpec(StrictModel):
-    name: Literal["tpe", "random", "grid", "nsga2"] = Field(
+    name: Literal["tpe", "random", "grid", "nsga2", "gp"] = Field(
         "tpe",
-        description="tpe (one or several objectives), random, grid, or nsga2 (Optuna's NSGA-II, for several objectives over many trials).",
+        description="tpe (one or several objectives), random, grid, nsga2 (Optuna's NSGA-II, for several objectives over many trials) or gp (Optuna's Gaussian-process sampler, one or several objectives, for few costly trials; numeric params).",
     )
     seed: Optional[int] = Field(0, description="Sampler seed (null: random).")  # noqa: UP045
     n_startup_trials: int = Field(10, ge=0, description="TPE: random trials before modelling.")

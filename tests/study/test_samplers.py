@@ -52,3 +52,21 @@ def test_nsga2_searches_several_objectives_with_a_seed_per_worker(study_spec):
     assert isinstance(build_sampler(loaded), optuna.samplers.NSGAIISampler)
     assert isinstance(build_pruner(loaded), optuna.pruners.NopPruner)
     assert proposals(build_sampler(loaded, 1)) != proposals(build_sampler(loaded, 0))
+
+
+def test_a_gaussian_process_searches_two_objectives_after_its_random_start(study_spec):
+    """``sampler: gp`` is Optuna's GPSampler: seeded per worker, and on a study of two
+    objectives it proposes from its model once its startup trials are done."""
+    spec = {
+        "search_space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "objectives": [{"metric": "val_miou"}, {"metric": "model_params"}],
+        "sampler": {"name": "gp", "seed": 3, "n_startup_trials": 2},
+    }
+    loaded = load_study_spec(study_spec(spec))
+    sampler = build_sampler(loaded)
+    assert isinstance(sampler, optuna.samplers.GPSampler)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.optimize(
+        lambda t: (-((t.suggest_float("x", 0, 1) - 0.3) ** 2), t.params["x"]), n_trials=4
+    )
+    assert len(study.best_trials) >= 1 and len(study.trials) == 4
