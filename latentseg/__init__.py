@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from latentseg._version import __version__
-from latentseg.config import ExperimentConfig, ModelConfig, load_experiment
+from latentseg.config import ExperimentConfig, ModelConfig
 from latentseg.errors import (
     CheckpointError,
     ConfigError,
@@ -24,6 +24,7 @@ from latentseg.errors import (
     RegistryError,
     TrackingError,
 )
+from latentseg.loading import load_experiment
 
 if TYPE_CHECKING:
     from latentseg.models import LatentSegModel

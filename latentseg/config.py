@@ -1,4 +1,6 @@
-"""Frozen, strict config models and the YAML loader with dotted ``--set`` overrides.
+"""Frozen, strict config models: the schema of an experiment. Loading one from YAML with
+``--set`` overrides, and where each value came from, is :mod:`latentseg.loading`; the wording
+of validation errors, :mod:`latentseg.validation`.
 
 Every model refuses unknown keys (a misspelt ``lerning_rate`` must not silently train at the
 default rate) and is frozen. Errors name the file, the line and the key, and suggest close
@@ -7,18 +9,15 @@ matches.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from latentseg.errors import ConfigError
+from latentseg.validation import format_validation_error
 
 # YAML and dotted keys, schema-free: importable from here as before
 from latentseg.yamlio import (  # noqa: F401
@@ -372,7 +371,12 @@ class ExperimentConfig(StrictModel):
         data = self.model_dump(mode="json")
         for key, value in updates.items():
             set_dotted(data, key, value, source=f"update '{key}'")
-        return validate_experiment(data, source="<updated config>")
+        try:
+            return ExperimentConfig.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(
+                format_validation_error(exc, ExperimentConfig, "<updated config>")
+            ) from None
 
 
 SECTIONS: dict[str, type[BaseModel]] = {
@@ -382,136 +386,3 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "train": TrainConfig,
     "tracking": TrackingConfig,
 }
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _model_at(root: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
-    """The pydantic model class that owns the field at ``loc`` (for 'did you mean')."""
-    model: type[BaseModel] | None = root
-    for part in loc:
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
-            return model
-        annotation = model.model_fields[part].annotation
-        model = (
-            annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            else None
-        )
-    return model
-
-
-def format_validation_error(
-    exc: ValidationError,
-    root: type[BaseModel],
-    source: str,
-    lines: Mapping[tuple[str, ...], int] | None = None,
-    prefix: Sequence[str] = (),
-) -> str:
-    """One line per problem: ``file:line: key: what is wrong; did you mean ...``."""
-    messages = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        full = (*prefix, *loc)
-        dotted = ".".join(full) or "<top level>"
-        line = (lines or {}).get(tuple(full))
-        where = line if isinstance(line, str) else f"{source}:{line}" if line else source
-        if err["type"] == "extra_forbidden":
-            owner = _model_at(root, err["loc"][:-1])
-            allowed = sorted(owner.model_fields) if owner else []
-            close = difflib.get_close_matches(loc[-1], allowed, n=1, cutoff=0.6)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            messages.append(
-                f"{where}: unknown key '{dotted}'.{hint} Allowed here: {', '.join(allowed)}."
-            )
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            shown = repr(err.get("input"))
-            whole = not loc  # a check across keys: the input is the whole section
-            got = (
-                ""
-                if whole or err["type"] in {"missing"} or f"got {err.get('input')}" in msg
-                else f" (got {shown})"
-            )
-            cited = ""
-            if lines and err["type"] == "value_error" and len(full) <= 1:  # across keys
-                cited = Provenance(source, lines).cite(msg, full[0] if full else None)
-            messages.append(
-                f"{where}: {msg}{cited}"
-                if where == dotted
-                else f"{where}: {dotted}: {msg}{got}{cited}"
-            )
-    return "\n".join(messages)
-
-
-def validate_experiment(
-    data: Mapping[str, Any], source: str, lines: Mapping[tuple[str, ...], int] | None = None
-) -> ExperimentConfig:
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, ExperimentConfig, source, lines)) from None
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """Where each value of a config came from: ``lines`` maps a key path to its line in
-    ``source`` or to the ``--set`` flag that set it. Errors that involve several keys name
-    each key with its origin (``cite``), never the flags that had nothing to do with them."""
-
-    source: str = "<config>"
-    lines: Mapping[tuple[str, ...], int | str] = field(default_factory=dict)
-
-    def origin(self, key: str) -> str:
-        """``file:line``, ``--set key=value``, or where an unset key's value comes from."""
-        where = self.lines.get(tuple(key.split(".")))
-        if isinstance(where, str):
-            return where
-        if where:
-            return f"{self.source}:{where}"
-        return "the variant's default" if key.startswith("model.") else "the default"
-
-    def cite(self, message: str, section: str | None = None) -> str:
-        """`` (key from origin; ...)`` for every config key ``message`` names: dotted keys
-        (``data.batch_size``), and within ``section`` its bare field names (``num_heads``)."""
-        keys = [m.group(0).rstrip(".") for m in _DOTTED.finditer(message)]
-        if section in SECTIONS:
-            names = "|".join(sorted(SECTIONS[section].model_fields, key=len, reverse=True))
-            pattern = rf"(?<![\w.])({names})(?![\w.])" if names else None
-            if pattern:
-                keys += [f"{section}.{m.group(1)}" for m in re.finditer(pattern, message)]
-        keys = list(dict.fromkeys(k for k in keys if k.split(".")[0] in SECTIONS))
-        if not keys:
-            return ""
-        return " (" + "; ".join(f"{k} from {self.origin(k)}" for k in keys) + ")"
-
-    def error(self, message: str, section: str | None = None) -> str:
-        """``source: message (key from origin; ...)``."""
-        return f"{self.source}: {message}{self.cite(message, section)}"
-
-
-_DOTTED = re.compile(r"(?<![\w.])(?:model|data|optim|train|tracking)\.[A-Za-z_][\w.]*")
-
-
-def load_experiment_sourced(
-    path: str | Path, overrides: Iterable[str] = ()
-) -> tuple[ExperimentConfig, Provenance]:
-    """``load_experiment``, with where each value came from (file and line, or flag)."""
-    data, text = read_yaml_mapping(path, what="experiment config")
-    lines: dict[tuple[str, ...], int | str] = dict(key_lines(text))
-    for item in overrides:
-        key, value = parse_override(item)
-        set_dotted(data, key, value, source=f"--set {item!r}")
-        lines[tuple(key.split("."))] = f"--set {item}"  # an error there blames the flag
-    return validate_experiment(data, str(path), lines), Provenance(str(path), lines)
-
-
-def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Load an experiment YAML and apply ``--set`` overrides (``'model.num_latents=8'``)."""
-    return load_experiment_sourced(path, overrides)[0]
-
-
-def apply_overrides(config: ExperimentConfig, overrides: Iterable[str]) -> ExperimentConfig:
-    """Apply ``--set`` overrides to an already loaded config."""
-    return config.with_updates(dict(parse_override(item) for item in overrides))

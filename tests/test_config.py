@@ -4,14 +4,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from latentseg.config import (
-    ExperimentConfig,
-    ModelConfig,
-    load_experiment,
-    load_experiment_sourced,
-    parse_override,
-)
+from latentseg.config import ExperimentConfig, ModelConfig, parse_override
 from latentseg.errors import ConfigError
+from latentseg.loading import load_experiment, load_experiment_sourced
 from latentseg.train import prepare
 
 
@@ -241,4 +236,22 @@ def test_keys_across_sections_and_defaults_are_cited(tmp_path):
     heads = cross_field_error(write(tmp_path, "model:\n  latent_dim: 30\n", "d.yaml"))
     assert heads.endswith(
         f"(model.latent_dim from {tmp_path / 'd.yaml'}:2; model.num_heads from the variant's default)"
+    )
+
+
+def test_a_validation_error_names_the_file_line_and_key_and_the_closest_allowed_one():
+    from pydantic import ValidationError
+
+    from latentseg.config import StrictModel
+    from latentseg.validation import format_validation_error
+
+    class Options(StrictModel):
+        learning_rate: float = 0.1
+
+    with pytest.raises(ValidationError) as info:
+        Options.model_validate({"lerning_rate": 0.2})
+    said = format_validation_error(info.value, Options, "opts.yaml", {("lerning_rate",): 3})
+    assert (
+        said
+        == "opts.yaml:3: unknown key 'lerning_rate'. Did you mean 'learning_rate'? Allowed here: learning_rate."
     )

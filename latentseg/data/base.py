@@ -12,8 +12,9 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import Tensor
 
-from latentseg.config import StrictModel, format_validation_error
+from latentseg.config import StrictModel
 from latentseg.errors import ConfigError
+from latentseg.validation import format_validation_error
 
 SPLITS = ("train", "val", "test")
 

@@ -203,8 +203,8 @@ def check_target(
     target: str, params: dict[str, Any], max_samples: int | None = None
 ) -> CheckReport:
     """A directory (folder dataset), an experiment YAML (its data section), or a dataset name."""
-    from latentseg.config import load_experiment
     from latentseg.data import create_dataset
+    from latentseg.loading import load_experiment
 
     path = Path(target)
     if path.is_dir():

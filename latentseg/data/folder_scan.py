@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from pydantic import AliasChoices, Field, ValidationError, model_validator
 
-from latentseg.config import StrictModel, format_validation_error, read_yaml_mapping
+from latentseg.config import StrictModel, read_yaml_mapping
 from latentseg.data.base import SPLITS
 from latentseg.data.images import (
     DEFAULT_MAX_PIXELS,
@@ -29,6 +29,7 @@ from latentseg.data.images import (
     read_pair,
 )
 from latentseg.errors import DatasetError
+from latentseg.validation import format_validation_error
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MASK_SUFFIXES = (".png",)

@@ -8,9 +8,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from latentseg.config import ModelConfig, format_validation_error
+from latentseg.config import ModelConfig
 from latentseg.errors import ConfigError
 from latentseg.registry import Registry
+from latentseg.validation import format_validation_error
 
 MODELS: Registry = Registry("model", entry_point_group="latentseg.models")
 register_model = MODELS.register

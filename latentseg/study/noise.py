@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
-from latentseg.config import ExperimentConfig, flatten, load_experiment, parse_override
+from latentseg.config import ExperimentConfig, flatten, parse_override
 from latentseg.errors import ConfigError
+from latentseg.loading import load_experiment
 
 SOURCE_NAMES = ("weights", "order", "data", "all")
 MAX_LEVELS = 100

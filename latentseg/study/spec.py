@@ -21,13 +21,12 @@ from pydantic import (
 from latentseg.config import (
     ExperimentConfig,
     StrictModel,
-    apply_overrides,
     format_validation_error,
     key_lines,
-    load_experiment,
     read_yaml_mapping,
 )
 from latentseg.errors import ConfigError, LatentSegError
+from latentseg.loading import apply_overrides, load_experiment
 from latentseg.tracking.logged import COST_METRICS  # an objective of a study of several
 from latentseg.tracking.store import redact  # noqa: F401 - the study's name for it
 

@@ -28,14 +28,9 @@ from typing import Any
 
 import torch
 
-from latentseg.config import (
-    ExperimentConfig,
-    Provenance,
-    apply_overrides,
-    load_experiment_sourced,
-    parse_override,
-)
+from latentseg.config import ExperimentConfig, parse_override
 from latentseg.errors import ConfigError, TrackingError
+from latentseg.loading import Provenance, apply_overrides, load_experiment_sourced
 from latentseg.process import owner_record
 from latentseg.tracking.datasets import dataset_inputs, log_dataset_inputs
 from latentseg.tracking.logged import SCORES_DIR, TEST_SCORES_FILE

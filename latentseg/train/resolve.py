@@ -10,15 +10,10 @@ from typing import Any
 
 import torch
 
-from latentseg.config import (
-    ExperimentConfig,
-    ModelConfig,
-    ModelSpec,
-    Provenance,
-    model_overrides,
-)
+from latentseg.config import ExperimentConfig, ModelConfig, ModelSpec, model_overrides
 from latentseg.data import SegmentationDataset, SplitSizes, create_dataset
 from latentseg.errors import ConfigError, DatasetError, LatentSegError, RegistryError
+from latentseg.loading import Provenance
 from latentseg.models import MODELS, model_config
 
 

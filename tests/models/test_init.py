@@ -181,7 +181,7 @@ def test_a_registered_variant_with_a_custom_layer_is_seeded_by_the_run():
 
 
 def test_the_tutorial_experiment_starts_from_the_tutorials_own_weights(tmp_path):
-    from latentseg.config import load_experiment
+    from latentseg.loading import load_experiment
     from tests.conftest import ROOT
     from tests.models.tutorial_reference import SegmentationModel
 

@@ -152,7 +152,7 @@ def test_registry_api():
 
 
 def test_the_variant_once_called_seed_still_resolves_to_tutorial_with_a_note(tmp_path):
-    from latentseg.config import load_experiment
+    from latentseg.loading import load_experiment
     from latentseg.registry import RenamedWarning
     from latentseg.train.resolve import prepare
 
