@@ -9,7 +9,6 @@ the report's metric against the model's parameters. Pure pandas: the runs come i
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from latentseg.errors import ConfigError
+from latentseg.report.decision import run_metric
 from latentseg.report.labels import label
 from latentseg.report.pareto import intervals_needed, membership
 from latentseg.report.stats import is_stratum, mean_ci, metric_bounds, pairing
@@ -69,12 +69,11 @@ def objectives_for(
     has_quality = any(name not in COST_METRICS for name, _ in parsed)
     objectives: list[Objective] = []
     for name, direction in [*([] if has_quality else [(metric, None)]), *parsed]:
-        if name in COST_METRICS:
-            objective = Objective(
-                name, direction or COST_METRICS[name], math.log1p(MEASURED_MARGIN)
-            )
+        if name in COST_METRICS:  # an exact cost counts any difference, a measured one 5%
+            margin = 0.0 if name.startswith("model_") else math.log1p(MEASURED_MARGIN)
+            objective = Objective(name, direction or COST_METRICS[name], margin)
         else:
-            column = run_metric_of(name)
+            column = run_metric(name)
             if column == metric:
                 margin = sesoi if sesoi > 0 else 0.0
             else:
@@ -102,12 +101,6 @@ def _parsed(name: str) -> tuple[str, str | None]:
     return metric, direction or None
 
 
-def run_metric_of(name: str) -> str:
-    from latentseg.report.decision import run_metric
-
-    return run_metric(name)
-
-
 def front_metric(given: str) -> str:
     """``--front NAME[:DIRECTION]`` checked before any store is opened: a cost every run
     logs, or a metric (``miou``, ``val_loss``, ...) the report reads on the test split."""
@@ -119,7 +112,7 @@ def front_metric(given: str) -> str:
             f"--front {name}: not a cost runs log ({', '.join(COST_METRICS)}) nor a metric "
             "such as miou or val_loss"
         )
-    return run_metric_of(name)
+    return run_metric(name)
 
 
 def check_logged(runs: pd.DataFrame, objectives: list[Objective]) -> None:
@@ -147,12 +140,10 @@ def front_table(
     (and, for a noisy one, a 95% interval of the mean over seeds), its ``membership`` and the
     points shown to dominate it (``dominated_by``). A front per dataset, one family over all
     of them at ``alpha``. Also returns the family: ``intervals``, their ``level``, the
-    ``fixed`` objectives (those with no interval) and the ``objectives`` with the margins
-    used (an exact cost's is 0)."""
+    ``fixed`` objectives (those with no interval) and the ``objectives``."""
     tasks = [a for a in axes if is_stratum(a)]
-    # an exact cost (no spread over seeds) counts any difference: its margin is 0
-    fixed = [dataclasses.replace(o, margin=0.0) for o in objectives if _is_fixed(runs, axes, o)]
-    noisy = [o for o in objectives if o.metric not in {f.metric for f in fixed}]
+    fixed = [o for o in objectives if _is_fixed(runs, axes, o)]
+    noisy = [o for o in objectives if o not in fixed]
     parts = [part for _, part in runs.groupby(tasks, sort=True)] if tasks else [runs]
     tables = [_points(part, axes, objectives, noisy) for part in parts]
     margins = [o.margin for o in fixed]
@@ -161,9 +152,8 @@ def front_table(
         _decide(part, table, axes, fixed, noisy, alpha, looks, intervals)
         for part, table in zip(parts, tables, strict=True)
     ]
-    exact = {o.metric: o for o in fixed}
     family = {
-        "objectives": [exact.get(o.metric, o) for o in objectives],  # with the margins used
+        "objectives": objectives,
         "intervals": intervals,
         "alpha": alpha,
         "level": 1 - alpha / max(intervals, 1),

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from latentseg.report.front import MEASURED_MARGIN, Objective, front_table
+from latentseg.report.front import MEASURED_MARGIN, Objective, front_table, objectives_for
 from latentseg.report.pareto import (
     DOMINATED,
     INCONCLUSIVE,
@@ -264,15 +264,19 @@ def test_the_front_weighs_the_study_objectives_else_those_asked_else_the_metric_
     logged = '[{"metric": "val_miou", "direction": null}, {"metric": "model_flops_per_image", "direction": null}]'
     names = study_objectives({"study.objectives": logged})
     assert names == ("val_miou", "model_flops_per_image")
-    margin = math.log1p(MEASURED_MARGIN)
     assert objectives_for("test_miou", EPS, names) == [
         Objective("test_miou", "maximize", EPS),  # validation picked, test scores
-        Objective("model_flops_per_image", "minimize", margin),
+        Objective("model_flops_per_image", "minimize", 0.0),  # exact: any difference counts
     ]
     assert objectives_for("test_miou", EPS, ()) == [
         Objective("test_miou", "maximize", EPS),
-        Objective("model_params", "minimize", margin),
+        Objective("model_params", "minimize", 0.0),
     ]
+    assert objectives_for("test_miou", EPS, ["train_images_per_s"])[1] == Objective(
+        "train_images_per_s",
+        "maximize",
+        math.log1p(MEASURED_MARGIN),  # measured: 5%
+    )
     assert [o.metric for o in objectives_for("test_miou", EPS, ["train_images_per_s"])] == [
         "test_miou",
         "train_images_per_s",
@@ -297,10 +301,7 @@ def test_an_exact_cost_counts_any_difference_a_measured_one_five_percent():
     }
     runs = runs_frame(rng, values, seeds=15)
     margin = math.log1p(MEASURED_MARGIN)
-    objectives = [
-        Objective("test_miou", "maximize", EPS),
-        Objective("model_params", "minimize", margin),
-    ]
+    objectives = objectives_for("test_miou", EPS, ["model_params"])
     table, family = front_table(runs, ["params.model.num_latents"], objectives, ALPHA)
     assert table.set_index("model.num_latents")["membership"].to_dict() == {
         "8": ON_FRONT,
