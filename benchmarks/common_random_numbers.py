@@ -93,7 +93,9 @@ def main() -> None:
         )
     if ratios:
         mean_square = math.sqrt(sum(r * r for r in ratios) / len(ratios))
-        print(f"  root-mean-square ratio of SDs: {mean_square:.2f} (seeds needed x{mean_square**2:.2f})")
+        print(
+            f"  root-mean-square ratio of SDs: {mean_square:.2f} (seeds needed x{mean_square**2:.2f})"
+        )
     for design, r in results.items():
         print(f"  train.init={design}: {r['cpu_s']:.0f} CPU s, {r['wall_s']:.0f} s wall")
     if args.json:

@@ -62,7 +62,9 @@ def main() -> None:
     parser.add_argument("--spec", default="studies/quick.yaml")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--keep", type=Path, help="keep the two studies' stores in this (new or empty) folder")
+    parser.add_argument(
+        "--keep", type=Path, help="keep the two studies' stores in this (new or empty) folder"
+    )
     args = parser.parse_args()
     source = Path(args.spec).resolve()
     spec = yaml.safe_load(source.read_text())
