@@ -13,7 +13,14 @@ $(BIN)/activate:
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH_PIN)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@# uv installs the rest in seconds where pip takes minutes (it resolves to the same
+	@# versions); pip installs it where uv cannot be had. torch is installed first, by pip,
+	@# from the local disk its configuration names, so uv keeps it.
+	if $(BIN)/pip install --quiet 'uv>=0.4'; then \
+		$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'; \
+	else \
+		$(BIN)/pip install --quiet -e '.[dev]'; \
+	fi
 	@# Debian's Chromium for the report's browser test; where it cannot be installed (not root,
 	@# no apt) that test skips and says why.
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
