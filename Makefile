@@ -12,14 +12,15 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
-	$(BIN)/pip install --quiet $(TORCH_PIN)
-	@# uv installs the rest in seconds where pip takes minutes (it resolves to the same
-	@# versions); pip installs it where uv cannot be had. torch is installed first, by pip,
-	@# from the local disk its configuration names, so uv keeps it.
+	@# uv installs in seconds what pip takes minutes for, to the same versions; pip where uv
+	@# cannot be had. Both look for torch first in the local folders pip's configuration names
+	@# (find-links): there lies the CPU build.
 	if $(BIN)/pip install --quiet 'uv>=0.4'; then \
-		$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'; \
+		links=""; for link in $$($(BIN)/pip config get global.find-links 2>/dev/null) $$PIP_FIND_LINKS; do \
+			links="$$links --find-links $$link"; done; \
+		$(BIN)/uv pip install --quiet --python $(BIN)/python $$links $(TORCH_PIN) -e '.[dev]'; \
 	else \
-		$(BIN)/pip install --quiet -e '.[dev]'; \
+		$(BIN)/pip install --quiet $(TORCH_PIN) && $(BIN)/pip install --quiet -e '.[dev]'; \
 	fi
 	@# Debian's Chromium for the report's browser test; where it cannot be installed (not root,
 	@# no apt) that test skips and says why.
