@@ -48,3 +48,22 @@ def test_importing_and_using_latentseg_changes_nothing_until_tune_process_is_cal
     assert after["cwd_same"] and after["malloc_tuned"] is None  # prepare_model tunes nothing
     assert after["tuned"] == {"huge_pages": True, "keep_freed_memory": True}  # on glibc
     assert after["thp"] == "1"
+
+
+def test_the_report_and_the_tracking_package_load_without_torch():
+    """`latentseg report` and code that only reads the store (``latentseg.tracking``'s
+    names) start without importing torch and the training loop: seconds of CPU per process.
+    The training names still load on first use."""
+    probe = (
+        "import sys, latentseg.cli.report, latentseg.report.collect, latentseg.report.render\n"
+        "from latentseg.tracking import connect, TrackingStore\n"
+        "before = 'torch' in sys.modules\n"
+        "from latentseg.tracking import run_experiment, load_model\n"
+        "print(before, 'torch' in sys.modules, callable(run_experiment))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env(),
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True"]
