@@ -24,6 +24,7 @@ from latentseg.errors import (
     RegistryError,
     TrackingError,
 )
+from latentseg.lazy import lazy_getattr
 from latentseg.loading import load_experiment
 
 if TYPE_CHECKING:
@@ -42,15 +43,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'latentseg' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def train(config, **kwargs):

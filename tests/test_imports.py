@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import subprocess_env
 
 PROBE = """
@@ -67,3 +69,16 @@ def test_the_report_and_the_tracking_package_load_without_torch():
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True", "True"]
+
+
+def test_a_lazy_name_is_imported_once_on_first_use_and_an_unknown_one_is_an_attribute_error():
+    import types
+
+    from latentseg.lazy import lazy_getattr
+
+    package = types.ModuleType("pkg")
+    package.__getattr__ = lazy_getattr("pkg", {"dumps": "json"}, vars(package))
+    assert "dumps" not in vars(package)
+    assert package.dumps is json.dumps and vars(package)["dumps"] is json.dumps  # kept
+    with pytest.raises(AttributeError, match=r"^module 'pkg' has no attribute 'loads'$"):
+        getattr(package, "loads")  # noqa: B009 (not exported)

@@ -1,12 +1,11 @@
 """Everything that talks to MLflow, behind the training loop's callback interface.
 
-The names below load on first use: a process that only reads or writes the store (a study's
-parent, the report) never imports torch and the training loop through this package."""
+The names below load on first use: a process that only reads or writes the store (the report)
+never imports torch and the training loop through this package."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from latentseg.lazy import lazy_getattr
 
 _EXPORTS = {
     "RunResult": "latentseg.tracking.run",
@@ -23,13 +22,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:
