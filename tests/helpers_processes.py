@@ -22,15 +22,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def port_open(host: str, port: int) -> bool:
-    """Whether something accepts TCP connections at ``host:port`` now."""
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def children(pid: int) -> list[int]:
     """The pids of the direct children of process ``pid`` (every thread's, from /proc)."""
     out = []

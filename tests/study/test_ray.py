@@ -19,13 +19,7 @@ from optuna.trial import TrialState
 from latentseg.errors import ConfigError
 from latentseg.study.ray_workers import INSTALL_HINT, check_fits, check_reachable
 from tests.conftest import subprocess_env, trial_held_at
-from tests.helpers_processes import (
-    free_port,
-    port_open,
-    start_server,
-    stop_server,
-    wait_healthy,
-)
+from tests.helpers_processes import free_port, start_server, stop_server, wait_healthy
 from tests.helpers_ray import HEAD_IP, Node, alive_nodes, ray_env
 
 GRID = {"model.num_latents": [2, 4], "model.expert_attention": [True, False]}
@@ -161,16 +155,13 @@ def ray_cluster():
     second = None
     try:
         deadline = time.monotonic() + 90
-        # the second node joins once the head's port answers; a driver (seconds of CPU each)
-        # then checks that both are alive
-        while not port_open(HEAD_IP, port):
+        while alive_nodes(port) < 1:
             assert time.monotonic() < deadline, "the Ray head did not start"
-            assert head.process.poll() is None, "the Ray head exited"
-            time.sleep(0.5)
+            time.sleep(1)
         second = Node(port, head=False)
         while alive_nodes(port) < 2:
             assert time.monotonic() < deadline, "the second Ray node did not join"
-            time.sleep(2)
+            time.sleep(1)
         yield port, head, second
     finally:
         if second is not None:
