@@ -37,7 +37,7 @@ class LocalWorkers:
 
     @property
     def threads(self) -> int:
-        return max(1, (os.cpu_count() or 1) // self.workers)
+        return max(1, usable_cpus() // self.workers)
 
     def describe(self) -> dict[str, str]:
         return {}  # nothing to add to the parent run: its params name the workers
@@ -111,6 +111,14 @@ WORKER_MODULES = [
     "torch.utils.flop_counter",
     "matplotlib.pyplot",
 ]
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (``taskset``, a container's or a batch
+    scheduler's cpuset), not every core of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def worker_context():

@@ -231,11 +231,15 @@ def _adaptive_tags(loaded: LoadedStudy, attrs: dict[str, Any], round_: int) -> d
 
 def _trial_config(loaded: LoadedStudy, params: dict[str, Any], threads: int) -> ExperimentConfig:
     """The base experiment with the trial's sampled ``params``, tracked in the study's
-    experiment."""
+    experiment, on the worker's share of the CPU threads (``threads``), or fewer where the
+    base experiment sets ``train.threads`` lower: threads beyond the free cores spin and
+    slow every process on the machine (a run took 4x the CPU with 2 threads where another
+    process held a core)."""
+    asked = loaded.base.train.threads
     return loaded.base.with_updates(
         {
             **params,
-            "train.threads": threads,
+            "train.threads": min(threads, asked) if asked else threads,
             "tracking.enabled": True,
             "tracking.experiment": loaded.spec.mlflow_experiment or loaded.name,
         }

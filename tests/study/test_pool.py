@@ -24,9 +24,34 @@ def test_without_ray_the_workers_are_local_processes_sharing_the_cpus(study_spec
     loaded = load_study_spec(study_spec(SPEC))
     with open_pool(None, 2, loaded, None, None) as pool:
         assert pool == LocalWorkers(2)
-        assert pool.threads == max(1, (os.cpu_count() or 1) // 2)
+        assert pool.threads == max(1, len(os.sched_getaffinity(0)) // 2)
         assert pool.describe() == {}  # the parent run's params name the workers
     assert LocalWorkers(10_000).threads == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_the_threads_split_the_cpus_this_process_may_use_not_the_machines():
+    """Under ``taskset`` (or a container's cpuset) a worker gets the cores it may run on."""
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})
+        assert LocalWorkers(1).threads == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+@pytest.mark.parametrize(("asked", "share", "runs_with"), [(None, 2, 2), (1, 2, 1), (4, 2, 2)])
+def test_a_trial_runs_on_the_workers_share_or_fewer_threads_where_the_experiment_sets_fewer(
+    study_spec, asked, share, runs_with
+):
+    """``train.threads`` in the base experiment caps a worker's share: a study of one worker
+    on two cores next to other work (a second study, a test suite of two processes) would
+    otherwise run two spinning threads per process on cores that are not free."""
+    from latentseg.study.objective import _trial_config
+
+    loaded = load_study_spec(study_spec(SPEC, base={"train": {"threads": asked}}))
+    config = _trial_config(loaded, {"model.num_latents": 8}, share)
+    assert (config.train.threads, config.model.num_latents) == (runs_with, 8)
 
 
 def test_an_adaptive_study_without_a_judge_is_refused_before_anything_starts(study_spec, tmp_path):
