@@ -103,7 +103,22 @@ def worker_loop(
     process's parent's when it started, watched between trials (:func:`_launch_gone`)."""
     import torch
 
+    threads = torch.get_num_threads()  # restored at the end: a launch of one worker runs here
     torch.set_num_threads(trial_context.threads)
+    try:
+        return _take_trials(trial_context, storage_url, deadline, worker_index, launch, store)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _take_trials(
+    trial_context: TrialContext,
+    storage_url: str | None,
+    deadline: float | None,
+    worker_index: int,
+    launch: tuple[int, int] | None,
+    store: TrackingStore | None,
+) -> int:
     study = _load_worker_study(trial_context.study, storage_url, worker_index)
     store = store or TrackingStore.open(trial_context.tracking_uri)
     done = 0

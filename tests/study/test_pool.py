@@ -54,6 +54,28 @@ def test_a_trial_runs_on_the_workers_share_or_fewer_threads_where_the_experiment
     assert (config.train.threads, config.model.num_latents) == (runs_with, 8)
 
 
+@pytest.mark.slow  # trains one tiny run: seconds
+def test_a_study_run_in_this_process_leaves_its_torch_threads_as_they_were(
+    study_spec, tracking_uri
+):
+    """A launch of one worker takes its trials in the calling process (a notebook, a test):
+    its runs use the worker's share of the CPUs, and the caller's torch threads are restored
+    when the study ends."""
+    import torch
+
+    from latentseg.tracking.store import connect
+
+    spec = {**SPEC, "search_space": {"model.num_latents": [4]}}
+    path = study_spec(spec, base={"train": {"threads": None, "epochs": 1}})
+    before = torch.get_num_threads()
+    run_study(str(path), tracking_uri=tracking_uri, progress=False)
+    assert torch.get_num_threads() == before
+    client = connect(tracking_uri)
+    experiment = client.get_experiment_by_name("pooled").experiment_id
+    (seed,) = client.search_runs([experiment], "tags.`latentseg.run_type` = 'seed'")
+    assert seed.data.params["train.threads"] == str(LocalWorkers(1).threads)
+
+
 def test_an_adaptive_study_without_a_judge_is_refused_before_anything_starts(study_spec, tmp_path):
     spec = {**SPEC, "seeds": {"min": 2, "max": 4, "step": 1}}
     uri = f"sqlite:///{tmp_path / 'never.db'}"
