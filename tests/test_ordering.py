@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ordering import longest_first
+from tests.ordering import longest_first, plain, ungrouped
 
 
 class Item:
@@ -17,6 +17,9 @@ class Item:
 
     def get_closest_marker(self, name: str):
         return self.marks.get(name)
+
+    def iter_markers(self, name: str):
+        return [self.marks[name]] if name in self.marks else []
 
 
 def test_the_longest_tests_come_first_and_a_group_stays_whole_in_its_order():
@@ -45,3 +48,22 @@ def test_the_longest_tests_come_first_and_a_group_stays_whole_in_its_order():
 def test_ties_keep_the_collection_order():
     items = [Item(f"t::{i}") for i in range(5)]
     assert [i.nodeid for i in longest_first(items, {})] == [f"t::{i}" for i in range(5)]
+
+
+def test_a_worker_whose_xdist_lost_the_group_suffix_is_told():
+    """Under --dist loadgroup xdist schedules a grouped test by an ``@group`` suffix on its
+    node id; with pytest 9.2 it is not there (pytest-xdist#1386) and the check names it."""
+    seen = [
+        ("tests/study/test_ray.py::test_grid@ray", ["ray"]),
+        ("tests/a.py::test_plain", []),
+        ("tests/a.py::test_case[user@host]", []),  # an @ inside a parameter is no group
+    ]
+    assert ungrouped(seen) == []
+    lost = [("tests/study/test_ray.py::test_grid", ["ray"]), ("t.py::t[a@b]", ["ray"])]
+    assert ungrouped(lost) == ["tests/study/test_ray.py::test_grid", "t.py::t[a@b]"]
+
+
+def test_durations_are_kept_under_the_test_not_its_group_suffix():
+    assert plain("tests/study/test_ray.py::test_grid@ray") == "tests/study/test_ray.py::test_grid"
+    assert plain("t.py::t[user@host]") == "t.py::t[user@host]"
+    assert plain("t.py::t[user@host]@ray") == "t.py::t[user@host]"
