@@ -28,6 +28,17 @@ RAY_TOKEN = secrets.token_hex(16)
 HEAD_IP, SECOND_IP = "127.0.0.3", "127.0.0.2"
 
 
+# The head declares a node that stopped answering dead after about 3 s of missed health
+# checks instead of Ray's 15-25 s (checks every 3 s, 5 misses, 10 s timeout): what a study does
+# when a node dies is the same, and the test that stops a node waits 18 s less.
+FAST_HEALTH_CHECKS = {
+    "RAY_health_check_initial_delay_ms": "1000",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "2000",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
 def ray_env() -> dict[str, str]:
     env = subprocess_env()
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=RAY_TOKEN)
@@ -59,7 +70,7 @@ class Node:
         else:
             command += ["--address", f"{HEAD_IP}:{head_port}"]
         self.process = subprocess.Popen(
-            command, env=ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            command, env={**ray_env(), **FAST_HEALTH_CHECKS}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
 
