@@ -70,8 +70,8 @@ class Node:
         else:
             command += ["--address", f"{HEAD_IP}:{head_port}"]
         self.process = subprocess.Popen(
-            command, env={**ray_env(), **FAST_HEALTH_CHECKS}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            command, env={**ray_env(), **FAST_HEALTH_CHECKS}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
 
     def pids(self) -> list[int]:

@@ -39,14 +39,16 @@ def known_durations() -> dict[str, float]:
 
 
 def plain(nodeid: str) -> str:
-    """``nodeid`` without the ``@group`` suffix xdist's loadgroup gives a grouped test."""
-    head, bracket, tail = nodeid.rpartition("]")
-    return head + bracket + tail.split("@", 1)[0] if bracket else nodeid.split("@", 1)[0]
+    """``nodeid`` without the ``@group`` suffix xdist's loadgroup gives a grouped test: an
+    ``@`` after the test's name and its parameters (not one inside them or in a path)."""
+    at = nodeid.rfind("@")
+    return nodeid[:at] if at > max(nodeid.rfind("]"), nodeid.rfind("::")) else nodeid
 
 
 def _estimate(item: pytest.Item, known: dict[str, float]) -> float:
-    if plain(item.nodeid) in known:
-        return known[plain(item.nodeid)]
+    seconds = known.get(plain(item.nodeid))
+    if seconds is not None:
+        return seconds
     return UNKNOWN_SLOW_S if item.get_closest_marker("slow") else UNKNOWN_FAST_S
 
 
@@ -76,7 +78,7 @@ def ungrouped(tests: list[tuple[str, list[str]]]) -> list[str]:
     the node ids that carry groups but not the ``@group`` suffix xdist schedules them by. With
     pytest 9.2 and pytest-xdist 3.8 every grouped test is one (pytest-xdist#1386): xdist sets
     a field that pytest no longer reads, and the groups' tests run on any worker at once."""
-    return [nodeid for nodeid, names in tests if names and "@" not in nodeid.rsplit("]", 1)[-1]]
+    return [nodeid for nodeid, names in tests if names and plain(nodeid) == nodeid]
 
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected, and after xdist's suffixes

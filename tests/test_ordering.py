@@ -67,3 +67,4 @@ def test_durations_are_kept_under_the_test_not_its_group_suffix():
     assert plain("tests/study/test_ray.py::test_grid@ray") == "tests/study/test_ray.py::test_grid"
     assert plain("t.py::t[user@host]") == "t.py::t[user@host]"
     assert plain("t.py::t[user@host]@ray") == "t.py::t[user@host]"
+    assert plain("tests/a@b/test_x.py::test_y") == "tests/a@b/test_x.py::test_y"  # a path's @
