@@ -25,7 +25,7 @@ import yaml
 
 from latentseg.config import ExperimentConfig, flatten, parse_override
 from latentseg.errors import ConfigError
-from latentseg.loading import load_experiment
+from latentseg.loading import load_experiment_sourced
 
 SOURCE_NAMES = ("weights", "order", "data", "all")
 MAX_LEVELS = 100
@@ -110,9 +110,10 @@ def noise_design(
     from latentseg.train.resolve import prepare
 
     path = Path(experiment)
-    config = load_experiment(path, overrides)
+    config, origin = load_experiment_sourced(path, overrides)
+    # the values runs log (defaults and sizes resolved); a bad value names its file or flag
+    resolved = prepare(config, origin).config
     check_sources(config, sources)
-    resolved = prepare(config).config  # the values runs log: defaults and sizes resolved
     if versus is not None:
         axis, value = parse_override(versus, flag="--versus", example="model.num_latents=8")
         if axis.startswith(("tracking.", "train.", "data.seed", "data.dataset", "data.test_size")):

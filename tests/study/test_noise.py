@@ -42,6 +42,11 @@ from tests.data.folders import folder_config, make_folder
             ["--set", "model.expert_attention=false", "--versus", "model.num_latents=8"],
             "num_latents changes nothing in this model",
         ),
+        (
+            ["--set", "data.dataset=nosuch"],  # blamed on the flag, not on "the default"
+            "Unknown dataset 'nosuch'. Did you mean 'noise'? Available: digits, folder, noise, "
+            "oxford-pet, shapes, voc. (data.dataset from --set data.dataset=nosuch)",
+        ),
     ],
     ids=[
         "source",
@@ -54,6 +59,7 @@ from tests.data.folders import folder_config, make_folder
         "pinned-order",
         "data-seed",
         "inert",
+        "dataset",
     ],  # fmt: skip
 )
 def test_a_bad_request_exits_2_with_one_line_and_runs_nothing(
