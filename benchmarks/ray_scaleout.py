@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -118,14 +117,6 @@ def retried_work(name: str, storage: str, tracking: str, epochs: int) -> dict:
     }
 
 
-def wait_for_nodes(rig, port: int, count: int, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while rig.alive_nodes(port) < count:
-        if time.monotonic() > deadline:
-            sys.exit(f"the Ray cluster did not reach {count} node(s) in {timeout_s:.0f} s")
-        time.sleep(1)
-
-
 def faults(epochs: int) -> dict:
     """The grid clean, with a worker killed and with the second node stopped, on two nodes."""
     from tests import helpers_ray as rig
@@ -147,14 +138,11 @@ def faults(epochs: int) -> dict:
 
     results: dict[str, dict] = {}
     port = free_port()
-    head = rig.Node(port, head=True)
-    second = server = None
+    head = second = server = None
     folder = Path(tempfile.mkdtemp(prefix="lsbench-"))
     tag = os.urandom(4).hex()
     try:
-        wait_for_nodes(rig, port, 1)
-        second = rig.Node(port, head=False)
-        wait_for_nodes(rig, port, 2)
+        head, second = rig.start_cluster(port)
         server_port = free_port()
         tracking = f"http://127.0.0.1:{server_port}"
         server = start_server(database(f"lsbench_mlflow_{tag}"), folder / "served", server_port, folder)  # fmt: skip

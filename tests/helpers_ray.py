@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -113,13 +114,64 @@ class Node:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def alive_nodes(port: int) -> int:
+def wait_listening(port: int, process: subprocess.Popen, deadline: float) -> None:
+    """Wait until the head's port accepts connections (a socket probe: no process, no job on
+    the cluster); fails the test when the head ``process`` exits or ``deadline`` passes."""
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"the Ray head exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((HEAD_IP, port), timeout=1):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the Ray head did not listen on {HEAD_IP}:{port}")
+        time.sleep(0.2)
+
+
+def wait_for_nodes(port: int, count: int, process: subprocess.Popen, timeout_s: float = 90) -> None:
+    """Wait until the cluster at ``port`` has ``count`` live nodes: the head's port first,
+    then one driver process that joins (again, while the head's services come up) and polls
+    ``ray.nodes()`` until the count is reached. A driver per poll would cost a second of CPU
+    each, and a job on the cluster. Fails the test when the head ``process`` exits or the
+    time runs out."""
+    deadline = time.monotonic() + timeout_s
+    wait_listening(port, process, deadline)
     code = (
-        f"import ray; ray.init(address='{HEAD_IP}:{port}', logging_level='ERROR', "
-        "log_to_driver=False); print(sum(1 for n in ray.nodes() if n['Alive']))"
+        "import time, ray\n"
+        f"deadline = time.monotonic() + {max(1.0, deadline - time.monotonic()):.1f}\n"
+        "while True:\n"
+        "    try:\n"
+        f"        ray.init(address='{HEAD_IP}:{port}', logging_level='ERROR', log_to_driver=False)\n"
+        "        break\n"
+        "    except Exception:\n"
+        "        if time.monotonic() > deadline:\n"
+        "            raise\n"
+        "        ray.shutdown()\n"
+        "        time.sleep(0.5)\n"
+        f"while sum(n['Alive'] for n in ray.nodes()) < {count} and time.monotonic() < deadline:\n"
+        "    time.sleep(0.25)\n"
+        "print(sum(n['Alive'] for n in ray.nodes()))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], env=ray_env(), capture_output=True, text=True,
-        timeout=120,
+        timeout=timeout_s + 60,
     )  # fmt: skip
-    return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
+    seen = done.stdout.strip().splitlines()[-1:] if done.returncode == 0 else []
+    assert seen == [str(count)], f"{count} Ray node(s) expected, seen {seen}: {done.stderr[-2000:]}"
+
+
+def start_cluster(port: int) -> tuple[Node, Node]:
+    """A head and a second node on ``port``, both alive; both stopped (their folders removed)
+    if they do not come up. The second node starts as soon as the head listens: it waits
+    for the head's services itself."""
+    head = Node(port, head=True)
+    second = None
+    try:
+        wait_listening(port, head.process, time.monotonic() + 90)
+        second = Node(port, head=False)
+        wait_for_nodes(port, 2, head.process)
+    except BaseException:
+        if second is not None:
+            second.cleanup()
+        head.cleanup()
+        raise
+    return head, second

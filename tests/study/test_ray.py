@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
@@ -20,7 +19,7 @@ from latentseg.errors import ConfigError
 from latentseg.study.ray_workers import INSTALL_HINT, check_fits, check_reachable
 from tests.conftest import subprocess_env, trial_held_at
 from tests.helpers_processes import free_port, start_server, stop_server, wait_healthy
-from tests.helpers_ray import HEAD_IP, Node, alive_nodes, ray_env
+from tests.helpers_ray import HEAD_IP, ray_env, start_cluster
 
 GRID = {"model.num_latents": [2, 4], "model.expert_attention": [True, False]}
 POINTS = [(2, False), (2, True), (4, False), (4, True)]
@@ -151,21 +150,11 @@ def ray_cluster():
     ``(port, head, second)``; both stopped after the module's last test. The test that stops
     the second node comes last in the module; the token test needs the head alone."""
     port = free_port()
-    head = Node(port, head=True)
-    second = None
+    head, second = start_cluster(port)
     try:
-        deadline = time.monotonic() + 90
-        while alive_nodes(port) < 1:
-            assert time.monotonic() < deadline, "the Ray head did not start"
-            time.sleep(1)
-        second = Node(port, head=False)
-        while alive_nodes(port) < 2:
-            assert time.monotonic() < deadline, "the second Ray node did not join"
-            time.sleep(1)
         yield port, head, second
     finally:
-        if second is not None:
-            second.cleanup()
+        second.cleanup()
         head.cleanup()
 
 
