@@ -41,7 +41,21 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return its exit code."""
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return its exit code.
+    Without ``argv`` (the ``latentseg`` command, which owns its process), the process ends
+    with that code without the interpreter's teardown of torch and MLflow
+    (:mod:`latentseg.exiting`)."""
+    if argv is not None:
+        return _main(argv)
+    from latentseg.exiting import end_quickly, set_status
+
+    end_quickly()  # first: its handler runs after every other one
+    code = _main(None)
+    set_status(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _tune_process()
     from latentseg.train import TrainingInterrupted

@@ -127,7 +127,8 @@ def worker_context():
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(WORKER_MODULES)
+    # first, so that its exit handler runs after those of the modules imported after it
+    context.set_forkserver_preload(["latentseg.study.forkserver_exit", *WORKER_MODULES])
     return context
 
 
