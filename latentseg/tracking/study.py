@@ -240,20 +240,27 @@ def _importances_of(
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    evaluators = {
-        "ped_anova": optuna.importance.PedAnovaImportanceEvaluator,
-        "fanova": optuna.importance.FanovaImportanceEvaluator,
+    evaluators = {  # by name: optuna.importance imports scikit-learn (a second), when needed
+        "ped_anova": lambda: optuna.importance.PedAnovaImportanceEvaluator,
+        "fanova": lambda: optuna.importance.FanovaImportanceEvaluator,
     }
     importances: dict[str, Any] = {}
     plots: dict[str, Callable] = {}
     choices, widest = _widest_categorical(complete)
-    for name, evaluator in evaluators.items():
+    only = _only_axis(study, complete)
+    for name, load in evaluators.items():
         if name == "fanova" and choices > FANOVA_MAX_CHOICES:
             importances[name] = (
                 f"not computed: {widest} has {choices} choices; fANOVA's time doubles with "
                 f"each choice (at most {FANOVA_MAX_CHOICES})"
             )
             continue
+        prefix = f"importance.{metric}.{name}" if several else f"importance.{name}"
+        if only is not None:  # what Optuna's normalized importances are, without a plot of one bar
+            importances[name] = {only: 1.0}
+            store.log_metrics(run_id, {f"{prefix}.{only}": 1.0})
+            continue
+        evaluator = load()  # the class
         try:
             with warnings.catch_warnings():  # e.g. "importances will be equal" on tiny studies
                 warnings.simplefilter("ignore")
@@ -268,9 +275,24 @@ def _importances_of(
                 study, evaluator=evaluator(), target=target, target_name=f"{metric} ({name})"
             )
         )
-        prefix = f"importance.{metric}.{name}" if several else f"importance.{name}"
         store.log_metrics(run_id, {f"{prefix}.{k}": v for k, v in importances[name].items()})
     return importances, plots
+
+
+def _only_axis(study, complete) -> str | None:
+    """The study's one axis, where it searches a single parameter (every trial's, more than
+    one value) and has two complete trials: it explains all the variation there is, so each
+    evaluator's normalized importance is 1 for it, and fitting fANOVA's forest (seconds)
+    says nothing more. None otherwise."""
+    from optuna.search_space import intersection_search_space
+
+    if len(complete) < 2:
+        return None
+    space = intersection_search_space(study.get_trials(deepcopy=False))
+    if len(space) != 1:
+        return None
+    ((name, distribution),) = space.items()
+    return None if distribution.single() else name
 
 
 def _widest_categorical(complete) -> tuple[int, str | None]:

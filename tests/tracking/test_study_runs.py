@@ -69,3 +69,45 @@ def test_runs_left_running_by_a_dead_process_are_closed(tracking_uri, tiny):
     assert orphan.info.status == "FAILED"
     assert orphan.data.tags["latentseg.error"] == "its worker died"
     assert orphan.data.tags["latentseg.optuna_state"] == "FAIL"
+
+
+def test_one_axis_has_importance_one_by_every_evaluator_without_fitting_them(tracking_uri):
+    """A study of one axis: each evaluator's normalized importance is 1 for it (what Optuna
+    computes, checked here), logged as metrics without fitting fANOVA's forest and without a
+    plot of one bar; with two axes, Optuna's evaluators run and their plots are drawn."""
+    import optuna
+
+    from latentseg.tracking.study import log_study_summary
+
+    store = TrackingStore.open(tracking_uri)
+    experiment_id = store.experiment("studies")
+    found = {}
+    sampler_space = {"optim.lr": [0.001, 0.003, 0.01], "model.num_latents": [2, 4]}
+    for axes in (["optim.lr"], ["optim.lr", "model.num_latents"]):
+        study = optuna.create_study(direction="maximize")
+        study.sampler = optuna.samplers.GridSampler({k: sampler_space[k] for k in axes}, seed=0)
+
+        def objective(trial, axes=axes):
+            return sum(0.1 * i * trial.suggest_categorical(k, sampler_space[k])
+                       for i, k in enumerate(axes, 1))  # fmt: skip
+
+        study.optimize(objective, n_trials=6 if len(axes) == 2 else 3)
+        parent = launch(store, experiment_id)
+        summary = log_study_summary(store, parent, study, ["val_miou"])
+        run = store.run(parent)
+        plots = {a.path for a in store.client.list_artifacts(parent, "plots")}
+        found[len(axes)] = (summary["importances"], run.data.metrics, plots)
+        if len(axes) == 1:
+            for name, evaluator in (("ped_anova", optuna.importance.PedAnovaImportanceEvaluator),
+                                    ("fanova", optuna.importance.FanovaImportanceEvaluator)):  # fmt: skip
+                assert summary["importances"][name] == optuna.importance.get_param_importances(
+                    study, evaluator=evaluator()
+                )
+    importances, metrics, plots = found[1]
+    assert importances == {"ped_anova": {"optim.lr": 1.0}, "fanova": {"optim.lr": 1.0}}
+    assert metrics["importance.ped_anova.optim.lr"] == metrics["importance.fanova.optim.lr"] == 1
+    assert not [p for p in plots if "param_importances" in p]
+    importances, metrics, plots = found[2]
+    assert set(importances["fanova"]) == {"optim.lr", "model.num_latents"}
+    assert "importance.fanova.model.num_latents" in metrics
+    assert {"plots/param_importances_ped_anova.png", "plots/param_importances_fanova.png"} <= plots
