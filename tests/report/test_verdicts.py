@@ -12,11 +12,14 @@ from scipy import stats
 from latentseg.report.effects import axis_effects, interactions
 from latentseg.report.stats import apply_verdicts, deduplicate, mean_ci, metric_bounds
 from latentseg.report.verdicts import (
+    COARSE_MARGIN,
+    COARSE_POINTS,
     adjust,
     decide,
     hedges_g,
     mde,
     power,
+    power_reaches,
     seeds_needed,
     wilcoxon_can_reject,
 )
@@ -149,6 +152,22 @@ def test_power_agrees_with_a_direct_simulation_and_mde_inverts_it():
         simulated = np.mean(np.abs(t) > stats.t.ppf(1 - error / 2, n - 1))
         assert simulated == pytest.approx(0.8, abs=0.01)
     assert math.isnan(mde(0.0, 2, 0.05)) and math.isnan(mde(0.01, 0, 0.05))
+
+
+def test_a_power_threshold_is_decided_as_on_the_full_grid():
+    """The coarse grid stays well inside the margin around a threshold over the degrees of
+    freedom, error rates and effects the report meets, so power_reaches answers as the full
+    grid does, near the threshold too."""
+    worst = 0.0
+    for df in (1, 2, 3, 5, 9, 20, 60, 999):
+        for error in (0.05, 0.01, 1e-3, 1e-4):
+            for noncentrality in np.linspace(0, 30, 61):
+                full = power(noncentrality, 1.0, df, error)
+                coarse = power(noncentrality, 1.0, df, error, COARSE_POINTS)
+                worst = max(worst, abs(full - coarse))
+                for target in (0.2, 0.8, full, full + 1e-6, full - 1e-6):
+                    assert power_reaches(noncentrality, 1.0, df, error, target) == (full >= target)
+    assert worst < COARSE_MARGIN / 4
 
 
 def test_seeds_needed_is_the_smallest_n_with_80_percent_power():
