@@ -202,11 +202,11 @@ def launch(path, ray_port: int, storage: str, tracking: str, cwd) -> subprocess.
 
 
 def grid_spec(study_spec, name: str, gate=None, runs=(0,)):
-    """The grid study ``name``; with ``gate``, its runs ``runs`` (the gate's numbering) hold
-    before their first step."""
+    """The grid study ``name``, one seed per point (how a Ray worker runs a trial's seeds is
+    how a local one does, tested there); with ``gate``, its runs ``runs`` (the gate's
+    numbering) hold before their first step."""
     return study_spec(
-        {"name": name, "search_space": GRID, "sampler": {"name": "grid"}, "seeds": 2,
-         "max_retry": 1},
+        {"name": name, "search_space": GRID, "sampler": {"name": "grid"}, "max_retry": 1},
         base={"data": gate.dataset(steps=[0], runs=runs)} if gate else None,
     )  # fmt: skip
 
