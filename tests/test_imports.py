@@ -71,6 +71,29 @@ def test_the_report_and_the_tracking_package_load_without_torch():
     assert done.stdout.split() == ["False", "True", "True"]
 
 
+def test_a_ray_workers_task_loads_without_torch():
+    """What Ray unpickles in a Ray worker (the task's function, the stop flag's class, by
+    reference to their module) imports neither torch nor Optuna nor MLflow: the trial context
+    travels pickled to the worker process, the only one of the two that trains. The study
+    package's names still load on first use."""
+    from latentseg.study import ray_task
+
+    probe = (
+        "import pickle, sys\n"
+        f"import {ray_task.__name__} as ray_task\n"
+        "pickle.loads(pickle.dumps((ray_task.ray_worker, ray_task.StopFlag, ray_task.worker_main)))\n"
+        "print(sorted(m for m in ('torch', 'optuna', 'mlflow') if m in sys.modules))\n"
+        "from latentseg.study import run_study\n"
+        "print('torch' in sys.modules, callable(run_study))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env(),
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[]", "True True"]
+
+
 def test_a_lazy_name_is_imported_once_on_first_use_and_an_unknown_one_is_an_attribute_error():
     import types
 

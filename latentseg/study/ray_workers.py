@@ -2,8 +2,8 @@
 
 Ray places the workers, gives each the CPUs and GPUs the spec's ``resources`` ask for (it
 sets the visible GPUs), and restarts a worker whose process or node died (up to
-``WORKER_RESTARTS`` times). Each Ray worker starts the same worker process as a local pool
-(:func:`latentseg.study.worker.worker_process`): trials come from the Optuna storage's
+``WORKER_RESTARTS`` times). Each Ray worker (:mod:`latentseg.study.ray_task`) starts the same
+worker process as a local pool (:func:`latentseg.study.worker.worker_process`): trials come from the Optuna storage's
 queue, exactly once, and a dead worker's trial is failed and queued again by the launch's
 existing recovery. Nothing of the study's state lives in Ray."""
 
@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
+import pickle
 import socket
 import sys
 import threading
@@ -23,9 +23,9 @@ from typing import Any
 
 from latentseg.errors import ConfigError
 from latentseg.study.objective import TrialContext
+from latentseg.study.ray_task import StopFlag, ray_worker
 from latentseg.study.spec import LoadedStudy, redact
 from latentseg.study.storage import env_seconds
-from latentseg.study.worker import worker_process
 from latentseg.tracking.opening import client_credentials
 
 INSTALL_HINT = "--ray needs Ray: pip install 'latentseg[ray]'"
@@ -34,11 +34,6 @@ INSTALL_HINT = "--ray needs Ray: pip install 'latentseg[ray]'"
 WORKER_RESTARTS = 3
 # After a stop, how long the workers get to close their runs KILLED before they are killed.
 CANCEL_GRACE_S = 60.0
-# How often a worker asks the launch whether to stop.
-STOP_POLL_S = 1.0
-NODE_TAG = "latentseg.ray.node"
-NODE_IP_TAG = "latentseg.ray.node_ip"
-WORKER_TAG = "latentseg.ray.worker"
 # Environment a worker on any node needs as the launch has it (heartbeat timing, waits).
 FORWARDED_ENV_PREFIX = "LATENTSEG_"
 
@@ -101,80 +96,6 @@ def check_fits(alive_nodes: list[dict], cpus: float, gpus: float, local: bool) -
     )
 
 
-class StopFlag:
-    """A Ray actor the launch sets on a stop (Ctrl-C, SIGTERM) and its workers poll: Ray's own
-    cancel raises in the task's thread once, and is lost when it lands where a run is being
-    closed."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-
-    def set(self, reason: str) -> None:
-        self.reason = reason
-
-    def get(self) -> str | None:
-        return self.reason
-
-
-def ray_worker(
-    trial_context: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int,
-    driver_cwd: str, flag, credentials: dict[str, str] | None = None,
-) -> int:  # fmt: skip
-    """One Ray worker: the local worker loop in a process of its own (started here, it sees
-    the GPUs Ray gave this task), its runs tagged with its node and index. A stop of the
-    launch reaches it as a SIGINT (the graceful stop a Ctrl-C gives a local worker); a
-    worker process that dies takes this Ray worker with it, so that Ray starts it again."""
-    import multiprocessing
-
-    import ray
-
-    from latentseg.train import TrainingInterrupted
-
-    if os.path.isdir(driver_cwd):  # a node on the driver's machine: relative paths hold
-        os.chdir(driver_cwd)
-    os.environ.update(credentials or {})  # the tracking server's: the worker process inherits them
-    tags = {
-        NODE_TAG: ray.get_runtime_context().get_node_id(),
-        NODE_IP_TAG: ray.util.get_node_ip_address(),
-        WORKER_TAG: str(worker_index),
-    }
-    process = multiprocessing.get_context("spawn").Process(
-        target=worker_process,
-        args=(trial_context, storage_url, deadline, worker_index, os.getpid(), tags),
-        name=f"latentseg-worker-{worker_index}",
-    )
-    process.start()
-    stopping, unreachable = False, False
-    while process.is_alive():
-        process.join(STOP_POLL_S)
-        if stopping or not process.is_alive():
-            continue
-        try:
-            reason = ray.get(flag.get.remote(), timeout=30)
-        except Exception as exc:  # the launch is gone (Ray then ends this task) or slow
-            if not unreachable:
-                print(
-                    f"worker {worker_index}: cannot ask the launch whether it stopped "
-                    f"({type(exc).__name__}); the study tells it at its next trial",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            unreachable, reason = True, None
-        if reason:
-            os.kill(process.pid, signal.SIGINT)
-            stopping = True
-    if process.exitcode == 130 or stopping:
-        raise TrainingInterrupted("the launch", None)
-    if process.exitcode != 0:  # killed (OOM, SIGKILL): Ray restarts a worker that dies
-        print(
-            f"worker {worker_index}: its process ended with {process.exitcode}; restarting",
-            file=sys.stderr,
-            flush=True,
-        )
-        os._exit(1)
-    return 0
-
-
 @dataclasses.dataclass
 class RayWorkers:
     """A connected Ray cluster that runs a launch's workers: a
@@ -221,11 +142,13 @@ class RayWorkers:
             "scheduling_strategy": "SPREAD",
             **({"runtime_env": {"env_vars": env}} if env else {}),
         }
-        trial_context = dataclasses.replace(trial_context, threads=self.threads)
+        # pickled here: a Ray worker only hands it to its worker process, and need not import
+        # torch and the training loop to unpickle it (seconds, and memory, for each)
+        context = pickle.dumps(dataclasses.replace(trial_context, threads=self.threads))
         flag = ray.remote(StopFlag).options(num_cpus=0).remote()
         pending = [
             remote.options(name=f"latentseg-worker-{index}", **options).remote(
-                trial_context,
+                context,
                 storage_url,
                 deadline,
                 index,
