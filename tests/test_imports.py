@@ -63,35 +63,42 @@ def test_the_report_and_the_tracking_package_load_without_torch():
         "from latentseg.tracking import run_experiment, load_model\n"
         "print(before, 'torch' in sys.modules, callable(run_experiment))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env(),
-        timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "True", "True"]
+    assert run_probe(probe).split() == ["False", "True", "True"]
 
 
-def test_a_ray_workers_task_loads_without_torch():
-    """What Ray unpickles in a Ray worker (the task's function, the stop flag's class, by
-    reference to their module) imports neither torch nor Optuna nor MLflow: the trial context
-    travels pickled to the worker process, the only one of the two that trains. The study
-    package's names still load on first use."""
+def test_a_ray_workers_task_loads_without_torch(study_spec, tmp_path):
+    """What Ray unpickles in a Ray worker (the task's function, the stop flag's class, and a
+    real trial context) imports neither torch nor Optuna nor MLflow: only the worker process
+    the task starts trains. The study package's names still load on first use."""
+    import pickle
+
     from latentseg.study import ray_task
+    from latentseg.study.context import TrialContext
+    from latentseg.study.spec import load_study_spec
 
+    loaded = load_study_spec(study_spec({"name": "r", "search_space": {"optim.lr": [0.1, 0.2]}}))
+    context = TrialContext(loaded, "http://127.0.0.1:5000", "1", "run", threads=1)
+    sent = tmp_path / "sent.pkl"
+    sent.write_bytes(pickle.dumps((ray_task.ray_worker, ray_task.StopFlag, context)))
     probe = (
         "import pickle, sys\n"
-        f"import {ray_task.__name__} as ray_task\n"
-        "pickle.loads(pickle.dumps((ray_task.ray_worker, ray_task.StopFlag, ray_task.worker_main)))\n"
+        f"task, flag, context = pickle.loads(open({str(sent)!r}, 'rb').read())\n"
         "print(sorted(m for m in ('torch', 'optuna', 'mlflow') if m in sys.modules))\n"
+        "print(type(context).__name__, context.study.name)\n"
         "from latentseg.study import run_study\n"
         "print('torch' in sys.modules, callable(run_study))\n"
     )
+    assert run_probe(probe).splitlines() == ["[]", "TrialContext r", "True True"]
+
+
+def run_probe(code: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter (imports start from nothing)."""
     done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env(),
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
         timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["[]", "True True"]
+    return done.stdout
 
 
 def test_a_lazy_name_is_imported_once_on_first_use_and_an_unknown_one_is_an_attribute_error():

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from latentseg.study.objective import TrialContext
+from latentseg.study.context import TrialContext
 from latentseg.study.worker import worker_loop, worker_process
 
 # After a stop, how long the worker processes get before the launch forwards it to them.

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
 from latentseg.config import ExperimentConfig
+from latentseg.study.context import TrialContext
 from latentseg.study.spec import (
     COST_METRICS,
     CategoricalParam,
@@ -24,17 +24,6 @@ from latentseg.tracking.study import end_trial_run, start_trial_run
 from latentseg.tracking.tracker import model_stat_metrics
 from latentseg.train import TrainCallback, TrainingInterrupted, TrainingPruned
 from latentseg.train.interrupt import stop_requested
-
-
-@dataclass
-class TrialContext:
-    """What a worker needs to run trials (picklable: it crosses into worker processes)."""
-
-    study: LoadedStudy
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    threads: int
 
 
 def suggest(trial: optuna.Trial, key: str, param) -> Any:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 from typing import Protocol
 
+from latentseg.study.context import TrialContext
 from latentseg.study.local_workers import local_pool
-from latentseg.study.objective import TrialContext
 from latentseg.study.spec import LoadedStudy
 from latentseg.tracking.store import resolve_tracking_uri
 

@@ -1,15 +1,18 @@
 """What runs inside a Ray worker (:mod:`latentseg.study.ray_workers`): the task that starts a
 worker process and passes the launch's stop on to it, and the actor the launch sets on a
-stop. It imports neither torch nor the training loop: the trial context arrives pickled and
-is unpickled by the worker process it starts, so a Ray worker holds one copy of torch (its
-worker process's) instead of two, and starts a couple of seconds sooner."""
+stop. It imports neither torch nor the training loop (nor does the trial context it is given,
+:mod:`latentseg.study.context`): only the worker process it starts trains, so a Ray worker
+holds one copy of torch instead of two, and starts a couple of seconds sooner."""
 
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from latentseg.study.context import TrialContext
 
 # How often a worker asks the launch whether to stop.
 STOP_POLL_S = 1.0
@@ -34,14 +37,13 @@ class StopFlag:
 
 
 def ray_worker(
-    context: bytes, storage_url: str | None, deadline: float | None, worker_index: int,
+    trial_context: TrialContext, storage_url: str | None, deadline: float | None, worker_index: int,
     driver_cwd: str, flag, credentials: dict[str, str] | None = None,
 ) -> int:  # fmt: skip
     """One Ray worker: the local worker loop in a process of its own (started here, it sees
-    the GPUs Ray gave this task), its runs tagged with its node and index; ``context`` is the
-    pickled :class:`~latentseg.study.objective.TrialContext`. A stop of the launch reaches it
-    as a SIGINT (the graceful stop a Ctrl-C gives a local worker); a worker process that dies
-    takes this Ray worker with it, so that Ray starts it again."""
+    the GPUs Ray gave this task), its runs tagged with its node and index. A stop of the
+    launch reaches it as a SIGINT (the graceful stop a Ctrl-C gives a local worker); a worker
+    process that dies takes this Ray worker with it, so that Ray starts it again."""
     import multiprocessing
 
     import ray
@@ -56,7 +58,7 @@ def ray_worker(
     }
     process = multiprocessing.get_context("spawn").Process(
         target=worker_main,
-        args=(context, storage_url, deadline, worker_index, os.getpid(), tags),
+        args=(trial_context, storage_url, deadline, worker_index, os.getpid(), tags),
         name=f"latentseg-worker-{worker_index}",
     )
     process.start()
@@ -94,11 +96,11 @@ def ray_worker(
 
 
 def worker_main(
-    context: bytes, storage_url: str | None, deadline: float | None, worker_index: int,
-    parent: int, tags: dict[str, str],
+    trial_context: TrialContext, storage_url: str | None, deadline: float | None,
+    worker_index: int, parent: int, tags: dict[str, str],
 ) -> None:  # fmt: skip
-    """The worker process a Ray worker starts: the trial context unpickled, then the local
-    pool's worker process."""
+    """The worker process a Ray worker starts: the local pool's worker process, imported
+    there (the task that starts it does not import the training loop)."""
     from latentseg.study.worker import worker_process
 
-    worker_process(pickle.loads(context), storage_url, deadline, worker_index, parent, tags)
+    worker_process(trial_context, storage_url, deadline, worker_index, parent, tags)

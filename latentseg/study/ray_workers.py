@@ -2,10 +2,10 @@
 
 Ray places the workers, gives each the CPUs and GPUs the spec's ``resources`` ask for (it
 sets the visible GPUs), and restarts a worker whose process or node died (up to
-``WORKER_RESTARTS`` times). Each Ray worker (:mod:`latentseg.study.ray_task`) starts the same
-worker process as a local pool (:func:`latentseg.study.worker.worker_process`): trials come from the Optuna storage's
-queue, exactly once, and a dead worker's trial is failed and queued again by the launch's
-existing recovery. Nothing of the study's state lives in Ray."""
+``WORKER_RESTARTS`` times). Each Ray worker (:mod:`latentseg.study.ray_task`) starts the
+same worker process as a local pool (:func:`latentseg.study.worker.worker_process`): trials
+come from the Optuna storage's queue, exactly once, and a dead worker's trial is failed and
+queued again by the launch's existing recovery. Nothing of the study's state lives in Ray."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import pickle
 import socket
 import sys
 import threading
@@ -22,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from latentseg.errors import ConfigError
-from latentseg.study.objective import TrialContext
+from latentseg.study.context import TrialContext
 from latentseg.study.ray_task import StopFlag, ray_worker
 from latentseg.study.spec import LoadedStudy, redact
 from latentseg.study.storage import env_seconds
@@ -142,13 +141,11 @@ class RayWorkers:
             "scheduling_strategy": "SPREAD",
             **({"runtime_env": {"env_vars": env}} if env else {}),
         }
-        # pickled here: a Ray worker only hands it to its worker process, and need not import
-        # torch and the training loop to unpickle it (seconds, and memory, for each)
-        context = pickle.dumps(dataclasses.replace(trial_context, threads=self.threads))
+        trial_context = dataclasses.replace(trial_context, threads=self.threads)
         flag = ray.remote(StopFlag).options(num_cpus=0).remote()
         pending = [
             remote.options(name=f"latentseg-worker-{index}", **options).remote(
-                context,
+                trial_context,
                 storage_url,
                 deadline,
                 index,

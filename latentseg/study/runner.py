@@ -27,8 +27,8 @@ from latentseg.config import flatten
 from latentseg.errors import ConfigError
 from latentseg.study import rounds
 from latentseg.study.checks import check_fingerprint, check_store
+from latentseg.study.context import TrialContext
 from latentseg.study.judgement import Judge
-from latentseg.study.objective import TrialContext
 from latentseg.study.pool import WorkerPool, open_pool
 from latentseg.study.progress import Progress
 from latentseg.study.samplers import build_pruner, build_sampler

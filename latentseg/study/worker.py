@@ -13,7 +13,8 @@ import optuna
 from optuna.trial import TrialState
 
 from latentseg.errors import LatentSegError
-from latentseg.study.objective import TrialContext, run_trial
+from latentseg.study.context import TrialContext
+from latentseg.study.objective import run_trial
 from latentseg.study.samplers import build_pruner, build_sampler
 from latentseg.study.spec import LoadedStudy
 from latentseg.study.storage import (
