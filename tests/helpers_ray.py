@@ -127,14 +127,12 @@ def wait_listening(port: int, process: subprocess.Popen, deadline: float) -> Non
         time.sleep(0.2)
 
 
-def wait_for_nodes(port: int, count: int, process: subprocess.Popen, timeout_s: float = 90) -> None:
-    """Wait until the cluster at ``port`` has ``count`` live nodes: the head's port first,
-    then one driver process that joins (again, while the head's services come up) and polls
+def wait_for_nodes(port: int, count: int, timeout_s: float = 90) -> None:
+    """Wait until the cluster at ``port`` (its head listening) has ``count`` live nodes: one
+    driver process that joins (again, while the head's services come up) and polls
     ``ray.nodes()`` until the count is reached. A driver per poll would cost a second of CPU
-    each, and a job on the cluster. Fails the test when the head ``process`` exits or the
-    time runs out."""
+    each, and a job on the cluster. Fails the test when the time runs out."""
     deadline = time.monotonic() + timeout_s
-    wait_listening(port, process, deadline)
     code = (
         "import time, ray\n"
         f"deadline = time.monotonic() + {max(1.0, deadline - time.monotonic()):.1f}\n"
@@ -168,7 +166,7 @@ def start_cluster(port: int) -> tuple[Node, Node]:
     try:
         wait_listening(port, head.process, time.monotonic() + 90)
         second = Node(port, head=False)
-        wait_for_nodes(port, 2, head.process)
+        wait_for_nodes(port, 2)
     except BaseException:
         if second is not None:
             second.cleanup()

@@ -240,41 +240,40 @@ def _importances_of(
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    evaluators = {  # by name: optuna.importance imports scikit-learn (a second), when needed
-        "ped_anova": lambda: optuna.importance.PedAnovaImportanceEvaluator,
-        "fanova": lambda: optuna.importance.FanovaImportanceEvaluator,
+    evaluators = {  # Optuna's class names: optuna.importance imports scikit-learn (a second)
+        "ped_anova": "PedAnovaImportanceEvaluator",
+        "fanova": "FanovaImportanceEvaluator",
     }
     importances: dict[str, Any] = {}
     plots: dict[str, Callable] = {}
     choices, widest = _widest_categorical(complete)
     only = _only_axis(study, complete)
-    for name, load in evaluators.items():
+    for name, class_name in evaluators.items():
         if name == "fanova" and choices > FANOVA_MAX_CHOICES:
             importances[name] = (
                 f"not computed: {widest} has {choices} choices; fANOVA's time doubles with "
                 f"each choice (at most {FANOVA_MAX_CHOICES})"
             )
             continue
-        prefix = f"importance.{metric}.{name}" if several else f"importance.{name}"
         if only is not None:  # what Optuna's normalized importances are, without a plot of one bar
             importances[name] = {only: 1.0}
-            store.log_metrics(run_id, {f"{prefix}.{only}": 1.0})
-            continue
-        evaluator = load()  # the class
-        try:
-            with warnings.catch_warnings():  # e.g. "importances will be equal" on tiny studies
-                warnings.simplefilter("ignore")
-                importances[name] = optuna.importance.get_param_importances(
-                    study, evaluator=evaluator(), target=target
+        else:
+            evaluator = getattr(optuna.importance, class_name)
+            try:
+                with warnings.catch_warnings():  # e.g. "importances will be equal" on tiny studies
+                    warnings.simplefilter("ignore")
+                    importances[name] = optuna.importance.get_param_importances(
+                        study, evaluator=evaluator(), target=target
+                    )
+            except Exception as exc:  # too few trials, or a single value per axis
+                importances[name] = f"not computed: {type(exc).__name__}: {exc}"
+                continue
+            plots[f"param_importances_{name}"] = lambda evaluator=evaluator, name=name: (
+                ovm.plot_param_importances(
+                    study, evaluator=evaluator(), target=target, target_name=f"{metric} ({name})"
                 )
-        except Exception as exc:  # too few trials, or a single value per axis
-            importances[name] = f"not computed: {type(exc).__name__}: {exc}"
-            continue
-        plots[f"param_importances_{name}"] = lambda evaluator=evaluator, name=name: (
-            ovm.plot_param_importances(
-                study, evaluator=evaluator(), target=target, target_name=f"{metric} ({name})"
             )
-        )
+        prefix = f"importance.{metric}.{name}" if several else f"importance.{name}"
         store.log_metrics(run_id, {f"{prefix}.{k}": v for k, v in importances[name].items()})
     return importances, plots
 
